@@ -1,0 +1,200 @@
+//! The validated configuration: the types a running gateway is built from. Every value here has
+//! been checked; nothing downstream re-validates.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+
+use super::rate::Rate;
+
+/// A whole, validated `config.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub biller: Biller,
+    pub routes: Vec<Route>,
+    pub partners: Vec<Partner>,
+    /// SHA-256 of the file's bytes, hex: tells operators which configuration is running.
+    pub source_sha256: String,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Where partners put their API key. Default `x-api-key`.
+    pub key_header: HeaderName,
+    /// `user` here marks a person waiting; anything else is scheduled polling.
+    /// Default `x-request-origin`.
+    pub origin_header: HeaderName,
+    /// The trusted header naming the partner to the biller. Default `x-billgate-partner`.
+    pub partner_header: HeaderName,
+    /// Request bodies above this many bytes are refused with 413. Default 1 MiB.
+    pub max_body_bytes: u64,
+}
+
+/// `[biller]`
+#[derive(Debug, Clone)]
+pub struct Biller {
+    pub url: BillerUrl,
+    /// How long the biller may take to answer (to the response head). Default 3s.
+    pub timeout: Duration,
+    /// How long connecting to the biller may take. Default 1s.
+    pub connect_timeout: Duration,
+    /// Everything all partners together may send.
+    pub capacity: Rate,
+    pub max_in_flight: u32,
+    pub breaker: Breaker,
+}
+
+/// The biller's base URL, split for cheap per-request URI building. Only `http` is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillerUrl {
+    /// `host:port`, as sent in the request URI authority.
+    pub authority: http::uri::Authority,
+    /// A path prefix without a trailing slash (empty for none), prepended to every forwarded path.
+    pub base_path: String,
+}
+
+impl BillerUrl {
+    /// The `host:port` a TCP connection goes to.
+    pub fn host_port(&self) -> String {
+        let port = self.authority.port_u16().unwrap_or(80);
+        format!("{}:{}", self.authority.host(), port)
+    }
+}
+
+/// `[biller.breaker]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breaker {
+    /// Share of failed calls (0 < x ≤ 1) that opens the breaker. Default 0.5.
+    pub failure_rate: f64,
+    /// Rolling window the share is computed over. Default 10s.
+    pub window: Duration,
+    /// Calls needed in the window before the breaker may open. Default 20.
+    pub min_calls: u32,
+    /// How long the breaker stays open before half-open probes. Default 5s.
+    pub open_for: Duration,
+}
+
+/// The class a route's requests belong to, as written in a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteClass {
+    Payment,
+    Inquiry,
+}
+
+/// The class a request is admitted under: a route class, with inquiries split by origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    Payment = 0,
+    InquiryUser = 1,
+    InquiryScheduled = 2,
+}
+
+impl Class {
+    /// Every class, in priority order (payments first).
+    pub const ALL: [Class; 3] = [Class::Payment, Class::InquiryUser, Class::InquiryScheduled];
+
+    /// The name used in `quota`, metrics labels, problem bodies and `RateLimit` policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Payment => "payment",
+            Class::InquiryUser => "inquiry_user",
+            Class::InquiryScheduled => "inquiry_scheduled",
+        }
+    }
+
+    /// Index into per-class arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One segment of a route's path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Must equal this text exactly.
+    Literal(String),
+    /// `{account}`: any non-empty segment; its value is the bill account.
+    Account,
+    /// `{name}`: any non-empty segment.
+    Param(String),
+}
+
+/// A parsed path template such as `/v1/bills/{account}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    pub raw: String,
+    pub segments: Vec<Segment>,
+}
+
+/// Where a route finds the bill account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountSource {
+    None,
+    /// The `{account}` segment of the path.
+    PathSegment,
+    /// A query parameter of this name.
+    Query(String),
+}
+
+/// `[[route]]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub method: Method,
+    pub path: PathTemplate,
+    pub account: AccountSource,
+    pub class: RouteClass,
+    /// How long a fresh inquiry answer may be served from memory (used by the cache).
+    pub cache_for: Option<Duration>,
+}
+
+/// `mode` of a partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Over-quota requests are rejected.
+    Enforce,
+    /// Over-quota requests are counted and reported, and forwarded anyway.
+    Shadow,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+/// A partner's quota per class; `None` means the class is closed to the partner (403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClassQuotas(pub [Option<Rate>; 3]);
+
+impl ClassQuotas {
+    pub fn get(&self, class: Class) -> Option<Rate> {
+        self.0[class.index()]
+    }
+}
+
+/// `[[partner]]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partner {
+    pub id: String,
+    /// SHA-256 digests of the partner's API keys (several, for rotation).
+    pub keys_sha256: Vec<[u8; 32]>,
+    pub quota: ClassQuotas,
+    /// How often one bill account may be asked about (inquiries only); `None`: no limit.
+    pub per_account: Option<Rate>,
+    /// The most bill accounts tracked at once for `per_account`. Default 100 000.
+    pub max_tracked_accounts: usize,
+    pub mode: Mode,
+}
+
+/// Default for [`Partner::max_tracked_accounts`].
+pub const DEFAULT_MAX_TRACKED_ACCOUNTS: usize = 100_000;
