@@ -1,0 +1,353 @@
+//! The admission decision: who is calling, what they ask, and whether it may reach the biller.
+//!
+//! [`Gate::decide`] is a pure function of the request's parts, the gate (built from one
+//! configuration snapshot) and the clock: no I/O, no `await`, no lock beyond governor's atomics
+//! and dashmap's shards. Checks run in order — key, route, class open, partner quota for the
+//! class, per-account quota, biller budget — and the first refusal answers.
+
+mod accounts;
+mod identify;
+mod quota;
+mod route;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+pub use accounts::{AccountDenial, AccountLimiter};
+pub use identify::KeyIndex;
+pub use quota::{Quota, Remaining};
+pub use route::{Matched, Router};
+
+use crate::clock::Clock;
+use crate::config::{Class, Config, Mode, Rate, RouteClass};
+
+/// What the decision reads of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'r> {
+    pub method: &'r Method,
+    pub path: &'r str,
+    pub query: Option<&'r str>,
+    /// The value of the key header, if present.
+    pub key: Option<&'r [u8]>,
+    /// True when the origin header says `user` (a person is waiting).
+    pub origin_user: bool,
+}
+
+/// Why a request was (or, in shadow mode, would have been) refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MissingKey,
+    UnknownKey,
+    NoRoute,
+    ClassClosed,
+    PartnerQuota,
+    AccountQuota,
+    AccountTableFull,
+    BillerCapacity,
+}
+
+impl Reason {
+    /// Every reason, for binding metric handles up front.
+    pub const ALL: [Reason; 8] = [
+        Reason::MissingKey,
+        Reason::UnknownKey,
+        Reason::NoRoute,
+        Reason::ClassClosed,
+        Reason::PartnerQuota,
+        Reason::AccountQuota,
+        Reason::AccountTableFull,
+        Reason::BillerCapacity,
+    ];
+
+    /// The label used in metrics and in problem bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingKey => "missing_key",
+            Reason::UnknownKey => "unknown_key",
+            Reason::NoRoute => "no_route",
+            Reason::ClassClosed => "class_closed",
+            Reason::PartnerQuota => "partner_quota",
+            Reason::AccountQuota => "account_quota",
+            Reason::AccountTableFull => "account_table_full",
+            Reason::BillerCapacity => "biller_capacity",
+        }
+    }
+
+    /// Index into per-reason arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether shadow mode forwards a request refused for this reason. Shadow mode trials a
+    /// partner's own limits; access rules and the biller's protection stay enforced.
+    pub fn shadowable(self) -> bool {
+        matches!(
+            self,
+            Reason::PartnerQuota | Reason::AccountQuota | Reason::AccountTableFull
+        )
+    }
+}
+
+/// Which quota a `RateLimit` field speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Class(Class),
+    PerAccount,
+    Biller,
+}
+
+impl Policy {
+    /// The policy name in `RateLimit-Policy` and `RateLimit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Class(class) => class.as_str(),
+            Policy::PerAccount => "per_account",
+            Policy::Biller => "biller",
+        }
+    }
+}
+
+/// A quota's state after a check, for the `RateLimit` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub policy: Policy,
+    pub rate: Rate,
+    pub remaining: Remaining,
+}
+
+/// An admitted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted<'r> {
+    pub partner: usize,
+    pub class: Class,
+    pub route: usize,
+    pub account: Option<&'r str>,
+    /// The partner's quota for the class, after this request.
+    pub limit: Limit,
+    /// In shadow mode: what would have refused it.
+    pub shadow: Option<Reason>,
+}
+
+/// A refused request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub reason: Reason,
+    pub partner: Option<usize>,
+    pub class: Option<Class>,
+    pub route: Option<usize>,
+    /// The quota that refused, for `Retry-After` and the `RateLimit` fields.
+    pub limit: Option<Limit>,
+    /// How long to wait before trying again, when waiting helps.
+    pub retry_after: Option<Duration>,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<'r> {
+    Admit(Admitted<'r>),
+    Deny(Denied),
+}
+
+/// One partner's admission state.
+pub struct PartnerGate {
+    pub id: Arc<str>,
+    pub mode: Mode,
+    /// One limiter per class, `None` for a closed class.
+    pub quotas: [Option<Quota>; 3],
+    pub accounts: Option<Arc<AccountLimiter>>,
+}
+
+/// Everything the decision needs, built from one configuration.
+pub struct Gate {
+    keys: KeyIndex,
+    router: Router,
+    partners: Vec<PartnerGate>,
+    budget: Quota,
+    clock: Clock,
+}
+
+impl Gate {
+    /// Builds the gate for `config`. Limiter state is carried over from `previous` for every
+    /// partner and class whose rate did not change, and likewise for per-account tables and the
+    /// biller budget, so a reload resets nobody's quota.
+    pub fn build(config: &Config, previous: Option<&Gate>, clock: &Clock) -> Gate {
+        let old = |id: &str| previous.and_then(|g| g.partners.iter().find(|p| &*p.id == id));
+        let partners = config
+            .partners
+            .iter()
+            .map(|p| {
+                let before = old(&p.id);
+                let quotas = Class::ALL.map(|class| {
+                    let rate = p.quota.get(class)?;
+                    let kept = before
+                        .and_then(|b| b.quotas[class.index()].as_ref())
+                        .filter(|q| q.rate() == rate)
+                        .cloned();
+                    Some(kept.unwrap_or_else(|| Quota::new(rate, clock.clone())))
+                });
+                let accounts = p.per_account.map(|rate| {
+                    before
+                        .and_then(|b| b.accounts.as_ref())
+                        .filter(|a| a.rate() == rate && a.ceiling() == p.max_tracked_accounts)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(AccountLimiter::new(
+                                rate,
+                                p.max_tracked_accounts,
+                                clock.clone(),
+                            ))
+                        })
+                });
+                PartnerGate {
+                    id: Arc::from(p.id.as_str()),
+                    mode: p.mode,
+                    quotas,
+                    accounts,
+                }
+            })
+            .collect();
+        let capacity = config.biller.capacity;
+        let budget = previous
+            .map(|g| &g.budget)
+            .filter(|b| b.rate() == capacity)
+            .cloned()
+            .unwrap_or_else(|| Quota::new(capacity, clock.clone()));
+        Gate {
+            keys: KeyIndex::new(config.partners.iter().map(|p| &p.keys_sha256[..])),
+            router: Router::new(config.routes.clone()),
+            partners,
+            budget,
+            clock: clock.clone(),
+        }
+    }
+
+    pub fn partners(&self) -> &[PartnerGate] {
+        &self.partners
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Evicts idle accounts from every partner's per-account table.
+    pub fn sweep_accounts(&self) {
+        for partner in &self.partners {
+            if let Some(accounts) = &partner.accounts {
+                accounts.sweep();
+            }
+        }
+    }
+
+    /// Decides one request. Pure: reads the clock, spends tokens, never blocks.
+    pub fn decide<'r>(&self, req: &RequestParts<'r>) -> Decision<'r> {
+        let deny = |reason, partner, class, route, limit: Option<Limit>| {
+            Decision::Deny(Denied {
+                reason,
+                partner,
+                class,
+                route,
+                retry_after: limit.map(|l: Limit| l.remaining.reset),
+                limit,
+            })
+        };
+        let Some(key) = req.key else {
+            return deny(Reason::MissingKey, None, None, None, None);
+        };
+        let Some(partner_index) = self.keys.find(key) else {
+            return deny(Reason::UnknownKey, None, None, None, None);
+        };
+        let partner = &self.partners[partner_index];
+        let Some(matched) = self.router.find(req.method, req.path, req.query) else {
+            return deny(Reason::NoRoute, Some(partner_index), None, None, None);
+        };
+        let class = match matched.class {
+            RouteClass::Payment => Class::Payment,
+            RouteClass::Inquiry if req.origin_user => Class::InquiryUser,
+            RouteClass::Inquiry => Class::InquiryScheduled,
+        };
+        let (p, c, r) = (Some(partner_index), Some(class), Some(matched.route));
+        let Some(quota) = &partner.quotas[class.index()] else {
+            return deny(Reason::ClassClosed, p, c, r, None);
+        };
+        let now = self.clock.now();
+        let shadow = partner.mode == Mode::Shadow;
+        let mut would_refuse = None;
+
+        let limit = match quota.check(now) {
+            Ok(remaining) => Limit {
+                policy: Policy::Class(class),
+                rate: quota.rate(),
+                remaining,
+            },
+            Err(remaining) => {
+                let limit = Limit {
+                    policy: Policy::Class(class),
+                    rate: quota.rate(),
+                    remaining,
+                };
+                if !shadow {
+                    return deny(Reason::PartnerQuota, p, c, r, Some(limit));
+                }
+                would_refuse = Some(Reason::PartnerQuota);
+                limit
+            }
+        };
+
+        if let (Some(accounts), Some(account), RouteClass::Inquiry) =
+            (&partner.accounts, matched.account, matched.class)
+        {
+            if let Err(denial) = accounts.check(account, now) {
+                let (reason, wait) = match denial {
+                    AccountDenial::TooOften(wait) => (Reason::AccountQuota, wait),
+                    // A full table frees up as idle accounts are swept; one replenish interval
+                    // is when the oldest of them can next become idle.
+                    AccountDenial::TableFull => (
+                        Reason::AccountTableFull,
+                        accounts.rate().replenish_interval(),
+                    ),
+                };
+                if !shadow {
+                    let limit = Limit {
+                        policy: Policy::PerAccount,
+                        rate: accounts.rate(),
+                        remaining: Remaining {
+                            remaining: 0,
+                            reset: wait,
+                        },
+                    };
+                    return deny(reason, p, c, r, Some(limit));
+                }
+                would_refuse = would_refuse.or(Some(reason));
+            }
+        }
+
+        if let Err(remaining) = self.budget.check(now) {
+            return Decision::Deny(Denied {
+                reason: Reason::BillerCapacity,
+                partner: p,
+                class: c,
+                route: r,
+                limit: None,
+                retry_after: Some(remaining.reset),
+            });
+        }
+
+        Decision::Admit(Admitted {
+            partner: partner_index,
+            class,
+            route: matched.route,
+            account: matched.account,
+            limit,
+            shadow: would_refuse,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

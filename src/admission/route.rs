@@ -1,0 +1,220 @@
+//! Classification: which route a request's method and path match, and the bill account it names.
+
+use http::Method;
+
+use crate::config::{AccountSource, Route, RouteClass, Segment};
+
+/// The routes of a snapshot, matched in configuration order.
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+/// A matched route and the account it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matched<'r> {
+    /// Index of the route in the configuration.
+    pub route: usize,
+    pub class: RouteClass,
+    /// The bill account, when the route says where it is and the request carries it.
+    pub account: Option<&'r str>,
+}
+
+impl Router {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Router { routes }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The first route matching `method` and `path`; `query` is the raw query string, if any.
+    /// Allocates nothing: the account is a slice of the request's own path or query.
+    pub fn find<'r>(
+        &self,
+        method: &Method,
+        path: &'r str,
+        query: Option<&'r str>,
+    ) -> Option<Matched<'r>> {
+        self.routes.iter().enumerate().find_map(|(index, route)| {
+            if route.method != *method {
+                return None;
+            }
+            let in_path = match_path(&route.path.segments, path)?;
+            let account = match &route.account {
+                AccountSource::None => None,
+                AccountSource::PathSegment => in_path,
+                AccountSource::Query(name) => query.and_then(|q| query_value(q, name)),
+            };
+            Some(Matched {
+                route: index,
+                class: route.class,
+                account,
+            })
+        })
+    }
+}
+
+/// Matches `path` against a template; `Some(account segment)` on a match.
+fn match_path<'r>(template: &[Segment], path: &'r str) -> Option<Option<&'r str>> {
+    let rest = path.strip_prefix('/')?;
+    let mut parts = rest.split('/');
+    let mut account = None;
+    for segment in template {
+        let part = parts.next()?;
+        match segment {
+            Segment::Literal(text) => {
+                if part != text {
+                    return None;
+                }
+            }
+            Segment::Account => {
+                if part.is_empty() {
+                    return None;
+                }
+                account = Some(part);
+            }
+            Segment::Param(_) => {
+                if part.is_empty() {
+                    return None;
+                }
+            }
+        }
+    }
+    // A trailing slash is tolerated; any further segment is not.
+    match parts.next() {
+        None => Some(account),
+        Some("") if parts.next().is_none() => Some(account),
+        Some(_) => None,
+    }
+}
+
+/// The first non-empty value of `name` in a raw query string.
+fn query_value<'r>(query: &'r str, name: &str) -> Option<&'r str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name && !value.is_empty()).then_some(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PathTemplate;
+
+    fn route(
+        name: &str,
+        method: Method,
+        segments: Vec<Segment>,
+        account: AccountSource,
+        class: RouteClass,
+    ) -> Route {
+        Route {
+            name: name.into(),
+            method,
+            path: PathTemplate {
+                raw: String::new(),
+                segments,
+            },
+            account,
+            class,
+            cache_for: None,
+        }
+    }
+
+    fn router() -> Router {
+        use Segment::*;
+        Router::new(vec![
+            route(
+                "bill",
+                Method::GET,
+                vec![Literal("v1".into()), Literal("bills".into()), Account],
+                AccountSource::PathSegment,
+                RouteClass::Inquiry,
+            ),
+            route(
+                "pay",
+                Method::POST,
+                vec![Literal("v1".into()), Literal("payments".into())],
+                AccountSource::None,
+                RouteClass::Payment,
+            ),
+            route(
+                "lookup",
+                Method::GET,
+                vec![Literal("v1".into()), Literal("lookup".into())],
+                AccountSource::Query("acct".into()),
+                RouteClass::Inquiry,
+            ),
+            route(
+                "stmt",
+                Method::GET,
+                vec![
+                    Literal("v1".into()),
+                    Param("id".into()),
+                    Literal("statement".into()),
+                ],
+                AccountSource::None,
+                RouteClass::Inquiry,
+            ),
+        ])
+    }
+
+    #[test]
+    fn matches_method_path_and_account() {
+        let r = router();
+        let m = r.find(&Method::GET, "/v1/bills/12345", None).unwrap();
+        assert_eq!(
+            (m.route, m.class, m.account),
+            (0, RouteClass::Inquiry, Some("12345"))
+        );
+        assert_eq!(
+            r.find(&Method::GET, "/v1/bills/12345/", None)
+                .unwrap()
+                .account,
+            Some("12345")
+        );
+        assert_eq!(
+            r.find(&Method::POST, "/v1/payments", None).unwrap().route,
+            1
+        );
+        assert_eq!(
+            r.find(&Method::GET, "/v1/stmt-9/statement", None)
+                .unwrap()
+                .route,
+            3
+        );
+    }
+
+    #[test]
+    fn refuses_what_does_not_match() {
+        let r = router();
+        assert_eq!(r.find(&Method::POST, "/v1/bills/12345", None), None);
+        assert_eq!(r.find(&Method::GET, "/v1/bills/", None), None);
+        assert_eq!(r.find(&Method::GET, "/v1/bills", None), None);
+        assert_eq!(r.find(&Method::GET, "/v1/bills/1/2", None), None);
+        assert_eq!(r.find(&Method::GET, "v1/bills/1", None), None);
+        assert_eq!(r.find(&Method::GET, "/v2/bills/1", None), None);
+    }
+
+    #[test]
+    fn finds_the_account_in_the_query() {
+        let r = router();
+        assert_eq!(
+            r.find(&Method::GET, "/v1/lookup", Some("x=1&acct=778"))
+                .unwrap()
+                .account,
+            Some("778")
+        );
+        assert_eq!(
+            r.find(&Method::GET, "/v1/lookup", Some("acct="))
+                .unwrap()
+                .account,
+            None
+        );
+        assert_eq!(
+            r.find(&Method::GET, "/v1/lookup", None).unwrap().account,
+            None
+        );
+    }
+}

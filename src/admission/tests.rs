@@ -1,0 +1,394 @@
+//! Decision tests on a fake clock: every reason, its order, shadow mode and carry-over.
+
+use std::time::Duration;
+
+use http::Method;
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::config::*;
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn rate(text: &str) -> Rate {
+    parse_rate(text).unwrap()
+}
+
+fn partner(id: &str, key: &str, quotas: [Option<&str>; 3], per_account: Option<&str>) -> Partner {
+    Partner {
+        id: id.into(),
+        keys_sha256: vec![digest(key)],
+        quota: ClassQuotas(quotas.map(|q| q.map(rate))),
+        per_account: per_account.map(rate),
+        max_tracked_accounts: 3,
+        mode: Mode::Enforce,
+    }
+}
+
+fn config(capacity: &str, partners: Vec<Partner>) -> Config {
+    Config {
+        server: Server {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            key_header: http::HeaderName::from_static("x-api-key"),
+            origin_header: http::HeaderName::from_static("x-request-origin"),
+            partner_header: http::HeaderName::from_static("x-billgate-partner"),
+            max_body_bytes: 1024,
+        },
+        biller: Biller {
+            url: BillerUrl {
+                authority: "127.0.0.1:9".parse().unwrap(),
+                base_path: String::new(),
+            },
+            timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(1),
+            capacity: rate(capacity),
+            max_in_flight: 8,
+            breaker: Breaker {
+                failure_rate: 0.5,
+                window: Duration::from_secs(10),
+                min_calls: 20,
+                open_for: Duration::from_secs(5),
+            },
+        },
+        routes: vec![
+            Route {
+                name: "bill-inquiry".into(),
+                method: Method::GET,
+                path: PathTemplate {
+                    raw: "/v1/bills/{account}".into(),
+                    segments: vec![
+                        Segment::Literal("v1".into()),
+                        Segment::Literal("bills".into()),
+                        Segment::Account,
+                    ],
+                },
+                account: AccountSource::PathSegment,
+                class: RouteClass::Inquiry,
+                cache_for: None,
+            },
+            Route {
+                name: "bill-payment".into(),
+                method: Method::POST,
+                path: PathTemplate {
+                    raw: "/v1/payments".into(),
+                    segments: vec![
+                        Segment::Literal("v1".into()),
+                        Segment::Literal("payments".into()),
+                    ],
+                },
+                account: AccountSource::None,
+                class: RouteClass::Payment,
+                cache_for: None,
+            },
+        ],
+        partners,
+        source_sha256: String::new(),
+    }
+}
+
+fn inquiry<'r>(key: &'r str, path: &'r str, user: bool) -> RequestParts<'r> {
+    RequestParts {
+        method: &Method::GET,
+        path,
+        query: None,
+        key: Some(key.as_bytes()),
+        origin_user: user,
+    }
+}
+
+fn payment(key: &str) -> RequestParts<'_> {
+    RequestParts {
+        method: &Method::POST,
+        path: "/v1/payments",
+        query: None,
+        key: Some(key.as_bytes()),
+        origin_user: false,
+    }
+}
+
+fn reason(d: Decision<'_>) -> Option<Reason> {
+    match d {
+        Decision::Admit(_) => None,
+        Decision::Deny(denied) => Some(denied.reason),
+    }
+}
+
+#[test]
+fn identifies_classifies_and_admits() {
+    let (clock, _) = Clock::fake();
+    let cfg = config(
+        "100/s",
+        vec![partner(
+            "a",
+            "ka",
+            [Some("10/s"), Some("5/s"), Some("2/s")],
+            None,
+        )],
+    );
+    let gate = Gate::build(&cfg, None, &clock);
+    let Decision::Admit(a) = gate.decide(&inquiry("ka", "/v1/bills/77", true)) else {
+        panic!("denied")
+    };
+    assert_eq!(
+        (a.partner, a.class, a.route, a.account),
+        (0, Class::InquiryUser, 0, Some("77"))
+    );
+    assert_eq!(a.limit.policy, Policy::Class(Class::InquiryUser));
+    assert_eq!(a.limit.remaining.remaining, 4);
+    let Decision::Admit(a) = gate.decide(&inquiry("ka", "/v1/bills/77", false)) else {
+        panic!("denied")
+    };
+    assert_eq!(a.class, Class::InquiryScheduled);
+    let Decision::Admit(a) = gate.decide(&payment("ka")) else {
+        panic!("denied")
+    };
+    assert_eq!((a.class, a.account), (Class::Payment, None));
+}
+
+#[test]
+fn refuses_in_order_key_route_class() {
+    let (clock, _) = Clock::fake();
+    let cfg = config(
+        "100/s",
+        vec![partner("a", "ka", [Some("10/s"), None, None], None)],
+    );
+    let gate = Gate::build(&cfg, None, &clock);
+    let mut no_key = inquiry("ka", "/nowhere", false);
+    no_key.key = None;
+    assert_eq!(reason(gate.decide(&no_key)), Some(Reason::MissingKey));
+    assert_eq!(
+        reason(gate.decide(&inquiry("kx", "/nowhere", false))),
+        Some(Reason::UnknownKey)
+    );
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/nowhere", false))),
+        Some(Reason::NoRoute)
+    );
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/v1/bills/1", true))),
+        Some(Reason::ClassClosed)
+    );
+    assert_eq!(reason(gate.decide(&payment("ka"))), None);
+}
+
+#[test]
+fn partner_quota_denies_with_the_limiters_wait() {
+    let (clock, hand) = Clock::fake();
+    let cfg = config(
+        "100/s",
+        vec![partner("a", "ka", [None, None, Some("2/s")], None)],
+    );
+    let gate = Gate::build(&cfg, None, &clock);
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/v1/bills/1", false))),
+        None
+    );
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/v1/bills/2", false))),
+        None
+    );
+    let Decision::Deny(d) = gate.decide(&inquiry("ka", "/v1/bills/3", false)) else {
+        panic!("admitted")
+    };
+    assert_eq!(d.reason, Reason::PartnerQuota);
+    assert_eq!(d.retry_after, Some(Duration::from_millis(500)));
+    assert_eq!(
+        d.limit.unwrap().policy,
+        Policy::Class(Class::InquiryScheduled)
+    );
+    hand.advance(Duration::from_millis(500));
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/v1/bills/3", false))),
+        None
+    );
+}
+
+#[test]
+fn per_account_quota_is_per_account_and_per_partner() {
+    let (clock, hand) = Clock::fake();
+    let cfg = config(
+        "100/s",
+        vec![
+            partner(
+                "a",
+                "ka",
+                [Some("50/s"), Some("50/s"), Some("50/s")],
+                Some("2/min"),
+            ),
+            partner(
+                "b",
+                "kb",
+                [Some("50/s"), Some("50/s"), Some("50/s")],
+                Some("2/min"),
+            ),
+        ],
+    );
+    let gate = Gate::build(&cfg, None, &clock);
+    for _ in 0..2 {
+        assert_eq!(
+            reason(gate.decide(&inquiry("ka", "/v1/bills/9", false))),
+            None
+        );
+    }
+    let Decision::Deny(d) = gate.decide(&inquiry("ka", "/v1/bills/9", true)) else {
+        panic!("admitted")
+    };
+    assert_eq!(
+        (d.reason, d.retry_after),
+        (Reason::AccountQuota, Some(Duration::from_secs(30)))
+    );
+    assert_eq!(d.limit.unwrap().policy, Policy::PerAccount);
+    // Another account, another partner, and payments are untouched.
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/v1/bills/10", false))),
+        None
+    );
+    assert_eq!(
+        reason(gate.decide(&inquiry("kb", "/v1/bills/9", false))),
+        None
+    );
+    assert_eq!(reason(gate.decide(&payment("ka"))), None);
+    hand.advance(Duration::from_secs(30));
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/v1/bills/9", false))),
+        None
+    );
+}
+
+#[test]
+fn account_table_is_bounded_and_swept() {
+    let (clock, hand) = Clock::fake();
+    let cfg = config(
+        "1000/s",
+        vec![partner("a", "ka", [None, None, Some("500/s")], Some("1/s"))],
+    );
+    let gate = Gate::build(&cfg, None, &clock);
+    let accounts = gate.partners()[0].accounts.clone().unwrap();
+    for n in 0..3 {
+        let path = format!("/v1/bills/{n}");
+        assert_eq!(reason(gate.decide(&inquiry("ka", &path, false))), None);
+    }
+    assert_eq!(accounts.tracked(), 3);
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/v1/bills/new", false))),
+        Some(Reason::AccountTableFull)
+    );
+    // Nothing is idle yet: a sweep keeps all three.
+    gate.sweep_accounts();
+    assert_eq!((accounts.tracked(), accounts.evicted()), (3, 0));
+    // governor evicts a state one interval after it became fresh again.
+    hand.advance(Duration::from_secs(1));
+    gate.sweep_accounts();
+    assert_eq!(accounts.tracked(), 3);
+    hand.advance(Duration::from_secs(1));
+    gate.sweep_accounts();
+    assert_eq!((accounts.tracked(), accounts.evicted()), (0, 3));
+    assert_eq!(
+        reason(gate.decide(&inquiry("ka", "/v1/bills/new", false))),
+        None
+    );
+}
+
+#[test]
+fn shadow_mode_admits_and_names_the_would_be_refusal() {
+    let (clock, _) = Clock::fake();
+    let mut p = partner("s", "ks", [None, None, Some("1/s")], Some("1/min"));
+    p.mode = Mode::Shadow;
+    let gate = Gate::build(&config("100/s", vec![p]), None, &clock);
+    let Decision::Admit(a) = gate.decide(&inquiry("ks", "/v1/bills/1", false)) else {
+        panic!()
+    };
+    assert_eq!(a.shadow, None);
+    let Decision::Admit(a) = gate.decide(&inquiry("ks", "/v1/bills/1", false)) else {
+        panic!()
+    };
+    assert_eq!(a.shadow, Some(Reason::PartnerQuota));
+    assert_eq!(a.limit.remaining.remaining, 0);
+    // A closed class is an access rule, not a limit: shadow mode does not open it.
+    assert_eq!(
+        reason(gate.decide(&payment("ks"))),
+        Some(Reason::ClassClosed)
+    );
+}
+
+#[test]
+fn biller_budget_is_shared_by_all_partners() {
+    let (clock, _) = Clock::fake();
+    let q = [Some("100/s"), Some("100/s"), Some("100/s")];
+    let cfg = config(
+        "3/s",
+        vec![partner("a", "ka", q, None), partner("b", "kb", q, None)],
+    );
+    let gate = Gate::build(&cfg, None, &clock);
+    assert_eq!(reason(gate.decide(&payment("ka"))), None);
+    assert_eq!(reason(gate.decide(&payment("kb"))), None);
+    assert_eq!(reason(gate.decide(&payment("ka"))), None);
+    let Decision::Deny(d) = gate.decide(&payment("kb")) else {
+        panic!()
+    };
+    assert_eq!(
+        (d.reason, d.retry_after),
+        (
+            Reason::BillerCapacity,
+            Some(Duration::from_nanos(333_333_333))
+        )
+    );
+}
+
+#[test]
+fn a_rebuild_carries_over_unchanged_quotas_only() {
+    let (clock, _) = Clock::fake();
+    let q = [Some("10/s"), None, Some("1/s")];
+    let old = Gate::build(
+        &config(
+            "100/s",
+            vec![
+                partner("a", "ka", q, Some("1/s")),
+                partner("b", "kb", q, None),
+            ],
+        ),
+        None,
+        &clock,
+    );
+    assert_eq!(
+        reason(old.decide(&inquiry("ka", "/v1/bills/1", false))),
+        None
+    );
+    assert_eq!(
+        reason(old.decide(&inquiry("ka", "/v1/bills/1", false))),
+        Some(Reason::PartnerQuota)
+    );
+    let mut b = partner("b", "kb", q, None);
+    b.quota.0[Class::Payment.index()] = Some(rate("20/s"));
+    let new = Gate::build(
+        &config("100/s", vec![partner("a", "ka", q, Some("1/s")), b]),
+        Some(&old),
+        &clock,
+    );
+    // a's spent scheduled quota is still spent after the rebuild.
+    assert_eq!(
+        reason(new.decide(&inquiry("ka", "/v1/bills/2", false))),
+        Some(Reason::PartnerQuota)
+    );
+    let (a_old, a_new) = (&old.partners()[0], &new.partners()[0]);
+    assert!(a_old.quotas[2]
+        .as_ref()
+        .unwrap()
+        .same_state(a_new.quotas[2].as_ref().unwrap()));
+    assert!(Arc::ptr_eq(
+        a_old.accounts.as_ref().unwrap(),
+        a_new.accounts.as_ref().unwrap()
+    ));
+    let (b_old, b_new) = (&old.partners()[1], &new.partners()[1]);
+    assert!(!b_old.quotas[0]
+        .as_ref()
+        .unwrap()
+        .same_state(b_new.quotas[0].as_ref().unwrap()));
+    assert!(b_old.quotas[2]
+        .as_ref()
+        .unwrap()
+        .same_state(b_new.quotas[2].as_ref().unwrap()));
+}
