@@ -1,6 +1,57 @@
 //! billgate: a reverse proxy that protects a utility-bill (EBPP) API from the partners that call it.
+//!
+//! A request's path: [`proxy`] serves it, [`admission`] decides it (a pure function of the
+//! request, the [`config`] snapshot and the [`clock`]), the pooled client forwards it to the
+//! biller, and [`metrics`] counts it. [`biller`] is the stand-in EBPP biller.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
+pub mod biller;
+pub mod cli;
 pub mod clock;
+mod commands;
 pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod proxy;
+
+use std::process::ExitCode;
+
+use cli::{Command, LogFormat, Opts};
+
+/// Runs one command line; the exit code says whether it succeeded.
+pub fn run(opts: Opts) -> ExitCode {
+    init_logging(opts.log_format);
+    let result = match opts.command {
+        Command::Check { config } => Ok(commands::check(&config)),
+        Command::HashKey => commands::hash_key(),
+        Command::Serve { config, with_biller } => {
+            runtime().and_then(|rt| rt.block_on(commands::serve(config, with_biller)))
+        }
+        Command::Biller { listen, capacity, base_latency } => {
+            runtime().and_then(|rt| rt.block_on(commands::biller(listen, &capacity, &base_latency)))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,55 @@
+//! The command line: clap definitions only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// billgate: a reverse proxy that protects a utility-bill (EBPP) API from the partners that
+/// call it.
+#[derive(Debug, Parser)]
+#[command(name = "billgate", version, about)]
+pub struct Opts {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The configuration file; without it, the shipped example is used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also start the stand-in biller at `[biller] url`, in-process.
+        #[arg(long)]
+        with_biller: bool,
+    },
+    /// Validate a configuration and print its partners, quotas and warnings; exit 1 on error.
+    Check {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Read an API key on stdin and print its SHA-256, for `keys_sha256`.
+    HashKey,
+    /// Run the stand-in EBPP biller alone.
+    Biller {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Requests per second it can serve, as a rate (`400/s`).
+        #[arg(long, default_value = "400/s")]
+        capacity: String,
+        /// Latency when idle, as a duration (`5ms`).
+        #[arg(long, default_value = "5ms")]
+        base_latency: String,
+    },
+}

@@ -1,0 +1,105 @@
+//! A running gateway: partner listener, admin listener and the background tasks beside them
+//! (biller probe, per-account sweeps), started together and stopped together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::{self, Config, ConfigErrors};
+use crate::proxy::{self, Shared};
+
+/// How a gateway runs, beyond its configuration.
+#[derive(Clone)]
+pub struct Options {
+    pub clock: Clock,
+    /// The file reloads re-read; `None` when the configuration did not come from a file.
+    pub config_path: Option<PathBuf>,
+    /// How long open connections may finish after shutdown begins. Default 10s.
+    pub drain: Duration,
+    /// How often the biller is probed for `/readyz`. Default 1s.
+    pub probe_every: Duration,
+    /// How often idle per-account state is evicted. Default 5s.
+    pub sweep_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Clock::real(),
+            config_path: None,
+            drain: Duration::from_secs(10),
+            probe_every: Duration::from_secs(1),
+            sweep_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A started gateway.
+pub struct Gateway {
+    /// Where partners connect.
+    pub addr: SocketAddr,
+    /// Where the admin endpoints answer.
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    options: Options,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds both listeners (port 0 picks a free port) and starts serving.
+    pub async fn start(config: Config, options: Options) -> anyhow::Result<Gateway> {
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        let admin = TcpListener::bind(config.server.admin_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", config.server.admin_listen))?;
+        let addr = listener.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+        let shared = Arc::new(Shared::new(config, options.clock.clone())?);
+        let (stop, stopped) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(proxy::serve(Arc::clone(&shared), listener, stopped.clone(), options.drain)),
+            tokio::spawn(crate::admin::serve(Arc::clone(&shared), admin, stopped.clone())),
+            tokio::spawn(proxy::probe_biller(Arc::clone(&shared), options.probe_every, stopped.clone())),
+            tokio::spawn(proxy::sweep_accounts(Arc::clone(&shared), options.sweep_every, stopped)),
+        ];
+        tracing::info!(%addr, %admin_addr, "billgate listening");
+        Ok(Gateway {
+            addr,
+            admin_addr,
+            shared,
+            options,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Re-reads the configuration file and swaps it in if it is valid in full; otherwise the
+    /// running configuration stays and the errors are returned.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let Some(path) = &self.options.config_path else {
+            return Ok(());
+        };
+        let config = config::load_file(path)?;
+        let sha = config.source_sha256.clone();
+        self.shared.install(config);
+        tracing::info!(config = %path.display(), sha256 = %sha, "configuration reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting, lets open requests finish (up to the drain time) and stops every task.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The Prometheus registry and every metric billgate exports. Handles for each partner × class
+//! are bound when a snapshot is built ([`Metrics::bind_partner`]), never looked up per request.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::admission::Reason;
+use crate::config::Class;
+
+/// What became of a request, the `outcome` label of `billgate_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded and the biller answered (whatever its status).
+    Forwarded,
+    /// Refused by the gateway without touching the biller.
+    Rejected,
+    /// Forwarded, but the biller could not be reached in time (502/504).
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Forwarded, Outcome::Rejected, Outcome::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Why the gateway refused a request: an admission reason, or a proxy-level one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Admission(Reason),
+    BodyTooLarge,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Admission(reason) => reason.as_str(),
+            RejectReason::BodyTooLarge => "body_too_large",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            RejectReason::Admission(reason) => reason.index(),
+            RejectReason::BodyTooLarge => Reason::ALL.len(),
+        }
+    }
+
+    fn all() -> impl Iterator<Item = RejectReason> {
+        Reason::ALL
+            .into_iter()
+            .map(RejectReason::Admission)
+            .chain([RejectReason::BodyTooLarge])
+    }
+}
+
+/// Why a forwarded request failed, the `kind` label of `billgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+}
+
+/// Handles bound for one partner (or for the unidentified) and one class (or none).
+#[derive(Clone)]
+pub struct ClassMetrics {
+    requests: [IntCounter; 3],
+    rejections: Vec<IntCounter>,
+    shadow: Vec<IntCounter>,
+}
+
+impl ClassMetrics {
+    #[inline]
+    pub fn outcome(&self, outcome: Outcome) {
+        self.requests[outcome as usize].inc();
+    }
+
+    #[inline]
+    pub fn rejected(&self, reason: RejectReason) {
+        self.requests[Outcome::Rejected as usize].inc();
+        self.rejections[reason.index()].inc();
+    }
+
+    /// A shadow-mode partner's request that enforcement would have refused.
+    #[inline]
+    pub fn shadow_rejected(&self, reason: Reason) {
+        self.shadow[reason.index()].inc();
+    }
+}
+
+/// One partner's handles: one set per class, plus one for requests matching no route.
+#[derive(Clone)]
+pub struct PartnerMetrics {
+    pub classes: [ClassMetrics; 3],
+    pub unrouted: ClassMetrics,
+    pub accounts_tracked: IntGauge,
+    pub accounts_evicted: IntCounter,
+}
+
+impl PartnerMetrics {
+    #[inline]
+    pub fn class(&self, class: Class) -> &ClassMetrics {
+        &self.classes[class.index()]
+    }
+}
+
+/// The registry and its metric families.
+pub struct Metrics {
+    registry: Registry,
+    families: Families,
+    accounts_tracked: IntGaugeVec,
+    accounts_evicted: IntCounterVec,
+    upstream_duration: [Histogram; 3],
+    pub upstream_in_flight: IntGauge,
+    upstream_errors: [IntCounter; 2],
+    config_info: IntGaugeVec,
+    /// Handles for requests whose partner is unknown.
+    pub anonymous: ClassMetrics,
+}
+
+/// The families every [`ClassMetrics`] binds from.
+struct Families {
+    requests: IntCounterVec,
+    rejections: IntCounterVec,
+    shadow: IntCounterVec,
+}
+
+impl Families {
+    fn bind_class(&self, partner: &str, class: &str) -> ClassMetrics {
+        ClassMetrics {
+            requests: Outcome::ALL
+                .map(|o| self.requests.with_label_values(&[partner, class, o.as_str()])),
+            rejections: RejectReason::all()
+                .map(|r| self.rejections.with_label_values(&[partner, class, r.as_str()]))
+                .collect(),
+            shadow: Reason::ALL
+                .map(|r| self.shadow.with_label_values(&[partner, class, r.as_str()]))
+                .to_vec(),
+        }
+    }
+}
+
+/// Latency buckets from 1 ms to ~16 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0,
+];
+
+impl Metrics {
+    /// Builds and registers every family. Fails only on a programming error (a bad name).
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("billgate_requests_total", "Requests by partner, class and outcome."),
+            &["partner", "class", "outcome"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new("billgate_rejections_total", "Requests refused by the gateway, by reason."),
+            &["partner", "class", "reason"],
+        )?;
+        let shadow = IntCounterVec::new(
+            Opts::new(
+                "billgate_shadow_rejections_total",
+                "Requests of shadow-mode partners that enforcement would have refused (forwarded).",
+            ),
+            &["partner", "class", "reason"],
+        )?;
+        let accounts_tracked = IntGaugeVec::new(
+            Opts::new("billgate_account_keys_tracked", "Bill accounts tracked for per-account quotas."),
+            &["partner"],
+        )?;
+        let accounts_evicted = IntCounterVec::new(
+            Opts::new("billgate_account_keys_evicted_total", "Idle bill accounts evicted."),
+            &["partner"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "billgate_upstream_duration_seconds",
+                "Time from forwarding a request to the biller's response head, by class.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["class"],
+        )?;
+        let upstream_in_flight = IntGauge::new("billgate_upstream_in_flight", "Requests at the biller now.")?;
+        let errors = IntCounterVec::new(
+            Opts::new("billgate_upstream_errors_total", "Forwarded requests the biller did not answer, by kind."),
+            &["kind"],
+        )?;
+        let config_info = IntGaugeVec::new(
+            Opts::new("billgate_config_info", "The running configuration (1), by file hash."),
+            &["sha256"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(shadow.clone()))?;
+        registry.register(Box::new(accounts_tracked.clone()))?;
+        registry.register(Box::new(accounts_evicted.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_in_flight.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(config_info.clone()))?;
+        let upstream_duration = Class::ALL.map(|c| duration.with_label_values(&[c.as_str()]));
+        let upstream_errors = ["connect", "timeout"].map(|k| errors.with_label_values(&[k]));
+        let families = Families {
+            requests,
+            rejections,
+            shadow,
+        };
+        Ok(Metrics {
+            registry,
+            anonymous: families.bind_class("unknown", "none"),
+            families,
+            accounts_tracked,
+            accounts_evicted,
+            upstream_duration,
+            upstream_in_flight,
+            upstream_errors,
+            config_info,
+        })
+    }
+
+    /// Binds every handle a partner's requests touch.
+    pub fn bind_partner(&self, partner: &str) -> PartnerMetrics {
+        PartnerMetrics {
+            classes: Class::ALL.map(|c| self.families.bind_class(partner, c.as_str())),
+            unrouted: self.families.bind_class(partner, "none"),
+            accounts_tracked: self.accounts_tracked.with_label_values(&[partner]),
+            accounts_evicted: self.accounts_evicted.with_label_values(&[partner]),
+        }
+    }
+
+    #[inline]
+    pub fn upstream_duration(&self, class: Class) -> &Histogram {
+        &self.upstream_duration[class.index()]
+    }
+
+    #[inline]
+    pub fn upstream_error(&self, kind: UpstreamError) {
+        self.upstream_errors[kind as usize].inc();
+    }
+
+    /// Marks `sha256` as the running configuration.
+    pub fn set_config(&self, sha256: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[sha256]).set(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}

@@ -1,0 +1,226 @@
+//! Every answer the gateway gives on its own — denials and upstream failures — in one place:
+//! the status, `Retry-After`, the `RateLimit` fields and the RFC 9457 problem body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, Response, StatusCode};
+use serde::Serialize;
+
+use crate::admission::{Denied, Limit, Reason};
+use crate::clock::ceil_secs;
+use crate::config::Class;
+
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// Something the gateway answers itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// The admission decision said no.
+    Denied(Denied),
+    /// The request body is larger than `max_body_bytes`.
+    BodyTooLarge { limit: u64 },
+    /// The biller could not be connected to, or broke the exchange.
+    BillerUnreachable,
+    /// The biller did not answer within `[biller] timeout`.
+    BillerTimeout { timeout: Duration },
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partner: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class: Option<&'a str>,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    /// The reason label for metrics and the problem body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Denied(d) => d.reason.as_str(),
+            Refusal::BodyTooLarge { .. } => "body_too_large",
+            Refusal::BillerUnreachable => "biller_unreachable",
+            Refusal::BillerTimeout { .. } => "biller_timeout",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Denied(d) => match d.reason {
+                Reason::MissingKey | Reason::UnknownKey => StatusCode::UNAUTHORIZED,
+                Reason::NoRoute => StatusCode::NOT_FOUND,
+                Reason::ClassClosed => StatusCode::FORBIDDEN,
+                Reason::PartnerQuota | Reason::AccountQuota | Reason::AccountTableFull => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                Reason::BillerCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BillerUnreachable => StatusCode::BAD_GATEWAY,
+            Refusal::BillerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Refusal::Denied(d) => match d.reason {
+                Reason::MissingKey => "API key required",
+                Reason::UnknownKey => "Unknown API key",
+                Reason::NoRoute => "No such route",
+                Reason::ClassClosed => "Class not allowed for this partner",
+                Reason::PartnerQuota => "Partner quota exceeded",
+                Reason::AccountQuota => "Bill account asked about too often",
+                Reason::AccountTableFull => "Too many distinct bill accounts",
+                Reason::BillerCapacity => "Biller at capacity",
+            },
+            Refusal::BodyTooLarge { .. } => "Request body too large",
+            Refusal::BillerUnreachable => "Biller unreachable",
+            Refusal::BillerTimeout { .. } => "Biller timed out",
+        }
+    }
+
+    fn detail(&self, partner: Option<&str>, class: Option<Class>, key_header: &str) -> String {
+        let who = partner.unwrap_or("the caller");
+        let class = class.map(Class::as_str).unwrap_or("this request");
+        match self {
+            Refusal::Denied(d) => {
+                let wait = d.retry_after.map(|w| ceil_secs(w).max(1)).unwrap_or(0);
+                let rate = d.limit.map(|l| l.rate.to_string()).unwrap_or_default();
+                match d.reason {
+                    Reason::MissingKey => format!("send your API key in the `{key_header}` header"),
+                    Reason::UnknownKey => format!("the key in `{key_header}` belongs to no partner"),
+                    Reason::NoRoute => "no route of the gateway matches this method and path".into(),
+                    Reason::ClassClosed => format!("{who} has no quota for {class}; ask the biller's operators to open it"),
+                    Reason::PartnerQuota => format!("{who} sent more {class} requests than its quota of {rate}; retry in {wait}s"),
+                    Reason::AccountQuota => format!("this bill account may be asked about {rate}; retry in {wait}s"),
+                    Reason::AccountTableFull => format!("{who} is asking about more distinct bill accounts than the gateway tracks; retry in {wait}s"),
+                    Reason::BillerCapacity => format!("the biller's capacity is spent by all partners together; retry in {wait}s"),
+                }
+            }
+            Refusal::BodyTooLarge { limit } => format!("request bodies are limited to {limit} bytes"),
+            Refusal::BillerUnreachable => "the gateway could not reach the biller; nothing was delivered if the connection failed".into(),
+            Refusal::BillerTimeout { timeout } => format!("the biller did not answer within {}ms; the outcome is unknown", timeout.as_millis()),
+        }
+    }
+
+    /// The full answer: status, headers and problem body.
+    pub fn response<B: From<Bytes>>(&self, partner: Option<&str>, class: Option<Class>, key_header: &str) -> Response<B> {
+        let status = self.status();
+        let retry_after = match self {
+            Refusal::Denied(d) => d.retry_after.map(|w| ceil_secs(w).max(1)),
+            Refusal::BillerUnreachable | Refusal::BillerTimeout { .. } => None,
+            Refusal::BodyTooLarge { .. } => None,
+        };
+        let problem = Problem {
+            kind: format!("urn:billgate:problem:{}", self.reason()),
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.detail(partner, class, key_header),
+            partner,
+            class: class.map(Class::as_str),
+            reason: self.reason(),
+            retry_after,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = Response::new(B::from(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, PROBLEM_JSON);
+        if let Some(secs) = retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Refusal::Denied(Denied { limit: Some(limit), .. }) = self {
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                insert_ratelimit(headers, limit);
+            }
+        }
+        response
+    }
+}
+
+/// Sets `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10) for `limit`.
+pub fn insert_ratelimit(headers: &mut HeaderMap, limit: &Limit) {
+    let name = limit.policy.name();
+    let policy = format!("\"{name}\";q={};w={}", limit.rate.count, limit.rate.period.seconds());
+    let reset = ceil_secs(limit.remaining.reset);
+    let state = format!("\"{name}\";r={};t={reset}", limit.remaining.remaining);
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        headers.insert(RATELIMIT_POLICY.clone(), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&state) {
+        headers.insert(RATELIMIT.clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::{Policy, Remaining};
+    use crate::config::parse_rate;
+
+    fn denied(reason: Reason, wait_ms: u64) -> Denied {
+        Denied {
+            reason,
+            partner: Some(0),
+            class: Some(Class::InquiryScheduled),
+            route: Some(0),
+            limit: Some(Limit {
+                policy: Policy::Class(Class::InquiryScheduled),
+                rate: parse_rate("20/s burst 40").unwrap(),
+                remaining: Remaining { remaining: 0, reset: Duration::from_millis(wait_ms) },
+            }),
+            retry_after: Some(Duration::from_millis(wait_ms)),
+        }
+    }
+
+    #[test]
+    fn a_quota_denial_carries_retry_after_and_ratelimit_fields() {
+        let r: Response<Bytes> = Refusal::Denied(denied(Reason::PartnerQuota, 1200))
+            .response(Some("wallet-a"), Some(Class::InquiryScheduled), "x-api-key");
+        assert_eq!(r.status(), 429);
+        let h = r.headers();
+        assert_eq!(h["content-type"], "application/problem+json");
+        assert_eq!(h["retry-after"], "2");
+        assert_eq!(h["ratelimit-policy"], "\"inquiry_scheduled\";q=20;w=1");
+        assert_eq!(h["ratelimit"], "\"inquiry_scheduled\";r=0;t=2");
+        let body: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(body["type"], "urn:billgate:problem:partner_quota");
+        assert_eq!(body["status"], 429);
+        assert_eq!(body["partner"], "wallet-a");
+        assert_eq!(body["class"], "inquiry_scheduled");
+        assert_eq!(body["retry_after"], 2);
+    }
+
+    #[test]
+    fn a_sub_second_wait_still_says_one_second() {
+        let r: Response<Bytes> = Refusal::Denied(denied(Reason::PartnerQuota, 10))
+            .response(Some("a"), None, "x-api-key");
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn statuses_by_refusal() {
+        let s = |reason| Refusal::Denied(denied(reason, 1)).status().as_u16();
+        assert_eq!(s(Reason::MissingKey), 401);
+        assert_eq!(s(Reason::UnknownKey), 401);
+        assert_eq!(s(Reason::NoRoute), 404);
+        assert_eq!(s(Reason::ClassClosed), 403);
+        assert_eq!(s(Reason::AccountQuota), 429);
+        assert_eq!(s(Reason::BillerCapacity), 503);
+        assert_eq!(Refusal::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(Refusal::BillerUnreachable.status(), 502);
+        assert_eq!(Refusal::BillerTimeout { timeout: Duration::from_secs(1) }.status(), 504);
+    }
+}

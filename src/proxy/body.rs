@@ -1,0 +1,67 @@
+//! Bodies the gateway sends to partners: its own answers, or the biller's streamed with a
+//! deadline so a biller that stalls mid-body cannot hang the partner.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// The response body type of the gateway.
+pub type ProxyBody = Either<Full<Bytes>, Deadline<Incoming>>;
+
+/// A body that fails once its deadline passes.
+pub struct Deadline<B> {
+    inner: B,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<B> Deadline<B> {
+    pub fn new(inner: B, deadline: Instant) -> Self {
+        Deadline {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+}
+
+/// The biller's body did not finish in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the biller's response body did not finish within {0:?}")]
+pub struct BodyTimedOut(pub Duration);
+
+impl<B> Body for Deadline<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(Duration::ZERO))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

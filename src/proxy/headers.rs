@@ -1,0 +1,97 @@
+//! Header hygiene between partner and biller: hop-by-hop headers dropped both ways, the
+//! partner's key stripped, the trusted partner header set (and any copy the partner sent
+//! removed), `x-forwarded-for` extended.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::HeaderMap;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Removes hop-by-hop headers, including any named in `Connection`. `Transfer-Encoding` is left
+/// to hyper, which frames bodies itself.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a partner's request headers for the biller.
+pub fn to_biller(
+    headers: &mut HeaderMap,
+    key_header: &HeaderName,
+    partner_header: &HeaderName,
+    partner: &HeaderValue,
+    host: &HeaderValue,
+    peer: IpAddr,
+) {
+    strip_hop_by_hop(headers);
+    headers.remove(key_header);
+    // `insert` replaces every copy the partner may have sent.
+    headers.insert(partner_header.clone(), partner.clone());
+    headers.insert(HOST, host.clone());
+    let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(before) if !before.trim().is_empty() => format!("{before}, {peer}"),
+        _ => peer.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_what_goes_to_the_biller() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("secret"));
+        h.append("x-billgate-partner", HeaderValue::from_static("spoofed"));
+        h.append("x-billgate-partner", HeaderValue::from_static("spoofed-2"));
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
+        h.insert("accept", HeaderValue::from_static("application/json"));
+        to_biller(
+            &mut h,
+            &HeaderName::from_static("x-api-key"),
+            &HeaderName::from_static("x-billgate-partner"),
+            &HeaderValue::from_static("wallet-a"),
+            &HeaderValue::from_static("127.0.0.1:9000"),
+            "127.0.0.1".parse().unwrap(),
+        );
+        assert!(h.get("x-api-key").is_none());
+        assert_eq!(h.get_all("x-billgate-partner").iter().collect::<Vec<_>>(), ["wallet-a"]);
+        assert!(h.get("connection").is_none());
+        assert!(h.get("x-private").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+        assert_eq!(h["host"], "127.0.0.1:9000");
+        assert_eq!(h["accept"], "application/json");
+    }
+}

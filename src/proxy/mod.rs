@@ -1,0 +1,175 @@
+//! The partner-facing HTTP server and the pooled client to the biller: the only place that
+//! serves partner traffic. Admission, metrics and answers are used from here, never the reverse.
+
+mod answer;
+mod body;
+mod handler;
+mod headers;
+mod snapshot;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use answer::{insert_ratelimit, Refusal};
+pub use body::ProxyBody;
+pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// The pooled client to the biller.
+pub type BillerClient = Client<HttpConnector, Limited<Incoming>>;
+
+/// State shared by every connection and the admin listener.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    pub client: BillerClient,
+    pub clock: Clock,
+    /// Whether the biller accepted a connection at the last probe.
+    pub biller_reachable: AtomicBool,
+}
+
+impl Shared {
+    /// Builds the shared state for `config`: metrics, the first snapshot and the biller client.
+    pub fn new(config: Config, clock: Clock) -> Result<Shared, prometheus::Error> {
+        let metrics = Metrics::new()?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.biller.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(usize::try_from(config.biller.max_in_flight).unwrap_or(128))
+            .timer(TokioTimer::new())
+            .build(connector);
+        let snapshot = Snapshot::build(config, None, &clock, &metrics);
+        Ok(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            client,
+            clock,
+            biller_reachable: AtomicBool::new(false),
+        })
+    }
+
+    /// Builds a snapshot for `config` carrying over limiter state, and swaps it in.
+    pub fn install(&self, config: Config) {
+        let previous = self.snapshot.load_full();
+        let next = Snapshot::build(config, Some(&previous), &self.clock, &self.metrics);
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Evicts idle per-account state and refreshes the account gauges.
+    pub fn sweep(&self) {
+        let snapshot = self.snapshot.load();
+        snapshot.gate.sweep_accounts();
+        for (gate, runtime) in snapshot.gate.partners().iter().zip(&snapshot.partners) {
+            if let Some(accounts) = &gate.accounts {
+                runtime.metrics.accounts_tracked.set(i64::try_from(accounts.tracked()).unwrap_or(i64::MAX));
+                let evicted = accounts.evicted();
+                let counted = runtime.metrics.accounts_evicted.get();
+                runtime.metrics.accounts_evicted.inc_by(evicted.saturating_sub(counted));
+            }
+        }
+    }
+
+    pub fn biller_reachable(&self) -> bool {
+        self.biller_reachable.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves partner connections on `listener` until `shutdown` turns true, then lets open
+/// connections finish for up to `drain`.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                let service = service_fn(move |request| handler::handle(Arc::clone(&shared), peer, request));
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!("connections still open after {drain:?}; closing them");
+        }
+    }
+}
+
+/// Probes the biller with a TCP connect every `every`, recording whether it answered.
+pub async fn probe_biller(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (target, timeout) = {
+            let snapshot = shared.snapshot.load();
+            (snapshot.config.biller.url.host_port(), snapshot.config.biller.connect_timeout)
+        };
+        let reachable = matches!(
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await,
+            Ok(Ok(_))
+        );
+        if reachable != shared.biller_reachable.swap(reachable, Ordering::Relaxed) {
+            tracing::info!(biller = %target, reachable, "biller reachability changed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Sweeps idle per-account state every `every`.
+pub async fn sweep_accounts(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => shared.sweep(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The peer address type used by handlers.
+pub type Peer = SocketAddr;

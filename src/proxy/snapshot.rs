@@ -1,0 +1,66 @@
+//! The running configuration as one immutable snapshot: config, admission gate, bound metric
+//! handles and pre-built upstream parts. A reload builds a new one and swaps it in.
+
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::uri::{Authority, Scheme};
+
+use crate::admission::Gate;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::{Metrics, PartnerMetrics};
+
+/// Per-partner values the proxy needs on every request, built once.
+pub struct PartnerRuntime {
+    pub metrics: PartnerMetrics,
+    /// The partner's id as the trusted header value.
+    pub header_value: HeaderValue,
+}
+
+/// Everything a request is served under, from start to finish.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub gate: Gate,
+    pub partners: Vec<PartnerRuntime>,
+    pub upstream: Upstream,
+}
+
+/// Pre-built parts of every upstream URI and `Host`.
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub base_path: String,
+    pub host: HeaderValue,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, carrying limiter state over from `previous` where quotas are unchanged.
+    pub fn build(config: Config, previous: Option<&Snapshot>, clock: &Clock, metrics: &Metrics) -> Snapshot {
+        let gate = Gate::build(&config, previous.map(|s| &s.gate), clock);
+        let partners = config
+            .partners
+            .iter()
+            .map(|p| PartnerRuntime {
+                metrics: metrics.bind_partner(&p.id),
+                // Partner ids are validated to `[a-z0-9_-]`, always a valid header value.
+                header_value: HeaderValue::from_str(&p.id).unwrap_or(HeaderValue::from_static("invalid")),
+            })
+            .collect();
+        let authority = config.biller.url.authority.clone();
+        let host = HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("biller"));
+        let upstream = Upstream {
+            scheme: Scheme::HTTP,
+            authority,
+            base_path: config.biller.url.base_path.clone(),
+            host,
+        };
+        metrics.set_config(&config.source_sha256);
+        Snapshot {
+            config: Arc::new(config),
+            gate,
+            partners,
+            upstream,
+        }
+    }
+}
