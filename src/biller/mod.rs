@@ -1,16 +1,30 @@
 //! The stand-in EBPP biller: a realistic fake of the bill API billgate protects, with latency
 //! that climbs under load, failures past capacity and collapse under sustained overload.
 //!
-//! It serves `GET /v1/bills/{account}` and `POST /v1/payments` (see [`Biller`]), plus control
-//! paths under `/_biller/` that are not counted as load:
+//! The API it serves (HTTP/1.1):
+//!
+//! - `GET /v1/bills/{account}`: 200 with a bill derived from the account (about one account in
+//!   five answers `"status":"no_bill_due"`); 400 unless the account is 1–32 of `[A-Za-z0-9-]`.
+//! - `POST /v1/payments` with `{"account","bill_id"?,"amount":"123.45","currency"?}`: 201 with a
+//!   receipt (`RCPT-000000001`, …); 400 on bad JSON or fields, 413 over 64 KiB.
+//! - Anything else: 404, or 405 with `Allow`. Errors are `application/problem+json`.
+//!
+//! Every call to the two API routes passes the load model first (see `load.rs`): past capacity a
+//! share fails with 503 and `Retry-After: 1`; overload sustained past `overload_grace` answers
+//! every request 503 "biller down" for `down_for`; a brown-out slows answers and fails a share with
+//! 500. Answers are delayed by the model's latency with `tokio::time::sleep`.
+//!
+//! Control paths under `/_biller/` are neither counted as load nor recorded:
 //!
 //! - `GET /_biller/stats`: [`BillerStats`] as JSON;
-//! - `POST /_biller/brownout?latency_factor=3&failure_share=0.3`: start a brown-out;
-//! - `DELETE /_biller/brownout`: end it.
+//! - `POST /_biller/brownout?latency_factor=3&failure_share=0.3`: start a brown-out (factor 1–1000,
+//!   default 1; share 0–1, default 0; anything else is 400);
+//! - `DELETE /_biller/brownout`: end it (204).
 
 mod bills;
 mod http;
 mod load;
+mod problem;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -85,15 +99,19 @@ pub struct BillerStats {
     pub down: bool,
     /// How many times sustained overload has taken it down.
     pub times_down: u64,
-    /// Arrivals per second over the last completed second.
+    /// Calls to the bill and payment routes per second, over the last completed second
+    /// (measured in 100 ms steps, so a burst shows up to 100 ms late).
     pub current_rate: f64,
 }
 
 /// One request as the biller received it (before reading its body).
 #[derive(Debug, Clone)]
 pub struct SeenRequest {
+    /// The request method.
     pub method: ::http::Method,
+    /// The path and query as sent, e.g. `/v1/bills/ACC-1?x=1`.
     pub path_and_query: String,
+    /// Every header as received, the `Host` included.
     pub headers: ::http::HeaderMap,
 }
 
@@ -118,7 +136,8 @@ struct Shared {
 }
 
 impl Biller {
-    /// A biller with `options`, reading time (for its load model) from `clock`.
+    /// A biller with `options`. Its load model reads time from `clock` (fake in tests, so
+    /// overload is driven by hand); receipts' `paid_at` and the answer delays use real time.
     pub fn new(options: BillerOptions, clock: Clock) -> Self {
         let load = LoadModel::new(
             LoadOptions {
