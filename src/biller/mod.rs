@@ -1,0 +1,309 @@
+//! The stand-in EBPP biller: a realistic fake of the bill API billgate protects, with latency
+//! that climbs under load, failures past capacity and collapse under sustained overload.
+//!
+//! The API it serves (HTTP/1.1):
+//!
+//! - `GET /v1/bills/{account}`: 200 with a bill derived from the account (about one account in
+//!   five answers `"status":"no_bill_due"`); 400 unless the account is 1–32 of `[A-Za-z0-9-]`.
+//! - `POST /v1/payments` with `{"account","bill_id"?,"amount":"123.45","currency"?}`: 201 with a
+//!   receipt (`RCPT-000000001`, …); 400 on bad JSON or fields, 413 over 64 KiB.
+//! - Anything else: 404, or 405 with `Allow`. Errors are `application/problem+json`.
+//!
+//! Every call to the two API routes passes the load model first (see `load.rs`): past capacity a
+//! share fails with 503 and `Retry-After: 1`; overload sustained past `overload_grace` answers
+//! every request 503 "biller down" for `down_for`; a brown-out slows answers and fails a share with
+//! 500. Answers are delayed by the model's latency with `tokio::time::sleep`.
+//!
+//! Control paths under `/_biller/` are neither counted as load nor recorded:
+//!
+//! - `GET /_biller/stats`: [`BillerStats`] as JSON;
+//! - `POST /_biller/brownout?latency_factor=3&failure_share=0.3`: start a brown-out (factor 1–1000,
+//!   default 1; share 0–1, default 0; anything else is 400);
+//! - `DELETE /_biller/brownout`: end it (204).
+
+mod bills;
+mod http;
+mod load;
+mod problem;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use load::{LoadModel, LoadOptions};
+
+/// How many requests [`Biller::recent_requests`] remembers.
+const RECENT_CAPACITY: usize = 256;
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after an accept error that is not one connection's own (e.g. out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How the stand-in biller behaves.
+#[derive(Debug, Clone)]
+pub struct BillerOptions {
+    /// Requests per second it can serve; must be > 0 (smaller or NaN is raised to 0.001/s).
+    /// Default 400/s.
+    pub capacity_per_sec: f64,
+    /// Latency when idle; it climbs towards 20 × this as load nears capacity. Default 5 ms.
+    pub base_latency: Duration,
+    /// Overload sustained longer than this takes it down. Default 3 s.
+    pub overload_grace: Duration,
+    /// How long it stays down. Default 10 s.
+    pub down_for: Duration,
+    /// The biller name in bills. Default "City Water & Power".
+    pub name: String,
+}
+
+impl Default for BillerOptions {
+    fn default() -> Self {
+        BillerOptions {
+            capacity_per_sec: 400.0,
+            base_latency: Duration::from_millis(5),
+            overload_grace: Duration::from_secs(3),
+            down_for: Duration::from_secs(10),
+            name: "City Water & Power".to_owned(),
+        }
+    }
+}
+
+/// What the biller has done so far, as `stats()` and `GET /_biller/stats` report it.
+///
+/// Control paths (`/_biller/…`) count nowhere.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BillerStats {
+    /// Requests received on any other path, including those answered 400, 404 or 405.
+    pub received: u64,
+    /// Requests answered with a bill (200) or a receipt (201).
+    pub served: u64,
+    /// Requests failed with 503 because load was past capacity.
+    pub failed_overload: u64,
+    /// Requests failed with 503 because the biller was down.
+    pub failed_down: u64,
+    /// Requests failed with 500 by a brown-out.
+    pub failed_brownout: u64,
+    /// `GET /v1/bills/{account}` requests received, whatever their outcome.
+    pub inquiries: u64,
+    /// `POST /v1/payments` requests received, whatever their outcome.
+    pub payments: u64,
+    /// Whether it is down now.
+    pub down: bool,
+    /// How many times sustained overload has taken it down.
+    pub times_down: u64,
+    /// Calls to the bill and payment routes per second, over the last completed second
+    /// (measured in 100 ms steps, so a burst shows up to 100 ms late).
+    pub current_rate: f64,
+}
+
+/// One request as the biller received it (before reading its body).
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// The request method.
+    pub method: ::http::Method,
+    /// The path and query as sent, e.g. `/v1/bills/ACC-1?x=1`.
+    pub path_and_query: String,
+    /// Every header as received, the `Host` included.
+    pub headers: ::http::HeaderMap,
+}
+
+/// The stand-in biller. Cheap to clone; every clone is the same biller.
+#[derive(Debug, Clone)]
+pub struct Biller {
+    shared: Arc<Shared>,
+}
+
+/// Everything a request handler reads or updates.
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    load: LoadModel,
+    received: AtomicU64,
+    served: AtomicU64,
+    inquiries: AtomicU64,
+    payments: AtomicU64,
+    /// The last receipt number issued.
+    receipts: AtomicU64,
+    recent: Mutex<VecDeque<SeenRequest>>,
+}
+
+impl Biller {
+    /// A biller with `options`. Its load model reads time from `clock` (fake in tests, so
+    /// overload is driven by hand); receipts' `paid_at` and the answer delays use real time.
+    pub fn new(options: BillerOptions, clock: Clock) -> Self {
+        let load = LoadModel::new(
+            LoadOptions {
+                capacity_per_sec: options.capacity_per_sec,
+                base_latency: options.base_latency,
+                overload_grace: options.overload_grace,
+                down_for: options.down_for,
+            },
+            clock,
+        );
+        Biller {
+            shared: Arc::new(Shared {
+                name: options.name,
+                load,
+                received: AtomicU64::new(0),
+                served: AtomicU64::new(0),
+                inquiries: AtomicU64::new(0),
+                payments: AtomicU64::new(0),
+                receipts: AtomicU64::new(0),
+                recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
+            }),
+        }
+    }
+
+    /// Serve HTTP/1.1 on the listener until `shutdown` resolves; then stop accepting, ask open
+    /// connections to finish their current request and close, and return `Ok` without waiting
+    /// for them. Accept errors are logged and retried, never returned.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (closing, _) = tokio::sync::watch::channel(());
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) if is_per_connection(&error) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "stand-in biller: accept failed; retrying");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            let shared = Arc::clone(&self.shared);
+            let mut closing = closing.subscribe();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let shared = Arc::clone(&shared);
+                    async move { Ok::<_, Infallible>(http::handle(&shared, request).await) }
+                });
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = closing.changed() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, "stand-in biller: connection ended with an error");
+                }
+            });
+        }
+        // Dropping the sender wakes every connection's `changed()`.
+        drop(closing);
+        Ok(())
+    }
+
+    /// The counters so far, whether it is down now, and the current arrival rate.
+    pub fn stats(&self) -> BillerStats {
+        self.shared.stats()
+    }
+
+    /// The last ≤ 256 requests as received, oldest first. Control paths are not recorded.
+    pub fn recent_requests(&self) -> Vec<SeenRequest> {
+        self.shared.recent().iter().cloned().collect()
+    }
+
+    /// Start (or change) a brown-out: latency × `latency_factor` (clamped to 1–1000) and
+    /// `failure_share` (clamped to 0–1) of the requests within capacity fail with 500.
+    pub fn set_brownout(&self, latency_factor: f64, failure_share: f64) {
+        self.shared.load.set_brownout(latency_factor, failure_share);
+    }
+
+    /// End a brown-out.
+    pub fn clear_brownout(&self) {
+        self.shared.load.clear_brownout();
+    }
+}
+
+impl Shared {
+    fn stats(&self) -> BillerStats {
+        let load = self.load.stats();
+        BillerStats {
+            received: self.received.load(Ordering::Relaxed),
+            served: self.served.load(Ordering::Relaxed),
+            failed_overload: load.failed_overload,
+            failed_down: load.failed_down,
+            failed_brownout: load.failed_brownout,
+            inquiries: self.inquiries.load(Ordering::Relaxed),
+            payments: self.payments.load(Ordering::Relaxed),
+            down: load.down,
+            times_down: load.times_down,
+            current_rate: load.current_rate,
+        }
+    }
+
+    /// Count a request and remember it in the bounded ring.
+    fn record(&self, seen: SeenRequest) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let mut recent = self.recent();
+        if recent.len() == RECENT_CAPACITY {
+            recent.pop_front();
+        }
+        recent.push_back(seen);
+    }
+
+    /// The ring is left consistent by every holder, so a poisoned lock is still good.
+    fn recent(&self) -> MutexGuard<'_, VecDeque<SeenRequest>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Errors that end one connection attempt, not the listener.
+fn is_per_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(i: usize) -> SeenRequest {
+        SeenRequest {
+            method: ::http::Method::GET,
+            path_and_query: format!("/v1/bills/{i}"),
+            headers: ::http::HeaderMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_recent_ring_stays_bounded_and_keeps_the_newest() {
+        let biller = Biller::new(BillerOptions::default(), Clock::fake().0);
+        for i in 0..1000 {
+            biller.shared.record(seen(i));
+        }
+        let recent = biller.recent_requests();
+        assert_eq!(recent.len(), RECENT_CAPACITY);
+        assert_eq!(recent[0].path_and_query, "/v1/bills/744");
+        assert_eq!(recent[255].path_and_query, "/v1/bills/999");
+        assert_eq!(biller.stats().received, 1000);
+    }
+}
