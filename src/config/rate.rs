@@ -107,7 +107,9 @@ pub fn parse_rate(text: &str) -> Result<Rate, ParseError> {
     let count: u32 = count
         .parse()
         .map_err(|_| bad(&format!("\"{count}\" is not a whole number")))?;
-    let count = NonZeroU32::new(count).ok_or_else(|| bad("a count of 0 would close the class; leave the class out of `quota` to close it"))?;
+    let count = NonZeroU32::new(count).ok_or_else(|| {
+        bad("a count of 0 would close the class; leave the class out of `quota` to close it")
+    })?;
     let period = match period {
         "s" | "sec" | "second" => Period::Second,
         "m" | "min" | "minute" => Period::Minute,
@@ -121,7 +123,8 @@ pub fn parse_rate(text: &str) -> Result<Rate, ParseError> {
             let burst: u32 = n
                 .parse()
                 .map_err(|_| bad(&format!("burst \"{n}\" is not a whole number")))?;
-            rate.burst = NonZeroU32::new(burst).ok_or_else(|| bad("a burst of 0 admits nothing"))?;
+            rate.burst =
+                NonZeroU32::new(burst).ok_or_else(|| bad("a burst of 0 admits nothing"))?;
         }
         (Some(word), _, _) => {
             return Err(bad(&format!("unexpected \"{word}\" after \"{head}\"")));
@@ -161,9 +164,15 @@ mod tests {
     #[test]
     fn parses_rates() {
         let r = parse_rate("50/s").unwrap();
-        assert_eq!((r.count.get(), r.period, r.burst.get()), (50, Period::Second, 50));
+        assert_eq!(
+            (r.count.get(), r.period, r.burst.get()),
+            (50, Period::Second, 50)
+        );
         let r = parse_rate("2/min").unwrap();
-        assert_eq!((r.count.get(), r.period, r.burst.get()), (2, Period::Minute, 2));
+        assert_eq!(
+            (r.count.get(), r.period, r.burst.get()),
+            (2, Period::Minute, 2)
+        );
         assert_eq!(r.replenish_interval(), Duration::from_secs(30));
         let r = parse_rate("20/s burst 40").unwrap();
         assert_eq!((r.count.get(), r.burst.get()), (20, 40));
@@ -173,11 +182,24 @@ mod tests {
 
     #[test]
     fn refuses_bad_rates_saying_what_was_expected() {
-        for bad in ["50/x", "", "50", "0/s", "-1/s", "x/s", "5/s burst", "5/s burst 0", "5/s flood 9"] {
+        for bad in [
+            "50/x",
+            "",
+            "50",
+            "0/s",
+            "-1/s",
+            "x/s",
+            "5/s burst",
+            "5/s burst 0",
+            "5/s flood 9",
+        ] {
             let err = parse_rate(bad).unwrap_err();
             assert!(err.0.starts_with("a rate like"), "{bad}: {err}");
         }
-        assert!(parse_rate("50/x").unwrap_err().0.contains("\"x\" is not a period"));
+        assert!(parse_rate("50/x")
+            .unwrap_err()
+            .0
+            .contains("\"x\" is not a period"));
     }
 
     #[test]
