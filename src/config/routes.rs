@@ -1,0 +1,286 @@
+//! `[[route]]`: each route checked on its own, then the rules between routes (unique names, no
+//! two routes a request could match both of).
+
+use std::ops::Range;
+
+use http::Method;
+
+use super::fields::{Errors, Table};
+use super::model::{AccountSource, PathTemplate, Route, RouteClass, Segment};
+use super::template::parse_template;
+use super::values::positive_duration;
+
+pub(crate) const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "method",
+    "path",
+    "account_query",
+    "class",
+    "cache_for",
+];
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// A valid route and where its name and path were written, for the rules between routes.
+struct Placed {
+    route: Route,
+    name: (Range<usize>, String),
+    path: (Range<usize>, String),
+}
+
+/// Every `[[route]]`, in file order; `None` when any has an error (all reported).
+pub(crate) fn routes(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Vec<Route>> {
+    let items = root.tables(errors, "route", ROUTE_KEYS);
+    let placed: Vec<Option<Placed>> = items
+        .iter()
+        .map(|item| item.as_ref().and_then(|t| route(errors, t)))
+        .collect();
+    let valid: Vec<&Placed> = placed.iter().flatten().collect();
+    for (i, later) in valid.iter().enumerate() {
+        let earlier = &valid[..i];
+        if let Some(first) = earlier.iter().find(|r| r.route.name == later.route.name) {
+            let message = format!(
+                "the route name \"{}\" is already used by {} at {}; route names must be unique",
+                later.route.name,
+                first.name.1.trim_end_matches(".name"),
+                errors.source.location(first.name.0.start)
+            );
+            errors.push(later.name.0.clone(), &later.name.1, message);
+        }
+        let twin = earlier.iter().find(|r| {
+            r.route.method == later.route.method && same_shape(&r.route.path, &later.route.path)
+        });
+        if let Some(first) = twin {
+            let message = format!(
+                "{} {} matches the same requests as route \"{}\" ({} {}) at {}; a request must match one route only",
+                later.route.method,
+                later.route.path.raw,
+                first.route.name,
+                first.route.method,
+                first.route.path.raw,
+                errors.source.location(first.path.0.start)
+            );
+            errors.push(later.path.0.clone(), &later.path.1, message);
+        }
+    }
+    placed.into_iter().map(|p| p.map(|p| p.route)).collect()
+}
+
+fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<Placed> {
+    let name = t
+        .required_string(errors, "name", "a route name like \"bill-inquiry\"")
+        .filter(|at| {
+            let empty = at.value.trim().is_empty();
+            if empty {
+                let message = "expected a route name like \"bill-inquiry\"; it is empty";
+                errors.push(at.span.clone(), &at.path, message);
+            }
+            !empty
+        });
+    let method = t
+        .required_string(errors, "method", "an HTTP method like \"GET\"")
+        .and_then(|at| errors.parse(&at, parse_method));
+    let path_at = t.required_string(errors, "path", "a path like \"/v1/bills/{account}\"");
+    let path = path_at
+        .as_ref()
+        .and_then(|at| errors.parse(at, parse_template));
+    let query = t.parse_or(
+        errors,
+        "account_query",
+        "a query parameter name like \"account\"",
+        None,
+        |s| query_name(s).map(Some),
+    );
+    let class = t
+        .required_string(errors, "class", "a route class, \"payment\" or \"inquiry\"")
+        .and_then(|at| errors.parse(&at, parse_class));
+    let cache_for = t.parse_or(errors, "cache_for", "a duration like \"60s\"", None, |s| {
+        positive_duration(s).map(Some)
+    });
+
+    let (name, method, path_at, path, query, class, cache_for) =
+        (name?, method?, path_at?, path?, query?, class?, cache_for?);
+    let mut valid = true;
+    let has_account = path.segments.contains(&Segment::Account);
+    if let (true, Some(_), Some(v)) = (has_account, &query, t.get("account_query")) {
+        let message = "a route reads the bill account from {account} in its path or from account_query, not both; remove one";
+        errors.push(v.span(), &t.child("account_query"), message);
+        valid = false;
+    }
+    if let (RouteClass::Payment, Some(_), Some(v)) = (class, cache_for, t.get("cache_for")) {
+        let message = "cache_for only applies to inquiry routes: payments are never cached; remove it or set class = \"inquiry\"";
+        errors.push(v.span(), &t.child("cache_for"), message);
+        valid = false;
+    }
+    let account = match query {
+        _ if has_account => AccountSource::PathSegment,
+        Some(name) => AccountSource::Query(name),
+        None => AccountSource::None,
+    };
+    valid.then(|| Placed {
+        route: Route {
+            name: name.value.to_owned(),
+            method,
+            path,
+            account,
+            class,
+            cache_for,
+        },
+        name: (name.span, name.path),
+        path: (path_at.span, path_at.path),
+    })
+}
+
+fn parse_method(text: &str) -> Result<Method, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    match METHODS.iter().find(|m| **m == upper) {
+        Some(m) => Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string()),
+        None => Err(format!(
+            "an HTTP method, one of {}; \"{}\" is not one",
+            METHODS.join(", "),
+            text.escape_debug()
+        )),
+    }
+}
+
+fn parse_class(text: &str) -> Result<RouteClass, String> {
+    const EXPECTED: &str = "a route class, \"payment\" or \"inquiry\"";
+    match text {
+        "payment" => Ok(RouteClass::Payment),
+        "inquiry" => Ok(RouteClass::Inquiry),
+        "inquiry_user" | "inquiry_scheduled" => Err(format!(
+            "{EXPECTED}; \"{text}\" is a quota class: a route says \"inquiry\" and the request's origin header splits it into inquiry_user or inquiry_scheduled"
+        )),
+        other => Err(format!("{EXPECTED}; \"{}\" is not one", other.escape_debug())),
+    }
+}
+
+fn query_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "a query parameter name like \"account\" (letters, digits, '-', '.', '_', '~'); \"{}\" is not one",
+            text.escape_debug()
+        ))
+    }
+}
+
+/// Whether every request path matching one template matches the other: same literals in the
+/// same places, a parameter (whatever its name) where the other has one.
+fn same_shape(a: &PathTemplate, b: &PathTemplate) -> bool {
+    a.segments.len() == b.segments.len()
+        && a.segments.iter().zip(&b.segments).all(|pair| match pair {
+            (Segment::Literal(x), Segment::Literal(y)) => x == y,
+            (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
+            _ => true,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::error::{ConfigError, Source};
+    use std::time::Duration;
+
+    fn run(text: &str) -> (Option<Vec<Route>>, Vec<ConfigError>) {
+        let doc = toml::de::DeTable::parse(text).expect("test documents are valid TOML");
+        let mut errors = Errors::new(Source::new("t.toml", text));
+        let root = Table::root(&mut errors, &doc, &["route"]);
+        let routes = routes(&mut errors, &root);
+        (routes, errors.list)
+    }
+
+    fn only_error(text: &str) -> ConfigError {
+        let (_, mut errors) = run(text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors.remove(0)
+    }
+
+    #[test]
+    fn reads_routes() {
+        let text = "[[route]]\nname = \"inq\"\nmethod = \"get\"\npath = \"/v1/bills/{account}\"\nclass = \"inquiry\"\ncache_for = \"60s\"\n\n[[route]]\nname = \"q\"\nmethod = \"POST\"\npath = \"/v1/pay\"\naccount_query = \"acct\"\nclass = \"payment\"\n";
+        let (routes, errors) = run(text);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let routes = routes.unwrap_or_default();
+        assert_eq!(routes[0].method, Method::GET);
+        assert_eq!(routes[0].account, AccountSource::PathSegment);
+        assert_eq!(routes[0].cache_for, Some(Duration::from_secs(60)));
+        assert_eq!(routes[1].account, AccountSource::Query("acct".into()));
+        assert_eq!(routes[1].class, RouteClass::Payment);
+    }
+
+    #[test]
+    fn rules_within_a_route() {
+        let base = "[[route]]\nname = \"r\"\nmethod = \"GET\"\nclass = \"inquiry\"\n";
+        let e = only_error(&format!(
+            "{base}path = \"/b/{{account}}\"\naccount_query = \"a\"\n"
+        ));
+        assert_eq!((e.key_path.as_str(), e.line), ("route[0].account_query", 6));
+        let e = only_error("[[route]]\nname = \"r\"\nmethod = \"POST\"\npath = \"/p\"\nclass = \"payment\"\ncache_for = \"5s\"\n");
+        assert_eq!(e.key_path, "route[0].cache_for");
+        let e = only_error(&format!("{base}path = \"/b\"\naccount_query = \"a&b\"\n"));
+        assert_eq!(e.key_path, "route[0].account_query");
+        let e = only_error(
+            "[[route]]\nname = \"r\"\nmethod = \"FETCH\"\npath = \"/b\"\nclass = \"inquiry\"\n",
+        );
+        assert!(e.message.contains("\"FETCH\" is not one"));
+        let e = only_error(
+            "[[route]]\nname = \"r\"\nmethod = \"GET\"\npath = \"/b\"\nclass = \"inquiry_user\"\n",
+        );
+        assert!(e.message.contains("is a quota class"));
+        let e = only_error(
+            "[[route]]\nname = \" \"\nmethod = \"GET\"\npath = \"/b\"\nclass = \"inquiry\"\n",
+        );
+        assert!(e.message.contains("it is empty"));
+    }
+
+    #[test]
+    fn every_broken_route_is_reported() {
+        let text = "[[route]]\nname = \"a\"\n\n[[route]]\nname = \"b\"\nmethod = \"GET\"\npath = \"/x\"\nclass = \"inquiry\"\n\n[[route]]\nname = \"c\"\nmethod = 7\npath = \"x\"\nclass = \"inquiry\"\n";
+        let (_, errors) = run(text);
+        let paths: Vec<&str> = errors.iter().map(|e| e.key_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "route[0].method",
+                "route[0].path",
+                "route[0].class",
+                "route[2].method",
+                "route[2].path"
+            ]
+        );
+    }
+
+    #[test]
+    fn rules_between_routes() {
+        let r = |name: &str, method: &str, path: &str| {
+            format!("[[route]]\nname = \"{name}\"\nmethod = \"{method}\"\npath = \"{path}\"\nclass = \"inquiry\"\n")
+        };
+        let e = only_error(&(r("a", "GET", "/x") + &r("a", "POST", "/x")));
+        assert_eq!((e.key_path.as_str(), e.line), ("route[1].name", 7));
+        assert!(
+            e.message.contains("already used by route[0] at t.toml:2:8"),
+            "{}",
+            e.message
+        );
+        let e = only_error(&(r("a", "GET", "/b/{account}") + &r("b", "get", "/b/{id}")));
+        assert_eq!(e.key_path, "route[1].path");
+        assert!(e
+            .message
+            .contains("matches the same requests as route \"a\""));
+        let (routes, errors) = run(&(r("a", "GET", "/b/{account}") + &r("b", "GET", "/b/x")));
+        assert!(errors.is_empty() && routes.is_some());
+    }
+
+    #[test]
+    fn a_table_instead_of_an_array_of_tables_is_explained() {
+        let e = only_error("[route]\nname = \"a\"\n");
+        assert_eq!(e.key_path, "route");
+        assert!(e.message.contains("[[route]]"));
+    }
+}
