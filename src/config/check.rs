@@ -204,9 +204,9 @@ impl fmt::Display for CheckReport {
             return write!(f, "no warnings");
         }
         let plural = if self.warnings.len() == 1 { "" } else { "s" };
-        writeln!(f, "{} warning{plural}", self.warnings.len())?;
+        write!(f, "{} warning{plural}", self.warnings.len())?;
         for w in &self.warnings {
-            writeln!(f, "{w}")?;
+            write!(f, "\n{w}")?;
         }
         Ok(())
     }

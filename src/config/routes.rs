@@ -1,11 +1,9 @@
 //! `[[route]]`: each route checked on its own, then the rules between routes (unique names, no
 //! two routes a request could match both of).
 
-use std::ops::Range;
-
 use http::Method;
 
-use super::fields::{Errors, Table};
+use super::fields::{At, Errors, Table};
 use super::model::{AccountSource, PathTemplate, Route, RouteClass, Segment};
 use super::template::parse_template;
 use super::values::positive_duration;
@@ -21,52 +19,64 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
-/// A valid route and where its name and path were written, for the rules between routes.
-struct Placed {
-    route: Route,
-    name: (Range<usize>, String),
-    path: (Range<usize>, String),
+/// What one `[[route]]` item yielded: the route if it is valid, and its name and its method and
+/// path (even when something else in it is wrong) for the rules between routes.
+struct Read {
+    route: Option<Route>,
+    name: Option<At<String>>,
+    shape: Option<At<(Method, PathTemplate)>>,
 }
 
 /// Every `[[route]]`, in file order; `None` when any has an error (all reported).
 pub(crate) fn routes(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Vec<Route>> {
     let items = root.tables(errors, "route", ROUTE_KEYS);
-    let placed: Vec<Option<Placed>> = items
+    let read: Vec<Option<Read>> = items
         .iter()
-        .map(|item| item.as_ref().and_then(|t| route(errors, t)))
+        .map(|item| item.as_ref().map(|t| route(errors, t)))
         .collect();
-    let valid: Vec<&Placed> = placed.iter().flatten().collect();
-    for (i, later) in valid.iter().enumerate() {
-        let earlier = &valid[..i];
-        if let Some(first) = earlier.iter().find(|r| r.route.name == later.route.name) {
+    let names: Vec<&At<String>> = read
+        .iter()
+        .flatten()
+        .filter_map(|r| r.name.as_ref())
+        .collect();
+    for (i, later) in names.iter().enumerate() {
+        if let Some(first) = names[..i].iter().find(|r| r.value == later.value) {
             let message = format!(
                 "the route name \"{}\" is already used by {} at {}; route names must be unique",
-                later.route.name,
-                first.name.1.trim_end_matches(".name"),
-                errors.source.location(first.name.0.start)
+                later.value,
+                first.path.trim_end_matches(".name"),
+                errors.source.location(first.span.start)
             );
-            errors.push(later.name.0.clone(), &later.name.1, message);
-        }
-        let twin = earlier.iter().find(|r| {
-            r.route.method == later.route.method && same_shape(&r.route.path, &later.route.path)
-        });
-        if let Some(first) = twin {
-            let message = format!(
-                "{} {} matches the same requests as route \"{}\" ({} {}) at {}; a request must match one route only",
-                later.route.method,
-                later.route.path.raw,
-                first.route.name,
-                first.route.method,
-                first.route.path.raw,
-                errors.source.location(first.path.0.start)
-            );
-            errors.push(later.path.0.clone(), &later.path.1, message);
+            errors.push(later.span.clone(), &later.path, message);
         }
     }
-    placed.into_iter().map(|p| p.map(|p| p.route)).collect()
+    let shapes: Vec<&At<(Method, PathTemplate)>> = read
+        .iter()
+        .flatten()
+        .filter_map(|r| r.shape.as_ref())
+        .collect();
+    for (i, later) in shapes.iter().enumerate() {
+        let (method, path) = &later.value;
+        let twin = shapes[..i]
+            .iter()
+            .find(|r| r.value.0 == *method && same_shape(&r.value.1, path));
+        if let Some(first) = twin {
+            let message = format!(
+                "{method} {} matches the same requests as {} ({} {}) at {}; a request must match one route only",
+                path.raw,
+                first.path.trim_end_matches(".path"),
+                first.value.0,
+                first.value.1.raw,
+                errors.source.location(first.span.start)
+            );
+            errors.push(later.span.clone(), &later.path, message);
+        }
+    }
+    read.into_iter().map(|r| r.and_then(|r| r.route)).collect()
 }
 
-fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<Placed> {
+fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
+    let before = errors.list.len();
     let name = t
         .required_string(errors, "name", "a route name like \"bill-inquiry\"")
         .filter(|at| {
@@ -98,37 +108,53 @@ fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<Placed> {
         positive_duration(s).map(Some)
     });
 
-    let (name, method, path_at, path, query, class, cache_for) =
-        (name?, method?, path_at?, path?, query?, class?, cache_for?);
-    let mut valid = true;
-    let has_account = path.segments.contains(&Segment::Account);
-    if let (true, Some(_), Some(v)) = (has_account, &query, t.get("account_query")) {
+    let name = name.map(|at| At {
+        value: at.value.to_owned(),
+        span: at.span,
+        path: at.path,
+    });
+    let shape = match (method, path_at, path) {
+        (Some(method), Some(at), Some(path)) => Some(At {
+            value: (method, path),
+            span: at.span,
+            path: at.path,
+        }),
+        _ => None,
+    };
+    let has_account = shape
+        .as_ref()
+        .is_some_and(|s| s.value.1.segments.contains(&Segment::Account));
+    if let (true, Some(Some(_)), Some(v)) = (has_account, &query, t.get("account_query")) {
         let message = "a route reads the bill account from {account} in its path or from account_query, not both; remove one";
         errors.push(v.span(), &t.child("account_query"), message);
-        valid = false;
     }
-    if let (RouteClass::Payment, Some(_), Some(v)) = (class, cache_for, t.get("cache_for")) {
+    if let (Some(RouteClass::Payment), Some(Some(_)), Some(v)) =
+        (class, cache_for, t.get("cache_for"))
+    {
         let message = "cache_for only applies to inquiry routes: payments are never cached; remove it or set class = \"inquiry\"";
         errors.push(v.span(), &t.child("cache_for"), message);
-        valid = false;
     }
-    let account = match query {
-        _ if has_account => AccountSource::PathSegment,
-        Some(name) => AccountSource::Query(name),
-        None => AccountSource::None,
+    let route = match (&name, &shape, query, class, cache_for) {
+        (Some(name), Some(shape), Some(query), Some(class), Some(cache_for))
+            if errors.list.len() == before =>
+        {
+            let account = match query {
+                _ if has_account => AccountSource::PathSegment,
+                Some(name) => AccountSource::Query(name),
+                None => AccountSource::None,
+            };
+            Some(Route {
+                name: name.value.clone(),
+                method: shape.value.0.clone(),
+                path: shape.value.1.clone(),
+                account,
+                class,
+                cache_for,
+            })
+        }
+        _ => None,
     };
-    valid.then(|| Placed {
-        route: Route {
-            name: name.value.to_owned(),
-            method,
-            path,
-            account,
-            class,
-            cache_for,
-        },
-        name: (name.span, name.path),
-        path: (path_at.span, path_at.path),
-    })
+    Read { route, name, shape }
 }
 
 fn parse_method(text: &str) -> Result<Method, String> {
@@ -270,9 +296,9 @@ mod tests {
         );
         let e = only_error(&(r("a", "GET", "/b/{account}") + &r("b", "get", "/b/{id}")));
         assert_eq!(e.key_path, "route[1].path");
-        assert!(e
-            .message
-            .contains("matches the same requests as route \"a\""));
+        let twin =
+            "GET /b/{id} matches the same requests as route[0] (GET /b/{account}) at t.toml:4:8";
+        assert!(e.message.contains(twin), "{}", e.message);
         let (routes, errors) = run(&(r("a", "GET", "/b/{account}") + &r("b", "GET", "/b/x")));
         assert!(errors.is_empty() && routes.is_some());
     }

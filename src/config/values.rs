@@ -76,7 +76,7 @@ pub(crate) fn biller_url(text: &str) -> Result<BillerUrl, String> {
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("http") => {}
         Some(s) if s.eq_ignore_ascii_case("https") => {
-            return Err(bad("https is not supported: TLS to the biller is not supported yet; use http:// to a biller on a trusted network, or a local TLS-terminating sidecar"));
+            return Err(bad("it is https, and TLS to the biller is not supported yet: use http:// to a biller on a trusted network, or a local TLS-terminating sidecar"));
         }
         Some(s) => return Err(bad(&format!("the scheme \"{s}\" is not http"))),
         None => return Err(bad("it has no scheme; start it with http://")),
