@@ -174,3 +174,36 @@ fn an_unreadable_file_is_one_error() {
         .message
         .starts_with("cannot read the configuration file"));
 }
+
+#[test]
+fn mangled_copies_of_the_shipped_config_never_panic() {
+    // Fuzz-ish: every character of the shipped file deleted, or replaced by a troublemaker, in
+    // turn. Each copy must load or fail with located errors; none may panic.
+    let text = billgate::config::DEFAULT_CONFIG;
+    let junk = [
+        "",
+        "\"",
+        "{",
+        "]",
+        "\n",
+        "9999999999999999999999",
+        "é",
+        "\u{0}",
+        "=",
+        "[[x]]\n",
+    ];
+    let mut located = 0;
+    for (at, _) in text.char_indices().step_by(7) {
+        let rest = text[at..].chars().next().map_or(0, char::len_utf8);
+        for piece in junk {
+            let copy = format!("{}{piece}{}", &text[..at], &text[at + rest..]);
+            if let Err(errors) = billgate::config::load_str(&copy, "mangled.toml") {
+                assert!(!errors.0.is_empty());
+                assert!(errors.0.iter().all(|e| e.line >= 1 && e.column >= 1));
+                let _ = errors.to_string();
+                located += 1;
+            }
+        }
+    }
+    assert!(located > 500, "{located}");
+}
