@@ -1,4 +1,5 @@
-//! Configuration errors located by file, line and column, rendered the way rustc renders its own.
+//! Configuration errors located by file, line and column, rendered the way rustc renders its own,
+//! and the collector that gathers every one of them from a file.
 
 use std::fmt::{self, Display};
 use std::ops::Range;
@@ -148,7 +149,10 @@ impl<'a> Source<'a> {
             column,
             key_path: key_path.to_owned(),
             message: message.into(),
-            source_line: source_line.trim_end_matches('\r').to_owned(),
+            source_line: source_line
+                .trim_start_matches('\u{feff}')
+                .trim_end_matches('\r')
+                .to_owned(),
             width: width.max(1),
         }
     }
@@ -164,7 +168,11 @@ impl<'a> Source<'a> {
         let before = self.text.get(..offset).unwrap_or_default();
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
-        let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        // A byte-order mark opening the file is invisible in an editor: it takes no column.
+        let column = before
+            .get(line_start..)
+            .map_or(0, |s| s.trim_start_matches('\u{feff}').chars().count())
+            + 1;
         let rest = self.text.get(offset..).unwrap_or_default();
         let line_end = rest.find('\n').map_or(self.text.len(), |i| offset + i);
         (line, column, line_start..line_end)
@@ -247,6 +255,15 @@ mod tests {
         let quote = text.find('"').unwrap_or_default();
         let e = src.error(quote..quote + 5, "name", "m");
         assert_eq!((e.line, e.column, e.width), (2, 8, 3));
+    }
+
+    #[test]
+    fn a_byte_order_mark_takes_no_column() {
+        let text = "\u{feff}k = 1\nj = 2";
+        let e = Source::new("c.toml", text).error(7..8, "k", "m");
+        assert_eq!((e.line, e.column, e.source_line.as_str()), (1, 5, "k = 1"));
+        let e = Source::new("c.toml", text).error(13..14, "j", "m");
+        assert_eq!((e.line, e.column), (2, 5));
     }
 
     #[test]

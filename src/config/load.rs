@@ -48,7 +48,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// # Errors
 /// Every problem found, each located, in file order. A TOML syntax error is reported alone:
 /// nothing after it can be trusted.
-pub fn load_str(text: &str, file_name: &str) -> Result<crate::config::Config, ConfigErrors> {
+pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     let source = Source::new(file_name, text);
     let doc = DeTable::parse(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
