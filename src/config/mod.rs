@@ -4,5 +4,18 @@
 pub mod model;
 pub mod rate;
 
+mod check;
+mod error;
+mod fields;
+mod load;
+mod partners;
+mod routes;
+mod sections;
+mod template;
+mod values;
+
+pub use check::{check_report, CheckReport, PartnerSummary, Warning};
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{hash_key, load_file, load_str, DEFAULT_CONFIG};
 pub use model::*;
 pub use rate::{parse_duration, parse_rate, Period, Rate};

@@ -1,0 +1,301 @@
+//! `[[partner]]`: each partner checked on its own, then the rules between partners (unique ids,
+//! each key hash naming one partner only).
+
+use std::collections::HashMap;
+
+use super::fields::{At, Errors, Table};
+use super::model::{Class, ClassQuotas, Mode, Partner, DEFAULT_MAX_TRACKED_ACCOUNTS};
+use super::rate::parse_rate;
+
+pub(crate) const PARTNER_KEYS: &[&str] = &[
+    "id",
+    "keys_sha256",
+    "quota",
+    "per_account",
+    "max_tracked_accounts",
+    "mode",
+];
+pub(crate) const QUOTA_KEYS: &[&str] = &["payment", "inquiry_user", "inquiry_scheduled"];
+
+/// The most bill accounts one partner may track: each costs memory, and beyond this a number is
+/// a typo rather than a plan.
+const MAX_TRACKED_CEILING: u64 = 10_000_000;
+
+const RATE: &str = "a rate like \"50/s\"";
+
+/// What one `[[partner]]` item yielded: the partner if it is valid, and its id and key hashes
+/// (even when something else in it is wrong) for the rules between partners.
+struct Read {
+    partner: Option<Partner>,
+    id: Option<(String, At<()>)>,
+    keys: Vec<([u8; 32], At<()>)>,
+}
+
+/// Every `[[partner]]`, in file order; `None` when any has an error (all reported).
+pub(crate) fn partners(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Vec<Partner>> {
+    let items = root.tables(errors, "partner", PARTNER_KEYS);
+    let read: Vec<Option<Read>> = items
+        .iter()
+        .map(|item| item.as_ref().map(|t| partner(errors, t)))
+        .collect();
+
+    let mut ids: HashMap<&str, &At<()>> = HashMap::new();
+    let mut hashes: HashMap<[u8; 32], &At<()>> = HashMap::new();
+    for item in read.iter().flatten() {
+        if let Some((id, at)) = &item.id {
+            if let Some(first) = ids.get(id.as_str()) {
+                let message = format!(
+                    "the partner id \"{id}\" is already used by {} at {}; ids must be unique",
+                    first.path.trim_end_matches(".id"),
+                    errors.source.location(first.span.start)
+                );
+                errors.push(at.span.clone(), &at.path, message);
+            } else {
+                ids.insert(id, at);
+            }
+        }
+        for (hash, at) in &item.keys {
+            if let Some(first) = hashes.get(hash) {
+                let message = format!(
+                    "this key hash is also at {} ({}); one key must identify one partner",
+                    first.path,
+                    errors.source.location(first.span.start)
+                );
+                errors.push(at.span.clone(), &at.path, message);
+            } else {
+                hashes.insert(*hash, at);
+            }
+        }
+    }
+    read.into_iter()
+        .map(|r| r.and_then(|r| r.partner))
+        .collect()
+}
+
+fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
+    let before = errors.list.len();
+    let id = t
+        .required_string(errors, "id", "a partner id like \"wallet-a\"")
+        .and_then(|at| {
+            let id = errors.parse(&at, partner_id)?;
+            Some((id, place(&at)))
+        });
+    let keys: Vec<([u8; 32], At<()>)> = t
+        .strings(
+            errors,
+            "keys_sha256",
+            "key hashes as strings of 64 hex characters",
+        )
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|at| Some((errors.parse(at, key_hash)?, place(at))))
+        .collect();
+    let quota = match t.table(errors, "quota", QUOTA_KEYS) {
+        Some(q) => {
+            let mut rates = [None; 3];
+            for class in Class::ALL {
+                let rate = q.parse_or(errors, class.as_str(), RATE, None, |s| {
+                    parse_rate(s).map(Some)
+                });
+                rates[class.index()] = rate.flatten();
+            }
+            ClassQuotas(rates)
+        }
+        // Left out (or not a table, reported): every class is closed, never unlimited.
+        None => ClassQuotas::default(),
+    };
+    let per_account = t.parse_or(errors, "per_account", RATE, None, |s| {
+        parse_rate(s).map(Some)
+    });
+    let max_tracked = t.integer(
+        errors,
+        "max_tracked_accounts",
+        (1, MAX_TRACKED_CEILING),
+        "a number of bill accounts above 0, like 100000",
+    );
+    let mode = t.parse_or(
+        errors,
+        "mode",
+        "\"enforce\" or \"shadow\"",
+        Mode::Enforce,
+        parse_mode,
+    );
+
+    let max_tracked_accounts = max_tracked
+        .and_then(|at| usize::try_from(at.value).ok())
+        .unwrap_or(DEFAULT_MAX_TRACKED_ACCOUNTS);
+    let partner = match (errors.list.len() == before, &id, per_account, mode) {
+        (true, Some((id, _)), Some(per_account), Some(mode)) => Some(Partner {
+            id: id.clone(),
+            keys_sha256: keys.iter().map(|(hash, _)| *hash).collect(),
+            quota,
+            per_account,
+            max_tracked_accounts,
+            mode,
+        }),
+        _ => None,
+    };
+    Read { partner, id, keys }
+}
+
+fn place<T>(at: &At<T>) -> At<()> {
+    At {
+        value: (),
+        span: at.span.clone(),
+        path: at.path.clone(),
+    }
+}
+
+/// `[a-z0-9][a-z0-9_-]{0,62}`: it becomes a metrics label and appears in problem bodies.
+fn partner_id(text: &str) -> Result<String, String> {
+    let mut chars = text.chars();
+    let valid = text.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "a partner id like \"wallet-a\" (1 to 63 of a-z, 0-9, '_', '-', starting with a letter or digit); \"{}\" is not one",
+            text.escape_debug()
+        ))
+    }
+}
+
+/// 64 hex characters. The value is never repeated in the message: it may be a key pasted by
+/// mistake.
+fn key_hash(text: &str) -> Result<[u8; 32], String> {
+    const EXPECTED: &str = "a key's SHA-256 as 64 hex characters (`billgate hash-key` prints it)";
+    let raw_key_hint =
+        "if this is a key itself, take it out of the file: only its hash belongs here";
+    let length = text.chars().count();
+    if length != 64 {
+        return Err(format!(
+            "{EXPECTED}; this one is {length} characters long; {raw_key_hint}"
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{EXPECTED}; '{}' is not a hex digit; {raw_key_hint}",
+            c.escape_debug()
+        ));
+    }
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(text, &mut hash).map_err(|e| format!("{EXPECTED}; {e}"))?;
+    Ok(hash)
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    match text {
+        "enforce" => Ok(Mode::Enforce),
+        "shadow" => Ok(Mode::Shadow),
+        other => Err(format!(
+            "\"enforce\" (reject over-quota requests) or \"shadow\" (count and report them, never reject); \"{}\" is neither",
+            other.escape_debug()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::error::{ConfigError, Source};
+    use crate::config::load::hash_key;
+
+    fn run(text: &str) -> (Option<Vec<Partner>>, Vec<ConfigError>) {
+        let doc = toml::de::DeTable::parse(text).expect("test documents are valid TOML");
+        let mut errors = Errors::new(Source::new("t.toml", text));
+        let root = Table::root(&mut errors, &doc, &["partner"]);
+        let partners = partners(&mut errors, &root);
+        (partners, errors.list)
+    }
+
+    fn paths(errors: &[ConfigError]) -> Vec<&str> {
+        errors.iter().map(|e| e.key_path.as_str()).collect()
+    }
+
+    #[test]
+    fn reads_partners_with_defaults() {
+        let key = hash_key("k");
+        let text = format!("[[partner]]\nid = \"wallet-a\"\nkeys_sha256 = [\"{key}\"]\nquota = {{ payment = \"200/s\", inquiry_scheduled = \"20/s burst 40\" }}\n\n[[partner]]\nid = \"b\"\nmode = \"shadow\"\nper_account = \"2/min\"\nmax_tracked_accounts = 10\n[partner.quota]\ninquiry_user = \"5/s\"\n");
+        let (partners, errors) = run(&text);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let p = partners.unwrap_or_default();
+        assert_eq!(hex::encode(p[0].keys_sha256[0]), key);
+        assert_eq!(
+            p[0].quota.get(Class::Payment).map(|r| r.to_string()),
+            Some("200/s".into())
+        );
+        assert_eq!(p[0].quota.get(Class::InquiryUser), None);
+        assert_eq!((p[0].mode, p[0].per_account), (Mode::Enforce, None));
+        assert_eq!(p[0].max_tracked_accounts, DEFAULT_MAX_TRACKED_ACCOUNTS);
+        assert_eq!((p[1].mode, p[1].max_tracked_accounts), (Mode::Shadow, 10));
+        assert_eq!(
+            p[1].quota.get(Class::InquiryUser).map(|r| r.to_string()),
+            Some("5/s".into())
+        );
+        assert!(p[1].keys_sha256.is_empty());
+    }
+
+    #[test]
+    fn one_bad_partner_does_not_hide_another() {
+        let text = "[[partner]]\nid = 5\n\n[[partner]]\nid = \"ok\"\n\n[[partner]]\nid = \"c\"\nquota = { payment = \"50/x\", inquiry_user = \"1/s\", polling = \"1/s\" }\nmode = \"Enforce\"\nmax_tracked_accounts = 0\nkeys_sha256 = [\"my-secret-key\"]\n";
+        let (partners, errors) = run(text);
+        assert!(partners.is_none());
+        assert_eq!(
+            paths(&errors),
+            [
+                "partner[0].id",
+                "partner[2].keys_sha256[0]",
+                "partner[2].quota.polling",
+                "partner[2].quota.payment",
+                "partner[2].max_tracked_accounts",
+                "partner[2].mode"
+            ]
+        );
+        assert!(!errors[1].message.contains("my-secret-key"));
+        assert!(errors[1].message.contains("only its hash belongs here"));
+    }
+
+    #[test]
+    fn duplicate_ids_and_key_hashes_name_both_places() {
+        let (a, b) = (hash_key("a"), hash_key("b"));
+        let text = format!("[[partner]]\nid = \"p\"\nkeys_sha256 = [\"{a}\", \"{b}\"]\n\n[[partner]]\nid = \"p\"\nkeys_sha256 = [\"{}\"]\n\n[[partner]]\nid = \"q\"\nkeys_sha256 = [\"{a}\", \"{a}\"]\n", b.to_uppercase());
+        let (_, errors) = run(&text);
+        assert_eq!(
+            paths(&errors),
+            [
+                "partner[1].id",
+                "partner[1].keys_sha256[0]",
+                "partner[2].keys_sha256[0]",
+                "partner[2].keys_sha256[1]"
+            ]
+        );
+        assert!(errors[0]
+            .message
+            .contains("already used by partner[0] at t.toml:2:6"));
+        assert!(errors[1]
+            .message
+            .contains("also at partner[0].keys_sha256[1] (t.toml:3:"));
+        assert!(errors[3]
+            .message
+            .contains("also at partner[0].keys_sha256[0]"));
+    }
+
+    #[test]
+    fn single_values() {
+        assert!(partner_id("wallet-a").is_ok());
+        assert!(partner_id("0_bank").is_ok());
+        assert!(partner_id(&"a".repeat(63)).is_ok());
+        for bad in ["", "Wallet", "-a", "a b", "é", &"a".repeat(64)] {
+            assert!(partner_id(bad).is_err(), "{bad}");
+        }
+        assert!(key_hash(&"A".repeat(64)).is_ok());
+        assert!(key_hash(&"g".repeat(64)).is_err_and(|e| e.contains("'g' is not a hex digit")));
+        assert!(key_hash("abc").is_err_and(|e| e.contains("3 characters long")));
+        assert!(parse_mode("shadow").is_ok());
+        assert!(parse_mode("SHADOW").is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! `[[route]]`: each route checked on its own, then the rules between routes (unique names, no
+//! two routes a request could match both of).
+
+use http::Method;
+
+use super::fields::{At, Errors, Table};
+use super::model::{AccountSource, PathTemplate, Route, RouteClass, Segment};
+use super::template::parse_template;
+use super::values::positive_duration;
+
+pub(crate) const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "method",
+    "path",
+    "account_query",
+    "class",
+    "cache_for",
+];
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// What one `[[route]]` item yielded: the route if it is valid, and its name and its method and
+/// path (even when something else in it is wrong) for the rules between routes.
+struct Read {
+    route: Option<Route>,
+    name: Option<At<String>>,
+    shape: Option<At<(Method, PathTemplate)>>,
+}
+
+/// Every `[[route]]`, in file order; `None` when any has an error (all reported).
+pub(crate) fn routes(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Vec<Route>> {
+    let items = root.tables(errors, "route", ROUTE_KEYS);
+    let read: Vec<Option<Read>> = items
+        .iter()
+        .map(|item| item.as_ref().map(|t| route(errors, t)))
+        .collect();
+    let names: Vec<&At<String>> = read
+        .iter()
+        .flatten()
+        .filter_map(|r| r.name.as_ref())
+        .collect();
+    for (i, later) in names.iter().enumerate() {
+        if let Some(first) = names[..i].iter().find(|r| r.value == later.value) {
+            let message = format!(
+                "the route name \"{}\" is already used by {} at {}; route names must be unique",
+                later.value,
+                first.path.trim_end_matches(".name"),
+                errors.source.location(first.span.start)
+            );
+            errors.push(later.span.clone(), &later.path, message);
+        }
+    }
+    let shapes: Vec<&At<(Method, PathTemplate)>> = read
+        .iter()
+        .flatten()
+        .filter_map(|r| r.shape.as_ref())
+        .collect();
+    for (i, later) in shapes.iter().enumerate() {
+        let (method, path) = &later.value;
+        let twin = shapes[..i]
+            .iter()
+            .find(|r| r.value.0 == *method && same_shape(&r.value.1, path));
+        if let Some(first) = twin {
+            let message = format!(
+                "{method} {} matches the same requests as {} ({} {}) at {}; a request must match one route only",
+                path.raw,
+                first.path.trim_end_matches(".path"),
+                first.value.0,
+                first.value.1.raw,
+                errors.source.location(first.span.start)
+            );
+            errors.push(later.span.clone(), &later.path, message);
+        }
+    }
+    read.into_iter().map(|r| r.and_then(|r| r.route)).collect()
+}
+
+fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
+    let before = errors.list.len();
+    let name = t
+        .required_string(errors, "name", "a route name like \"bill-inquiry\"")
+        .filter(|at| {
+            let empty = at.value.trim().is_empty();
+            if empty {
+                let message = "expected a route name like \"bill-inquiry\"; it is empty";
+                errors.push(at.span.clone(), &at.path, message);
+            }
+            !empty
+        });
+    let method = t
+        .required_string(errors, "method", "an HTTP method like \"GET\"")
+        .and_then(|at| errors.parse(&at, parse_method));
+    let path_at = t.required_string(errors, "path", "a path like \"/v1/bills/{account}\"");
+    let path = path_at
+        .as_ref()
+        .and_then(|at| errors.parse(at, parse_template));
+    let query = t.parse_or(
+        errors,
+        "account_query",
+        "a query parameter name like \"account\"",
+        None,
+        |s| query_name(s).map(Some),
+    );
+    let class = t
+        .required_string(errors, "class", "a route class, \"payment\" or \"inquiry\"")
+        .and_then(|at| errors.parse(&at, parse_class));
+    let cache_for = t.parse_or(errors, "cache_for", "a duration like \"60s\"", None, |s| {
+        positive_duration(s).map(Some)
+    });
+
+    let name = name.map(|at| At {
+        value: at.value.to_owned(),
+        span: at.span,
+        path: at.path,
+    });
+    let shape = match (method, path_at, path) {
+        (Some(method), Some(at), Some(path)) => Some(At {
+            value: (method, path),
+            span: at.span,
+            path: at.path,
+        }),
+        _ => None,
+    };
+    let has_account = shape
+        .as_ref()
+        .is_some_and(|s| s.value.1.segments.contains(&Segment::Account));
+    if let (true, Some(Some(_)), Some(v)) = (has_account, &query, t.get("account_query")) {
+        let message = "a route reads the bill account from {account} in its path or from account_query, not both; remove one";
+        errors.push(v.span(), &t.child("account_query"), message);
+    }
+    if let (Some(RouteClass::Payment), Some(Some(_)), Some(v)) =
+        (class, cache_for, t.get("cache_for"))
+    {
+        let message = "cache_for only applies to inquiry routes: payments are never cached; remove it or set class = \"inquiry\"";
+        errors.push(v.span(), &t.child("cache_for"), message);
+    }
+    let route = match (&name, &shape, query, class, cache_for) {
+        (Some(name), Some(shape), Some(query), Some(class), Some(cache_for))
+            if errors.list.len() == before =>
+        {
+            let account = match query {
+                _ if has_account => AccountSource::PathSegment,
+                Some(name) => AccountSource::Query(name),
+                None => AccountSource::None,
+            };
+            Some(Route {
+                name: name.value.clone(),
+                method: shape.value.0.clone(),
+                path: shape.value.1.clone(),
+                account,
+                class,
+                cache_for,
+            })
+        }
+        _ => None,
+    };
+    Read { route, name, shape }
+}
+
+fn parse_method(text: &str) -> Result<Method, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    match METHODS.iter().find(|m| **m == upper) {
+        Some(m) => Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string()),
+        None => Err(format!(
+            "an HTTP method, one of {}; \"{}\" is not one",
+            METHODS.join(", "),
+            text.escape_debug()
+        )),
+    }
+}
+
+fn parse_class(text: &str) -> Result<RouteClass, String> {
+    const EXPECTED: &str = "a route class, \"payment\" or \"inquiry\"";
+    match text {
+        "payment" => Ok(RouteClass::Payment),
+        "inquiry" => Ok(RouteClass::Inquiry),
+        "inquiry_user" | "inquiry_scheduled" => Err(format!(
+            "{EXPECTED}; \"{text}\" is a quota class: a route says \"inquiry\" and the request's origin header splits it into inquiry_user or inquiry_scheduled"
+        )),
+        other => Err(format!("{EXPECTED}; \"{}\" is not one", other.escape_debug())),
+    }
+}
+
+fn query_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "a query parameter name like \"account\" (letters, digits, '-', '.', '_', '~'); \"{}\" is not one",
+            text.escape_debug()
+        ))
+    }
+}
+
+/// Whether every request path matching one template matches the other: same literals in the
+/// same places, a parameter (whatever its name) where the other has one.
+fn same_shape(a: &PathTemplate, b: &PathTemplate) -> bool {
+    a.segments.len() == b.segments.len()
+        && a.segments.iter().zip(&b.segments).all(|pair| match pair {
+            (Segment::Literal(x), Segment::Literal(y)) => x == y,
+            (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
+            _ => true,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::error::{ConfigError, Source};
+    use std::time::Duration;
+
+    fn run(text: &str) -> (Option<Vec<Route>>, Vec<ConfigError>) {
+        let doc = toml::de::DeTable::parse(text).expect("test documents are valid TOML");
+        let mut errors = Errors::new(Source::new("t.toml", text));
+        let root = Table::root(&mut errors, &doc, &["route"]);
+        let routes = routes(&mut errors, &root);
+        (routes, errors.list)
+    }
+
+    fn only_error(text: &str) -> ConfigError {
+        let (_, mut errors) = run(text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors.remove(0)
+    }
+
+    #[test]
+    fn reads_routes() {
+        let text = "[[route]]\nname = \"inq\"\nmethod = \"get\"\npath = \"/v1/bills/{account}\"\nclass = \"inquiry\"\ncache_for = \"60s\"\n\n[[route]]\nname = \"q\"\nmethod = \"POST\"\npath = \"/v1/pay\"\naccount_query = \"acct\"\nclass = \"payment\"\n";
+        let (routes, errors) = run(text);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let routes = routes.unwrap_or_default();
+        assert_eq!(routes[0].method, Method::GET);
+        assert_eq!(routes[0].account, AccountSource::PathSegment);
+        assert_eq!(routes[0].cache_for, Some(Duration::from_secs(60)));
+        assert_eq!(routes[1].account, AccountSource::Query("acct".into()));
+        assert_eq!(routes[1].class, RouteClass::Payment);
+    }
+
+    #[test]
+    fn rules_within_a_route() {
+        let base = "[[route]]\nname = \"r\"\nmethod = \"GET\"\nclass = \"inquiry\"\n";
+        let e = only_error(&format!(
+            "{base}path = \"/b/{{account}}\"\naccount_query = \"a\"\n"
+        ));
+        assert_eq!((e.key_path.as_str(), e.line), ("route[0].account_query", 6));
+        let e = only_error("[[route]]\nname = \"r\"\nmethod = \"POST\"\npath = \"/p\"\nclass = \"payment\"\ncache_for = \"5s\"\n");
+        assert_eq!(e.key_path, "route[0].cache_for");
+        let e = only_error(&format!("{base}path = \"/b\"\naccount_query = \"a&b\"\n"));
+        assert_eq!(e.key_path, "route[0].account_query");
+        let e = only_error(
+            "[[route]]\nname = \"r\"\nmethod = \"FETCH\"\npath = \"/b\"\nclass = \"inquiry\"\n",
+        );
+        assert!(e.message.contains("\"FETCH\" is not one"));
+        let e = only_error(
+            "[[route]]\nname = \"r\"\nmethod = \"GET\"\npath = \"/b\"\nclass = \"inquiry_user\"\n",
+        );
+        assert!(e.message.contains("is a quota class"));
+        let e = only_error(
+            "[[route]]\nname = \" \"\nmethod = \"GET\"\npath = \"/b\"\nclass = \"inquiry\"\n",
+        );
+        assert!(e.message.contains("it is empty"));
+    }
+
+    #[test]
+    fn every_broken_route_is_reported() {
+        let text = "[[route]]\nname = \"a\"\n\n[[route]]\nname = \"b\"\nmethod = \"GET\"\npath = \"/x\"\nclass = \"inquiry\"\n\n[[route]]\nname = \"c\"\nmethod = 7\npath = \"x\"\nclass = \"inquiry\"\n";
+        let (_, errors) = run(text);
+        let paths: Vec<&str> = errors.iter().map(|e| e.key_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "route[0].method",
+                "route[0].path",
+                "route[0].class",
+                "route[2].method",
+                "route[2].path"
+            ]
+        );
+    }
+
+    #[test]
+    fn rules_between_routes() {
+        let r = |name: &str, method: &str, path: &str| {
+            format!("[[route]]\nname = \"{name}\"\nmethod = \"{method}\"\npath = \"{path}\"\nclass = \"inquiry\"\n")
+        };
+        let e = only_error(&(r("a", "GET", "/x") + &r("a", "POST", "/x")));
+        assert_eq!((e.key_path.as_str(), e.line), ("route[1].name", 7));
+        assert!(
+            e.message.contains("already used by route[0] at t.toml:2:8"),
+            "{}",
+            e.message
+        );
+        let e = only_error(&(r("a", "GET", "/b/{account}") + &r("b", "get", "/b/{id}")));
+        assert_eq!(e.key_path, "route[1].path");
+        let twin =
+            "GET /b/{id} matches the same requests as route[0] (GET /b/{account}) at t.toml:4:8";
+        assert!(e.message.contains(twin), "{}", e.message);
+        let (routes, errors) = run(&(r("a", "GET", "/b/{account}") + &r("b", "GET", "/b/x")));
+        assert!(errors.is_empty() && routes.is_some());
+    }
+
+    #[test]
+    fn a_table_instead_of_an_array_of_tables_is_explained() {
+        let e = only_error("[route]\nname = \"a\"\n");
+        assert_eq!(e.key_path, "route");
+        assert!(e.message.contains("[[route]]"));
+    }
+}

@@ -1,0 +1,319 @@
+//! `[server]`, `[biller]` and `[biller.breaker]`: each key checked on its own, defaults filled,
+//! then the rules that tie keys together.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use toml::de::DeTable;
+
+use super::fields::{Errors, Table};
+use super::model::{Biller, Breaker, Server};
+use super::rate::parse_rate;
+use super::values::{biller_url, header_name, positive_duration, socket_addr};
+
+pub(crate) const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "key_header",
+    "origin_header",
+    "partner_header",
+    "max_body_bytes",
+];
+pub(crate) const BILLER_KEYS: &[&str] = &[
+    "url",
+    "timeout",
+    "connect_timeout",
+    "capacity",
+    "max_in_flight",
+    "breaker",
+];
+pub(crate) const BREAKER_KEYS: &[&str] = &["failure_rate", "window", "min_calls", "open_for"];
+
+const ADDR: &str = "an address like \"127.0.0.1:8080\"";
+const HEADER: &str = "a header name like \"x-api-key\"";
+const DURATION: &str = "a duration like \"3s\"";
+
+/// `[server]`; every key has a default, so the table may be left out.
+pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Server> {
+    let empty = DeTable::new();
+    let t = root.section(errors, "server", SERVER_KEYS, &empty)?;
+    let listen = t.parse_or(errors, "listen", ADDR, addr(8080), socket_addr);
+    let admin_listen = t.parse_or(errors, "admin_listen", ADDR, addr(9100), socket_addr);
+    let key_header = t.parse_or(
+        errors,
+        "key_header",
+        HEADER,
+        header("x-api-key"),
+        header_name,
+    );
+    let origin_header = t.parse_or(
+        errors,
+        "origin_header",
+        HEADER,
+        header("x-request-origin"),
+        header_name,
+    );
+    let partner_header = t.parse_or(
+        errors,
+        "partner_header",
+        HEADER,
+        header("x-billgate-partner"),
+        header_name,
+    );
+    let max_body_bytes = match t.integer(
+        errors,
+        "max_body_bytes",
+        (1, u64::MAX),
+        "a number of bytes above 0, like 1048576",
+    ) {
+        Some(at) => Some(at.value),
+        None if t.get("max_body_bytes").is_some() => None,
+        None => Some(1_048_576),
+    };
+
+    if let (Some(listen), Some(admin)) = (listen, admin_listen) {
+        if listen == admin && listen.port() != 0 {
+            let key = if t.get("admin_listen").is_some() {
+                "admin_listen"
+            } else {
+                "listen"
+            };
+            let message = format!(
+                "listen and admin_listen are both {listen}: the admin API needs its own address"
+            );
+            report_at(errors, &t, key, message);
+        }
+    }
+    let headers = [
+        ("key_header", &key_header),
+        ("origin_header", &origin_header),
+        ("partner_header", &partner_header),
+    ];
+    for (i, (key, name)) in headers.iter().enumerate() {
+        let Some(name) = name else { continue };
+        let earlier = headers[..i]
+            .iter()
+            .find(|(_, other)| other.as_ref() == Some(name));
+        if let Some((other, _)) = earlier {
+            // Point at whichever of the two was written (a default has no place in the file).
+            let at = if t.get(key).is_some() { key } else { other };
+            let message = format!("{other} and {key} are both \"{name}\": each header has one job, so they must differ");
+            report_at(errors, &t, at, message);
+        }
+    }
+    Some(Server {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        key_header: key_header?,
+        origin_header: origin_header?,
+        partner_header: partner_header?,
+        max_body_bytes: max_body_bytes?,
+    })
+}
+
+/// `[biller]`, required for its `url` and `capacity`.
+pub(crate) fn biller(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Biller> {
+    if root.get("biller").is_none() {
+        let message = "missing required table [biller]: expected at least url = \"http://127.0.0.1:9000\" and capacity = \"400/s\"";
+        errors.push(root.span.clone(), "biller", message);
+        return None;
+    }
+    let t = root.table(errors, "biller", BILLER_KEYS)?;
+    let url = t
+        .required_string(
+            errors,
+            "url",
+            "the biller's base URL like \"http://127.0.0.1:9000\"",
+        )
+        .and_then(|at| errors.parse(&at, biller_url));
+    let timeout = t.parse_or(errors, "timeout", DURATION, secs(3), positive_duration);
+    let connect_timeout = t.parse_or(
+        errors,
+        "connect_timeout",
+        DURATION,
+        secs(1),
+        positive_duration,
+    );
+    let capacity = t
+        .required_string(
+            errors,
+            "capacity",
+            "everything all partners together may send, as a rate like \"400/s\"",
+        )
+        .and_then(|at| errors.parse(&at, parse_rate));
+    let max_in_flight = integer_or(errors, &t, "max_in_flight", u32::MAX.into(), 128);
+    let empty = DeTable::new();
+    let breaker = t
+        .section(errors, "breaker", BREAKER_KEYS, &empty)
+        .and_then(|b| breaker(errors, &b));
+    Some(Biller {
+        url: url?,
+        timeout: timeout?,
+        connect_timeout: connect_timeout?,
+        capacity: capacity?,
+        max_in_flight: u32::try_from(max_in_flight?).ok()?,
+        breaker: breaker?,
+    })
+}
+
+fn breaker(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<Breaker> {
+    const SHARE: &str = "a share of failed calls above 0 and at most 1, like 0.5";
+    let failure_rate = match t.number(errors, "failure_rate", SHARE) {
+        Some(at) if at.value > 0.0 && at.value <= 1.0 => Some(at.value),
+        Some(at) => {
+            let message = format!("expected {SHARE}; {} is outside it", at.value);
+            errors.push(at.span, &at.path, message);
+            None
+        }
+        None if t.get("failure_rate").is_some() => None,
+        None => Some(0.5),
+    };
+    let window = t.parse_or(errors, "window", DURATION, secs(10), positive_duration);
+    let min_calls = integer_or(errors, t, "min_calls", u32::MAX.into(), 20);
+    let open_for = t.parse_or(errors, "open_for", DURATION, secs(5), positive_duration);
+    Some(Breaker {
+        failure_rate: failure_rate?,
+        window: window?,
+        min_calls: u32::try_from(min_calls?).ok()?,
+        open_for: open_for?,
+    })
+}
+
+/// A whole number in `1..=max` at `key`, `default` when absent.
+fn integer_or(
+    errors: &mut Errors<'_>,
+    t: &Table<'_, '_>,
+    key: &str,
+    max: u64,
+    default: u64,
+) -> Option<u64> {
+    let expected = format!("a whole number above 0, like {default}");
+    match t.integer(errors, key, (1, max), &expected) {
+        Some(at) => Some(at.value),
+        None if t.get(key).is_some() => None,
+        None => Some(default),
+    }
+}
+
+/// Reports a rule about `key` at its value, or at the table when it was left out.
+fn report_at(errors: &mut Errors<'_>, t: &Table<'_, '_>, key: &str, message: String) {
+    let span = t.get(key).map_or(t.span.clone(), |v| v.span());
+    errors.push(span, &t.child(key), message);
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn header(name: &'static str) -> HeaderName {
+    HeaderName::from_static(name)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::error::{ConfigError, Source};
+
+    fn run<T>(
+        text: &str,
+        f: impl FnOnce(&mut Errors<'_>, &Table<'_, '_>) -> T,
+    ) -> (T, Vec<ConfigError>) {
+        let doc = toml::de::DeTable::parse(text).expect("test documents are valid TOML");
+        let mut errors = Errors::new(Source::new("t.toml", text));
+        let root = Table::root(&mut errors, &doc, &["server", "biller"]);
+        let out = f(&mut errors, &root);
+        (out, errors.list)
+    }
+
+    fn paths(errors: &[ConfigError]) -> Vec<&str> {
+        errors.iter().map(|e| e.key_path.as_str()).collect()
+    }
+
+    #[test]
+    fn server_defaults() {
+        let (server, errors) = run("", server);
+        assert!(errors.is_empty(), "{errors:?}");
+        let server = server.expect("defaults are valid");
+        assert_eq!(server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(server.admin_listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(server.key_header, "x-api-key");
+        assert_eq!(server.origin_header, "x-request-origin");
+        assert_eq!(server.partner_header, "x-billgate-partner");
+        assert_eq!(server.max_body_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn server_rules() {
+        let text = "[server]\nlisten = \"127.0.0.1:9100\"\nkey_header = \"X-Request-Origin\"\npartner_header = \"upgrade\"\nmax_body_bytes = 0\n";
+        let (server, errors) = run(text, server);
+        assert!(server.is_none());
+        assert_eq!(
+            paths(&errors),
+            [
+                "server.partner_header",
+                "server.max_body_bytes",
+                "server.listen",
+                "server.key_header"
+            ]
+        );
+        assert!(errors[2].message.contains("both 127.0.0.1:9100"));
+        // origin_header was left out, so the clash is shown at key_header, which was written.
+        assert_eq!(errors[3].line, 3);
+    }
+
+    #[test]
+    fn biller_defaults_and_requirements() {
+        let (read, errors) = run(
+            "[biller]\nurl = \"http://b:1/x\"\ncapacity = \"10/s\"\n",
+            biller,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let read = read.expect("valid");
+        assert_eq!((read.timeout, read.connect_timeout), (secs(3), secs(1)));
+        assert_eq!(read.max_in_flight, 128);
+        assert_eq!(
+            read.breaker,
+            Breaker {
+                failure_rate: 0.5,
+                window: secs(10),
+                min_calls: 20,
+                open_for: secs(5)
+            }
+        );
+
+        let (_, errors) = run("[biller]\ntimeout = \"0s\"\n", biller);
+        assert_eq!(
+            paths(&errors),
+            ["biller.url", "biller.timeout", "biller.capacity"]
+        );
+        let (_, errors) = run("", biller);
+        assert_eq!(paths(&errors), ["biller"]);
+    }
+
+    #[test]
+    fn breaker_rules() {
+        let text = "[biller]\nurl = \"http://b:1\"\ncapacity = \"1/s\"\n[biller.breaker]\nfailure_rate = 1.5\nmin_calls = 0\nwindow = 3\nopen_for = \"5s\"\n";
+        let (_, errors) = run(text, biller);
+        assert_eq!(
+            paths(&errors),
+            [
+                "biller.breaker.failure_rate",
+                "biller.breaker.window",
+                "biller.breaker.min_calls"
+            ]
+        );
+        assert!(errors[0].message.contains("1.5 is outside it"));
+        let nan = "[biller]\nurl = \"http://b:1\"\ncapacity = \"1/s\"\nbreaker = { failure_rate = nan }\n";
+        assert_eq!(paths(&run(nan, biller).1), ["biller.breaker.failure_rate"]);
+        let one =
+            "[biller]\nurl = \"http://b:1\"\ncapacity = \"1/s\"\nbreaker = { failure_rate = 1 }\n";
+        let (read, errors) = run(one, biller);
+        assert!(errors.is_empty());
+        assert_eq!(read.map(|b| b.breaker.failure_rate), Some(1.0));
+    }
+}
