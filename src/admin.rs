@@ -18,12 +18,17 @@ use tokio::sync::watch;
 use crate::proxy::Shared;
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+const PROMETHEUS: HeaderValue =
+    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const PROBLEM: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -43,7 +48,10 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: wat
     }
 }
 
-async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, TEXT, "ok\n".into()),
         (&Method::GET, "/readyz") => {
@@ -54,19 +62,36 @@ async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
                 "snapshot_sha256": snapshot.config.source_sha256,
                 "biller_reachable": reachable,
             });
-            let status = if reachable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if reachable {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             plain(status, JSON, body.to_string())
         }
         (&Method::GET, "/metrics") => match shared.metrics.render() {
             Ok(text) => plain(StatusCode::OK, PROMETHEUS, text),
-            Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Metrics unavailable", &error.to_string()),
+            Err(error) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Metrics unavailable",
+                &error.to_string(),
+            ),
         },
         (_, "/healthz" | "/readyz" | "/metrics") => {
-            let mut r = problem(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", "use GET");
-            r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET"));
+            let mut r = problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                "use GET",
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET"));
             r
         }
-        _ => problem(StatusCode::NOT_FOUND, "Not found", "the admin listener serves /metrics, /healthz and /readyz"),
+        _ => problem(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "the admin listener serves /metrics, /healthz and /readyz",
+        ),
     };
     Ok(response)
 }

@@ -27,7 +27,13 @@ pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::R
             .await
             .with_context(|| format!("cannot start the stand-in biller on {target}"))?;
         let capacity = config.biller.capacity.per_second();
-        let biller = Biller::new(BillerOptions { capacity_per_sec: capacity, ..BillerOptions::default() }, clock.clone());
+        let biller = Biller::new(
+            BillerOptions {
+                capacity_per_sec: capacity,
+                ..BillerOptions::default()
+            },
+            clock.clone(),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tracing::info!(%target, capacity, "stand-in biller listening");
         let task = tokio::spawn(biller.serve(listener, async move {
@@ -114,10 +120,15 @@ pub fn hash_key() -> anyhow::Result<ExitCode> {
 }
 
 /// `billgate biller`
-pub async fn biller(listen: std::net::SocketAddr, capacity: &str, base_latency: &str) -> anyhow::Result<ExitCode> {
-    let capacity = config::parse_rate(capacity).map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?;
-    let base_latency =
-        config::parse_duration(base_latency).map_err(|e| anyhow::anyhow!("--base-latency: expected {e}"))?;
+pub async fn biller(
+    listen: std::net::SocketAddr,
+    capacity: &str,
+    base_latency: &str,
+) -> anyhow::Result<ExitCode> {
+    let capacity =
+        config::parse_rate(capacity).map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?;
+    let base_latency = config::parse_duration(base_latency)
+        .map_err(|e| anyhow::anyhow!("--base-latency: expected {e}"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

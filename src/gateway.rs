@@ -60,16 +60,38 @@ impl Gateway {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let admin = TcpListener::bind(config.server.admin_listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", config.server.admin_listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (admin): {e}",
+                    config.server.admin_listen
+                )
+            })?;
         let addr = listener.local_addr()?;
         let admin_addr = admin.local_addr()?;
         let shared = Arc::new(Shared::new(config, options.clock.clone())?);
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(proxy::serve(Arc::clone(&shared), listener, stopped.clone(), options.drain)),
-            tokio::spawn(crate::admin::serve(Arc::clone(&shared), admin, stopped.clone())),
-            tokio::spawn(proxy::probe_biller(Arc::clone(&shared), options.probe_every, stopped.clone())),
-            tokio::spawn(proxy::sweep_accounts(Arc::clone(&shared), options.sweep_every, stopped)),
+            tokio::spawn(proxy::serve(
+                Arc::clone(&shared),
+                listener,
+                stopped.clone(),
+                options.drain,
+            )),
+            tokio::spawn(crate::admin::serve(
+                Arc::clone(&shared),
+                admin,
+                stopped.clone(),
+            )),
+            tokio::spawn(proxy::probe_biller(
+                Arc::clone(&shared),
+                options.probe_every,
+                stopped.clone(),
+            )),
+            tokio::spawn(proxy::sweep_accounts(
+                Arc::clone(&shared),
+                options.sweep_every,
+                stopped,
+            )),
         ];
         tracing::info!(%addr, %admin_addr, "billgate listening");
         Ok(Gateway {

@@ -26,10 +26,15 @@ pub fn run(opts: Opts) -> ExitCode {
     let result = match opts.command {
         Command::Check { config } => Ok(commands::check(&config)),
         Command::HashKey => commands::hash_key(),
-        Command::Serve { config, with_biller } => {
-            runtime().and_then(|rt| rt.block_on(commands::serve(config, with_biller)))
-        }
-        Command::Biller { listen, capacity, base_latency } => {
+        Command::Serve {
+            config,
+            with_biller,
+        } => runtime().and_then(|rt| rt.block_on(commands::serve(config, with_biller))),
+        Command::Biller {
+            listen,
+            capacity,
+            base_latency,
+        } => {
             runtime().and_then(|rt| rt.block_on(commands::biller(listen, &capacity, &base_latency)))
         }
     };
@@ -43,13 +48,17 @@ pub fn run(opts: Opts) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

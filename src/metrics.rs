@@ -136,10 +136,15 @@ struct Families {
 impl Families {
     fn bind_class(&self, partner: &str, class: &str) -> ClassMetrics {
         ClassMetrics {
-            requests: Outcome::ALL
-                .map(|o| self.requests.with_label_values(&[partner, class, o.as_str()])),
+            requests: Outcome::ALL.map(|o| {
+                self.requests
+                    .with_label_values(&[partner, class, o.as_str()])
+            }),
             rejections: RejectReason::all()
-                .map(|r| self.rejections.with_label_values(&[partner, class, r.as_str()]))
+                .map(|r| {
+                    self.rejections
+                        .with_label_values(&[partner, class, r.as_str()])
+                })
                 .collect(),
             shadow: Reason::ALL
                 .map(|r| self.shadow.with_label_values(&[partner, class, r.as_str()]))
@@ -158,11 +163,17 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("billgate_requests_total", "Requests by partner, class and outcome."),
+            Opts::new(
+                "billgate_requests_total",
+                "Requests by partner, class and outcome.",
+            ),
             &["partner", "class", "outcome"],
         )?;
         let rejections = IntCounterVec::new(
-            Opts::new("billgate_rejections_total", "Requests refused by the gateway, by reason."),
+            Opts::new(
+                "billgate_rejections_total",
+                "Requests refused by the gateway, by reason.",
+            ),
             &["partner", "class", "reason"],
         )?;
         let shadow = IntCounterVec::new(
@@ -173,11 +184,17 @@ impl Metrics {
             &["partner", "class", "reason"],
         )?;
         let accounts_tracked = IntGaugeVec::new(
-            Opts::new("billgate_account_keys_tracked", "Bill accounts tracked for per-account quotas."),
+            Opts::new(
+                "billgate_account_keys_tracked",
+                "Bill accounts tracked for per-account quotas.",
+            ),
             &["partner"],
         )?;
         let accounts_evicted = IntCounterVec::new(
-            Opts::new("billgate_account_keys_evicted_total", "Idle bill accounts evicted."),
+            Opts::new(
+                "billgate_account_keys_evicted_total",
+                "Idle bill accounts evicted.",
+            ),
             &["partner"],
         )?;
         let duration = HistogramVec::new(
@@ -188,13 +205,20 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["class"],
         )?;
-        let upstream_in_flight = IntGauge::new("billgate_upstream_in_flight", "Requests at the biller now.")?;
+        let upstream_in_flight =
+            IntGauge::new("billgate_upstream_in_flight", "Requests at the biller now.")?;
         let errors = IntCounterVec::new(
-            Opts::new("billgate_upstream_errors_total", "Forwarded requests the biller did not answer, by kind."),
+            Opts::new(
+                "billgate_upstream_errors_total",
+                "Forwarded requests the biller did not answer, by kind.",
+            ),
             &["kind"],
         )?;
         let config_info = IntGaugeVec::new(
-            Opts::new("billgate_config_info", "The running configuration (1), by file hash."),
+            Opts::new(
+                "billgate_config_info",
+                "The running configuration (1), by file hash.",
+            ),
             &["sha256"],
         )?;
         registry.register(Box::new(requests.clone()))?;

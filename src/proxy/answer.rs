@@ -116,7 +116,12 @@ impl Refusal {
     }
 
     /// The full answer: status, headers and problem body.
-    pub fn response<B: From<Bytes>>(&self, partner: Option<&str>, class: Option<Class>, key_header: &str) -> Response<B> {
+    pub fn response<B: From<Bytes>>(
+        &self,
+        partner: Option<&str>,
+        class: Option<Class>,
+        key_header: &str,
+    ) -> Response<B> {
         let status = self.status();
         let retry_after = match self {
             Refusal::Denied(d) => d.retry_after.map(|w| ceil_secs(w).max(1)),
@@ -141,7 +146,10 @@ impl Refusal {
         if let Some(secs) = retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Refusal::Denied(Denied { limit: Some(limit), .. }) = self {
+        if let Refusal::Denied(Denied {
+            limit: Some(limit), ..
+        }) = self
+        {
             if status == StatusCode::TOO_MANY_REQUESTS {
                 insert_ratelimit(headers, limit);
             }
@@ -153,7 +161,11 @@ impl Refusal {
 /// Sets `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10) for `limit`.
 pub fn insert_ratelimit(headers: &mut HeaderMap, limit: &Limit) {
     let name = limit.policy.name();
-    let policy = format!("\"{name}\";q={};w={}", limit.rate.count, limit.rate.period.seconds());
+    let policy = format!(
+        "\"{name}\";q={};w={}",
+        limit.rate.count,
+        limit.rate.period.seconds()
+    );
     let reset = ceil_secs(limit.remaining.reset);
     let state = format!("\"{name}\";r={};t={reset}", limit.remaining.remaining);
     if let Ok(value) = HeaderValue::from_str(&policy) {
@@ -179,7 +191,10 @@ mod tests {
             limit: Some(Limit {
                 policy: Policy::Class(Class::InquiryScheduled),
                 rate: parse_rate("20/s burst 40").unwrap(),
-                remaining: Remaining { remaining: 0, reset: Duration::from_millis(wait_ms) },
+                remaining: Remaining {
+                    remaining: 0,
+                    reset: Duration::from_millis(wait_ms),
+                },
             }),
             retry_after: Some(Duration::from_millis(wait_ms)),
         }
@@ -187,8 +202,11 @@ mod tests {
 
     #[test]
     fn a_quota_denial_carries_retry_after_and_ratelimit_fields() {
-        let r: Response<Bytes> = Refusal::Denied(denied(Reason::PartnerQuota, 1200))
-            .response(Some("wallet-a"), Some(Class::InquiryScheduled), "x-api-key");
+        let r: Response<Bytes> = Refusal::Denied(denied(Reason::PartnerQuota, 1200)).response(
+            Some("wallet-a"),
+            Some(Class::InquiryScheduled),
+            "x-api-key",
+        );
         assert_eq!(r.status(), 429);
         let h = r.headers();
         assert_eq!(h["content-type"], "application/problem+json");
@@ -205,8 +223,11 @@ mod tests {
 
     #[test]
     fn a_sub_second_wait_still_says_one_second() {
-        let r: Response<Bytes> = Refusal::Denied(denied(Reason::PartnerQuota, 10))
-            .response(Some("a"), None, "x-api-key");
+        let r: Response<Bytes> = Refusal::Denied(denied(Reason::PartnerQuota, 10)).response(
+            Some("a"),
+            None,
+            "x-api-key",
+        );
         assert_eq!(r.headers()["retry-after"], "1");
     }
 
@@ -221,6 +242,12 @@ mod tests {
         assert_eq!(s(Reason::BillerCapacity), 503);
         assert_eq!(Refusal::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(Refusal::BillerUnreachable.status(), 502);
-        assert_eq!(Refusal::BillerTimeout { timeout: Duration::from_secs(1) }.status(), 504);
+        assert_eq!(
+            Refusal::BillerTimeout {
+                timeout: Duration::from_secs(1)
+            }
+            .status(),
+            504
+        );
     }
 }

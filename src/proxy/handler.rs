@@ -78,7 +78,12 @@ impl From<Admitted<'_>> for Forwarding {
     }
 }
 
-fn refuse(refusal: Refusal, partner: Option<&str>, class: Option<Class>, snapshot: &Snapshot) -> Response<ProxyBody> {
+fn refuse(
+    refusal: Refusal,
+    partner: Option<&str>,
+    class: Option<Class>,
+    snapshot: &Snapshot,
+) -> Response<ProxyBody> {
     refusal
         .response::<Full<Bytes>>(partner, class, snapshot.config.server.key_header.as_str())
         .map(Either::Left)
@@ -109,13 +114,23 @@ async fn forward(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
         metrics.rejected(RejectReason::BodyTooLarge);
-        return Ok(refuse(Refusal::BodyTooLarge { limit: max_body }, Some(partner_id), Some(class), snapshot));
+        return Ok(refuse(
+            Refusal::BodyTooLarge { limit: max_body },
+            Some(partner_id),
+            Some(class),
+            snapshot,
+        ));
     }
 
     let Some(uri) = upstream_uri(&snapshot.upstream, parts.uri.path_and_query()) else {
         // Only reachable if the request target cannot be re-encoded; treat as no route.
         metrics.outcome(Outcome::Failed);
-        return Ok(refuse(Refusal::BillerUnreachable, Some(partner_id), Some(class), snapshot));
+        return Ok(refuse(
+            Refusal::BillerUnreachable,
+            Some(partner_id),
+            Some(class),
+            snapshot,
+        ));
     };
     headers::to_biller(
         &mut parts.headers,
@@ -139,17 +154,32 @@ async fn forward(
         Err(_elapsed) => {
             shared.metrics.upstream_error(UpstreamError::Timeout);
             metrics.outcome(Outcome::Failed);
-            return Ok(refuse(Refusal::BillerTimeout { timeout }, Some(partner_id), Some(class), snapshot));
+            return Ok(refuse(
+                Refusal::BillerTimeout { timeout },
+                Some(partner_id),
+                Some(class),
+                snapshot,
+            ));
         }
         Ok(Err(error)) => {
             if is_body_too_large(&error) {
                 metrics.rejected(RejectReason::BodyTooLarge);
-                return Ok(refuse(Refusal::BodyTooLarge { limit: max_body }, Some(partner_id), Some(class), snapshot));
+                return Ok(refuse(
+                    Refusal::BodyTooLarge { limit: max_body },
+                    Some(partner_id),
+                    Some(class),
+                    snapshot,
+                ));
             }
             tracing::debug!(partner = partner_id, error = %error, "biller unreachable");
             shared.metrics.upstream_error(UpstreamError::Connect);
             metrics.outcome(Outcome::Failed);
-            return Ok(refuse(Refusal::BillerUnreachable, Some(partner_id), Some(class), snapshot));
+            return Ok(refuse(
+                Refusal::BillerUnreachable,
+                Some(partner_id),
+                Some(class),
+                snapshot,
+            ));
         }
         Ok(Ok(response)) => response,
     };
@@ -164,7 +194,10 @@ async fn forward(
     insert_ratelimit(&mut parts.headers, &admitted.limit);
     // The body gets as long again as the head was allowed.
     let deadline = tokio::time::Instant::now() + timeout.max(Duration::from_millis(1));
-    Ok(Response::from_parts(parts, Either::Right(Deadline::new(body, deadline))))
+    Ok(Response::from_parts(
+        parts,
+        Either::Right(Deadline::new(body, deadline)),
+    ))
 }
 
 /// `http://biller[/base]` + the request's path and query.

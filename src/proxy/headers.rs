@@ -72,7 +72,10 @@ mod tests {
         h.insert("x-api-key", HeaderValue::from_static("secret"));
         h.append("x-billgate-partner", HeaderValue::from_static("spoofed"));
         h.append("x-billgate-partner", HeaderValue::from_static("spoofed-2"));
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
@@ -86,7 +89,10 @@ mod tests {
             "127.0.0.1".parse().unwrap(),
         );
         assert!(h.get("x-api-key").is_none());
-        assert_eq!(h.get_all("x-billgate-partner").iter().collect::<Vec<_>>(), ["wallet-a"]);
+        assert_eq!(
+            h.get_all("x-billgate-partner").iter().collect::<Vec<_>>(),
+            ["wallet-a"]
+        );
         assert!(h.get("connection").is_none());
         assert!(h.get("x-private").is_none());
         assert!(h.get("keep-alive").is_none());

@@ -7,7 +7,6 @@ mod handler;
 mod headers;
 mod snapshot;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,12 +79,37 @@ impl Shared {
         snapshot.gate.sweep_accounts();
         for (gate, runtime) in snapshot.gate.partners().iter().zip(&snapshot.partners) {
             if let Some(accounts) = &gate.accounts {
-                runtime.metrics.accounts_tracked.set(i64::try_from(accounts.tracked()).unwrap_or(i64::MAX));
+                runtime
+                    .metrics
+                    .accounts_tracked
+                    .set(i64::try_from(accounts.tracked()).unwrap_or(i64::MAX));
                 let evicted = accounts.evicted();
                 let counted = runtime.metrics.accounts_evicted.get();
-                runtime.metrics.accounts_evicted.inc_by(evicted.saturating_sub(counted));
+                runtime
+                    .metrics
+                    .accounts_evicted
+                    .inc_by(evicted.saturating_sub(counted));
             }
         }
+    }
+
+    /// Tries one TCP connection to the biller and records whether it was accepted.
+    pub async fn probe_biller(&self) -> bool {
+        let (target, timeout) = {
+            let snapshot = self.snapshot.load();
+            (
+                snapshot.config.biller.url.host_port(),
+                snapshot.config.biller.connect_timeout,
+            )
+        };
+        let reachable = matches!(
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await,
+            Ok(Ok(_))
+        );
+        if reachable != self.biller_reachable.swap(reachable, Ordering::Relaxed) {
+            tracing::info!(biller = %target, reachable, "biller reachability changed");
+        }
+        reachable
     }
 
     pub fn biller_reachable(&self) -> bool {
@@ -141,19 +165,13 @@ pub async fn serve(
 }
 
 /// Probes the biller with a TCP connect every `every`, recording whether it answered.
-pub async fn probe_biller(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn probe_biller(
+    shared: Arc<Shared>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
-        let (target, timeout) = {
-            let snapshot = shared.snapshot.load();
-            (snapshot.config.biller.url.host_port(), snapshot.config.biller.connect_timeout)
-        };
-        let reachable = matches!(
-            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await,
-            Ok(Ok(_))
-        );
-        if reachable != shared.biller_reachable.swap(reachable, Ordering::Relaxed) {
-            tracing::info!(biller = %target, reachable, "biller reachability changed");
-        }
+        shared.probe_biller().await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
@@ -162,7 +180,11 @@ pub async fn probe_biller(shared: Arc<Shared>, every: Duration, mut shutdown: wa
 }
 
 /// Sweeps idle per-account state every `every`.
-pub async fn sweep_accounts(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn sweep_accounts(
+    shared: Arc<Shared>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => shared.sweep(),
@@ -170,6 +192,3 @@ pub async fn sweep_accounts(shared: Arc<Shared>, every: Duration, mut shutdown: 
         }
     }
 }
-
-/// The peer address type used by handlers.
-pub type Peer = SocketAddr;

@@ -36,7 +36,12 @@ pub struct Upstream {
 
 impl Snapshot {
     /// Builds a snapshot, carrying limiter state over from `previous` where quotas are unchanged.
-    pub fn build(config: Config, previous: Option<&Snapshot>, clock: &Clock, metrics: &Metrics) -> Snapshot {
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        clock: &Clock,
+        metrics: &Metrics,
+    ) -> Snapshot {
         let gate = Gate::build(&config, previous.map(|s| &s.gate), clock);
         let partners = config
             .partners
@@ -44,11 +49,13 @@ impl Snapshot {
             .map(|p| PartnerRuntime {
                 metrics: metrics.bind_partner(&p.id),
                 // Partner ids are validated to `[a-z0-9_-]`, always a valid header value.
-                header_value: HeaderValue::from_str(&p.id).unwrap_or(HeaderValue::from_static("invalid")),
+                header_value: HeaderValue::from_str(&p.id)
+                    .unwrap_or(HeaderValue::from_static("invalid")),
             })
             .collect();
         let authority = config.biller.url.authority.clone();
-        let host = HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("biller"));
+        let host =
+            HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("biller"));
         let upstream = Upstream {
             scheme: Scheme::HTTP,
             authority,

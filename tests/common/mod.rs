@@ -1,0 +1,235 @@
+//! Test harness: a stand-in biller and a gateway on port 0, a plain HTTP client, and
+//! configuration builders. Every test talks real HTTP over loopback sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use billgate::biller::{Biller, BillerOptions};
+use billgate::clock::{Clock, FakeClock};
+use billgate::config::{hash_key, load_str, Config};
+use billgate::gateway::{self, Gateway};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A running stand-in biller.
+pub struct TestBiller {
+    pub biller: Biller,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestBiller {
+    pub async fn start(options: BillerOptions) -> TestBiller {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind biller");
+        let addr = listener.local_addr().expect("biller addr");
+        let biller = Biller::new(options, Clock::real());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(biller.clone().serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestBiller {
+            biller,
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    /// A biller fast and large enough never to be the limit.
+    pub async fn roomy() -> TestBiller {
+        TestBiller::start(BillerOptions {
+            capacity_per_sec: 100_000.0,
+            base_latency: Duration::from_millis(1),
+            ..BillerOptions::default()
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestBiller {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A gateway started in-process on a fake clock.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub hand: FakeClock,
+}
+
+impl TestGateway {
+    pub async fn start(config: Config) -> TestGateway {
+        let (clock, hand) = Clock::fake();
+        let options = gateway::Options {
+            clock,
+            ..gateway::Options::default()
+        };
+        let gateway = Gateway::start(config, options)
+            .await
+            .expect("start gateway");
+        TestGateway { gateway, hand }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.admin_addr, path)
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let reply = send(Method::GET, &self.admin_url("/metrics"), &[], Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.text()
+    }
+}
+
+/// Parses the value of one sample (`name{labels}`) from Prometheus text; 0 when absent.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// An answer as the test reads it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(body.into())).expect("request");
+    let response = client.request(request).await.expect("gateway answered");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(Method::GET, url, headers, Bytes::new()).await
+}
+
+pub const PAYMENT: &str = r#"{"account":"100234","amount":"42.10","currency":"CNY"}"#;
+
+pub async fn pay(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send(Method::POST, url, &all, PAYMENT).await
+}
+
+/// One `[[partner]]` block.
+pub fn partner(id: &str, key: &str, quota: &str, extra: &str) -> String {
+    format!(
+        "[[partner]]\nid = \"{id}\"\nkeys_sha256 = [\"{}\"]\nquota = {{ {quota} }}\n{extra}\n",
+        hash_key(key)
+    )
+}
+
+/// A whole configuration: listeners on port 0, the biller at `biller_url` with `timeout` and
+/// `capacity`, the standard routes, then `partners`.
+pub fn config_toml(biller_url: &str, timeout: &str, capacity: &str, partners: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+max_body_bytes = 4096
+
+[biller]
+url = "{biller_url}"
+timeout = "{timeout}"
+connect_timeout = "500ms"
+capacity = "{capacity}"
+
+[[route]]
+name = "bill-inquiry"
+method = "GET"
+path = "/v1/bills/{{account}}"
+class = "inquiry"
+
+[[route]]
+name = "bill-lookup"
+method = "GET"
+path = "/v1/lookup"
+account_query = "account"
+class = "inquiry"
+
+[[route]]
+name = "bill-payment"
+method = "POST"
+path = "/v1/payments"
+class = "payment"
+
+{partners}"#
+    )
+}
+
+pub fn config_with(biller_url: &str, timeout: &str, capacity: &str, partners: &str) -> Config {
+    let text = config_toml(biller_url, timeout, capacity, partners);
+    load_str(&text, "test.toml").unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}"))
+}
+
+/// A loopback port with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr
+}
+
+/// A configuration with a 2s timeout and a capacity that never binds.
+pub fn config(biller_url: &str, partners: &str) -> Config {
+    config_with(biller_url, "2s", "10000/s", partners)
+}

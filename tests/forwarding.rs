@@ -1,0 +1,114 @@
+//! What reaches the biller: no API key, only the trusted partner header, no hop-by-hop headers,
+//! `x-forwarded-for` extended; and what comes back.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+
+const Q: &str = r#"payment = "10/s", inquiry_user = "10/s", inquiry_scheduled = "10/s""#;
+
+#[tokio::test]
+async fn the_biller_sees_the_trusted_partner_and_never_the_key() {
+    let biller = TestBiller::roomy().await;
+    let gw = TestGateway::start(config(
+        &biller.url(),
+        &partner("wallet-a", "secret-key-a", Q, ""),
+    ))
+    .await;
+    let reply = get(
+        &gw.url("/v1/bills/55501?lang=en"),
+        &[
+            ("x-api-key", "secret-key-a"),
+            ("x-billgate-partner", "bank-b"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "connection-scoped"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-trace-id", "abc-123"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = biller.biller.recent_requests();
+    assert_eq!(seen.len(), 1);
+    let request = &seen[0];
+    assert_eq!(request.path_and_query, "/v1/bills/55501?lang=en");
+    let h = &request.headers;
+    assert!(h.get("x-api-key").is_none(), "the biller saw the API key");
+    assert!(
+        !h.values().any(|v| v.as_bytes() == b"secret-key-a"),
+        "the key leaked in another header"
+    );
+    let partners: Vec<_> = h.get_all("x-billgate-partner").iter().collect();
+    assert_eq!(
+        partners,
+        ["wallet-a"],
+        "a spoofed partner header reached the biller"
+    );
+    assert!(h.get("x-hop").is_none());
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-trace-id"], "abc-123");
+    assert_eq!(h["host"], biller.addr.to_string());
+}
+
+#[tokio::test]
+async fn a_spoofed_partner_header_alone_identifies_nobody() {
+    let biller = TestBiller::roomy().await;
+    let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", Q, ""))).await;
+    let reply = get(
+        &gw.url("/v1/bills/1"),
+        &[("x-billgate-partner", "wallet-a")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(biller.biller.recent_requests().is_empty());
+}
+
+#[tokio::test]
+async fn rotated_keys_both_identify_the_partner() {
+    let biller = TestBiller::roomy().await;
+    let block = format!(
+        "[[partner]]\nid = \"bank-b\"\nkeys_sha256 = [\"{}\", \"{}\"]\nquota = {{ {Q} }}\n",
+        billgate::config::hash_key("old-key"),
+        billgate::config::hash_key("new-key")
+    );
+    let gw = TestGateway::start(config(&biller.url(), &block)).await;
+    for key in ["old-key", "new-key"] {
+        assert_eq!(
+            get(&gw.url("/v1/bills/1"), &[("x-api-key", key)])
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let seen = biller.biller.recent_requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen
+        .iter()
+        .all(|r| r.headers["x-billgate-partner"] == "bank-b"));
+}
+
+#[tokio::test]
+async fn the_account_comes_from_the_query_when_the_route_says_so() {
+    let biller = TestBiller::roomy().await;
+    let gw = TestGateway::start(config(
+        &biller.url(),
+        &partner("wallet-a", "key-a", Q, "per_account = \"1/min\""),
+    ))
+    .await;
+    let headers = [("x-api-key", "key-a")];
+    // The stand-in biller has no /v1/lookup; what matters is the gateway's per-account count.
+    let first = get(&gw.url("/v1/lookup?account=777"), &headers).await;
+    assert_eq!(first.status, StatusCode::NOT_FOUND);
+    assert_eq!(biller.biller.stats().received, 1);
+    let second = get(&gw.url("/v1/lookup?account=777"), &headers).await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.json()["reason"], "account_quota");
+    assert_eq!(
+        get(&gw.url("/v1/lookup?account=778"), &headers)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(biller.biller.stats().received, 2);
+}
