@@ -93,7 +93,11 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
 pub fn check(path: &Path) -> ExitCode {
     match config::load_file(path) {
         Ok(config) => {
-            print!("{}", config::check_report(&config));
+            let report = config::check_report(&config).to_string();
+            print!("{report}");
+            if !report.ends_with('\n') {
+                println!();
+            }
             println!("{}: valid", path.display());
             ExitCode::SUCCESS
         }
