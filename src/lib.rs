@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod cli;
 pub mod clock;
 mod commands;
+pub mod concurrency;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
