@@ -8,9 +8,11 @@
 pub mod admin;
 pub mod admission;
 pub mod biller;
+pub mod breaker;
 pub mod cli;
 pub mod clock;
 mod commands;
+pub mod concurrency;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
