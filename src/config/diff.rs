@@ -5,6 +5,26 @@
 //! printed diff, [`ConfigDiff::guardrails`] the changes a reload refuses unless forced, and
 //! [`ConfigDiff::summary`] one line for the reload log.
 //!
+//! ```
+//! use billgate::config::{diff, load_str};
+//!
+//! let old = "[biller]\nurl = \"http://127.0.0.1:9000\"\ncapacity = \"400/s\"\n\
+//!            [[partner]]\nid = \"wallet-a\"\nquota = { inquiry_scheduled = \"20/s burst 40\" }\n";
+//! let new = old.replace("20/s burst 40", "250/s burst 40");
+//! let change = diff(&load_str(old, "old.toml")?, &load_str(&new, "new.toml")?);
+//! assert_eq!(
+//!     change.to_string().lines().nth(1),
+//!     Some("  wallet-a  inquiry_scheduled  20/s burst 40 → 250/s burst 40  (×12.5, raised)")
+//! );
+//! let hits = change.guardrails();
+//! assert_eq!(hits[0].key_path, "partner[wallet-a].quota.inquiry_scheduled");
+//! assert_eq!(
+//!     change.summary(),
+//!     "1 partner changed, 0 added, 0 removed, routes unchanged, server and biller unchanged"
+//! );
+//! # Ok::<(), billgate::config::ConfigErrors>(())
+//! ```
+//!
 //! # Guardrails
 //!
 //! - **A quota raised more than 10×**: a partner's class whose sustained rate

@@ -233,3 +233,31 @@ pub(super) fn number(x: f64) -> String {
         format!("{x:.2}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factors_keep_one_decimal_unless_it_would_mislead() {
+        assert_eq!(factor(12.5), "12.5");
+        assert_eq!(factor(10.0), "10.0");
+        assert_eq!(factor(10.04), "10.04");
+        assert_eq!(factor(2.025), "2.02");
+        assert_eq!(factor(0.5), "0.5");
+        assert_eq!(factor(1.0 / 1200.0), "0.001");
+        assert_eq!(factor(0.99999), "0.99999");
+        assert_eq!(number(470.0), "470");
+        assert_eq!(number(0.5), "0.50");
+    }
+
+    #[test]
+    fn movements_name_the_direction() {
+        let r = |s: &str| crate::config::parse_rate(s).ok();
+        assert_eq!(movement(r("20/s"), r("200/s")), "×10.0, raised");
+        assert_eq!(movement(r("60/min"), r("1/s")), "×1.0, burst cut");
+        assert_eq!(movement(r("1/s"), r("60/min burst 1")), "same limit");
+        assert_eq!(movement(None, r("1/s")), "opened");
+        assert_eq!(movement(r("1/s"), None), "closed");
+    }
+}
