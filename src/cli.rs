@@ -35,9 +35,17 @@ pub enum Command {
         with_biller: bool,
     },
     /// Validate a configuration and print its partners, quotas and warnings; exit 1 on error.
+    ///
+    /// With `--diff OLD.toml`, print instead what changes from OLD.toml (say, the running
+    /// configuration) to this one, partner by partner, and the guardrails the change hits.
+    /// `check` applies nothing and has no `--force`: a guardrail is a warning here (exit 0), but
+    /// a reload of that change is refused unless forced with `POST /admin/reload?force=true`.
     Check {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
+        /// The configuration to compare against (validated in full too).
+        #[arg(long, value_name = "OLD.toml")]
+        diff: Option<PathBuf>,
     },
     /// Read an API key on stdin and print its SHA-256, for `keys_sha256`.
     HashKey,

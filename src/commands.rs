@@ -89,23 +89,68 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// `billgate check`
-pub fn check(path: &Path) -> ExitCode {
-    match config::load_file(path) {
-        Ok(config) => {
-            let report = config::check_report(&config).to_string();
-            print!("{report}");
-            if !report.ends_with('\n') {
-                println!();
+/// `billgate check`, and with `diff_from`, `billgate check --diff OLD.toml`: both files are
+/// validated in full; errors in either are printed and the exit code is 1. Guardrails are
+/// warnings here: exit 0.
+pub fn check(path: &Path, diff_from: Option<&Path>) -> ExitCode {
+    let new = config::load_file(path);
+    let old = diff_from.map(config::load_file);
+    let (new, old) = match (new, old) {
+        (Ok(new), None) => (new, None),
+        (Ok(new), Some(Ok(old))) => (new, Some(old)),
+        (new, old) => {
+            for errors in [new.err(), old.and_then(Result::err)].into_iter().flatten() {
+                eprintln!("{errors}");
             }
-            println!("{}: valid", path.display());
-            ExitCode::SUCCESS
+            return ExitCode::FAILURE;
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            ExitCode::FAILURE
+    };
+    let report = config::check_report(&new);
+    let shown = match (&old, diff_from) {
+        (Some(old), Some(old_path)) => diff_report(old_path, path, old, &new, &report),
+        _ => report.to_string(),
+    };
+    println!("{}", shown.trim_end());
+    println!("{}: valid", path.display());
+    ExitCode::SUCCESS
+}
+
+/// The diff, the guardrails it hits, then the new configuration's warnings.
+fn diff_report(
+    old_path: &Path,
+    new_path: &Path,
+    old: &Config,
+    new: &Config,
+    report: &config::CheckReport,
+) -> String {
+    let diff = config::diff(old, new);
+    let mut out = format!(
+        "changes from {} to {}\n{diff}\n\n",
+        old_path.display(),
+        new_path.display()
+    );
+    let guardrails = diff.guardrails();
+    if guardrails.is_empty() {
+        out.push_str("no guardrails hit\n");
+    } else {
+        let plural = if guardrails.len() == 1 { "" } else { "s" };
+        out.push_str(&format!("{} guardrail{plural} hit\n", guardrails.len()));
+        for g in &guardrails {
+            out.push_str(&format!("{g}\n"));
+        }
+        out.push_str("a reload of this change will be refused unless forced (POST /admin/reload?force=true); billgate check applies nothing itself\n");
+    }
+    out.push('\n');
+    if report.warnings.is_empty() {
+        out.push_str("no warnings");
+    } else {
+        let plural = if report.warnings.len() == 1 { "" } else { "s" };
+        out.push_str(&format!("{} warning{plural}", report.warnings.len()));
+        for w in &report.warnings {
+            out.push_str(&format!("\n{w}"));
         }
     }
+    out
 }
 
 /// `billgate hash-key`

@@ -26,7 +26,7 @@ use cli::{Command, LogFormat, Opts};
 pub fn run(opts: Opts) -> ExitCode {
     init_logging(opts.log_format);
     let result = match opts.command {
-        Command::Check { config } => Ok(commands::check(&config)),
+        Command::Check { config, diff } => Ok(commands::check(&config, diff.as_deref())),
         Command::HashKey => commands::hash_key(),
         Command::Serve {
             config,

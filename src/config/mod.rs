@@ -1,6 +1,7 @@
 //! Configuration: `config.toml` parsed, then validated once into types that cannot hold a bad
 //! value. Errors carry file, line and column. Knows nothing of HTTP serving.
 
+pub mod diff;
 pub mod model;
 pub mod rate;
 
@@ -15,6 +16,9 @@ mod template;
 mod values;
 
 pub use check::{check_report, CheckReport, PartnerSummary, Warning};
+pub use diff::{
+    diff, Commitment, ConfigDiff, Guardrail, PartnerChange, PartnerDiff, RouteDiff, SettingChange,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{hash_key, load_file, load_str, DEFAULT_CONFIG};
 pub use model::*;
