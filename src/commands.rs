@@ -66,10 +66,10 @@ async fn wait_for_signals(gateway: &Gateway) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => match gateway.reload() {
-                Ok(()) => {}
-                Err(errors) => tracing::error!("reload refused, the running configuration stays:\n{errors}"),
-            },
+            // The outcome is logged and counted by the reload itself.
+            _ = hangup.recv() => {
+                let _ = gateway.reload(false).await;
+            }
             _ = terminate.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }

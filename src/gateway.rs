@@ -10,8 +10,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admission::Suspensions;
 use crate::clock::Clock;
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::Config;
+use crate::control::{Control, ReloadError, Reloaded};
 use crate::proxy::{self, Shared};
 
 /// How a gateway runs, beyond its configuration.
@@ -47,7 +49,8 @@ pub struct Gateway {
     /// Where the admin endpoints answer.
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
-    options: Options,
+    /// Reload, suspend, resume.
+    pub control: Arc<Control>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -68,7 +71,15 @@ impl Gateway {
             })?;
         let addr = listener.local_addr()?;
         let admin_addr = admin.local_addr()?;
-        let shared = Arc::new(Shared::new(config, options.clock.clone())?);
+        let shared = Arc::new(Shared::new(
+            config,
+            options.clock.clone(),
+            Suspensions::default(),
+        )?);
+        let control = Arc::new(
+            Control::new(Arc::clone(&shared), options.config_path.clone())
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(proxy::serve(
@@ -78,7 +89,7 @@ impl Gateway {
                 options.drain,
             )),
             tokio::spawn(crate::admin::serve(
-                Arc::clone(&shared),
+                Arc::clone(&control),
                 admin,
                 stopped.clone(),
             )),
@@ -98,23 +109,16 @@ impl Gateway {
             addr,
             admin_addr,
             shared,
-            options,
+            control,
             stop,
             tasks,
         })
     }
 
-    /// Re-reads the configuration file and swaps it in if it is valid in full; otherwise the
-    /// running configuration stays and the errors are returned.
-    pub fn reload(&self) -> Result<(), ConfigErrors> {
-        let Some(path) = &self.options.config_path else {
-            return Ok(());
-        };
-        let config = config::load_file(path)?;
-        let sha = config.source_sha256.clone();
-        self.shared.install(config);
-        tracing::info!(config = %path.display(), sha256 = %sha, "configuration reloaded");
-        Ok(())
+    /// Re-reads the configuration file and swaps it in if it is valid in full and within the
+    /// guardrails (or `force`); otherwise the running configuration stays.
+    pub async fn reload(&self, force: bool) -> Result<Reloaded, ReloadError> {
+        self.control.reload(force).await
     }
 
     /// Stops accepting, lets open requests finish (up to the drain time) and stops every task.

@@ -14,6 +14,7 @@ pub mod clock;
 mod commands;
 pub mod concurrency;
 pub mod config;
+pub mod control;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;

@@ -83,6 +83,11 @@ impl ClassMetrics {
         self.requests[outcome as usize].inc();
     }
 
+    /// Requests counted with `outcome` so far.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome as usize].get()
+    }
+
     #[inline]
     pub fn rejected(&self, reason: RejectReason) {
         self.requests[Outcome::Rejected as usize].inc();
@@ -122,6 +127,12 @@ pub struct Metrics {
     pub upstream_in_flight: IntGauge,
     upstream_errors: [IntCounter; 2],
     config_info: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGauge,
+    breaker_transitions: IntCounterVec,
+    /// The adaptive in-flight limit now.
+    pub concurrency_limit: IntGauge,
     /// Handles for requests whose partner is unknown.
     pub anonymous: ClassMetrics,
 }
@@ -230,6 +241,35 @@ impl Metrics {
         registry.register(Box::new(upstream_in_flight.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(config_info.clone()))?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "billgate_config_reloads_total",
+                "Configuration reloads, by result (ok, error, refused).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        for result in ["ok", "error", "refused"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let breaker_state = IntGauge::new(
+            "billgate_breaker_state",
+            "The circuit breaker in front of the biller: 0 closed, 1 open, 2 half-open.",
+        )?;
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "billgate_breaker_transitions_total",
+                "Circuit breaker transitions, by from and to state.",
+            ),
+            &["from", "to"],
+        )?;
+        let concurrency_limit = IntGauge::new(
+            "billgate_upstream_concurrency_limit",
+            "The adaptive limit on requests at the biller at once (at most max_in_flight).",
+        )?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        registry.register(Box::new(breaker_transitions.clone()))?;
+        registry.register(Box::new(concurrency_limit.clone()))?;
         let upstream_duration = Class::ALL.map(|c| duration.with_label_values(&[c.as_str()]));
         let upstream_errors = ["connect", "timeout"].map(|k| errors.with_label_values(&[k]));
         let families = Families {
@@ -247,6 +287,10 @@ impl Metrics {
             upstream_in_flight,
             upstream_errors,
             config_info,
+            config_reloads,
+            breaker_state,
+            breaker_transitions,
+            concurrency_limit,
         })
     }
 
@@ -268,6 +312,17 @@ impl Metrics {
     #[inline]
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors[kind as usize].inc();
+    }
+
+    /// Brings the breaker transition counter for `from → to` up to `total`.
+    pub fn breaker_transitions(&self, from: &str, to: &str, total: u64) {
+        let counter = self.breaker_transitions.with_label_values(&[from, to]);
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
+    /// Counts one reload with its result: `ok`, `error` or `refused`.
+    pub fn reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// Marks `sha256` as the running configuration.

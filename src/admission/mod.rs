@@ -6,9 +6,11 @@
 //! class, per-account quota, biller budget — and the first refusal answers.
 
 mod accounts;
+mod biller;
 mod identify;
 mod quota;
 mod route;
+mod suspension;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +18,11 @@ use std::time::Duration;
 use http::Method;
 
 pub use accounts::{AccountDenial, AccountLimiter};
+pub use biller::{BillerOutcome, Budget, Pause, Protection, Shed, Ticket};
 pub use identify::KeyIndex;
 pub use quota::{Quota, Remaining};
 pub use route::{Matched, Router};
+pub use suspension::{Suspension, SuspensionCell, Suspensions};
 
 use crate::clock::Clock;
 use crate::config::{Class, Config, Mode, Rate, RouteClass};
@@ -46,11 +50,15 @@ pub enum Reason {
     AccountQuota,
     AccountTableFull,
     BillerCapacity,
+    Suspended,
+    BillerPaused,
+    BreakerOpen,
+    BillerBusy,
 }
 
 impl Reason {
     /// Every reason, for binding metric handles up front.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 12] = [
         Reason::MissingKey,
         Reason::UnknownKey,
         Reason::NoRoute,
@@ -59,6 +67,10 @@ impl Reason {
         Reason::AccountQuota,
         Reason::AccountTableFull,
         Reason::BillerCapacity,
+        Reason::Suspended,
+        Reason::BillerPaused,
+        Reason::BreakerOpen,
+        Reason::BillerBusy,
     ];
 
     /// The label used in metrics and in problem bodies.
@@ -72,6 +84,10 @@ impl Reason {
             Reason::AccountQuota => "account_quota",
             Reason::AccountTableFull => "account_table_full",
             Reason::BillerCapacity => "biller_capacity",
+            Reason::Suspended => "suspended",
+            Reason::BillerPaused => "biller_paused",
+            Reason::BreakerOpen => "breaker_open",
+            Reason::BillerBusy => "biller_busy",
         }
     }
 
@@ -118,7 +134,7 @@ pub struct Limit {
 }
 
 /// An admitted request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Admitted<'r> {
     pub partner: usize,
     pub class: Class,
@@ -128,6 +144,8 @@ pub struct Admitted<'r> {
     pub limit: Limit,
     /// In shadow mode: what would have refused it.
     pub shadow: Option<Reason>,
+    /// The right to send it to the biller; report the outcome with [`Ticket::finish`].
+    pub ticket: Ticket,
 }
 
 /// A refused request.
@@ -144,7 +162,7 @@ pub struct Denied {
 }
 
 /// The decision for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Decision<'r> {
     Admit(Admitted<'r>),
     Deny(Denied),
@@ -157,6 +175,10 @@ pub struct PartnerGate {
     /// One limiter per class, `None` for a closed class.
     pub quotas: [Option<Quota>; 3],
     pub accounts: Option<Arc<AccountLimiter>>,
+    /// Shared with the suspension registry, so suspending takes effect at once.
+    pub suspension: Arc<SuspensionCell>,
+    /// A pause the biller asked for, naming this partner.
+    pub pause: Arc<Pause>,
 }
 
 /// Everything the decision needs, built from one configuration.
@@ -164,7 +186,7 @@ pub struct Gate {
     keys: KeyIndex,
     router: Router,
     partners: Vec<PartnerGate>,
-    budget: Quota,
+    protection: Protection,
     clock: Clock,
 }
 
@@ -172,7 +194,12 @@ impl Gate {
     /// Builds the gate for `config`. Limiter state is carried over from `previous` for every
     /// partner and class whose rate did not change, and likewise for per-account tables and the
     /// biller budget, so a reload resets nobody's quota.
-    pub fn build(config: &Config, previous: Option<&Gate>, clock: &Clock) -> Gate {
+    pub fn build(
+        config: &Config,
+        previous: Option<&Gate>,
+        clock: &Clock,
+        suspensions: &Suspensions,
+    ) -> Gate {
         let old = |id: &str| previous.and_then(|g| g.partners.iter().find(|p| &*p.id == id));
         let partners = config
             .partners
@@ -205,20 +232,17 @@ impl Gate {
                     mode: p.mode,
                     quotas,
                     accounts,
+                    suspension: suspensions.cell(&p.id),
+                    pause: before.map(|b| Arc::clone(&b.pause)).unwrap_or_default(),
                 }
             })
             .collect();
-        let capacity = config.biller.capacity;
-        let budget = previous
-            .map(|g| &g.budget)
-            .filter(|b| b.rate() == capacity)
-            .cloned()
-            .unwrap_or_else(|| Quota::new(capacity, clock.clone()));
+        let protection = Protection::build(&config.biller, previous.map(|g| &g.protection), clock);
         Gate {
             keys: KeyIndex::new(config.partners.iter().map(|p| &p.keys_sha256[..])),
             router: Router::new(config.routes.clone()),
             partners,
-            budget,
+            protection,
             clock: clock.clone(),
         }
     }
@@ -233,6 +257,20 @@ impl Gate {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The breaker, the in-flight limit, the capacity budget and the pauses.
+    pub fn protection(&self) -> &Protection {
+        &self.protection
+    }
+
+    /// Pauses what the biller asked to pause: one partner, or a whole class.
+    pub fn pause(&self, class: Class, partner: Option<usize>, wait: Duration) {
+        let until = governor::nanos::Nanos::from(self.clock.elapsed() + wait);
+        match partner.and_then(|i| self.partners.get(i)) {
+            Some(p) => p.pause.until(until),
+            None => self.protection.pauses[class.index()].until(until),
+        }
     }
 
     /// Evicts idle accounts from every partner's per-account table.
@@ -263,6 +301,9 @@ impl Gate {
             return deny(Reason::UnknownKey, None, None, None, None);
         };
         let partner = &self.partners[partner_index];
+        if partner.suspension.is_suspended() {
+            return deny(Reason::Suspended, Some(partner_index), None, None, None);
+        }
         let Some(matched) = self.router.find(req.method, req.path, req.query) else {
             return deny(Reason::NoRoute, Some(partner_index), None, None, None);
         };
@@ -327,16 +368,25 @@ impl Gate {
             }
         }
 
-        if let Err(remaining) = self.budget.check(now) {
-            return Decision::Deny(Denied {
-                reason: Reason::BillerCapacity,
-                partner: p,
-                class: c,
-                route: r,
-                limit: None,
-                retry_after: Some(remaining.reset),
-            });
-        }
+        let ticket = match self.protection.admit(class, &partner.pause, now) {
+            Ok(ticket) => ticket,
+            Err(shed) => {
+                let (reason, wait) = match shed {
+                    Shed::Paused(wait) => (Reason::BillerPaused, wait),
+                    Shed::BreakerOpen(wait) => (Reason::BreakerOpen, wait),
+                    Shed::Capacity(wait) => (Reason::BillerCapacity, wait),
+                    Shed::Busy => (Reason::BillerBusy, Duration::from_secs(1)),
+                };
+                return Decision::Deny(Denied {
+                    reason,
+                    partner: p,
+                    class: c,
+                    route: r,
+                    limit: None,
+                    retry_after: Some(wait),
+                });
+            }
+        };
 
         Decision::Admit(Admitted {
             partner: partner_index,
@@ -345,6 +395,7 @@ impl Gate {
             account: matched.account,
             limit,
             shadow: would_refuse,
+            ticket,
         })
     }
 }

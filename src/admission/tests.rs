@@ -36,6 +36,9 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             origin_header: http::HeaderName::from_static("x-request-origin"),
             partner_header: http::HeaderName::from_static("x-billgate-partner"),
             max_body_bytes: 1024,
+            access_log: false,
+            admin_token_file: None,
+            state_file: None,
         },
         biller: Biller {
             url: BillerUrl {
@@ -46,6 +49,9 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             connect_timeout: Duration::from_secs(1),
             capacity: rate(capacity),
             max_in_flight: 8,
+            payment_reserve: 0.2,
+            user_reserve: 0.2,
+            pause_partner_header: None,
             breaker: Breaker {
                 failure_rate: 0.5,
                 window: Duration::from_secs(10),
@@ -128,7 +134,7 @@ fn identifies_classifies_and_admits() {
             None,
         )],
     );
-    let gate = Gate::build(&cfg, None, &clock);
+    let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
     let Decision::Admit(a) = gate.decide(&inquiry("ka", "/v1/bills/77", true)) else {
         panic!("denied")
     };
@@ -155,7 +161,7 @@ fn refuses_in_order_key_route_class() {
         "100/s",
         vec![partner("a", "ka", [Some("10/s"), None, None], None)],
     );
-    let gate = Gate::build(&cfg, None, &clock);
+    let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
     let mut no_key = inquiry("ka", "/nowhere", false);
     no_key.key = None;
     assert_eq!(reason(gate.decide(&no_key)), Some(Reason::MissingKey));
@@ -181,7 +187,7 @@ fn partner_quota_denies_with_the_limiters_wait() {
         "100/s",
         vec![partner("a", "ka", [None, None, Some("2/s")], None)],
     );
-    let gate = Gate::build(&cfg, None, &clock);
+    let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
     assert_eq!(
         reason(gate.decide(&inquiry("ka", "/v1/bills/1", false))),
         None
@@ -226,7 +232,7 @@ fn per_account_quota_is_per_account_and_per_partner() {
             ),
         ],
     );
-    let gate = Gate::build(&cfg, None, &clock);
+    let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
     for _ in 0..2 {
         assert_eq!(
             reason(gate.decide(&inquiry("ka", "/v1/bills/9", false))),
@@ -265,7 +271,7 @@ fn account_table_is_bounded_and_swept() {
         "1000/s",
         vec![partner("a", "ka", [None, None, Some("500/s")], Some("1/s"))],
     );
-    let gate = Gate::build(&cfg, None, &clock);
+    let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
     let accounts = gate.partners()[0].accounts.clone().unwrap();
     for n in 0..3 {
         let path = format!("/v1/bills/{n}");
@@ -297,7 +303,12 @@ fn shadow_mode_admits_and_names_the_would_be_refusal() {
     let (clock, _) = Clock::fake();
     let mut p = partner("s", "ks", [None, None, Some("1/s")], Some("1/min"));
     p.mode = Mode::Shadow;
-    let gate = Gate::build(&config("100/s", vec![p]), None, &clock);
+    let gate = Gate::build(
+        &config("100/s", vec![p]),
+        None,
+        &clock,
+        &Suspensions::default(),
+    );
     let Decision::Admit(a) = gate.decide(&inquiry("ks", "/v1/bills/1", false)) else {
         panic!()
     };
@@ -322,7 +333,7 @@ fn biller_budget_is_shared_by_all_partners() {
         "3/s",
         vec![partner("a", "ka", q, None), partner("b", "kb", q, None)],
     );
-    let gate = Gate::build(&cfg, None, &clock);
+    let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
     assert_eq!(reason(gate.decide(&payment("ka"))), None);
     assert_eq!(reason(gate.decide(&payment("kb"))), None);
     assert_eq!(reason(gate.decide(&payment("ka"))), None);
@@ -352,6 +363,7 @@ fn a_rebuild_carries_over_unchanged_quotas_only() {
         ),
         None,
         &clock,
+        &Suspensions::default(),
     );
     assert_eq!(
         reason(old.decide(&inquiry("ka", "/v1/bills/1", false))),
@@ -367,6 +379,7 @@ fn a_rebuild_carries_over_unchanged_quotas_only() {
         &config("100/s", vec![partner("a", "ka", q, Some("1/s")), b]),
         Some(&old),
         &clock,
+        &Suspensions::default(),
     );
     // a's spent scheduled quota is still spent after the rebuild.
     assert_eq!(
@@ -391,4 +404,34 @@ fn a_rebuild_carries_over_unchanged_quotas_only() {
         .as_ref()
         .unwrap()
         .same_state(b_new.quotas[2].as_ref().unwrap()));
+}
+
+#[test]
+fn a_suspended_partner_is_refused_before_anything_else() {
+    let (clock, _) = Clock::fake();
+    let suspensions = Suspensions::default();
+    let cfg = config(
+        "100/s",
+        vec![partner("a", "ka", [Some("10/s"), None, None], None)],
+    );
+    let gate = Gate::build(&cfg, None, &clock, &suspensions);
+    suspensions.suspend(
+        "a",
+        Suspension {
+            reason: "unpaid fees".into(),
+            since_unix: 1,
+        },
+    );
+    let Decision::Deny(d) = gate.decide(&payment("ka")) else {
+        panic!("admitted")
+    };
+    assert_eq!((d.reason, d.partner), (Reason::Suspended, Some(0)));
+    // A rebuilt gate (a reload) still sees the suspension.
+    let rebuilt = Gate::build(&cfg, Some(&gate), &clock, &suspensions);
+    assert_eq!(
+        reason(rebuilt.decide(&payment("ka"))),
+        Some(Reason::Suspended)
+    );
+    suspensions.resume("a");
+    assert_eq!(reason(gate.decide(&payment("ka"))), None);
 }

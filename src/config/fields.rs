@@ -183,6 +183,21 @@ impl<'t, 'i> Table<'t, 'i> {
         }
     }
 
+    /// The boolean at `key`, `default` when absent; `None` when present but not a boolean.
+    pub fn boolean_or(&self, errors: &mut Errors<'_>, key: &str, default: bool) -> Option<bool> {
+        let Some(value) = self.get(key) else {
+            return Some(default);
+        };
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                let message = format!("expected true or false, found {}", describe(other));
+                errors.push(value.span(), &self.child(key), message);
+                None
+            }
+        }
+    }
+
     /// The number (float or integer) at `key`.
     pub fn number(&self, errors: &mut Errors<'_>, key: &str, expected: &str) -> Option<At<f64>> {
         let value = self.get(key)?;

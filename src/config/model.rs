@@ -34,6 +34,13 @@ pub struct Server {
     pub partner_header: HeaderName,
     /// Request bodies above this many bytes are refused with 413. Default 1 MiB.
     pub max_body_bytes: u64,
+    /// One structured log line per request (target `billgate::access`). Default true.
+    pub access_log: bool,
+    /// A file holding the admin bearer token (the environment variable `BILLGATE_ADMIN_TOKEN`
+    /// is used when this is absent). Without either, the mutating admin endpoints are off.
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// Where suspensions are kept so they survive a restart. Without it they live in memory.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// `[biller]`
@@ -46,7 +53,16 @@ pub struct Biller {
     pub connect_timeout: Duration,
     /// Everything all partners together may send.
     pub capacity: Rate,
+    /// Hard cap on requests at the biller at once. Default 128.
     pub max_in_flight: u32,
+    /// Share of `capacity` (and of the in-flight limit) that only payments may use. Default 0.2.
+    pub payment_reserve: f64,
+    /// Further share that scheduled polling may not use (kept for user inquiries and payments).
+    /// Default 0.2: polling may use at most 1 − 0.2 − 0.2 = 60% of the capacity.
+    pub user_reserve: f64,
+    /// A header by which the biller, answering 429/503 with `Retry-After`, names the partner to
+    /// pause; without it (or when absent from the answer) the whole class is paused.
+    pub pause_partner_header: Option<HeaderName>,
     pub breaker: Breaker,
 }
 

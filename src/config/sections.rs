@@ -2,6 +2,7 @@
 //! then the rules that tie keys together.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -19,6 +20,9 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "origin_header",
     "partner_header",
     "max_body_bytes",
+    "access_log",
+    "admin_token_file",
+    "state_file",
 ];
 pub(crate) const BILLER_KEYS: &[&str] = &[
     "url",
@@ -26,6 +30,9 @@ pub(crate) const BILLER_KEYS: &[&str] = &[
     "connect_timeout",
     "capacity",
     "max_in_flight",
+    "payment_reserve",
+    "user_reserve",
+    "pause_partner_header",
     "breaker",
 ];
 pub(crate) const BREAKER_KEYS: &[&str] = &["failure_rate", "window", "min_calls", "open_for"];
@@ -72,6 +79,33 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         None => Some(1_048_576),
     };
 
+    let access_log = t.boolean_or(errors, "access_log", true);
+    let path = |errors: &mut Errors<'_>, key: &str, expected: &str| -> Option<Option<PathBuf>> {
+        match t.string(errors, key, expected) {
+            Some(at) if at.value.trim().is_empty() => {
+                errors.push(
+                    at.span,
+                    &at.path,
+                    format!("expected {expected}, found an empty string"),
+                );
+                None
+            }
+            Some(at) => Some(Some(PathBuf::from(at.value))),
+            None if t.get(key).is_some() => None,
+            None => Some(None),
+        }
+    };
+    let admin_token_file = path(
+        errors,
+        "admin_token_file",
+        "the path of a file holding the admin bearer token",
+    );
+    let state_file = path(
+        errors,
+        "state_file",
+        "the path of the file suspensions are kept in, like \"billgate-state.json\"",
+    );
+
     if let (Some(listen), Some(admin)) = (listen, admin_listen) {
         if listen == admin && listen.port() != 0 {
             let key = if t.get("admin_listen").is_some() {
@@ -109,6 +143,9 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         origin_header: origin_header?,
         partner_header: partner_header?,
         max_body_bytes: max_body_bytes?,
+        access_log: access_log?,
+        admin_token_file: admin_token_file?,
+        state_file: state_file?,
     })
 }
 
@@ -143,6 +180,27 @@ pub(crate) fn biller(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Bi
         )
         .and_then(|at| errors.parse(&at, parse_rate));
     let max_in_flight = integer_or(errors, &t, "max_in_flight", u32::MAX.into(), 128);
+    let payment_reserve = share_or(errors, &t, "payment_reserve", 0.2);
+    let user_reserve = share_or(errors, &t, "user_reserve", 0.2);
+    if let (Some(p), Some(u)) = (payment_reserve, user_reserve) {
+        if p + u >= 1.0 {
+            let message = format!(
+                "payment_reserve ({p}) and user_reserve ({u}) add up to {} of the capacity, leaving nothing for scheduled polling; keep their sum below 1",
+                p + u
+            );
+            let at = if t.get("user_reserve").is_some() {
+                "user_reserve"
+            } else {
+                "payment_reserve"
+            };
+            report_at(errors, &t, at, message);
+        }
+    }
+    let pause_partner_header = match t.string(errors, "pause_partner_header", HEADER) {
+        Some(at) => errors.parse(&at, header_name).map(Some),
+        None if t.get("pause_partner_header").is_some() => None,
+        None => Some(None),
+    };
     let empty = DeTable::new();
     let breaker = t
         .section(errors, "breaker", BREAKER_KEYS, &empty)
@@ -153,6 +211,9 @@ pub(crate) fn biller(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Bi
         connect_timeout: connect_timeout?,
         capacity: capacity?,
         max_in_flight: u32::try_from(max_in_flight?).ok()?,
+        payment_reserve: payment_reserve?,
+        user_reserve: user_reserve?,
+        pause_partner_header: pause_partner_header?,
         breaker: breaker?,
     })
 }
@@ -178,6 +239,21 @@ fn breaker(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<Breaker> {
         min_calls: u32::try_from(min_calls?).ok()?,
         open_for: open_for?,
     })
+}
+
+/// A share of the capacity in `0..1` at `key`, `default` when absent.
+fn share_or(errors: &mut Errors<'_>, t: &Table<'_, '_>, key: &str, default: f64) -> Option<f64> {
+    const SHARE: &str = "a share of the capacity from 0 up to (not including) 1, like 0.2";
+    match t.number(errors, key, SHARE) {
+        Some(at) if (0.0..1.0).contains(&at.value) => Some(at.value),
+        Some(at) => {
+            let message = format!("expected {SHARE}; {} is outside it", at.value);
+            errors.push(at.span, &at.path, message);
+            None
+        }
+        None if t.get(key).is_some() => None,
+        None => Some(default),
+    }
 }
 
 /// A whole number in `1..=max` at `key`, `default` when absent.

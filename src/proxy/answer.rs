@@ -8,7 +8,9 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 use serde::Serialize;
 
-use crate::admission::{Denied, Limit, Reason};
+use std::sync::Arc;
+
+use crate::admission::{Denied, Limit, Reason, Suspension};
 use crate::clock::ceil_secs;
 use crate::config::Class;
 
@@ -17,10 +19,12 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// Something the gateway answers itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Refusal {
     /// The admission decision said no.
     Denied(Denied),
+    /// The partner is suspended by the operators; the reason is theirs, passed on verbatim.
+    Suspended(Arc<Suspension>),
     /// The request body is larger than `max_body_bytes`.
     BodyTooLarge { limit: u64 },
     /// The biller could not be connected to, or broke the exchange.
@@ -43,6 +47,9 @@ struct Problem<'a> {
     reason: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    /// When a suspension began, seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suspended_since: Option<u64>,
 }
 
 impl Refusal {
@@ -50,6 +57,7 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Denied(d) => d.reason.as_str(),
+            Refusal::Suspended(_) => "suspended",
             Refusal::BodyTooLarge { .. } => "body_too_large",
             Refusal::BillerUnreachable => "biller_unreachable",
             Refusal::BillerTimeout { .. } => "biller_timeout",
@@ -61,12 +69,16 @@ impl Refusal {
             Refusal::Denied(d) => match d.reason {
                 Reason::MissingKey | Reason::UnknownKey => StatusCode::UNAUTHORIZED,
                 Reason::NoRoute => StatusCode::NOT_FOUND,
-                Reason::ClassClosed => StatusCode::FORBIDDEN,
+                Reason::ClassClosed | Reason::Suspended => StatusCode::FORBIDDEN,
                 Reason::PartnerQuota | Reason::AccountQuota | Reason::AccountTableFull => {
                     StatusCode::TOO_MANY_REQUESTS
                 }
-                Reason::BillerCapacity => StatusCode::SERVICE_UNAVAILABLE,
+                Reason::BillerCapacity
+                | Reason::BillerPaused
+                | Reason::BreakerOpen
+                | Reason::BillerBusy => StatusCode::SERVICE_UNAVAILABLE,
             },
+            Refusal::Suspended(_) => StatusCode::FORBIDDEN,
             Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BillerUnreachable => StatusCode::BAD_GATEWAY,
             Refusal::BillerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -84,7 +96,12 @@ impl Refusal {
                 Reason::AccountQuota => "Bill account asked about too often",
                 Reason::AccountTableFull => "Too many distinct bill accounts",
                 Reason::BillerCapacity => "Biller at capacity",
+                Reason::Suspended => "Partner suspended",
+                Reason::BillerPaused => "Biller asked for a pause",
+                Reason::BreakerOpen => "Biller failing; requests held back",
+                Reason::BillerBusy => "Biller busy",
             },
+            Refusal::Suspended(_) => "Partner suspended",
             Refusal::BodyTooLarge { .. } => "Request body too large",
             Refusal::BillerUnreachable => "Biller unreachable",
             Refusal::BillerTimeout { .. } => "Biller timed out",
@@ -107,8 +124,13 @@ impl Refusal {
                     Reason::AccountQuota => format!("this bill account may be asked about {rate}; retry in {wait}s"),
                     Reason::AccountTableFull => format!("{who} is asking about more distinct bill accounts than the gateway tracks; retry in {wait}s"),
                     Reason::BillerCapacity => format!("the biller's capacity is spent by all partners together; retry in {wait}s"),
+                    Reason::Suspended => format!("{who} is suspended by the biller's operators"),
+                    Reason::BillerPaused => format!("the biller asked the gateway to hold {class} requests; retry in {wait}s"),
+                    Reason::BreakerOpen => format!("the biller is failing, so the gateway holds {class} requests back instead of adding to its load; retry in {wait}s"),
+                    Reason::BillerBusy => format!("the biller has as many requests in hand as it can answer quickly; {class} requests wait for payments to go first; retry in {wait}s"),
                 }
             }
+            Refusal::Suspended(s) => format!("{who} is suspended by the biller's operators: {}", s.reason),
             Refusal::BodyTooLarge { limit } => format!("request bodies are limited to {limit} bytes"),
             Refusal::BillerUnreachable => "the gateway could not reach the biller; nothing was delivered if the connection failed".into(),
             Refusal::BillerTimeout { timeout } => format!("the biller did not answer within {}ms; the outcome is unknown", timeout.as_millis()),
@@ -125,10 +147,14 @@ impl Refusal {
         let status = self.status();
         let retry_after = match self {
             Refusal::Denied(d) => d.retry_after.map(|w| ceil_secs(w).max(1)),
-            Refusal::BillerUnreachable | Refusal::BillerTimeout { .. } => None,
-            Refusal::BodyTooLarge { .. } => None,
+            _ => None,
+        };
+        let suspended_since = match self {
+            Refusal::Suspended(s) => Some(s.since_unix),
+            _ => None,
         };
         let problem = Problem {
+            suspended_since,
             kind: format!("urn:billgate:problem:{}", self.reason()),
             title: self.title(),
             status: status.as_u16(),

@@ -13,12 +13,13 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use super::access::AccessLog;
 use super::answer::{insert_ratelimit, Refusal};
 use super::body::{Deadline, ProxyBody};
 use super::headers;
 use super::snapshot::{Snapshot, Upstream};
 use super::Shared;
-use crate::admission::{Admitted, Decision, Limit, Reason, RequestParts};
+use crate::admission::{Admitted, BillerOutcome, Decision, Limit, Reason, RequestParts, Ticket};
 use crate::config::Class;
 use crate::metrics::{Outcome, RejectReason, UpstreamError};
 
@@ -28,8 +29,22 @@ pub async fn handle(
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = tokio::time::Instant::now();
     // The snapshot is held for the whole request: a reload never changes a request midway.
     let snapshot = shared.snapshot.load_full();
+    let mut log = AccessLog::default();
+    let response = serve(&shared, &snapshot, peer, request, &mut log).await;
+    log.emit(&snapshot, response.status(), started.elapsed());
+    Ok(response)
+}
+
+async fn serve(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
     let server = &snapshot.config.server;
     let (parts, body) = request.into_parts();
     let decision = snapshot.gate.decide(&RequestParts {
@@ -44,6 +59,13 @@ pub async fn handle(
     });
     let admitted = match decision {
         Decision::Deny(denied) => {
+            *log = AccessLog {
+                partner: denied.partner,
+                class: denied.class,
+                route: denied.route,
+                outcome: denied.reason.as_str(),
+                upstream: None,
+            };
             let partner = denied.partner.and_then(|i| snapshot.partners.get(i));
             let metrics = match (partner, denied.class) {
                 (Some(p), Some(class)) => p.metrics.class(class),
@@ -51,12 +73,24 @@ pub async fn handle(
                 (None, _) => &shared.metrics.anonymous,
             };
             metrics.rejected(RejectReason::Admission(denied.reason));
-            let id = denied.partner.map(|i| &*snapshot.gate.partners()[i].id);
-            return Ok(refuse(Refusal::Denied(denied), id, denied.class, &snapshot));
+            let gate_partner = denied.partner.and_then(|i| snapshot.gate.partners().get(i));
+            let id = gate_partner.map(|p| &*p.id);
+            let refusal = match gate_partner.and_then(|p| p.suspension.get()) {
+                Some(suspension) if denied.reason == Reason::Suspended => {
+                    Refusal::Suspended(suspension)
+                }
+                _ => Refusal::Denied(denied),
+            };
+            return refuse(refusal, id, denied.class, snapshot);
         }
-        Decision::Admit(admitted) => Forwarding::from(admitted),
+        Decision::Admit(admitted) => {
+            log.partner = Some(admitted.partner);
+            log.class = Some(admitted.class);
+            log.route = Some(admitted.route);
+            Forwarding::from(admitted)
+        }
     };
-    forward(&shared, &snapshot, admitted, peer, parts, body).await
+    forward(shared, snapshot, admitted, peer, parts, body, log).await
 }
 
 /// What forwarding needs of an admission, free of the request's borrows.
@@ -65,6 +99,7 @@ struct Forwarding {
     class: Class,
     limit: Limit,
     shadow: Option<Reason>,
+    ticket: Ticket,
 }
 
 impl From<Admitted<'_>> for Forwarding {
@@ -74,6 +109,7 @@ impl From<Admitted<'_>> for Forwarding {
             class: a.class,
             limit: a.limit,
             shadow: a.shadow,
+            ticket: a.ticket,
         }
     }
 }
@@ -96,7 +132,8 @@ async fn forward(
     peer: SocketAddr,
     mut parts: http::request::Parts,
     body: Incoming,
-) -> Result<Response<ProxyBody>, Infallible> {
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
     let config = &snapshot.config;
     let partner = &snapshot.partners[admitted.partner];
     let partner_id = &*snapshot.gate.partners()[admitted.partner].id;
@@ -114,23 +151,25 @@ async fn forward(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
         metrics.rejected(RejectReason::BodyTooLarge);
-        return Ok(refuse(
+        log.outcome = "body_too_large";
+        return refuse(
             Refusal::BodyTooLarge { limit: max_body },
             Some(partner_id),
             Some(class),
             snapshot,
-        ));
+        );
     }
 
     let Some(uri) = upstream_uri(&snapshot.upstream, parts.uri.path_and_query()) else {
         // Only reachable if the request target cannot be re-encoded; treat as no route.
         metrics.outcome(Outcome::Failed);
-        return Ok(refuse(
+        log.outcome = "failed";
+        return refuse(
             Refusal::BillerUnreachable,
             Some(partner_id),
             Some(class),
             snapshot,
-        ));
+        );
     };
     headers::to_biller(
         &mut parts.headers,
@@ -150,54 +189,103 @@ async fn forward(
     shared.metrics.upstream_in_flight.inc();
     let result = tokio::time::timeout(timeout, shared.client.request(upstream_request)).await;
     shared.metrics.upstream_in_flight.dec();
+    let rtt = started.elapsed();
+    log.upstream = Some(rtt);
+    log.outcome = "failed";
+    let ticket = admitted.ticket;
     let response = match result {
         Err(_elapsed) => {
+            ticket.finish(BillerOutcome::TimedOut);
             shared.metrics.upstream_error(UpstreamError::Timeout);
             metrics.outcome(Outcome::Failed);
-            return Ok(refuse(
+            return refuse(
                 Refusal::BillerTimeout { timeout },
                 Some(partner_id),
                 Some(class),
                 snapshot,
-            ));
+            );
         }
         Ok(Err(error)) => {
             if is_body_too_large(&error) {
+                ticket.finish(BillerOutcome::NotSent);
                 metrics.rejected(RejectReason::BodyTooLarge);
-                return Ok(refuse(
+                log.outcome = "body_too_large";
+                return refuse(
                     Refusal::BodyTooLarge { limit: max_body },
                     Some(partner_id),
                     Some(class),
                     snapshot,
-                ));
+                );
             }
+            ticket.finish(BillerOutcome::Unreachable);
             tracing::debug!(partner = partner_id, error = %error, "biller unreachable");
             shared.metrics.upstream_error(UpstreamError::Connect);
             metrics.outcome(Outcome::Failed);
-            return Ok(refuse(
+            return refuse(
                 Refusal::BillerUnreachable,
                 Some(partner_id),
                 Some(class),
                 snapshot,
-            ));
+            );
         }
         Ok(Ok(response)) => response,
     };
+    let status = response.status().as_u16();
+    ticket.finish(BillerOutcome::Answered { status, rtt });
+    if status == 429 || status == 503 {
+        honour_pause(snapshot, class, response.headers());
+    }
     shared
         .metrics
         .upstream_duration(class)
         .observe(started.elapsed().as_secs_f64());
     metrics.outcome(Outcome::Forwarded);
+    log.outcome = "forwarded";
 
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     insert_ratelimit(&mut parts.headers, &admitted.limit);
     // The body gets as long again as the head was allowed.
     let deadline = tokio::time::Instant::now() + timeout.max(Duration::from_millis(1));
-    Ok(Response::from_parts(
-        parts,
-        Either::Right(Deadline::new(body, deadline)),
-    ))
+    Response::from_parts(parts, Either::Right(Deadline::new(body, deadline)))
+}
+
+/// The longest pause the gateway takes on the biller's word.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// A 429/503 from the biller with `Retry-After: N` pauses the partner it names (by the
+/// configured header) or else the whole class, for N seconds, instead of hammering it.
+fn honour_pause(snapshot: &Snapshot, class: Class, headers: &http::HeaderMap) {
+    let Some(wait) = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).min(MAX_PAUSE))
+        .filter(|wait| !wait.is_zero())
+    else {
+        return;
+    };
+    let named = snapshot
+        .config
+        .biller
+        .pause_partner_header
+        .as_ref()
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| {
+            snapshot
+                .gate
+                .partners()
+                .iter()
+                .position(|p| &*p.id == id.trim())
+        });
+    tracing::warn!(
+        class = class.as_str(),
+        partner = named.map(|i| &*snapshot.gate.partners()[i].id),
+        seconds = wait.as_secs(),
+        "the biller asked for a pause"
+    );
+    snapshot.gate.pause(class, named, wait);
 }
 
 /// `http://biller[/base]` + the request's path and query.

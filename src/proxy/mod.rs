@@ -1,6 +1,7 @@
 //! The partner-facing HTTP server and the pooled client to the biller: the only place that
 //! serves partner traffic. Admission, metrics and answers are used from here, never the reverse.
 
+mod access;
 mod answer;
 mod body;
 mod handler;
@@ -27,6 +28,8 @@ pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
+use crate::admission::Suspensions;
+use crate::breaker::BreakerState;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -40,13 +43,19 @@ pub struct Shared {
     pub metrics: Metrics,
     pub client: BillerClient,
     pub clock: Clock,
+    /// Suspended partners, kept across reloads.
+    pub suspensions: Suspensions,
     /// Whether the biller accepted a connection at the last probe.
     pub biller_reachable: AtomicBool,
 }
 
 impl Shared {
     /// Builds the shared state for `config`: metrics, the first snapshot and the biller client.
-    pub fn new(config: Config, clock: Clock) -> Result<Shared, prometheus::Error> {
+    pub fn new(
+        config: Config,
+        clock: Clock,
+        suspensions: Suspensions,
+    ) -> Result<Shared, prometheus::Error> {
         let metrics = Metrics::new()?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.biller.connect_timeout));
@@ -56,12 +65,13 @@ impl Shared {
             .pool_max_idle_per_host(usize::try_from(config.biller.max_in_flight).unwrap_or(128))
             .timer(TokioTimer::new())
             .build(connector);
-        let snapshot = Snapshot::build(config, None, &clock, &metrics);
+        let snapshot = Snapshot::build(config, None, &clock, &metrics, &suspensions);
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             client,
             clock,
+            suspensions,
             biller_reachable: AtomicBool::new(false),
         })
     }
@@ -69,8 +79,36 @@ impl Shared {
     /// Builds a snapshot for `config` carrying over limiter state, and swaps it in.
     pub fn install(&self, config: Config) {
         let previous = self.snapshot.load_full();
-        let next = Snapshot::build(config, Some(&previous), &self.clock, &self.metrics);
+        let next = Snapshot::build(
+            config,
+            Some(&previous),
+            &self.clock,
+            &self.metrics,
+            &self.suspensions,
+        );
         self.snapshot.store(Arc::new(next));
+    }
+
+    /// Copies the breaker's and the adaptive limit's state into their metrics.
+    pub fn refresh_gauges(&self) {
+        let snapshot = self.snapshot.load();
+        let protection = snapshot.gate.protection();
+        let breaker = &protection.breaker;
+        self.metrics.breaker_state.set(breaker.state().as_gauge());
+        for from in BreakerState::ALL {
+            for to in BreakerState::ALL {
+                if from != to {
+                    let total = breaker.transitions_between(from, to);
+                    if total > 0 {
+                        self.metrics
+                            .breaker_transitions(from.as_str(), to.as_str(), total);
+                    }
+                }
+            }
+        }
+        self.metrics
+            .concurrency_limit
+            .set(i64::from(protection.concurrency.limit()));
     }
 
     /// Evicts idle per-account state and refreshes the account gauges.

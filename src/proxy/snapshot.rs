@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
 
-use crate::admission::Gate;
+use crate::admission::{Gate, Suspensions};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{Metrics, PartnerMetrics};
@@ -41,8 +41,9 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         clock: &Clock,
         metrics: &Metrics,
+        suspensions: &Suspensions,
     ) -> Snapshot {
-        let gate = Gate::build(&config, previous.map(|s| &s.gate), clock);
+        let gate = Gate::build(&config, previous.map(|s| &s.gate), clock, suspensions);
         let partners = config
             .partners
             .iter()

@@ -233,3 +233,45 @@ pub async fn closed_port() -> SocketAddr {
 pub fn config(biller_url: &str, partners: &str) -> Config {
     config_with(biller_url, "2s", "10000/s", partners)
 }
+
+/// A directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("billgate-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TestGateway {
+    /// Starts a gateway from a configuration file, so reloads re-read it.
+    pub async fn start_from_file(path: &std::path::Path) -> TestGateway {
+        let config = billgate::config::load_file(path).unwrap_or_else(|e| panic!("{e}"));
+        let (clock, hand) = Clock::fake();
+        let options = gateway::Options {
+            clock,
+            config_path: Some(path.to_path_buf()),
+            ..gateway::Options::default()
+        };
+        let gateway = Gateway::start(config, options)
+            .await
+            .expect("start gateway");
+        TestGateway { gateway, hand }
+    }
+}

@@ -1,0 +1,271 @@
+//! Protecting the biller, whoever is asking: its capacity shared by class with payments first,
+//! pauses the biller asked for, the circuit breaker and the in-flight limit. None of these is
+//! relaxed by a partner's shadow mode.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::nanos::Nanos;
+
+use super::quota::Quota;
+use crate::breaker::{outcome_of_status, Admission, Breaker, BreakerSettings, Outcome, Probe};
+use crate::clock::Clock;
+use crate::concurrency::{AdaptiveLimit, ConcurrencySettings, Permit};
+use crate::config::{self, Class, Rate};
+
+/// The biller's capacity, shared by class: payments may use all of it, inquiries all but the
+/// payment reserve, scheduled polling all but both reserves. Scheduled polling is therefore shed
+/// first, user inquiries next, payments last.
+#[derive(Clone)]
+pub struct Budget {
+    settings: (Rate, u64, u64),
+    total: Quota,
+    inquiries: Option<Quota>,
+    scheduled: Option<Quota>,
+}
+
+/// `rate` × `share`, at least one request per period.
+fn scaled(rate: Rate, share: f64) -> Rate {
+    let scale = |n: NonZeroU32| {
+        let scaled = (f64::from(n.get()) * share).floor();
+        NonZeroU32::new(scaled as u32).unwrap_or(NonZeroU32::MIN)
+    };
+    Rate {
+        count: scale(rate.count),
+        period: rate.period,
+        burst: scale(rate.burst),
+    }
+}
+
+impl Budget {
+    pub fn new(capacity: Rate, payment_reserve: f64, user_reserve: f64, clock: &Clock) -> Budget {
+        let level =
+            |share: f64| (share < 1.0).then(|| Quota::new(scaled(capacity, share), clock.clone()));
+        Budget {
+            settings: Self::key(capacity, payment_reserve, user_reserve),
+            total: Quota::new(capacity, clock.clone()),
+            inquiries: level(1.0 - payment_reserve),
+            scheduled: level(1.0 - payment_reserve - user_reserve),
+        }
+    }
+
+    fn key(capacity: Rate, payment_reserve: f64, user_reserve: f64) -> (Rate, u64, u64) {
+        (capacity, payment_reserve.to_bits(), user_reserve.to_bits())
+    }
+
+    fn same(&self, capacity: Rate, payment_reserve: f64, user_reserve: f64) -> bool {
+        self.settings == Self::key(capacity, payment_reserve, user_reserve)
+    }
+
+    /// Spends one request of `class`; `Err(wait)` when its share is spent.
+    pub fn check(&self, class: Class, now: Nanos) -> Result<(), Duration> {
+        let levels: [Option<&Quota>; 3] = match class {
+            Class::Payment => [None, None, Some(&self.total)],
+            Class::InquiryUser => [None, self.inquiries.as_ref(), Some(&self.total)],
+            Class::InquiryScheduled => [
+                self.scheduled.as_ref(),
+                self.inquiries.as_ref(),
+                Some(&self.total),
+            ],
+        };
+        for quota in levels.into_iter().flatten() {
+            quota.check(now).map_err(|r| r.reset)?;
+        }
+        Ok(())
+    }
+}
+
+/// A pause the biller asked for (429/503 with `Retry-After`): nothing is sent until it ends.
+#[derive(Default)]
+pub struct Pause(AtomicU64);
+
+impl Pause {
+    /// Pauses until `until` (a later pause wins).
+    pub fn until(&self, until: Nanos) {
+        self.0.fetch_max(until.as_u64(), Ordering::Relaxed);
+    }
+
+    /// Time left, if paused.
+    #[inline]
+    pub fn remaining(&self, now: Nanos) -> Option<Duration> {
+        let until = self.0.load(Ordering::Relaxed);
+        (until > now.as_u64()).then(|| Duration::from_nanos(until - now.as_u64()))
+    }
+}
+
+/// Everything standing between admitted partners and the biller. Carried over by reloads as
+/// long as its settings are unchanged.
+pub struct Protection {
+    pub budget: Budget,
+    pub breaker: Arc<Breaker>,
+    pub concurrency: Arc<AdaptiveLimit>,
+    /// One pause per class.
+    pub pauses: Arc<[Pause; 3]>,
+    breaker_settings: config::Breaker,
+    max_in_flight: u32,
+    reserves: (f64, f64),
+}
+
+impl Protection {
+    pub fn build(
+        biller: &config::Biller,
+        previous: Option<&Protection>,
+        clock: &Clock,
+    ) -> Protection {
+        let budget = match previous {
+            Some(p)
+                if p.budget
+                    .same(biller.capacity, biller.payment_reserve, biller.user_reserve) =>
+            {
+                p.budget.clone()
+            }
+            _ => Budget::new(
+                biller.capacity,
+                biller.payment_reserve,
+                biller.user_reserve,
+                clock,
+            ),
+        };
+        let breaker = previous
+            .filter(|p| p.breaker_settings == biller.breaker)
+            .map(|p| Arc::clone(&p.breaker))
+            .unwrap_or_else(|| {
+                Arc::new(Breaker::new(
+                    BreakerSettings::for_biller(biller),
+                    clock.clone(),
+                ))
+            });
+        let concurrency = previous
+            .filter(|p| p.max_in_flight == biller.max_in_flight)
+            .map(|p| Arc::clone(&p.concurrency))
+            .unwrap_or_else(|| {
+                Arc::new(AdaptiveLimit::new(
+                    ConcurrencySettings::from(biller),
+                    clock.clone(),
+                ))
+            });
+        Protection {
+            budget,
+            breaker,
+            concurrency,
+            pauses: previous.map(|p| Arc::clone(&p.pauses)).unwrap_or_default(),
+            breaker_settings: biller.breaker.clone(),
+            max_in_flight: biller.max_in_flight,
+            reserves: (biller.payment_reserve, biller.user_reserve),
+        }
+    }
+
+    /// In-flight slots `class` must leave free for the classes above it.
+    pub fn headroom(&self, class: Class) -> u32 {
+        let limit = f64::from(self.concurrency.limit());
+        let (payment, user) = self.reserves;
+        let share = match class {
+            Class::Payment => 0.0,
+            Class::InquiryUser => payment,
+            Class::InquiryScheduled => payment + user,
+        };
+        (limit * share).ceil() as u32
+    }
+}
+
+/// How the biller answered a forwarded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BillerOutcome {
+    /// The biller answered with this status after `rtt`.
+    Answered { status: u16, rtt: Duration },
+    /// No answer within the timeout.
+    TimedOut,
+    /// No connection, or the exchange broke.
+    Unreachable,
+    /// The exchange never really happened (the partner's body was refused): decides nothing.
+    NotSent,
+}
+
+enum BreakerTicket {
+    Allow(Arc<Breaker>),
+    Probe(Probe),
+}
+
+/// The right to send one request to the biller: a breaker pass (or probe) and an in-flight
+/// slot. Report how it went with [`Ticket::finish`]; dropping it frees both and decides nothing.
+pub struct Ticket {
+    breaker: BreakerTicket,
+    permit: Permit,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.breaker {
+            BreakerTicket::Allow(_) => "allow",
+            BreakerTicket::Probe(_) => "probe",
+        };
+        f.debug_struct("Ticket").field("breaker", &kind).finish()
+    }
+}
+
+impl Ticket {
+    /// Whether this request is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        matches!(self.breaker, BreakerTicket::Probe(_))
+    }
+
+    /// Feeds the outcome to the breaker and the adaptive limit.
+    pub fn finish(self, outcome: BillerOutcome) {
+        let breaker_outcome = match outcome {
+            BillerOutcome::Answered { status, .. } => Some(outcome_of_status(status)),
+            BillerOutcome::TimedOut | BillerOutcome::Unreachable => Some(Outcome::Failure),
+            BillerOutcome::NotSent => None,
+        };
+        match (self.breaker, breaker_outcome) {
+            (BreakerTicket::Allow(breaker), Some(o)) => breaker.record(o),
+            (BreakerTicket::Probe(probe), Some(o)) => probe.record(o),
+            (_, None) => {}
+        }
+        match outcome {
+            // 429 and 503 are the biller saying it is overloaded: shrink the limit.
+            BillerOutcome::Answered { status, rtt } if status < 500 && status != 429 => {
+                self.permit.success(rtt)
+            }
+            BillerOutcome::Answered { .. } | BillerOutcome::TimedOut => self.permit.failure(),
+            BillerOutcome::Unreachable | BillerOutcome::NotSent => self.permit.ignore(),
+        }
+    }
+}
+
+/// Why protection refused a request, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    Paused(Duration),
+    BreakerOpen(Duration),
+    Capacity(Duration),
+    Busy,
+}
+
+impl Protection {
+    /// The checks in order: a pause the biller asked for, the breaker, the capacity share of the
+    /// class, the in-flight limit with the class's headroom. Payments are never held back to
+    /// leave room for anyone; half-open probes are never scheduled polls.
+    pub fn admit(&self, class: Class, partner_pause: &Pause, now: Nanos) -> Result<Ticket, Shed> {
+        let paused = self.pauses[class.index()]
+            .remaining(now)
+            .into_iter()
+            .chain(partner_pause.remaining(now))
+            .max();
+        if let Some(wait) = paused {
+            return Err(Shed::Paused(wait));
+        }
+        let breaker = match self.breaker.admit(class != Class::InquiryScheduled) {
+            Admission::Allow => BreakerTicket::Allow(Arc::clone(&self.breaker)),
+            Admission::Probe(probe) => BreakerTicket::Probe(probe),
+            Admission::Reject { retry_after } => return Err(Shed::BreakerOpen(retry_after)),
+        };
+        self.budget.check(class, now).map_err(Shed::Capacity)?;
+        let permit = self
+            .concurrency
+            .try_acquire_with_headroom(self.headroom(class))
+            .ok_or(Shed::Busy)?;
+        Ok(Ticket { breaker, permit })
+    }
+}
