@@ -275,3 +275,67 @@ impl TestGateway {
         TestGateway { gateway, hand }
     }
 }
+
+/// Inserts `block` (extra `[biller]` keys, `[biller.breaker]` …) just before the routes.
+pub fn with_block(text: &str, block: &str) -> String {
+    text.replacen("[[route]]", &format!("{block}\n[[route]]"), 1)
+}
+
+pub fn load(text: &str) -> Config {
+    load_str(text, "test.toml").unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}"))
+}
+
+/// An upstream that answers every request with `status`, `headers` and a small JSON body,
+/// counting what it received.
+pub struct FixedUpstream {
+    pub addr: SocketAddr,
+    pub received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FixedUpstream {
+    pub async fn start(status: u16, headers: &[(&'static str, &'static str)]) -> FixedUpstream {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&received);
+        let headers: Vec<(&'static str, &'static str)> = headers.to_vec();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = Arc::clone(&counter);
+                let headers = headers.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let mut response = http::Response::builder().status(status);
+                            for (n, v) in &headers {
+                                response = response.header(*n, *v);
+                            }
+                            let response = response
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(b"{\"upstream\":true}")))
+                                .expect("response");
+                            async move { Ok::<_, std::convert::Infallible>(response) }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FixedUpstream { addr, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> usize {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
