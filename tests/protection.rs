@@ -145,7 +145,7 @@ async fn short_capacity_sheds_scheduled_polls_first_then_user_inquiries_then_pay
         1,
     );
     let gw = TestGateway::start(load(&text)).await;
-    let mut count = |status: StatusCode, tally: &mut [u32; 2]| {
+    let count = |status: StatusCode, tally: &mut [u32; 2]| {
         if status.is_success() {
             tally[0] += 1;
         } else {
