@@ -283,3 +283,77 @@ async fn shutdown_lets_requests_in_flight_finish() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_reload_tripping_a_guardrail_is_refused_unless_forced() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("guardrail");
+    let quota = r#"inquiry_scheduled = "1/s""#;
+    let path = write_config(
+        &dir,
+        &biller.url(),
+        &partner("wallet-a", "key-a", quota, ""),
+        true,
+    );
+    let gw = TestGateway::start_from_file(&path).await;
+    let auth = bearer(TOKEN);
+    let admin = [("authorization", auth.as_str())];
+    let raised = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"1/s\"", "\"100/s\"");
+    std::fs::write(&path, raised).unwrap();
+
+    let refused = send(Method::POST, &gw.admin_url("/admin/reload"), &admin, "").await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("partner[wallet-a].quota.inquiry_scheduled"),
+        "{detail}"
+    );
+    let h = [("x-api-key", "key-a")];
+    assert_eq!(get(&gw.url("/v1/bills/1"), &h).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&gw.url("/v1/bills/2"), &h).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the old quota still holds"
+    );
+
+    let forced = send(
+        Method::POST,
+        &gw.admin_url("/admin/reload?force=true"),
+        &admin,
+        "",
+    )
+    .await;
+    assert_eq!(forced.status, StatusCode::OK, "{}", forced.text());
+    let body = forced.json();
+    assert!(
+        body["summary"].as_str().unwrap().contains("1 partner"),
+        "{body}"
+    );
+    assert!(
+        body["diff"].as_str().unwrap().contains("wallet-a"),
+        "{body}"
+    );
+    assert_eq!(
+        get(&gw.url("/v1/bills/3"), &h).await.status,
+        StatusCode::OK,
+        "the new quota is in effect"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"billgate_config_reloads_total{result="refused"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, r#"billgate_config_reloads_total{result="ok"}"#),
+        1.0
+    );
+    assert!(metrics.contains(&format!(
+        "billgate_config_info{{sha256=\"{}\"}} 1",
+        body["sha256"].as_str().unwrap()
+    )));
+}

@@ -1,0 +1,263 @@
+//! The real binary as operators run it: SIGHUP reloads under load without a failed request,
+//! SIGTERM drains and exits 0, and the JSON access log never shows a key.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use billgate::biller::BillerOptions;
+use common::*;
+use http::StatusCode;
+
+/// A `billgate serve` process and the addresses it reported.
+struct Process {
+    child: Child,
+    addr: String,
+    admin: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Process {
+    fn start(config: &std::path::Path) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_billgate"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start billgate");
+        let stderr: ChildStderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let listening = wait_for(&lines, "billgate listening");
+        let json: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
+        let field = |name: &str| json["fields"][name].as_str().expect(name).to_owned();
+        Process {
+            addr: field("addr"),
+            admin: field("admin_addr"),
+            child,
+            lines,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The next log line containing `needle` (at most 10 s away).
+fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no log line with {needle:?} within 10 s"),
+        }
+    }
+}
+
+fn write_config(dir: &TempDir, biller: &str, b_quota: &str) -> std::path::PathBuf {
+    let partners = partner("wallet-a", "key-a", r#"inquiry_scheduled = "3/min""#, "")
+        + &partner(
+            "bank-b",
+            "key-b",
+            &format!("inquiry_scheduled = \"{b_quota}\""),
+            "",
+        )
+        + &partner("steady-c", "key-c", r#"payment = "100000/s""#, "");
+    let path = dir.join("billgate.toml");
+    let text = config_toml(biller, "2s", "100000/s", &partners);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_under_load_without_a_failed_request() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("sighup");
+    let path = write_config(&dir, &biller.url(), "1/min");
+    let process = Process::start(&path);
+
+    // wallet-a spends its whole quota; bank-b its one request.
+    for n in 0..3 {
+        assert_eq!(
+            get(
+                &process.url(&format!("/v1/bills/a{n}")),
+                &[("x-api-key", "key-a")]
+            )
+            .await
+            .status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        get(&process.url("/v1/bills/b0"), &[("x-api-key", "key-b")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&process.url("/v1/bills/b1"), &[("x-api-key", "key-b")])
+            .await
+            .status,
+        429
+    );
+
+    // steady-c pays without pause while the file changes and SIGHUP arrives five times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, sent, failed, url) = (
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+            process.url("/v1/payments"),
+        );
+        tokio::spawn(async move {
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let reply = pay(&url, &[("x-api-key", "key-c")]).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if reply.status != StatusCode::CREATED {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    for round in 0..5 {
+        // Within 10× of the old quota, so no guardrail holds the reload back.
+        let quota = if round % 2 == 0 { "5/min" } else { "6/min" };
+        write_config(&dir, &biller.url(), quota);
+        process.signal("HUP");
+        wait_for(&process.lines, "configuration reloaded");
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+
+    // The changed quota is in effect; the untouched partner's spent quota was not reset.
+    assert_eq!(
+        get(&process.url("/v1/bills/b2"), &[("x-api-key", "key-b")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&process.url("/v1/bills/a9"), &[("x-api-key", "key-a")])
+            .await
+            .status,
+        429
+    );
+    let metrics = get(&format!("http://{}/metrics", process.admin), &[])
+        .await
+        .text();
+    assert_eq!(
+        sample(&metrics, r#"billgate_config_reloads_total{result="ok"}"#),
+        5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_and_exits_0() {
+    let biller = TestBiller::start(BillerOptions {
+        capacity_per_sec: 10_000.0,
+        base_latency: Duration::from_millis(400),
+        ..BillerOptions::default()
+    })
+    .await;
+    let dir = TempDir::new("sigterm");
+    let path = write_config(&dir, &biller.url(), "10/s");
+    let mut process = Process::start(&path);
+    let url = process.url("/v1/bills/slow");
+    let in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", "key-b")]).await });
+    for _ in 0..1_000_000 {
+        if biller.biller.stats().received == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(biller.biller.stats().received, 1);
+    process.signal("TERM");
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.child.wait().unwrap();
+        (status, process)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_partner_and_never_the_key() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("access");
+    let path = write_config(&dir, &biller.url(), "10/s");
+    let process = Process::start(&path);
+    assert_eq!(
+        get(&process.url("/v1/bills/77"), &[("x-api-key", "key-b")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let line = wait_for(&process.lines, "billgate::access");
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let fields = &json["fields"];
+    assert_eq!(fields["partner"], "bank-b");
+    assert_eq!(fields["class"], "inquiry_scheduled");
+    assert_eq!(fields["route"], "bill-inquiry");
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["outcome"], "forwarded");
+    assert!(fields["upstream_ms"].as_f64().is_some());
+    assert!(
+        !line.contains("key-b"),
+        "the access log leaked the key: {line}"
+    );
+    assert_eq!(
+        get(&process.url("/v1/bills/78"), &[("x-api-key", "wrong-key")])
+            .await
+            .status,
+        401
+    );
+    let line = wait_for(&process.lines, "billgate::access");
+    assert!(
+        line.contains("unknown_key") && !line.contains("wrong-key"),
+        "{line}"
+    );
+}
