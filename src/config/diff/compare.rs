@@ -225,6 +225,22 @@ pub(super) fn server(old: &Config, new: &Config) -> Vec<SettingChange> {
     s.compare("max_body_bytes", o.max_body_bytes, n.max_body_bytes, |b| {
         b.to_string()
     });
+    s.compare("access_log", o.access_log, n.access_log, |b| b.to_string());
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map_or("none".to_owned(), |p| p.display().to_string())
+    };
+    s.compare(
+        "admin_token_file",
+        &o.admin_token_file,
+        &n.admin_token_file,
+        path,
+    );
+    s.compare("state_file", &o.state_file, &n.state_file, path);
+    s.note(
+        "state_file",
+        "suspensions are read from it at start: takes effect on restart".to_owned(),
+    );
     s.0
 }
 
@@ -248,6 +264,27 @@ pub(super) fn biller(old: &Config, new: &Config) -> Vec<SettingChange> {
     s.compare("max_in_flight", o.max_in_flight, n.max_in_flight, |m| {
         m.to_string()
     });
+    s.note(
+        "connect_timeout",
+        "the connection pool is built at start: takes effect on restart".to_owned(),
+    );
+    s.compare(
+        "payment_reserve",
+        o.payment_reserve,
+        n.payment_reserve,
+        |r| r.to_string(),
+    );
+    s.compare("user_reserve", o.user_reserve, n.user_reserve, |r| {
+        r.to_string()
+    });
+    let header =
+        |h: &Option<http::HeaderName>| h.as_ref().map_or("none".to_owned(), |h| h.to_string());
+    s.compare(
+        "pause_partner_header",
+        &o.pause_partner_header,
+        &n.pause_partner_header,
+        header,
+    );
     let (ob, nb) = (&o.breaker, &n.breaker);
     s.compare(
         "breaker.failure_rate",
