@@ -12,8 +12,11 @@ mod quota;
 mod route;
 mod suspension;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
+
+use governor::nanos::Nanos;
 
 use http::Method;
 
@@ -282,66 +285,91 @@ impl Gate {
         }
     }
 
-    /// Decides one request. Pure: reads the clock, spends tokens, never blocks.
+    /// Decides one request: [`Gate::classify`], then [`Gate::admit`]. Pure: reads the clock,
+    /// spends tokens, never blocks.
     pub fn decide<'r>(&self, req: &RequestParts<'r>) -> Decision<'r> {
-        let deny = |reason, partner, class, route, limit: Option<Limit>| {
-            Decision::Deny(Denied {
-                reason,
-                partner,
-                class,
-                route,
-                retry_after: limit.map(|l: Limit| l.remaining.reset),
-                limit,
-            })
+        match self.classify(req) {
+            Ok(classified) => self.admit(classified),
+            Err(denied) => Decision::Deny(denied),
+        }
+    }
+
+    /// Who is asking and what: the key's partner (not suspended), the route, the class (open to
+    /// the partner). Spends nothing.
+    pub fn classify<'r>(&self, req: &RequestParts<'r>) -> Result<Classified<'r>, Denied> {
+        let deny = |reason, partner, class, route| Denied {
+            reason,
+            partner,
+            class,
+            route,
+            limit: None,
+            retry_after: None,
         };
         let Some(key) = req.key else {
-            return deny(Reason::MissingKey, None, None, None, None);
+            return Err(deny(Reason::MissingKey, None, None, None));
         };
-        let Some(partner_index) = self.keys.find(key) else {
-            return deny(Reason::UnknownKey, None, None, None, None);
+        let Some(partner) = self.keys.find(key) else {
+            return Err(deny(Reason::UnknownKey, None, None, None));
         };
-        let partner = &self.partners[partner_index];
-        if partner.suspension.is_suspended() {
-            return deny(Reason::Suspended, Some(partner_index), None, None, None);
+        let gate = &self.partners[partner];
+        if gate.suspension.is_suspended() {
+            return Err(deny(Reason::Suspended, Some(partner), None, None));
         }
         let Some(matched) = self.router.find(req.method, req.path, req.query) else {
-            return deny(Reason::NoRoute, Some(partner_index), None, None, None);
+            return Err(deny(Reason::NoRoute, Some(partner), None, None));
         };
         let class = match matched.class {
             RouteClass::Payment => Class::Payment,
             RouteClass::Inquiry if req.origin_user => Class::InquiryUser,
             RouteClass::Inquiry => Class::InquiryScheduled,
         };
-        let (p, c, r) = (Some(partner_index), Some(class), Some(matched.route));
-        let Some(quota) = &partner.quotas[class.index()] else {
-            return deny(Reason::ClassClosed, p, c, r, None);
+        if gate.quotas[class.index()].is_none() {
+            return Err(deny(
+                Reason::ClassClosed,
+                Some(partner),
+                Some(class),
+                Some(matched.route),
+            ));
+        }
+        Ok(Classified {
+            partner,
+            class,
+            route: matched.route,
+            route_class: matched.class,
+            account: matched.account,
+        })
+    }
+
+    /// Spends the partner's quota for the class, the per-account quota and the biller's
+    /// protection for a classified request that is to reach the biller.
+    pub fn admit<'r>(&self, c: Classified<'r>) -> Decision<'r> {
+        let partner = &self.partners[c.partner];
+        let deny = |reason, limit: Option<Limit>| {
+            Decision::Deny(Denied {
+                reason,
+                partner: Some(c.partner),
+                class: Some(c.class),
+                route: Some(c.route),
+                retry_after: limit.map(|l: Limit| l.remaining.reset),
+                limit,
+            })
         };
         let now = self.clock.now();
         let shadow = partner.mode == Mode::Shadow;
         let mut would_refuse = None;
 
-        let limit = match quota.check(now) {
-            Ok(remaining) => Limit {
-                policy: Policy::Class(class),
-                rate: quota.rate(),
-                remaining,
-            },
-            Err(remaining) => {
-                let limit = Limit {
-                    policy: Policy::Class(class),
-                    rate: quota.rate(),
-                    remaining,
-                };
-                if !shadow {
-                    return deny(Reason::PartnerQuota, p, c, r, Some(limit));
-                }
+        let limit = match self.spend_quota(c.partner, c.class, 1, now) {
+            Some(Ok(limit)) => limit,
+            Some(Err(limit)) if shadow => {
                 would_refuse = Some(Reason::PartnerQuota);
                 limit
             }
+            Some(Err(limit)) => return deny(Reason::PartnerQuota, Some(limit)),
+            None => return deny(Reason::ClassClosed, None),
         };
 
         if let (Some(accounts), Some(account), RouteClass::Inquiry) =
-            (&partner.accounts, matched.account, matched.class)
+            (&partner.accounts, c.account, c.route_class)
         {
             if let Err(denial) = accounts.check(account, now) {
                 let (reason, wait) = match denial {
@@ -362,13 +390,13 @@ impl Gate {
                             reset: wait,
                         },
                     };
-                    return deny(reason, p, c, r, Some(limit));
+                    return deny(reason, Some(limit));
                 }
                 would_refuse = would_refuse.or(Some(reason));
             }
         }
 
-        let ticket = match self.protection.admit(class, &partner.pause, now) {
+        let ticket = match self.protection.admit(c.class, &partner.pause, now) {
             Ok(ticket) => ticket,
             Err(shed) => {
                 let (reason, wait) = match shed {
@@ -379,9 +407,9 @@ impl Gate {
                 };
                 return Decision::Deny(Denied {
                     reason,
-                    partner: p,
-                    class: c,
-                    route: r,
+                    partner: Some(c.partner),
+                    class: Some(c.class),
+                    route: Some(c.route),
                     limit: None,
                     retry_after: Some(wait),
                 });
@@ -389,15 +417,92 @@ impl Gate {
         };
 
         Decision::Admit(Admitted {
-            partner: partner_index,
-            class,
-            route: matched.route,
-            account: matched.account,
+            partner: c.partner,
+            class: c.class,
+            route: c.route,
+            account: c.account,
             limit,
             shadow: would_refuse,
             ticket,
         })
     }
+
+    /// Spends `cost` of the partner's class quota for an answer served from the gateway's
+    /// memory: never the per-account quota or the biller's capacity. `Ok(None)` when the cost
+    /// is 0; in shadow mode an over-quota hit is `Ok` with `shadow` set.
+    pub fn admit_cached(&self, c: &Classified<'_>, cost: u32) -> Result<CachedAdmission, Denied> {
+        let Some(cost) = NonZeroU32::new(cost) else {
+            return Ok(CachedAdmission {
+                limit: None,
+                shadow: None,
+            });
+        };
+        let now = self.clock.now();
+        match self.spend_quota(c.partner, c.class, cost.get(), now) {
+            Some(Ok(limit)) => Ok(CachedAdmission {
+                limit: Some(limit),
+                shadow: None,
+            }),
+            Some(Err(limit)) if self.partners[c.partner].mode == Mode::Shadow => {
+                Ok(CachedAdmission {
+                    limit: Some(limit),
+                    shadow: Some(Reason::PartnerQuota),
+                })
+            }
+            Some(Err(limit)) => Err(Denied {
+                reason: Reason::PartnerQuota,
+                partner: Some(c.partner),
+                class: Some(c.class),
+                route: Some(c.route),
+                retry_after: Some(limit.remaining.reset),
+                limit: Some(limit),
+            }),
+            None => Err(Denied {
+                reason: Reason::ClassClosed,
+                partner: Some(c.partner),
+                class: Some(c.class),
+                route: Some(c.route),
+                retry_after: None,
+                limit: None,
+            }),
+        }
+    }
+
+    /// `None` when the class is closed; else the quota's state after spending `cost`.
+    fn spend_quota(
+        &self,
+        partner: usize,
+        class: Class,
+        cost: u32,
+        now: Nanos,
+    ) -> Option<Result<Limit, Limit>> {
+        let quota = self.partners[partner].quotas[class.index()].as_ref()?;
+        let limit = |remaining| Limit {
+            policy: Policy::Class(class),
+            rate: quota.rate(),
+            remaining,
+        };
+        Some(quota.check_n(now, cost).map(limit).map_err(limit))
+    }
+}
+
+/// A request identified and classified, not yet admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified<'r> {
+    pub partner: usize,
+    pub class: Class,
+    pub route: usize,
+    pub route_class: RouteClass,
+    pub account: Option<&'r str>,
+}
+
+/// What a cache hit spent of the partner's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedAdmission {
+    /// The class quota after the hit; `None` when hits cost nothing.
+    pub limit: Option<Limit>,
+    /// In shadow mode: the quota would have refused it.
+    pub shadow: Option<Reason>,
 }
 
 #[cfg(test)]

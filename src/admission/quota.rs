@@ -64,6 +64,33 @@ impl Quota {
         }
     }
 
+    /// Spends `n` requests at once (`n` ≥ 1; more than the burst is always refused, with the
+    /// wait for a whole burst).
+    #[inline]
+    pub fn check_n(&self, now: Nanos, n: u32) -> Result<Remaining, Remaining> {
+        let Some(n) = std::num::NonZeroU32::new(n).filter(|n| n.get() > 1) else {
+            return self.check(now);
+        };
+        match self.limiter.check_n(n) {
+            Ok(Ok(snapshot)) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let spent = self.rate.burst.get().saturating_sub(remaining);
+                Ok(Remaining {
+                    remaining,
+                    reset: self.rate.replenish_interval() * spent,
+                })
+            }
+            Ok(Err(not_until)) => Err(Remaining {
+                remaining: 0,
+                reset: not_until.wait_time_from(now),
+            }),
+            Err(_insufficient) => Err(Remaining {
+                remaining: 0,
+                reset: self.rate.replenish_interval() * self.rate.burst.get(),
+            }),
+        }
+    }
+
     /// True when two quotas share one state (a reload carried this one over).
     pub fn same_state(&self, other: &Quota) -> bool {
         Arc::ptr_eq(&self.limiter, &other.limiter)
