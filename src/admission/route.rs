@@ -100,7 +100,7 @@ fn query_value<'r>(query: &'r str, name: &str) -> Option<&'r str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PathTemplate;
+    use crate::config::{CacheScope, PathTemplate};
 
     fn route(
         name: &str,
@@ -119,6 +119,8 @@ mod tests {
             account,
             class,
             cache_for: None,
+            cache_scope: CacheScope::Partner,
+            account_field: None,
         }
     }
 

@@ -59,6 +59,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
                 open_for: Duration::from_secs(5),
             },
         },
+        cache: Cache::default(),
         routes: vec![
             Route {
                 name: "bill-inquiry".into(),
@@ -74,6 +75,8 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
                 account: AccountSource::PathSegment,
                 class: RouteClass::Inquiry,
                 cache_for: None,
+                cache_scope: CacheScope::Partner,
+                account_field: None,
             },
             Route {
                 name: "bill-payment".into(),
@@ -88,6 +91,8 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
                 account: AccountSource::None,
                 class: RouteClass::Payment,
                 cache_for: None,
+                cache_scope: CacheScope::Partner,
+                account_field: None,
             },
         ],
         partners,

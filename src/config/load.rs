@@ -13,7 +13,7 @@ use super::{partners, routes, sections};
 /// The shipped `config.toml`, embedded: the configuration used when none is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config.toml");
 
-const TOP_KEYS: &[&str] = &["server", "biller", "route", "partner"];
+const TOP_KEYS: &[&str] = &["server", "biller", "cache", "route", "partner"];
 
 /// Reads and validates a configuration file.
 ///
@@ -59,15 +59,17 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     let root = Table::root(&mut errors, &doc, TOP_KEYS);
     let server = sections::server(&mut errors, &root);
     let biller = sections::biller(&mut errors, &root);
+    let cache = sections::cache(&mut errors, &root);
     let routes = routes::routes(&mut errors, &root);
     let partners = partners::partners(&mut errors, &root);
     if errors.list.is_empty() {
-        if let (Some(server), Some(biller), Some(routes), Some(partners)) =
-            (server, biller, routes, partners)
+        if let (Some(server), Some(biller), Some(cache), Some(routes), Some(partners)) =
+            (server, biller, cache, routes, partners)
         {
             return Ok(Config {
                 server,
                 biller,
+                cache,
                 routes,
                 partners,
                 source_sha256: hex::encode(Sha256::digest(text.as_bytes())),

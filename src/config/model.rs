@@ -14,6 +14,7 @@ use super::rate::Rate;
 pub struct Config {
     pub server: Server,
     pub biller: Biller,
+    pub cache: Cache,
     pub routes: Vec<Route>,
     pub partners: Vec<Partner>,
     /// SHA-256 of the file's bytes, hex: tells operators which configuration is running.
@@ -81,6 +82,37 @@ impl BillerUrl {
         let port = self.authority.port_u16().unwrap_or(80);
         format!("{}:{}", self.authority.host(), port)
     }
+}
+
+/// `[cache]`: the memory for inquiry answers of routes with `cache_for`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cache {
+    /// Most answers kept at once. Default 100 000.
+    pub max_entries: usize,
+    /// Most bytes of answers kept at once. Default 64 MiB.
+    pub max_bytes: u64,
+    /// Tokens of the partner's class quota a cache hit costs. Default 1 (like any request), so a
+    /// runaway poller is still throttled; 0 makes hits free.
+    pub hit_cost: u32,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            hit_cost: 1,
+        }
+    }
+}
+
+/// Whose cached answers a partner may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Each partner has its own (the default): no partner sees an answer fetched for another.
+    Partner,
+    /// Partners share answers for the same account.
+    Shared,
 }
 
 /// `[biller.breaker]`
@@ -168,6 +200,11 @@ pub struct Route {
     pub class: RouteClass,
     /// How long a fresh inquiry answer may be served from memory (used by the cache).
     pub cache_for: Option<Duration>,
+    /// Whose cached answers are shared. Default per partner.
+    pub cache_scope: CacheScope,
+    /// For payment routes: the JSON body field naming the bill account, so a payment can
+    /// invalidate that account's cached inquiry answers.
+    pub account_field: Option<String>,
 }
 
 /// `mode` of a partner.

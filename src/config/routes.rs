@@ -4,7 +4,7 @@
 use http::Method;
 
 use super::fields::{At, Errors, Table};
-use super::model::{AccountSource, PathTemplate, Route, RouteClass, Segment};
+use super::model::{AccountSource, CacheScope, PathTemplate, Route, RouteClass, Segment};
 use super::template::parse_template;
 use super::values::positive_duration;
 
@@ -15,6 +15,8 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "account_query",
     "class",
     "cache_for",
+    "cache_scope",
+    "account_field",
 ];
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -108,6 +110,44 @@ fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
         positive_duration(s).map(Some)
     });
 
+    let cache_scope = t.parse_or(
+        errors,
+        "cache_scope",
+        "\"partner\" or \"shared\"",
+        CacheScope::Partner,
+        |s| match s {
+            "partner" => Ok(CacheScope::Partner),
+            "shared" => Ok(CacheScope::Shared),
+            other => Err(format!(
+                "\"partner\" (each partner its own answers) or \"shared\" (partners share answers); \"{}\" is neither",
+                other.escape_debug()
+            )),
+        },
+    );
+    let account_field = t.parse_or(
+        errors,
+        "account_field",
+        "a JSON field name like \"account\"",
+        None,
+        |s| {
+            if s.is_empty() || s.len() > 64 {
+                Err("a JSON field name like \"account\" (1 to 64 characters)".to_owned())
+            } else {
+                Ok(Some(s.to_owned()))
+            }
+        },
+    );
+    if let (Some(RouteClass::Inquiry), Some(Some(_)), Some(v)) =
+        (class, &account_field, t.get("account_field"))
+    {
+        let message = "account_field names the account in a payment's JSON body; inquiry routes take it from {account} or account_query";
+        errors.push(v.span(), &t.child("account_field"), message);
+    }
+    if let (Some(RouteClass::Payment), Some(v)) = (class, t.get("cache_scope")) {
+        let message = "cache_scope only applies to inquiry routes: payments are never cached";
+        errors.push(v.span(), &t.child("cache_scope"), message);
+    }
+
     let name = name.map(|at| At {
         value: at.value.to_owned(),
         span: at.span,
@@ -134,10 +174,24 @@ fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
         let message = "cache_for only applies to inquiry routes: payments are never cached; remove it or set class = \"inquiry\"";
         errors.push(v.span(), &t.child("cache_for"), message);
     }
-    let route = match (&name, &shape, query, class, cache_for) {
-        (Some(name), Some(shape), Some(query), Some(class), Some(cache_for))
-            if errors.list.len() == before =>
-        {
+    let route = match (
+        &name,
+        &shape,
+        query,
+        class,
+        cache_for,
+        cache_scope,
+        account_field,
+    ) {
+        (
+            Some(name),
+            Some(shape),
+            Some(query),
+            Some(class),
+            Some(cache_for),
+            Some(cache_scope),
+            Some(account_field),
+        ) if errors.list.len() == before => {
             let account = match query {
                 _ if has_account => AccountSource::PathSegment,
                 Some(name) => AccountSource::Query(name),
@@ -150,6 +204,8 @@ fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
                 account,
                 class,
                 cache_for,
+                cache_scope,
+                account_field,
             })
         }
         _ => None,

@@ -9,7 +9,7 @@ use http::header::HeaderName;
 use toml::de::DeTable;
 
 use super::fields::{Errors, Table};
-use super::model::{Biller, Breaker, Server};
+use super::model::{Biller, Breaker, Cache, Server};
 use super::rate::parse_rate;
 use super::values::{biller_url, header_name, positive_duration, socket_addr};
 
@@ -215,6 +215,38 @@ pub(crate) fn biller(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Bi
         user_reserve: user_reserve?,
         pause_partner_header: pause_partner_header?,
         breaker: breaker?,
+    })
+}
+
+pub(crate) const CACHE_KEYS: &[&str] = &["max_entries", "max_bytes", "hit_cost"];
+
+/// `[cache]`; every key has a default, so the table may be left out.
+pub(crate) fn cache(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Cache> {
+    let empty = DeTable::new();
+    let t = root.section(errors, "cache", CACHE_KEYS, &empty)?;
+    let defaults = Cache::default();
+    let max_entries = integer_or(
+        errors,
+        &t,
+        "max_entries",
+        100_000_000,
+        defaults.max_entries as u64,
+    );
+    let max_bytes = integer_or(errors, &t, "max_bytes", 1 << 40, defaults.max_bytes);
+    let hit_cost = match t.integer(
+        errors,
+        "hit_cost",
+        (0, 1000),
+        "a number of quota tokens from 0 to 1000, like 1",
+    ) {
+        Some(at) => u32::try_from(at.value).ok(),
+        None if t.get("hit_cost").is_some() => None,
+        None => Some(defaults.hit_cost),
+    };
+    Some(Cache {
+        max_entries: usize::try_from(max_entries?).ok()?,
+        max_bytes: max_bytes?,
+        hit_cost: hit_cost?,
     })
 }
 
