@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod admission;
 pub mod biller;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 mod commands;
