@@ -276,3 +276,7 @@ impl<'a> Iterator for EntityTags<'a> {
         Some(tag)
     }
 }
+
+#[cfg(test)]
+#[path = "answer_tests.rs"]
+mod tests;

@@ -31,3 +31,5 @@ pub use key::{CacheKey, KeyRef, Scope, Sharing};
 pub use policy::{freshness, initial_age, NotStored};
 pub use store::{AnswerCache, CacheSettings, CacheStats};
 
+#[cfg(test)]
+mod tests;

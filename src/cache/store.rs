@@ -23,7 +23,8 @@ use crate::clock::Clock;
 pub struct CacheSettings {
     /// The most answers kept at once. Default 100 000.
     pub max_entries: usize,
-    /// The most bytes kept at once, as estimated by [`CacheStats::bytes`]. Default 64 MiB.
+    /// The most bytes kept at once, as estimated by [`CacheStats::bytes`] (rounded down to a
+    /// multiple of `max_entries`). Default 64 MiB.
     pub max_bytes: u64,
     /// Answers with a larger body are served but not kept. Default 256 KiB.
     pub max_body_bytes: usize,
@@ -136,8 +137,16 @@ impl AnswerCache {
     /// are reached; caches of fewer than 2 048 entries are one shard and exact.
     pub fn new(settings: CacheSettings, clock: Clock) -> Self {
         let max_entries = settings.max_entries.max(1);
-        let max_bytes = settings.max_bytes.max(1);
-        let min_weight = max_bytes.div_ceil(max_entries as u64);
+        let entries_u64 = u64::try_from(max_entries).unwrap_or(u64::MAX);
+        // Every entry weighs at least an equal share of the capacity, so the one weight bounds
+        // both: `max_entries` shares fit exactly, and never more bytes than `max_bytes` (rounded
+        // down to a multiple of `max_entries`, which loses fewer than `max_entries` bytes).
+        let min_weight = (settings.max_bytes / entries_u64).max(1);
+        let max_bytes = if settings.max_bytes >= entries_u64 {
+            min_weight * entries_u64
+        } else {
+            settings.max_bytes.max(1)
+        };
         // Shards of at least ~1 000 entries keep the per-shard split from evicting early.
         let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = (max_entries / 1024).clamp(1, parallelism * 4);
