@@ -20,6 +20,7 @@
 
 mod answer;
 mod coalesce;
+mod date;
 mod invalidate;
 mod key;
 mod policy;

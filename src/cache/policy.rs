@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use http::header::{AGE, CACHE_CONTROL, SET_COOKIE, VARY};
-use http::{HeaderMap, StatusCode};
+use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES, SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 /// Why an answer was not stored. Every case still lets the answer be served to the request (and
 /// any coalesced waiters) that fetched it; it just is not reused.
@@ -13,7 +13,7 @@ pub enum NotStored {
     /// Not a `200 OK`: errors, redirects and "not found" are never reused.
     Status,
     /// `Cache-Control` forbids it (`no-store`, `no-cache`, `private`, a zero or unreadable
-    /// `max-age`/`s-maxage`), or the route's `cache_for` is zero.
+    /// `max-age`/`s-maxage`), `Expires` is not after `Date`, or the route's `cache_for` is zero.
     Directive,
     /// The answer carries `Vary`: it depends on request headers the key does not include.
     Varies,
@@ -44,9 +44,10 @@ impl NotStored {
 }
 
 /// How long an answer with these headers may be served from memory: `cache_for`, or less if
-/// `s-maxage` (preferred, as for any shared cache) or `max-age` says so. `None` means do not
-/// store: `no-store`, `no-cache` and `private` (bare or with field names), a zero lifetime, a
-/// malformed `max-age`/`s-maxage`, or a header that is not text.
+/// `s-maxage` (preferred, as for any shared cache) or `max-age` says so — or, without either,
+/// `Expires` less `Date`. `None` means do not store: `no-store`, `no-cache` and `private` (bare
+/// or with field names), a zero lifetime, a malformed `max-age`/`s-maxage`, an `Expires` that
+/// is not a later IMF-fixdate than `Date` (`Expires: 0` included), or a header that is not text.
 ///
 /// The lifetime counts from when the answer was generated; subtract the biller's `Age` (see
 /// [`initial_age`]) to get what is left of it.
@@ -77,11 +78,25 @@ pub fn freshness(headers: &HeaderMap, cache_for: Duration) -> Option<Duration> {
             *slot = Some(slot.map_or(seconds, |s| s.min(seconds)));
         }
     }
-    let lifetime = match s_maxage.or(max_age) {
+    // `max-age` and `s-maxage` override `Expires` (RFC 9111 §5.3).
+    let limit = match (s_maxage.or(max_age), headers.get(EXPIRES)) {
+        (Some(seconds), _) => Some(seconds),
+        (None, Some(expires)) => Some(expires_after_date(expires, headers)?),
+        (None, None) => None,
+    };
+    let lifetime = match limit {
         Some(seconds) => cache_for.min(Duration::from_secs(seconds)),
         None => cache_for,
     };
     (!lifetime.is_zero()).then_some(lifetime)
+}
+
+/// Seconds from `Date` to `Expires`; `None` (do not store) if either is missing or not a date,
+/// or `Expires` is not later.
+fn expires_after_date(expires: &HeaderValue, headers: &HeaderMap) -> Option<u64> {
+    let expires = super::date::parse(expires.to_str().ok()?)?;
+    let date = super::date::parse(headers.get(DATE)?.to_str().ok()?)?;
+    u64::try_from(expires - date).ok().filter(|&s| s > 0)
 }
 
 /// The biller's `Age` in seconds: how old the answer already was when it arrived (zero if absent
@@ -161,8 +176,6 @@ fn directives(text: &str) -> impl Iterator<Item = &str> {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     const MINUTE: Duration = Duration::from_secs(60);
@@ -220,6 +233,39 @@ mod tests {
         ] {
             assert_eq!(freshness(&with(&[line]), MINUTE), None, "{line}");
         }
+    }
+
+    #[test]
+    fn expires_counts_only_without_max_age() {
+        let dated = |expires: &'static str, cc: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                DATE,
+                HeaderValue::from_static("Tue, 01 Sep 2026 10:00:00 GMT"),
+            );
+            h.insert(EXPIRES, HeaderValue::from_static(expires));
+            if let Some(cc) = cc {
+                h.insert(CACHE_CONTROL, HeaderValue::from_static(cc));
+            }
+            freshness(&h, MINUTE)
+        };
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(dated("Tue, 01 Sep 2026 10:00:30 GMT", None), secs(30));
+        assert_eq!(dated("Wed, 02 Sep 2026 10:00:00 GMT", None), secs(60));
+        assert_eq!(dated("Tue, 01 Sep 2026 10:00:00 GMT", None), None);
+        assert_eq!(dated("Tue, 01 Sep 2026 09:00:00 GMT", None), None);
+        assert_eq!(dated("0", None), None, "an invalid date is in the past");
+        assert_eq!(
+            dated("0", Some("max-age=20")),
+            secs(20),
+            "max-age overrides"
+        );
+        let mut undated = HeaderMap::new();
+        undated.insert(
+            EXPIRES,
+            HeaderValue::from_static("Tue, 01 Sep 2026 10:00:30 GMT"),
+        );
+        assert_eq!(freshness(&undated, MINUTE), None);
     }
 
     #[test]
