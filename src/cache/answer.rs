@@ -51,6 +51,7 @@ impl CacheStatus {
 /// An answer kept for reuse. Shared as `Arc<CachedAnswer>`; nothing in it changes once built.
 #[derive(Debug, Clone)]
 pub struct CachedAnswer {
+    /// The biller's status (always `200 OK` for a stored answer).
     pub status: StatusCode,
     /// End-to-end headers only, including `ETag`; hop-by-hop headers, `Content-Length`, `Age`
     /// and any `x-billgate-cache` the biller sent are dropped. Values are copied into their own

@@ -86,7 +86,9 @@ impl Invalidations {
     /// grace) and raises the floor to cover them. O(records); the request path never calls it
     /// except when the table is full.
     pub(super) fn prune(&self, now: Nanos) {
-        let keep = nanos(GRACE).as_u64() + self.horizon.load(Ordering::Relaxed);
+        let keep = nanos(GRACE)
+            .as_u64()
+            .saturating_add(self.horizon.load(Ordering::Relaxed));
         let cutoff = now.as_u64().saturating_sub(keep);
         if cutoff == 0 {
             return;

@@ -188,28 +188,39 @@ impl AnswerCache {
     }
 
     /// The answer for `key` if one is fresh and no payment for its account has voided it;
-    /// counts a hit or a miss. Takes a [`KeyRef`] (allocation-free) or a `&CacheKey`. A stale or
-    /// voided entry found on the way is dropped.
+    /// counts a hit or a miss, so call it once per request. Takes a [`KeyRef`] (allocation-free)
+    /// or a `&CacheKey`. A stale or voided entry found on the way is dropped.
     pub fn get<'k>(&self, key: impl Into<KeyRef<'k>>) -> Option<Arc<CachedAnswer>> {
-        let key = key.into();
-        let found = self.entries.get(&key);
-        if let Some(slot) = found {
-            let answer = slot.answer;
-            if answer.is_fresh(self.clock.now())
-                && !self.invalidations.voids(key.account(), answer.stored_at)
-            {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Some(answer);
-            }
-            // Only this very entry: a fresh one stored meanwhile stays.
-            if let Some((_, gone)) = self
-                .entries
-                .remove_if(&key, |s| Arc::ptr_eq(&s.answer, &answer))
-            {
-                self.counters.bytes.fetch_sub(gone.bytes, Ordering::Relaxed);
-            }
+        let found = self.lookup(key.into());
+        let counter = match found {
+            Some(_) => &self.counters.hits,
+            None => &self.counters.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// [`AnswerCache::get`] without counting: for a new flight's leader to look once more before
+    /// calling the biller, since a flight that completed between its miss and its join has just
+    /// stored the answer.
+    pub fn peek<'k>(&self, key: impl Into<KeyRef<'k>>) -> Option<Arc<CachedAnswer>> {
+        self.lookup(key.into())
+    }
+
+    fn lookup(&self, key: KeyRef<'_>) -> Option<Arc<CachedAnswer>> {
+        let answer = self.entries.get(&key)?.answer;
+        if answer.is_fresh(self.clock.now())
+            && !self.invalidations.voids(key.account(), answer.stored_at)
+        {
+            return Some(answer);
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        // Only this very entry: a fresh one stored meanwhile stays.
+        if let Some((_, gone)) = self
+            .entries
+            .remove_if(&key, |s| Arc::ptr_eq(&s.answer, &answer))
+        {
+            self.counters.bytes.fetch_sub(gone.bytes, Ordering::Relaxed);
+        }
         None
     }
 
@@ -280,9 +291,9 @@ impl AnswerCache {
     /// Voids every cached answer about `account` — on every route, in every scope — fetched at
     /// or before now. O(1) on average: entries are checked when next looked up, not found now.
     ///
-    /// Call it when a payment's answer arrives (whatever its status: the gateway cannot know
-    /// whether a failed-looking payment took effect), so inquiries that raced the payment are
-    /// voided too. Answers fetched afterwards are served as usual.
+    /// Call it when a payment's answer arrives, whatever its status, and when a payment fails or
+    /// times out (the gateway cannot know whether it took effect), so inquiries that raced the
+    /// payment are voided too. Answers fetched afterwards are served as usual.
     pub fn invalidate_account(&self, account: &str) {
         self.invalidations.invalidate(account, self.clock.now());
     }
@@ -307,7 +318,7 @@ impl AnswerCache {
     }
 
     /// A coalescer whose followers count into this cache's [`CacheStats::coalesced`].
-    pub fn coalescer<T: Clone + Send + Sync>(&self) -> Coalescer<T> {
+    pub fn coalescer<T>(&self) -> Coalescer<T> {
         Coalescer::counting_into(Arc::clone(&self.counters))
     }
 

@@ -90,6 +90,16 @@ fn a_stored_answer_is_a_hit_and_anything_else_a_miss() {
 }
 
 #[test]
+fn peeking_counts_nothing() {
+    let (c, _) = cache(CacheSettings::default());
+    assert!(c.peek(&key("wallet-a", "ACC-1")).is_none());
+    store(&c, &key("wallet-a", "ACC-1")).expect("stored");
+    assert!(c.peek(&key("wallet-a", "ACC-1")).is_some());
+    let s = c.stats();
+    assert_eq!((s.hits, s.misses), (0, 0));
+}
+
+#[test]
 fn expires_at_exactly_cache_for() {
     let (c, hand) = cache(CacheSettings::default());
     store(&c, &key("wallet-a", "ACC-1")).expect("stored");
