@@ -132,9 +132,10 @@ pub struct AnswerCache {
 impl AnswerCache {
     /// An empty cache with these limits, reading time from `clock`.
     ///
-    /// The entry and byte ceilings are never exceeded. The cache is split into shards that each
-    /// hold their share, so when it is nearly full, eviction may begin a little before the totals
-    /// are reached; caches of fewer than 2 048 entries are one shard and exact.
+    /// The entry ceiling is never exceeded, nor the byte ceiling (but for rounding it up to a
+    /// multiple of the shard count). The cache is split into shards that each hold their share,
+    /// so when it is nearly full, eviction may begin a little before the totals are reached;
+    /// caches of fewer than 2 048 entries are one shard and exact.
     pub fn new(settings: CacheSettings, clock: Clock) -> Self {
         let max_entries = settings.max_entries.max(1);
         let entries_u64 = u64::try_from(max_entries).unwrap_or(u64::MAX);
