@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admission;
 pub mod biller;
 pub mod breaker;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 mod commands;
