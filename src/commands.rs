@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::biller::{Biller, BillerOptions};
+use crate::cli::StormArgs;
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigErrors};
 use crate::gateway::{self, Gateway};
+use crate::storm::{self, StormOptions};
 
 /// `billgate serve`
 pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::Result<ExitCode> {
@@ -148,4 +150,57 @@ pub async fn biller(
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `billgate storm`: the report on stdout (a table, or JSON with `--json`); exit 1 if a check
+/// failed.
+pub async fn storm(args: StormArgs) -> anyhow::Result<ExitCode> {
+    let options = storm_options(&args)?;
+    let report = storm::run(options).await?;
+    let mut out = std::io::stdout();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{report}")?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The options `args` ask for, on top of the full or the short form.
+pub fn storm_options(args: &StormArgs) -> anyhow::Result<StormOptions> {
+    let mut options = if args.short {
+        StormOptions::short()
+    } else {
+        StormOptions::default()
+    };
+    options.bypass = args.bypass;
+    let capacity = config::parse_rate(&args.capacity)
+        .map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?
+        .per_second();
+    if capacity.fract() != 0.0 || !(10.0..=10_000.0).contains(&capacity) {
+        anyhow::bail!("--capacity: expected a whole number of requests per second from 10/s to 10000/s, e.g. 400/s");
+    }
+    options.capacity_per_sec = capacity as u32;
+    let phases = [
+        ("--calm", &args.calm, &mut options.calm),
+        ("--storm", &args.storm, &mut options.storm),
+        ("--brownout", &args.brownout, &mut options.brownout),
+        ("--recovery", &args.recovery, &mut options.recovery),
+    ];
+    for (flag, text, length) in phases {
+        if let Some(text) = text {
+            *length = config::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("{flag}: expected {e}"))?;
+        }
+    }
+    if let Some(seed) = args.seed {
+        options.seed = seed;
+    }
+    options.validate()?;
+    Ok(options)
 }
