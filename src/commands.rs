@@ -204,3 +204,74 @@ pub fn storm_options(args: &StormArgs) -> anyhow::Result<StormOptions> {
     options.validate()?;
     Ok(options)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Command, Opts};
+
+    fn storm_args(args: &[&str]) -> StormArgs {
+        let argv = ["billgate", "storm"].iter().chain(args);
+        match Opts::parse_from(argv).command {
+            Command::Storm(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn storm_options_start_from_the_full_or_short_form() {
+        assert_eq!(
+            storm_options(&storm_args(&[])).unwrap(),
+            StormOptions::default()
+        );
+        let short = storm_options(&storm_args(&["--short", "--bypass"])).unwrap();
+        assert_eq!(
+            short,
+            StormOptions {
+                bypass: true,
+                ..StormOptions::short()
+            }
+        );
+    }
+
+    #[test]
+    fn storm_flags_override_capacity_phases_and_seed() {
+        let args = storm_args(&[
+            "--capacity",
+            "12000/min",
+            "--calm",
+            "3s",
+            "--storm",
+            "1500ms",
+            "--brownout",
+            "4s",
+            "--recovery",
+            "5s",
+            "--seed",
+            "7",
+        ]);
+        let o = storm_options(&args).unwrap();
+        assert_eq!(o.capacity_per_sec, 200);
+        assert_eq!(o.calm, Duration::from_secs(3));
+        assert_eq!(o.storm, Duration::from_millis(1500));
+        assert_eq!(
+            (o.brownout, o.recovery),
+            (Duration::from_secs(4), Duration::from_secs(5))
+        );
+        assert_eq!(o.seed, 7);
+    }
+
+    #[test]
+    fn bad_storm_flags_name_the_flag() {
+        let error = |args: &[&str]| storm_options(&storm_args(args)).unwrap_err().to_string();
+        assert!(error(&["--capacity", "lots"]).contains("--capacity"));
+        assert!(error(&["--capacity", "1/min"]).contains("--capacity"));
+        assert!(error(&["--capacity", "5/s"]).contains("--capacity"));
+        assert!(error(&["--storm", "soon"]).contains("--storm"));
+        assert!(error(&["--calm", "100ms"]).contains("calm phase"));
+    }
+}
