@@ -23,6 +23,8 @@
 
 mod breaker;
 mod checks;
+#[cfg(test)]
+mod checks_tests;
 mod histogram;
 mod report;
 mod run;

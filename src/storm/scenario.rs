@@ -60,13 +60,17 @@ pub enum Accounts {
 /// One partner's requests of one class, sent at a fixed rate in some phases.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stream {
+    /// The partner's id in the gateway's configuration.
     pub partner: &'static str,
+    /// The API key it sends.
     pub key: String,
+    /// What it asks: payments, user inquiries or scheduled inquiries.
     pub class: Class,
     /// Requests per second while sending.
     pub per_sec: f64,
     /// Sends in phases from this one to the end.
     pub from: Phase,
+    /// Which bill accounts it names.
     pub accounts: Accounts,
 }
 

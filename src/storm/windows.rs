@@ -37,8 +37,11 @@ pub fn tumbling(counts: &[u64], width: usize) -> Vec<u64> {
 /// which at least `threshold` (0–1) failed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ShareRule {
+    /// The rolling window, in buckets.
     pub width: usize,
+    /// Calls needed in the window.
     pub min_calls: u64,
+    /// The failed share (0–1) that crosses.
     pub threshold: f64,
 }
 
