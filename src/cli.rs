@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// billgate: a reverse proxy that protects a utility-bill (EBPP) API from the partners that
 /// call it.
@@ -60,4 +60,39 @@ pub enum Command {
         #[arg(long, default_value = "5ms")]
         base_latency: String,
     },
+    /// Replay the 2014 polling storm in-process (stand-in biller, gateway, three partners) and
+    /// report what reached the biller and what each partner got; exit 1 if a check fails.
+    Storm(StormArgs),
+}
+
+/// `billgate storm`
+#[derive(Debug, Args)]
+pub struct StormArgs {
+    /// Send the same load straight to the biller, without the gateway.
+    #[arg(long)]
+    pub bypass: bool,
+    /// The seconds-long form: 2s per phase, breaker and stand-in timings scaled down.
+    #[arg(long)]
+    pub short: bool,
+    /// The biller's capacity C, as a rate (`400/s`).
+    #[arg(long, default_value = "400/s")]
+    pub capacity: String,
+    /// The calm phase's length (default 10s; 2s with --short).
+    #[arg(long)]
+    pub calm: Option<String>,
+    /// The storm phase's length (default 20s; 2s with --short).
+    #[arg(long)]
+    pub storm: Option<String>,
+    /// The brown-out phase's length (default 10s; 2s with --short).
+    #[arg(long)]
+    pub brownout: Option<String>,
+    /// The recovery phase's length (default 15s; 2s with --short).
+    #[arg(long)]
+    pub recovery: Option<String>,
+    /// Seeds the poller's choice of accounts (default 2014).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::biller::{Biller, BillerOptions};
+use crate::cli::StormArgs;
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigErrors};
 use crate::gateway::{self, Gateway};
+use crate::storm::{self, StormOptions};
 
 /// `billgate serve`
 pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::Result<ExitCode> {
@@ -193,4 +195,128 @@ pub async fn biller(
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `billgate storm`: the report on stdout (a table, or JSON with `--json`); exit 1 if a check
+/// failed.
+pub async fn storm(args: StormArgs) -> anyhow::Result<ExitCode> {
+    let options = storm_options(&args)?;
+    let report = storm::run(options).await?;
+    let mut out = std::io::stdout();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{report}")?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The options `args` ask for, on top of the full or the short form.
+pub fn storm_options(args: &StormArgs) -> anyhow::Result<StormOptions> {
+    let mut options = if args.short {
+        StormOptions::short()
+    } else {
+        StormOptions::default()
+    };
+    options.bypass = args.bypass;
+    let capacity = config::parse_rate(&args.capacity)
+        .map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?
+        .per_second();
+    if capacity.fract() != 0.0 || !(10.0..=10_000.0).contains(&capacity) {
+        anyhow::bail!("--capacity: expected a whole number of requests per second from 10/s to 10000/s, e.g. 400/s");
+    }
+    options.capacity_per_sec = capacity as u32;
+    let phases = [
+        ("--calm", &args.calm, &mut options.calm),
+        ("--storm", &args.storm, &mut options.storm),
+        ("--brownout", &args.brownout, &mut options.brownout),
+        ("--recovery", &args.recovery, &mut options.recovery),
+    ];
+    for (flag, text, length) in phases {
+        if let Some(text) = text {
+            *length = config::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("{flag}: expected {e}"))?;
+        }
+    }
+    if let Some(seed) = args.seed {
+        options.seed = seed;
+    }
+    options.validate()?;
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Command, Opts};
+
+    fn storm_args(args: &[&str]) -> StormArgs {
+        let argv = ["billgate", "storm"].iter().chain(args);
+        match Opts::parse_from(argv).command {
+            Command::Storm(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn storm_options_start_from_the_full_or_short_form() {
+        assert_eq!(
+            storm_options(&storm_args(&[])).unwrap(),
+            StormOptions::default()
+        );
+        let short = storm_options(&storm_args(&["--short", "--bypass"])).unwrap();
+        assert_eq!(
+            short,
+            StormOptions {
+                bypass: true,
+                ..StormOptions::short()
+            }
+        );
+    }
+
+    #[test]
+    fn storm_flags_override_capacity_phases_and_seed() {
+        let args = storm_args(&[
+            "--capacity",
+            "12000/min",
+            "--calm",
+            "3s",
+            "--storm",
+            "1500ms",
+            "--brownout",
+            "4s",
+            "--recovery",
+            "5s",
+            "--seed",
+            "7",
+        ]);
+        let o = storm_options(&args).unwrap();
+        assert_eq!(o.capacity_per_sec, 200);
+        assert_eq!(o.calm, Duration::from_secs(3));
+        assert_eq!(o.storm, Duration::from_millis(1500));
+        assert_eq!(
+            (o.brownout, o.recovery),
+            (Duration::from_secs(4), Duration::from_secs(5))
+        );
+        assert_eq!(o.seed, 7);
+    }
+
+    #[test]
+    fn bad_storm_flags_name_the_flag() {
+        let error = |args: &[&str]| storm_options(&storm_args(args)).unwrap_err().to_string();
+        assert!(error(&["--capacity", "lots"]).contains("--capacity"));
+        assert!(error(&["--capacity", "1/min"]).contains("--capacity"));
+        assert!(error(&["--capacity", "5/s"]).contains("--capacity"));
+        assert!(error(&["--storm", "soon"]).contains("--storm"));
+        assert!(error(&["--calm", "100ms"]).contains("calm phase"));
+    }
 }

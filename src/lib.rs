@@ -2,7 +2,8 @@
 //!
 //! A request's path: [`proxy`] serves it, [`admission`] decides it (a pure function of the
 //! request, the [`config`] snapshot and the [`clock`]), the pooled client forwards it to the
-//! biller, and [`metrics`] counts it. [`biller`] is the stand-in EBPP biller.
+//! biller, and [`metrics`] counts it. [`biller`] is the stand-in EBPP biller; [`storm`] replays
+//! the 2014 polling storm against it, with and without the gateway.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod control;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
+pub mod storm;
 
 use std::process::ExitCode;
 
@@ -41,6 +43,7 @@ pub fn run(opts: Opts) -> ExitCode {
         } => {
             runtime().and_then(|rt| rt.block_on(commands::biller(listen, &capacity, &base_latency)))
         }
+        Command::Storm(args) => runtime().and_then(|rt| rt.block_on(commands::storm(args))),
     };
     match result {
         Ok(code) => code,

@@ -21,6 +21,7 @@
 //!   default 1; share 0–1, default 0; anything else is 400);
 //! - `DELETE /_biller/brownout`: end it (204).
 
+mod arrivals;
 mod bills;
 mod http;
 mod load;
@@ -39,6 +40,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::clock::Clock;
+use arrivals::ArrivalLog;
+pub use arrivals::Arrivals;
 use load::{LoadModel, LoadOptions};
 
 /// How many requests [`Biller::recent_requests`] remembers.
@@ -126,6 +129,7 @@ pub struct Biller {
 struct Shared {
     name: String,
     load: LoadModel,
+    arrivals: ArrivalLog,
     received: AtomicU64,
     served: AtomicU64,
     inquiries: AtomicU64,
@@ -139,6 +143,7 @@ impl Biller {
     /// A biller with `options`. Its load model reads time from `clock` (fake in tests, so
     /// overload is driven by hand); receipts' `paid_at` and the answer delays use real time.
     pub fn new(options: BillerOptions, clock: Clock) -> Self {
+        let arrivals = ArrivalLog::new(clock.clone());
         let load = LoadModel::new(
             LoadOptions {
                 capacity_per_sec: options.capacity_per_sec,
@@ -152,6 +157,7 @@ impl Biller {
             shared: Arc::new(Shared {
                 name: options.name,
                 load,
+                arrivals,
                 received: AtomicU64::new(0),
                 served: AtomicU64::new(0),
                 inquiries: AtomicU64::new(0),
@@ -221,6 +227,12 @@ impl Biller {
         self.shared.stats()
     }
 
+    /// Requests received (as [`BillerStats::received`] counts them) per 100 ms on the biller's
+    /// clock, over the last 20 minutes at most.
+    pub fn arrivals(&self) -> Arrivals {
+        self.shared.arrivals.snapshot()
+    }
+
     /// The last ≤ 256 requests as received, oldest first. Control paths are not recorded.
     pub fn recent_requests(&self) -> Vec<SeenRequest> {
         self.shared.recent().iter().cloned().collect()
@@ -258,6 +270,7 @@ impl Shared {
     /// Count a request and remember it in the bounded ring.
     fn record(&self, seen: SeenRequest) {
         self.received.fetch_add(1, Ordering::Relaxed);
+        self.arrivals.record();
         let mut recent = self.recent();
         if recent.len() == RECENT_CAPACITY {
             recent.pop_front();
@@ -305,5 +318,6 @@ mod tests {
         assert_eq!(recent[0].path_and_query, "/v1/bills/744");
         assert_eq!(recent[255].path_and_query, "/v1/bills/999");
         assert_eq!(biller.stats().received, 1000);
+        assert_eq!(biller.arrivals().counts, vec![1000]);
     }
 }

@@ -1,0 +1,272 @@
+//! The figures the issue asks the replay to show, each judged PASS or FAIL on what was measured
+//! (or N/A when this run cannot measure it; INFO when shown for comparison only).
+
+use super::histogram::LatencyHistogram;
+use super::report::{Check, Mode, Status, StormReport, StreamReport};
+use super::scenario::{Phase, POLLER, WELL_BEHAVED};
+use crate::config::Class;
+
+/// Well-behaved partners' success share outside the brown-out.
+const SUCCESS_OUTSIDE_BROWNOUT: f64 = 0.999;
+/// Their p99 in the storm and recovery, as a multiple of their calm p99.
+const P99_FACTOR: f64 = 2.0;
+/// Payments' success share during the brown-out.
+const PAYMENTS_IN_BROWNOUT: f64 = 0.95;
+/// The share of the poller's scheduled inquiries refused during the brown-out.
+const POLLS_SHED: f64 = 0.90;
+/// The longest the breaker may take to open once the failure share crossed its threshold.
+const OPEN_WITHIN_SECS: f64 = 1.0;
+
+/// Sums over some streams of some phases.
+#[derive(Debug, Default)]
+struct Totals {
+    sent: u64,
+    admitted: u64,
+    ok: u64,
+    rejected: u64,
+    failed: u64,
+    unsent: u64,
+}
+
+impl Totals {
+    fn share(part: u64, whole: u64) -> f64 {
+        if whole == 0 {
+            0.0
+        } else {
+            part as f64 / whole as f64
+        }
+    }
+}
+
+fn totals(report: &StormReport, phases: &[Phase], pick: impl Fn(&StreamReport) -> bool) -> Totals {
+    let mut t = Totals::default();
+    for p in report.phases.iter().filter(|p| phases.contains(&p.phase)) {
+        for s in p.streams.iter().filter(|s| pick(s)) {
+            t.sent += s.sent;
+            t.admitted += s.admitted;
+            t.ok += s.ok;
+            t.rejected += s.rejected;
+            t.failed += s.failed;
+            t.unsent += s.unsent;
+        }
+    }
+    t
+}
+
+fn p99_ms(report: &StormReport, phase: Phase, partner: &str) -> Option<f64> {
+    let mut merged = LatencyHistogram::default();
+    for s in report
+        .phase(phase)?
+        .streams
+        .iter()
+        .filter(|s| s.partner == partner)
+    {
+        merged.merge(&s.latency);
+    }
+    merged.quantile(0.99).map(|d| d.as_secs_f64() * 1000.0)
+}
+
+fn check(name: impl Into<String>, status: Status, measured: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status,
+        measured: measured.into(),
+    }
+}
+
+fn judged(pass: bool) -> Status {
+    if pass {
+        Status::Pass
+    } else {
+        Status::Fail
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2} %", x * 100.0)
+}
+
+/// Every check for `report`.
+pub(crate) fn checks(report: &StormReport) -> Vec<Check> {
+    let c = report.capacity_per_sec;
+    let outside = [Phase::Calm, Phase::Storm, Phase::Recovery];
+    let well_behaved = |s: &StreamReport| WELL_BEHAVED.contains(&s.partner);
+    let good = totals(report, &outside, well_behaved);
+    let good_share = Totals::share(good.ok, good.sent);
+    let good_measured = format!(
+        "{} ({} of {} not ok: {} rejected, {} failed, {} unsent)",
+        pct(good_share),
+        good.sent - good.ok,
+        good.sent,
+        good.rejected,
+        good.failed,
+        good.unsent
+    );
+    let pay = totals(report, &[Phase::Brownout], |s| {
+        well_behaved(s) && s.class == Class::Payment.as_str()
+    });
+    let pay_share = Totals::share(pay.ok, pay.sent);
+    let pay_measured = format!(
+        "{} ok (admitted {}, failed {})",
+        pct(pay_share),
+        pct(Totals::share(pay.admitted, pay.sent)),
+        pct(Totals::share(pay.failed, pay.sent))
+    );
+    let load = report.storm_load_max_per_sec;
+    let load_name = "storm: load reaching the biller ≤ C in every one-second window";
+    let load_measured = load.map_or("no whole window".to_owned(), |m| {
+        format!(
+            "max {m}/s from the storm on ({:.2} C, C = {c}/s)",
+            m as f64 / f64::from(c)
+        )
+    });
+    let b = &report.biller;
+
+    if report.mode == Mode::Bypass {
+        let first = report
+            .biller_down_at
+            .first()
+            .map_or(String::new(), |at| format!(", first at +{at:.1} s"));
+        return vec![
+            check(
+                "without the gateway the storm takes the stand-in down",
+                judged(b.times_down >= 1),
+                format!(
+                    "went down {} time(s){first}; it failed {} of {} calls (overload {}, down {}, brown-out {})",
+                    b.times_down, b.failed(), b.received, b.failed_overload, b.failed_down, b.failed_brownout
+                ),
+            ),
+            check(load_name, Status::Info, load_measured),
+            check(
+                "well-behaved partners' success outside the brown-out",
+                Status::Info,
+                good_measured,
+            ),
+            check("brown-out: payments' success", Status::Info, pay_measured),
+        ];
+    }
+
+    let mut list = vec![
+        check(
+            load_name,
+            load.map_or(Status::NotMeasured, |m| judged(m <= u64::from(c))),
+            load_measured,
+        ),
+        check(
+            "well-behaved partners succeed ≥ 99.9 % outside the brown-out",
+            judged(good.sent > 0 && good_share >= SUCCESS_OUTSIDE_BROWNOUT),
+            good_measured,
+        ),
+    ];
+    for partner in WELL_BEHAVED {
+        let name = format!("{partner}: p99 in storm and recovery ≤ 2 × calm p99");
+        let calm = p99_ms(report, Phase::Calm, partner);
+        let later = [Phase::Storm, Phase::Recovery].map(|p| (p, p99_ms(report, p, partner)));
+        let Some(calm) = calm.filter(|&c| c > 0.0) else {
+            list.push(check(name, Status::NotMeasured, "no calm latencies"));
+            continue;
+        };
+        let mut pass = true;
+        let mut measured = format!("calm {calm:.1} ms");
+        for (phase, p99) in later {
+            match p99 {
+                Some(v) => {
+                    pass &= v <= P99_FACTOR * calm;
+                    measured += &format!("; {} {v:.1} ms ({:.2}×)", phase.as_str(), v / calm);
+                }
+                None => {
+                    pass = false;
+                    measured += &format!("; {} none answered", phase.as_str());
+                }
+            }
+        }
+        list.push(check(name, judged(pass), measured));
+    }
+    list.push(check(
+        "brown-out: payments succeed ≥ 95 %",
+        judged(pay.sent > 0 && pay_share >= PAYMENTS_IN_BROWNOUT),
+        pay_measured,
+    ));
+    let polls = totals(report, &[Phase::Brownout], |s| s.partner == POLLER);
+    let shed = Totals::share(polls.rejected + polls.unsent, polls.sent);
+    list.push(check(
+        "brown-out: scheduled polls shed (≥ 90 % refused)",
+        judged(polls.sent > 0 && shed >= POLLS_SHED),
+        format!(
+            "{} refused, {} admitted of {} sent",
+            pct(shed),
+            polls.admitted,
+            polls.sent
+        ),
+    ));
+    list.extend(breaker_checks(report));
+    list.push(check(
+        "with the gateway the stand-in stays up",
+        judged(b.times_down == 0),
+        format!(
+            "went down {} time(s); failed {} calls",
+            b.times_down,
+            b.failed()
+        ),
+    ));
+    list
+}
+
+fn breaker_checks(report: &StormReport) -> [Check; 2] {
+    let br = &report.breaker;
+    let open_name = format!(
+        "breaker opens within 1 s of the failure share crossing {}",
+        br.failure_rate
+    );
+    let limit = 2.0 * br.open_for_secs;
+    let close_name = format!("breaker closes within 2 × open_for ({limit} s) of recovery");
+    if !br.exported {
+        return [
+            check(open_name, Status::NotMeasured, "breaker not exported"),
+            check(close_name, Status::NotMeasured, "breaker not exported"),
+        ];
+    }
+    let open = match (br.crossed_at, br.opened_at) {
+        (None, _) => check(
+            open_name,
+            Status::NotMeasured,
+            "the failure share never crossed",
+        ),
+        (Some(c), None) => check(
+            open_name,
+            Status::Fail,
+            format!("crossed at +{c:.1} s; never opened"),
+        ),
+        (Some(c), Some(o)) => check(
+            open_name,
+            judged(o - c <= OPEN_WITHIN_SECS),
+            format!(
+                "crossed at +{c:.1} s, opened at +{o:.1} s ({:+.1} s)",
+                o - c
+            ),
+        ),
+    };
+    let was_open = br.state_at_recovery != "closed";
+    let close = match (was_open, br.closed_at, br.opened_at) {
+        (false, _, None) => check(close_name, Status::NotMeasured, "the breaker never opened"),
+        (false, _, Some(_)) => check(
+            close_name,
+            Status::Pass,
+            "already closed when recovery began",
+        ),
+        (true, Some(at), _) => check(
+            close_name,
+            judged(at - br.recovery_at <= limit),
+            format!("{:.1} s after recovery began", at - br.recovery_at),
+        ),
+        (true, None, _) => check(
+            close_name,
+            Status::Fail,
+            format!(
+                "{} when recovery began and still {} at the end",
+                br.state_at_recovery, br.state_at_end
+            ),
+        ),
+    };
+    [open, close]
+}
