@@ -128,8 +128,8 @@ pub struct Metrics {
     upstream_errors: [IntCounter; 2],
     config_info: IntGaugeVec,
     config_reloads: IntCounterVec,
-    /// 0 closed, 1 open, 2 half-open.
-    pub breaker_state: IntGauge,
+    /// By breaker (`inquiry`, `payment`): 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     /// The adaptive in-flight limit now.
     pub concurrency_limit: IntGauge,
@@ -252,17 +252,31 @@ impl Metrics {
         for result in ["ok", "error", "refused"] {
             config_reloads.with_label_values(&[result]);
         }
-        let breaker_state = IntGauge::new(
-            "billgate_breaker_state",
-            "The circuit breaker in front of the biller: 0 closed, 1 open, 2 half-open.",
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "billgate_breaker_state",
+                "The circuit breakers in front of the biller (inquiry: fed by every call, holds back inquiries; payment: fed by payments, holds them back): 0 closed, 1 open, 2 half-open.",
+            ),
+            &["breaker"],
         )?;
         let breaker_transitions = IntCounterVec::new(
             Opts::new(
                 "billgate_breaker_transitions_total",
-                "Circuit breaker transitions, by from and to state.",
+                "Circuit breaker transitions, by breaker, from and to state.",
             ),
-            &["from", "to"],
+            &["breaker", "from", "to"],
         )?;
+        for breaker in ["inquiry", "payment"] {
+            breaker_state.with_label_values(&[breaker]);
+            for (from, to) in [
+                ("closed", "open"),
+                ("open", "half_open"),
+                ("half_open", "open"),
+                ("half_open", "closed"),
+            ] {
+                breaker_transitions.with_label_values(&[breaker, from, to]);
+            }
+        }
         let concurrency_limit = IntGauge::new(
             "billgate_upstream_concurrency_limit",
             "The adaptive limit on requests at the biller at once (at most max_in_flight).",
@@ -314,9 +328,11 @@ impl Metrics {
         self.upstream_errors[kind as usize].inc();
     }
 
-    /// Brings the breaker transition counter for `from → to` up to `total`.
-    pub fn breaker_transitions(&self, from: &str, to: &str, total: u64) {
-        let counter = self.breaker_transitions.with_label_values(&[from, to]);
+    /// Brings `breaker`'s transition counter for `from → to` up to `total`.
+    pub fn breaker_transitions(&self, breaker: &str, from: &str, to: &str, total: u64) {
+        let counter = self
+            .breaker_transitions
+            .with_label_values(&[breaker, from, to]);
         counter.inc_by(total.saturating_sub(counter.get()));
     }
 

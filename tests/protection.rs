@@ -30,7 +30,7 @@ async fn an_open_breaker_answers_503_at_once_then_probes_and_closes() {
         BREAKER,
     );
     let gw = TestGateway::start(load(&text)).await;
-    biller.biller.set_brownout(1.0, 1.0);
+    biller.biller.set_failing(1.0);
     for n in 0..4 {
         let reply = get(&gw.url(&format!("/v1/bills/{n}")), &user()).await;
         assert_eq!(
@@ -44,14 +44,15 @@ async fn an_open_breaker_answers_503_at_once_then_probes_and_closes() {
     assert_eq!(reply.json()["reason"], "breaker_open");
     assert_eq!(reply.header("retry-after"), Some("5"));
     assert_eq!(
-        pay(&gw.url("/v1/payments"), &user()).await.json()["reason"],
-        "breaker_open"
-    );
-    assert_eq!(
         biller.biller.stats().received,
         4,
-        "an open breaker sent nothing on"
+        "an open breaker sent no inquiry on"
     );
+    // Payments answer to their own breaker, which holds them back only when the biller fails
+    // at least half of them: this one goes through (and the failing biller fails it).
+    let payment = pay(&gw.url("/v1/payments"), &user()).await;
+    assert_eq!(payment.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(biller.biller.stats().received, 5);
     gw.hand.advance(Duration::from_secs(2));
     assert_eq!(
         get(&gw.url("/v1/bills/9"), &user())
@@ -69,17 +70,29 @@ async fn an_open_breaker_answers_503_at_once_then_probes_and_closes() {
         (StatusCode::SERVICE_UNAVAILABLE, "breaker_open".into())
     );
     let metrics = gw.metrics().await;
-    assert_eq!(sample(&metrics, "billgate_breaker_state"), 2.0);
+    assert_eq!(
+        sample(&metrics, r#"billgate_breaker_state{breaker="inquiry"}"#),
+        2.0
+    );
     for n in 0..3 {
         let probe = get(&gw.url(&format!("/v1/bills/p{n}")), &user()).await;
         assert_eq!(probe.status, StatusCode::OK);
     }
     let metrics = gw.metrics().await;
-    assert_eq!(sample(&metrics, "billgate_breaker_state"), 0.0);
+    assert_eq!(
+        sample(&metrics, r#"billgate_breaker_state{breaker="inquiry"}"#),
+        0.0
+    );
+    assert_eq!(
+        sample(&metrics, r#"billgate_breaker_state{breaker="payment"}"#),
+        0.0
+    );
     let t = |from: &str, to: &str| {
         sample(
             &metrics,
-            &format!(r#"billgate_breaker_transitions_total{{from="{from}",to="{to}"}}"#),
+            &format!(
+                r#"billgate_breaker_transitions_total{{breaker="inquiry",from="{from}",to="{to}"}}"#
+            ),
         )
     };
     assert_eq!(
@@ -96,7 +109,7 @@ async fn an_open_breaker_answers_503_at_once_then_probes_and_closes() {
             .status,
         StatusCode::OK
     );
-    assert_eq!(biller.biller.stats().received, 8);
+    assert_eq!(biller.biller.stats().received, 9);
 }
 
 #[tokio::test]
@@ -112,7 +125,7 @@ async fn a_failing_probe_reopens_the_breaker_for_longer() {
         BREAKER,
     );
     let gw = TestGateway::start(load(&text)).await;
-    biller.biller.set_brownout(1.0, 1.0);
+    biller.biller.set_failing(1.0);
     for n in 0..4 {
         get(&gw.url(&format!("/v1/bills/{n}")), &user()).await;
     }
@@ -261,4 +274,39 @@ async fn a_biller_naming_a_partner_pauses_only_that_partner() {
     )
     .await;
     assert_eq!(upstream.received(), 2, "bank-b was not paused");
+}
+
+#[tokio::test]
+async fn payments_are_held_back_only_when_the_biller_fails_most_of_them() {
+    let biller = TestBiller::roomy().await;
+    let text = with_block(
+        &config_toml(
+            &biller.url(),
+            "2s",
+            "10000/s",
+            &partner("wallet-a", "key-a", Q, ""),
+        ),
+        BREAKER,
+    );
+    let gw = TestGateway::start(load(&text)).await;
+    biller.biller.set_failing(1.0);
+    for _ in 0..4 {
+        assert_eq!(
+            pay(&gw.url("/v1/payments"), &user()).await.status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    let held = pay(&gw.url("/v1/payments"), &user()).await;
+    assert_eq!(
+        (held.status, held.json()["reason"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, "breaker_open".into())
+    );
+    assert_eq!(held.json()["class"], "payment");
+    assert_eq!(held.header("retry-after"), Some("5"));
+    // The payments' failures told the main breaker too: inquiries are held back as well.
+    assert_eq!(
+        get(&gw.url("/v1/bills/1"), &user()).await.json()["reason"],
+        "breaker_open"
+    );
+    assert_eq!(biller.biller.stats().received, 4);
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use governor::nanos::Nanos;
 
 use super::quota::Quota;
+use super::shed::Shedder;
 use crate::breaker::{outcome_of_status, Admission, Breaker, BreakerSettings, Outcome, Probe};
 use crate::clock::Clock;
 use crate::concurrency::{AdaptiveLimit, ConcurrencySettings, Permit};
@@ -77,6 +78,9 @@ impl Budget {
     }
 }
 
+/// The least failure share at which payments are held back (see [`Protection::payment_breaker`]).
+pub const PAYMENT_FAILURE_RATE: f64 = 0.5;
+
 /// A pause the biller asked for (429/503 with `Retry-After`): nothing is sent until it ends.
 #[derive(Default)]
 pub struct Pause(AtomicU64);
@@ -99,10 +103,17 @@ impl Pause {
 /// long as its settings are unchanged.
 pub struct Protection {
     pub budget: Budget,
+    /// Fed by every call; while open it holds back inquiries.
     pub breaker: Arc<Breaker>,
+    /// Fed by payments alone; it holds payments back only when the biller fails at least half
+    /// of them ([`PAYMENT_FAILURE_RATE`]): a biller that still completes most payments is worth
+    /// sending them to, and the gateway never retries them.
+    pub payment_breaker: Arc<Breaker>,
     pub concurrency: Arc<AdaptiveLimit>,
     /// One pause per class.
     pub pauses: Arc<[Pause; 3]>,
+    /// Cuts inquiries while the biller fails or slows.
+    pub shedder: Arc<Shedder>,
     breaker_settings: config::Breaker,
     max_in_flight: u32,
     reserves: (f64, f64),
@@ -128,14 +139,19 @@ impl Protection {
                 clock,
             ),
         };
-        let breaker = previous
-            .filter(|p| p.breaker_settings == biller.breaker)
-            .map(|p| Arc::clone(&p.breaker))
+        let kept = previous.filter(|p| p.breaker_settings == biller.breaker);
+        let breaker = kept.map(|p| Arc::clone(&p.breaker)).unwrap_or_else(|| {
+            Arc::new(Breaker::new(
+                BreakerSettings::for_biller(biller),
+                clock.clone(),
+            ))
+        });
+        let payment_breaker = kept
+            .map(|p| Arc::clone(&p.payment_breaker))
             .unwrap_or_else(|| {
-                Arc::new(Breaker::new(
-                    BreakerSettings::for_biller(biller),
-                    clock.clone(),
-                ))
+                let mut settings = BreakerSettings::for_biller(biller);
+                settings.failure_rate = settings.failure_rate.max(PAYMENT_FAILURE_RATE);
+                Arc::new(Breaker::new(settings, clock.clone()))
             });
         let concurrency = previous
             .filter(|p| p.max_in_flight == biller.max_in_flight)
@@ -149,8 +165,12 @@ impl Protection {
         Protection {
             budget,
             breaker,
+            payment_breaker,
             concurrency,
             pauses: previous.map(|p| Arc::clone(&p.pauses)).unwrap_or_default(),
+            shedder: previous
+                .map(|p| Arc::clone(&p.shedder))
+                .unwrap_or_else(|| Arc::new(Shedder::new(clock.clone()))),
             breaker_settings: biller.breaker.clone(),
             max_in_flight: biller.max_in_flight,
             reserves: (biller.payment_reserve, biller.user_reserve),
@@ -189,9 +209,16 @@ enum BreakerTicket {
 }
 
 /// The right to send one request to the biller: a breaker pass (or probe) and an in-flight
-/// slot. Report how it went with [`Ticket::finish`]; dropping it frees both and decides nothing.
+/// slot. A payment's outcome also counts in the main breaker's window, since it tells of the
+/// biller's health like any call. Report how it went with [`Ticket::finish`]; dropping it
+/// frees both and decides nothing.
 pub struct Ticket {
     breaker: BreakerTicket,
+    /// Whose long-term latency tells a slow call from a normal one.
+    latency: Arc<AdaptiveLimit>,
+    shedder: Arc<Shedder>,
+    /// For payments: the main breaker, told the outcome too.
+    also: Option<Arc<Breaker>>,
     permit: Permit,
 }
 
@@ -205,7 +232,30 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
+/// A call this many times slower than the biller's long-term latency counts as a failure for
+/// the inquiry breaker: a biller browning out slows down before it fails, and answering its
+/// slowness by holding inquiries back keeps payments going (slow-call rate, as resilience4j).
+pub const SLOW_CALL_FACTOR: u32 = 2;
+
+/// Calls faster than this are never slow, however fast the biller usually is.
+pub const SLOW_CALL_FLOOR: Duration = Duration::from_millis(10);
+
 impl Ticket {
+    fn slow(&self, rtt: Duration) -> bool {
+        rtt > SLOW_CALL_FLOOR
+            && self
+                .latency
+                .rtt()
+                .is_some_and(|(long, _)| rtt > long * SLOW_CALL_FACTOR)
+    }
+
+    /// Answered in under two thirds of the biller's long-term latency.
+    fn fast(&self, rtt: Duration) -> bool {
+        self.latency
+            .rtt()
+            .is_some_and(|(long, _)| rtt * 3 < long * 2)
+    }
+
     /// Whether this request is a half-open probe.
     pub fn is_probe(&self) -> bool {
         matches!(self.breaker, BreakerTicket::Probe(_))
@@ -214,14 +264,37 @@ impl Ticket {
     /// Feeds the outcome to the breaker and the adaptive limit.
     pub fn finish(self, outcome: BillerOutcome) {
         let breaker_outcome = match outcome {
+            BillerOutcome::Answered { status, rtt } if self.slow(rtt) && status < 500 => {
+                Some(Outcome::Failure)
+            }
             BillerOutcome::Answered { status, .. } => Some(outcome_of_status(status)),
             BillerOutcome::TimedOut | BillerOutcome::Unreachable => Some(Outcome::Failure),
             BillerOutcome::NotSent => None,
+        };
+        // A payment's own breaker counts only real failures: a slow payment still completed.
+        let payment_outcome = match outcome {
+            BillerOutcome::Answered { status, .. } => Some(outcome_of_status(status)),
+            _ => breaker_outcome,
+        };
+        let (breaker_outcome, main_outcome) = match self.also {
+            Some(_) => (payment_outcome, breaker_outcome),
+            None => (breaker_outcome, None),
+        };
+        let fast = match outcome {
+            BillerOutcome::Answered { rtt, .. } => self.fast(rtt),
+            _ => false,
         };
         match (self.breaker, breaker_outcome) {
             (BreakerTicket::Allow(breaker), Some(o)) => breaker.record(o),
             (BreakerTicket::Probe(probe), Some(o)) => probe.record(o),
             (_, None) => {}
+        }
+        let struggled = main_outcome.or(breaker_outcome);
+        if let (Some(main), Some(o)) = (self.also, main_outcome) {
+            main.record(o);
+        }
+        if let Some(o) = struggled {
+            self.shedder.record(o == Outcome::Failure, fast);
         }
         match outcome {
             // 429 and 503 are the biller saying it is overloaded: shrink the limit.
@@ -241,12 +314,15 @@ pub enum Shed {
     BreakerOpen(Duration),
     Capacity(Duration),
     Busy,
+    /// The biller is failing or slow: inquiries are being cut.
+    Strained,
 }
 
 impl Protection {
     /// The checks in order: a pause the biller asked for, the breaker, the capacity share of the
     /// class, the in-flight limit with the class's headroom. Payments are never held back to
-    /// leave room for anyone; half-open probes are never scheduled polls.
+    /// leave room for anyone, and an open breaker holds back inquiries first; half-open probes
+    /// are never scheduled polls.
     pub fn admit(&self, class: Class, partner_pause: &Pause, now: Nanos) -> Result<Ticket, Shed> {
         let paused = self.pauses[class.index()]
             .remaining(now)
@@ -256,16 +332,31 @@ impl Protection {
         if let Some(wait) = paused {
             return Err(Shed::Paused(wait));
         }
-        let breaker = match self.breaker.admit(class != Class::InquiryScheduled) {
-            Admission::Allow => BreakerTicket::Allow(Arc::clone(&self.breaker)),
+        // Payments answer to their own breaker; inquiries to the main one, where user inquiries
+        // may be half-open probes and scheduled polls never are.
+        let (gate, also) = match class {
+            Class::Payment => (&self.payment_breaker, Some(Arc::clone(&self.breaker))),
+            _ => (&self.breaker, None),
+        };
+        let breaker = match gate.admit(class != Class::InquiryScheduled) {
+            Admission::Allow => BreakerTicket::Allow(Arc::clone(gate)),
             Admission::Probe(probe) => BreakerTicket::Probe(probe),
             Admission::Reject { retry_after } => return Err(Shed::BreakerOpen(retry_after)),
         };
+        if !self.shedder.admit(class) {
+            return Err(Shed::Strained);
+        }
         self.budget.check(class, now).map_err(Shed::Capacity)?;
         let permit = self
             .concurrency
             .try_acquire_with_headroom(self.headroom(class))
             .ok_or(Shed::Busy)?;
-        Ok(Ticket { breaker, permit })
+        Ok(Ticket {
+            breaker,
+            latency: Arc::clone(&self.concurrency),
+            shedder: Arc::clone(&self.shedder),
+            also,
+            permit,
+        })
     }
 }

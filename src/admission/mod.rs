@@ -10,6 +10,7 @@ mod biller;
 mod identify;
 mod quota;
 mod route;
+mod shed;
 mod suspension;
 
 use std::num::NonZeroU32;
@@ -25,6 +26,7 @@ pub use biller::{BillerOutcome, Budget, Pause, Protection, Shed, Ticket};
 pub use identify::KeyIndex;
 pub use quota::{Quota, Remaining};
 pub use route::{Matched, Router};
+pub use shed::Shedder;
 pub use suspension::{Suspension, SuspensionCell, Suspensions};
 
 use crate::clock::Clock;
@@ -57,11 +59,12 @@ pub enum Reason {
     BillerPaused,
     BreakerOpen,
     BillerBusy,
+    BillerStrained,
 }
 
 impl Reason {
     /// Every reason, for binding metric handles up front.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::MissingKey,
         Reason::UnknownKey,
         Reason::NoRoute,
@@ -74,6 +77,7 @@ impl Reason {
         Reason::BillerPaused,
         Reason::BreakerOpen,
         Reason::BillerBusy,
+        Reason::BillerStrained,
     ];
 
     /// The label used in metrics and in problem bodies.
@@ -91,6 +95,7 @@ impl Reason {
             Reason::BillerPaused => "biller_paused",
             Reason::BreakerOpen => "breaker_open",
             Reason::BillerBusy => "biller_busy",
+            Reason::BillerStrained => "biller_strained",
         }
     }
 
@@ -404,6 +409,7 @@ impl Gate {
                     Shed::BreakerOpen(wait) => (Reason::BreakerOpen, wait),
                     Shed::Capacity(wait) => (Reason::BillerCapacity, wait),
                     Shed::Busy => (Reason::BillerBusy, Duration::from_secs(1)),
+                    Shed::Strained => (Reason::BillerStrained, Duration::from_secs(1)),
                 };
                 return Decision::Deny(Denied {
                     reason,

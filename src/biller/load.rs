@@ -91,6 +91,9 @@ struct State {
 struct Brownout {
     latency_factor_ppm: u64,
     failure_share_ppm: u64,
+    /// A brown-out proper fails calls in proportion to load; a failing component fails its
+    /// share whatever the load.
+    load_dependent: bool,
 }
 
 impl LoadModel {
@@ -164,7 +167,16 @@ impl LoadModel {
         let mut latency = u128::from(self.base_nanos) * u128::from(PPM) / u128::from(headroom);
         if let Some(brownout) = s.brownout {
             latency = latency * u128::from(brownout.latency_factor_ppm) / u128::from(PPM);
-            let share = brownout.failure_share_ppm;
+            // A browned-out biller is slowed `latency_factor` times, so it copes with that much
+            // less: calls fail in proportion to how loaded the slowed biller is — none up to
+            // half its reduced capacity, `failure_share` from all of it on.
+            let slowed = utilisation * brownout.latency_factor_ppm as f64 / PPM as f64;
+            let loaded = if brownout.load_dependent {
+                ((slowed - 0.5) / 0.5).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            let share = (brownout.failure_share_ppm as f64 * loaded).round() as u64;
             if take_share(&mut s.brownout_debt_ppm, share) {
                 s.failed_brownout += 1;
                 return Verdict::FailBrownout {
@@ -194,6 +206,24 @@ impl LoadModel {
         s.brownout = Some(Brownout {
             latency_factor_ppm: to_ppm(factor),
             failure_share_ppm: to_ppm(share),
+            load_dependent: true,
+        });
+        s.brownout_debt_ppm = 0;
+    }
+
+    /// Fail `share` (clamped to 0–1) of the requests with 500 whatever the load, at normal
+    /// speed — a broken component rather than a slowed one. Ended by `clear_brownout`.
+    pub(crate) fn set_failing(&self, share: f64) {
+        let share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
+        let mut s = self.lock();
+        s.brownout = Some(Brownout {
+            latency_factor_ppm: PPM,
+            failure_share_ppm: to_ppm(share),
+            load_dependent: false,
         });
         s.brownout_debt_ppm = 0;
     }
@@ -463,21 +493,48 @@ mod tests {
 
     #[test]
     fn brownout_slows_answers_and_fails_its_share_exactly() {
-        let (m, _) = model(100.0);
+        let (m, hand) = model(100.0);
         m.set_brownout(3.0, 0.3);
+        // 40/s is 1.2× what the slowed biller copes with: the whole share fails.
+        burst(&m, 40);
+        hand.advance(100 * MS);
         assert_eq!(burst(&m, 10), (7, 3, 0, 0));
         assert_eq!(m.stats().failed_brownout, 3);
         m.set_brownout(3.0, 0.0);
-        assert_eq!(m.admit(), Verdict::Serve { latency: 15 * MS });
+        assert_eq!(latency(m.admit()), latency_at(100.0, 40) * 3);
         m.clear_brownout();
-        assert_eq!(m.admit(), Verdict::Serve { latency: 5 * MS });
+        assert_eq!(latency(m.admit()), latency_at(100.0, 40));
+    }
+
+    #[test]
+    fn brownout_failures_follow_the_load_on_the_slowed_biller() {
+        let share_failing = |rate: u64| {
+            let (m, hand) = model(100.0);
+            m.set_brownout(3.0, 0.3);
+            burst(&m, rate);
+            hand.advance(100 * MS);
+            burst(&m, 100).1
+        };
+        // Up to half of what the slowed biller copes with (100/3 ≈ 33/s): nothing fails.
+        assert_eq!(share_failing(10), 0);
+        assert_eq!(share_failing(16), 0);
+        // Three quarters of it: half the share.
+        assert_eq!(share_failing(25), 15);
+        // All of it and more: the whole share.
+        assert_eq!(share_failing(34), 30);
+        assert_eq!(share_failing(90), 30);
     }
 
     #[test]
     fn brownout_values_are_clamped_not_trusted() {
-        let (m, _) = model(100.0);
+        let (m, hand) = model(100.0);
+        burst(&m, 60);
+        hand.advance(100 * MS);
+        // A NaN factor counts as 1 (60/s is then 0.6 of capacity: a fifth of the share fails)
+        // and an infinite share as all calls.
         m.set_brownout(f64::NAN, f64::INFINITY);
-        assert_eq!(m.admit(), Verdict::FailBrownout { latency: 5 * MS });
+        assert_eq!(burst(&m, 10), (8, 2, 0, 0));
+        let (m, _) = model(100.0);
         m.set_brownout(f64::INFINITY, -1.0);
         assert_eq!(
             m.admit(),

@@ -244,6 +244,12 @@ impl Biller {
         self.shared.load.set_brownout(latency_factor, failure_share);
     }
 
+    /// Fail `share` of calls with 500 whatever the load (a broken component); ended by
+    /// [`Biller::clear_brownout`].
+    pub fn set_failing(&self, share: f64) {
+        self.shared.load.set_failing(share);
+    }
+
     /// End a brown-out.
     pub fn clear_brownout(&self) {
         self.shared.load.clear_brownout();

@@ -76,7 +76,8 @@ impl Refusal {
                 Reason::BillerCapacity
                 | Reason::BillerPaused
                 | Reason::BreakerOpen
-                | Reason::BillerBusy => StatusCode::SERVICE_UNAVAILABLE,
+                | Reason::BillerBusy
+                | Reason::BillerStrained => StatusCode::SERVICE_UNAVAILABLE,
             },
             Refusal::Suspended(_) => StatusCode::FORBIDDEN,
             Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,6 +101,7 @@ impl Refusal {
                 Reason::BillerPaused => "Biller asked for a pause",
                 Reason::BreakerOpen => "Biller failing; requests held back",
                 Reason::BillerBusy => "Biller busy",
+                Reason::BillerStrained => "Biller struggling; inquiries held back",
             },
             Refusal::Suspended(_) => "Partner suspended",
             Refusal::BodyTooLarge { .. } => "Request body too large",
@@ -127,6 +129,7 @@ impl Refusal {
                     Reason::Suspended => format!("{who} is suspended by the biller's operators"),
                     Reason::BillerPaused => format!("the biller asked the gateway to hold {class} requests; retry in {wait}s"),
                     Reason::BreakerOpen => format!("the biller is failing, so the gateway holds {class} requests back instead of adding to its load; retry in {wait}s"),
+                    Reason::BillerStrained => format!("the biller is failing or slowing down, so the gateway sends it fewer inquiries until it recovers (payments go first); retry in {wait}s"),
                     Reason::BillerBusy => format!("the biller has as many requests in hand as it can answer quickly; {class} requests wait for payments to go first; retry in {wait}s"),
                 }
             }

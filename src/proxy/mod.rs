@@ -93,15 +93,24 @@ impl Shared {
     pub fn refresh_gauges(&self) {
         let snapshot = self.snapshot.load();
         let protection = snapshot.gate.protection();
-        let breaker = &protection.breaker;
-        self.metrics.breaker_state.set(breaker.state().as_gauge());
-        for from in BreakerState::ALL {
-            for to in BreakerState::ALL {
-                if from != to {
-                    let total = breaker.transitions_between(from, to);
+        for (name, breaker) in [
+            ("inquiry", &protection.breaker),
+            ("payment", &protection.payment_breaker),
+        ] {
+            self.metrics
+                .breaker_state
+                .with_label_values(&[name])
+                .set(breaker.state().as_gauge());
+            for from in BreakerState::ALL {
+                for to in BreakerState::ALL {
+                    let total = if from == to {
+                        0
+                    } else {
+                        breaker.transitions_between(from, to)
+                    };
                     if total > 0 {
                         self.metrics
-                            .breaker_transitions(from.as_str(), to.as_str(), total);
+                            .breaker_transitions(name, from.as_str(), to.as_str(), total);
                     }
                 }
             }

@@ -1,5 +1,6 @@
-//! The gateway's breaker as its `/metrics` shows it: `billgate_breaker_state` (0 closed, 1 open,
-//! 2 half-open) and `billgate_breaker_transitions_total{from,to}`, sampled into a timeline.
+//! The gateway's inquiry breaker as its `/metrics` shows it: `billgate_breaker_state{breaker}`
+//! (0 closed, 1 open, 2 half-open) and `billgate_breaker_transitions_total{breaker,from,to}`,
+//! sampled into a timeline.
 
 use std::collections::BTreeMap;
 
@@ -33,10 +34,13 @@ pub(crate) struct BreakerTrace {
 impl BreakerTrace {
     /// Read one `/metrics` text taken `at_secs` into the run.
     pub fn observe(&mut self, at_secs: f64, text: &str) {
+        // The gateway runs two breakers; the inquiry breaker is the one that sheds the storm.
+        let inquiry = |labels: &str| label(labels, "breaker").is_none_or(|b| b == "inquiry");
         let state = samples(text, STATE)
-            .next()
+            .find(|(labels, _)| inquiry(labels))
             .map(|(_, value)| state_name(value));
         let counts: Vec<_> = samples(text, TRANSITIONS)
+            .filter(|(labels, _)| inquiry(labels))
             .filter_map(|(labels, value)| {
                 let from = label(labels, "from")?;
                 let to = label(labels, "to")?;

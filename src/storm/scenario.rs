@@ -161,6 +161,7 @@ pub fn gateway_toml(options: &StormOptions, biller_addr: std::net::SocketAddr) -
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+access_log = false
 
 [biller]
 url = "http://{biller_addr}"
