@@ -359,7 +359,7 @@ async fn start_gateway(dir: &TempDir, biller_url: &str) -> (Gateway, FakeClock) 
 async fn open_and_close_the_breaker(biller: &TestBiller, hand: &FakeClock, proxy: &str) {
     let user = [("x-api-key", "key-a"), ("x-request-origin", "user")];
     hand.advance(Duration::from_secs(11));
-    biller.biller.set_brownout(1.0, 1.0);
+    biller.biller.set_failing(1.0);
     for n in 0..4 {
         get(&format!("{proxy}/v1/bills/f{n}"), &user).await;
     }
