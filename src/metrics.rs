@@ -18,16 +18,24 @@ pub enum Outcome {
     Rejected,
     /// Forwarded, but the biller could not be reached in time (502/504).
     Failed,
+    /// Answered from the gateway's memory (a cache hit, or a coalesced inquiry).
+    Cached,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Forwarded, Outcome::Rejected, Outcome::Failed];
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Forwarded,
+        Outcome::Rejected,
+        Outcome::Failed,
+        Outcome::Cached,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::Rejected => "rejected",
             Outcome::Failed => "failed",
+            Outcome::Cached => "cached",
         }
     }
 }
@@ -72,7 +80,7 @@ pub enum UpstreamError {
 /// Handles bound for one partner (or for the unidentified) and one class (or none).
 #[derive(Clone)]
 pub struct ClassMetrics {
-    requests: [IntCounter; 3],
+    requests: [IntCounter; 4],
     rejections: Vec<IntCounter>,
     shadow: Vec<IntCounter>,
 }
@@ -133,6 +141,10 @@ pub struct Metrics {
     breaker_transitions: IntCounterVec,
     /// The adaptive in-flight limit now.
     pub concurrency_limit: IntGauge,
+    cache_requests: IntCounterVec,
+    cache_evictions: IntCounter,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
     /// Handles for requests whose partner is unknown.
     pub anonymous: ClassMetrics,
 }
@@ -284,6 +296,29 @@ impl Metrics {
         registry.register(Box::new(breaker_state.clone()))?;
         registry.register(Box::new(breaker_transitions.clone()))?;
         registry.register(Box::new(concurrency_limit.clone()))?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "billgate_cache_requests_total",
+                "Cacheable inquiries by result: hit (from memory), miss (sent to the biller), coalesced (shared another's biller call).",
+            ),
+            &["result"],
+        )?;
+        for result in ["hit", "miss", "coalesced"] {
+            cache_requests.with_label_values(&[result]);
+        }
+        let cache_evictions = IntCounter::new(
+            "billgate_cache_evictions_total",
+            "Cached answers evicted to stay under the entry and byte ceilings.",
+        )?;
+        let cache_entries = IntGauge::new("billgate_cache_entries", "Answers held in the cache.")?;
+        let cache_bytes = IntGauge::new(
+            "billgate_cache_bytes",
+            "Bytes held by the cache (estimated).",
+        )?;
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
         let upstream_duration = Class::ALL.map(|c| duration.with_label_values(&[c.as_str()]));
         let upstream_errors = ["connect", "timeout"].map(|k| errors.with_label_values(&[k]));
         let families = Families {
@@ -305,6 +340,10 @@ impl Metrics {
             breaker_state,
             breaker_transitions,
             concurrency_limit,
+            cache_requests,
+            cache_evictions,
+            cache_entries,
+            cache_bytes,
         })
     }
 
@@ -334,6 +373,26 @@ impl Metrics {
             .breaker_transitions
             .with_label_values(&[breaker, from, to]);
         counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
+    /// Copies the cache's own counters into its metrics.
+    pub fn cache(&self, stats: &crate::cache::CacheStats) {
+        let bring =
+            |counter: IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
+        bring(self.cache_requests.with_label_values(&["hit"]), stats.hits);
+        bring(
+            self.cache_requests.with_label_values(&["miss"]),
+            stats.misses,
+        );
+        bring(
+            self.cache_requests.with_label_values(&["coalesced"]),
+            stats.coalesced,
+        );
+        bring(self.cache_evictions.clone(), stats.evictions);
+        self.cache_entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
     }
 
     /// Counts one reload with its result: `ok`, `error` or `refused`.

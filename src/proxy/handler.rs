@@ -1,27 +1,27 @@
-//! One partner request, start to finish: decide, then answer or forward.
+//! One partner request, start to finish: classify, then answer from memory, refuse, or forward.
 
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
-use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
-use http_body_util::{Either, Full, LengthLimitError, Limited};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
 use super::access::AccessLog;
 use super::answer::{insert_ratelimit, Refusal};
 use super::body::{Deadline, ProxyBody};
+use super::cached;
 use super::headers;
-use super::snapshot::{Snapshot, Upstream};
+use super::snapshot::Snapshot;
+use super::upstream::{self, CallError, Caller, UpstreamBody};
 use super::Shared;
-use crate::admission::{Admitted, BillerOutcome, Decision, Limit, Reason, RequestParts, Ticket};
-use crate::config::Class;
-use crate::metrics::{Outcome, RejectReason, UpstreamError};
+use crate::admission::{Admitted, Classified, Decision, Denied, Reason, RequestParts};
+use crate::config::{AccountSource, Class, RouteClass};
+use crate::metrics::{Outcome, RejectReason};
 
 /// Serves one request. Never fails: every problem becomes an answer.
 pub async fn handle(
@@ -39,15 +39,15 @@ pub async fn handle(
 }
 
 async fn serve(
-    shared: &Shared,
-    snapshot: &Snapshot,
+    shared: &Arc<Shared>,
+    snapshot: &Arc<Snapshot>,
     peer: SocketAddr,
     request: Request<Incoming>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
     let server = &snapshot.config.server;
     let (parts, body) = request.into_parts();
-    let decision = snapshot.gate.decide(&RequestParts {
+    let classified = snapshot.gate.classify(&RequestParts {
         method: &parts.method,
         path: parts.uri.path(),
         query: parts.uri.query(),
@@ -57,64 +57,126 @@ async fn serve(
             .get(&server.origin_header)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"user")),
     });
-    let admitted = match decision {
-        Decision::Deny(denied) => {
-            *log = AccessLog {
-                partner: denied.partner,
-                class: denied.class,
-                route: denied.route,
-                outcome: denied.reason.as_str(),
-                upstream: None,
-            };
-            let partner = denied.partner.and_then(|i| snapshot.partners.get(i));
-            let metrics = match (partner, denied.class) {
-                (Some(p), Some(class)) => p.metrics.class(class),
-                (Some(p), None) => &p.metrics.unrouted,
-                (None, _) => &shared.metrics.anonymous,
-            };
-            metrics.rejected(RejectReason::Admission(denied.reason));
-            let gate_partner = denied.partner.and_then(|i| snapshot.gate.partners().get(i));
-            let id = gate_partner.map(|p| &*p.id);
-            let refusal = match gate_partner.and_then(|p| p.suspension.get()) {
-                Some(suspension) if denied.reason == Reason::Suspended => {
-                    Refusal::Suspended(suspension)
-                }
-                _ => Refusal::Denied(denied),
-            };
-            return refuse(refusal, id, denied.class, snapshot);
-        }
-        Decision::Admit(admitted) => {
-            log.partner = Some(admitted.partner);
-            log.class = Some(admitted.class);
-            log.route = Some(admitted.route);
-            Forwarding::from(admitted)
-        }
+    let classified = match classified {
+        Ok(classified) => classified,
+        Err(denied) => return deny(shared, snapshot, denied, log),
     };
-    forward(shared, snapshot, admitted, peer, parts, body, log).await
-}
-
-/// What forwarding needs of an admission, free of the request's borrows.
-struct Forwarding {
-    partner: usize,
-    class: Class,
-    limit: Limit,
-    shadow: Option<Reason>,
-    ticket: Ticket,
-}
-
-impl From<Admitted<'_>> for Forwarding {
-    fn from(a: Admitted<'_>) -> Self {
-        Forwarding {
-            partner: a.partner,
-            class: a.class,
-            limit: a.limit,
-            shadow: a.shadow,
-            ticket: a.ticket,
+    log.partner = Some(classified.partner);
+    log.class = Some(classified.class);
+    log.route = Some(classified.route);
+    if let Some(cache_for) = cacheable(snapshot, &classified, &parts) {
+        let account = classified.account.unwrap_or_default().to_owned();
+        let classified = Classified {
+            account: None,
+            ..classified
+        };
+        let request = cached::Inquiry {
+            classified,
+            account,
+            cache_for,
+            peer: peer.ip(),
+            parts: &parts,
+        };
+        return cached::serve(shared, snapshot, request, log).await;
+    }
+    let account = classified.account.map(str::to_owned);
+    match snapshot.gate.admit(classified) {
+        Decision::Deny(denied) => deny(shared, snapshot, denied, log),
+        Decision::Admit(admitted) => {
+            let forwarding = Forwarding::new(admitted, account);
+            forward(shared, snapshot, forwarding, peer, parts, body, log).await
         }
     }
 }
 
-fn refuse(
+/// `Some(cache_for)` when the answer may come from memory: a GET on an inquiry route with
+/// `cache_for`, naming its account, and no query but the account's (the cache key holds nothing
+/// else).
+fn cacheable(
+    snapshot: &Snapshot,
+    c: &Classified<'_>,
+    parts: &http::request::Parts,
+) -> Option<Duration> {
+    let route = snapshot.config.routes.get(c.route)?;
+    let cache_for = route.cache_for?;
+    if parts.method != Method::GET || c.route_class != RouteClass::Inquiry || c.account.is_none() {
+        return None;
+    }
+    let query = parts.uri.query().filter(|q| !q.is_empty());
+    let only_account = match (&route.account, query) {
+        (_, None) => true,
+        (AccountSource::Query(name), Some(q)) => {
+            !q.contains('&') && q.split_once('=').is_some_and(|(k, _)| k == name)
+        }
+        _ => false,
+    };
+    only_account.then_some(cache_for)
+}
+
+/// Answers a refusal, counting it.
+pub(super) fn deny(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    denied: Denied,
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
+    *log = AccessLog {
+        partner: denied.partner,
+        class: denied.class,
+        route: denied.route,
+        outcome: denied.reason.as_str(),
+        upstream: None,
+    };
+    let partner = denied.partner.and_then(|i| snapshot.partners.get(i));
+    let metrics = match (partner, denied.class) {
+        (Some(p), Some(class)) => p.metrics.class(class),
+        (Some(p), None) => &p.metrics.unrouted,
+        (None, _) => &shared.metrics.anonymous,
+    };
+    metrics.rejected(RejectReason::Admission(denied.reason));
+    let gate_partner = denied.partner.and_then(|i| snapshot.gate.partners().get(i));
+    let id = gate_partner.map(|p| &*p.id);
+    let refusal = match gate_partner.and_then(|p| p.suspension.get()) {
+        Some(suspension) if denied.reason == Reason::Suspended => Refusal::Suspended(suspension),
+        _ => Refusal::Denied(denied),
+    };
+    refuse(refusal, id, denied.class, snapshot)
+}
+
+/// What forwarding needs of an admission, free of the request's borrows.
+struct Forwarding {
+    admitted: Admitted<'static>,
+    /// The bill account named in the path or query, if any.
+    account: Option<String>,
+}
+
+impl Forwarding {
+    fn new(admitted: Admitted<'_>, account: Option<String>) -> Self {
+        let Admitted {
+            partner,
+            class,
+            route,
+            limit,
+            shadow,
+            ticket,
+            ..
+        } = admitted;
+        Forwarding {
+            admitted: Admitted {
+                partner,
+                class,
+                route,
+                account: None,
+                limit,
+                shadow,
+                ticket,
+            },
+            account,
+        }
+    }
+}
+
+pub(super) fn refuse(
     refusal: Refusal,
     partner: Option<&str>,
     class: Option<Class>,
@@ -128,20 +190,31 @@ fn refuse(
 async fn forward(
     shared: &Shared,
     snapshot: &Snapshot,
-    admitted: Forwarding,
+    forwarding: Forwarding,
     peer: SocketAddr,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Incoming,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
+    let Forwarding { admitted, account } = forwarding;
     let config = &snapshot.config;
-    let partner = &snapshot.partners[admitted.partner];
     let partner_id = &*snapshot.gate.partners()[admitted.partner].id;
     let class = admitted.class;
-    let metrics = partner.metrics.class(class);
+    let metrics = snapshot.partners[admitted.partner].metrics.class(class);
     if let Some(reason) = admitted.shadow {
         metrics.shadow_rejected(reason);
     }
+    let too_large = |log: &mut AccessLog| {
+        metrics.rejected(RejectReason::BodyTooLarge);
+        log.outcome = "body_too_large";
+        let limit = config.server.max_body_bytes;
+        refuse(
+            Refusal::BodyTooLarge { limit },
+            Some(partner_id),
+            Some(class),
+            snapshot,
+        )
+    };
 
     let max_body = config.server.max_body_bytes;
     let declared = parts
@@ -150,168 +223,66 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
-        metrics.rejected(RejectReason::BodyTooLarge);
-        log.outcome = "body_too_large";
-        return refuse(
-            Refusal::BodyTooLarge { limit: max_body },
-            Some(partner_id),
-            Some(class),
-            snapshot,
-        );
+        return too_large(log);
     }
-
-    let Some(uri) = upstream_uri(&snapshot.upstream, parts.uri.path_and_query()) else {
-        // Only reachable if the request target cannot be re-encoded; treat as no route.
-        metrics.outcome(Outcome::Failed);
-        log.outcome = "failed";
-        return refuse(
-            Refusal::BillerUnreachable,
-            Some(partner_id),
-            Some(class),
-            snapshot,
-        );
-    };
-    headers::to_biller(
-        &mut parts.headers,
-        &config.server.key_header,
-        &config.server.partner_header,
-        &partner.header_value,
-        &snapshot.upstream.host,
-        peer.ip(),
-    );
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let upstream_request = Request::from_parts(parts, Limited::new(body, limit));
-
-    let timeout = config.biller.timeout;
-    let started = tokio::time::Instant::now();
-    shared.metrics.upstream_in_flight.inc();
-    let result = tokio::time::timeout(timeout, shared.client.request(upstream_request)).await;
-    shared.metrics.upstream_in_flight.dec();
-    let rtt = started.elapsed();
-    log.upstream = Some(rtt);
-    log.outcome = "failed";
-    let ticket = admitted.ticket;
-    let response = match result {
-        Err(_elapsed) => {
-            ticket.finish(BillerOutcome::TimedOut);
-            shared.metrics.upstream_error(UpstreamError::Timeout);
-            metrics.outcome(Outcome::Failed);
-            return refuse(
-                Refusal::BillerTimeout { timeout },
-                Some(partner_id),
-                Some(class),
-                snapshot,
-            );
+    let route = &config.routes[admitted.route];
+    // A payment naming its account in its JSON body is read whole (it is small and capped), so
+    // the account's cached inquiry answers can be dropped once the biller has it.
+    let (body, account): (UpstreamBody, Option<String>) = match &route.account_field {
+        Some(field) if route.class == RouteClass::Payment => {
+            let Ok(collected) = Limited::new(body, limit).collect().await else {
+                return too_large(log);
+            };
+            let bytes = collected.to_bytes();
+            let named = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    v.get(field.as_str())
+                        .and_then(|a| a.as_str())
+                        .map(str::to_owned)
+                });
+            (Either::Right(Full::new(bytes)), named.or(account))
         }
-        Ok(Err(error)) => {
-            if is_body_too_large(&error) {
-                ticket.finish(BillerOutcome::NotSent);
-                metrics.rejected(RejectReason::BodyTooLarge);
-                log.outcome = "body_too_large";
-                return refuse(
-                    Refusal::BodyTooLarge { limit: max_body },
-                    Some(partner_id),
-                    Some(class),
-                    snapshot,
-                );
-            }
-            ticket.finish(BillerOutcome::Unreachable);
-            tracing::debug!(partner = partner_id, error = %error, "biller unreachable");
-            shared.metrics.upstream_error(UpstreamError::Connect);
-            metrics.outcome(Outcome::Failed);
-            return refuse(
-                Refusal::BillerUnreachable,
-                Some(partner_id),
-                Some(class),
-                snapshot,
-            );
-        }
-        Ok(Ok(response)) => response,
+        _ => (Either::Left(Limited::new(body, limit)), account),
     };
-    let status = response.status().as_u16();
-    ticket.finish(BillerOutcome::Answered { status, rtt });
-    if status == 429 || status == 503 {
-        honour_pause(snapshot, class, response.headers());
+
+    let caller = Caller {
+        partner: admitted.partner,
+        class,
+        ticket: admitted.ticket,
+        peer: peer.ip(),
+    };
+    let result = upstream::call(shared, snapshot, caller, parts, body).await;
+    if class == Class::Payment {
+        // Answered or not, the payment may have reached the biller: its account's bill may
+        // have changed.
+        if let Some(account) = &account {
+            shared.cache.invalidate_account(account);
+        }
     }
-    shared
-        .metrics
-        .upstream_duration(class)
-        .observe(started.elapsed().as_secs_f64());
+    let answered = match result {
+        Ok(answered) => answered,
+        Err(CallError::BodyTooLarge) => return too_large(log),
+        Err(error) => {
+            metrics.outcome(Outcome::Failed);
+            log.outcome = "failed";
+            let refusal = match error {
+                CallError::Timeout(timeout) => Refusal::BillerTimeout { timeout },
+                _ => Refusal::BillerUnreachable,
+            };
+            return refuse(refusal, Some(partner_id), Some(class), snapshot);
+        }
+    };
+    log.upstream = Some(answered.rtt);
     metrics.outcome(Outcome::Forwarded);
     log.outcome = "forwarded";
 
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, body) = answered.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     insert_ratelimit(&mut parts.headers, &admitted.limit);
     // The body gets as long again as the head was allowed.
-    let deadline = tokio::time::Instant::now() + timeout.max(Duration::from_millis(1));
+    let timeout = config.biller.timeout.max(Duration::from_millis(1));
+    let deadline = tokio::time::Instant::now() + timeout;
     Response::from_parts(parts, Either::Right(Deadline::new(body, deadline)))
-}
-
-/// The longest pause the gateway takes on the biller's word.
-const MAX_PAUSE: Duration = Duration::from_secs(300);
-
-/// A 429/503 from the biller with `Retry-After: N` pauses the partner it names (by the
-/// configured header) or else the whole class, for N seconds, instead of hammering it.
-fn honour_pause(snapshot: &Snapshot, class: Class, headers: &http::HeaderMap) {
-    let Some(wait) = headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|secs| Duration::from_secs(secs).min(MAX_PAUSE))
-        .filter(|wait| !wait.is_zero())
-    else {
-        return;
-    };
-    let named = snapshot
-        .config
-        .biller
-        .pause_partner_header
-        .as_ref()
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|id| {
-            snapshot
-                .gate
-                .partners()
-                .iter()
-                .position(|p| &*p.id == id.trim())
-        });
-    tracing::warn!(
-        class = class.as_str(),
-        partner = named.map(|i| &*snapshot.gate.partners()[i].id),
-        seconds = wait.as_secs(),
-        "the biller asked for a pause"
-    );
-    snapshot.gate.pause(class, named, wait);
-}
-
-/// `http://biller[/base]` + the request's path and query.
-fn upstream_uri(upstream: &Upstream, path_and_query: Option<&PathAndQuery>) -> Option<Uri> {
-    let pq = path_and_query.map(PathAndQuery::as_str).unwrap_or("/");
-    let pq = if upstream.base_path.is_empty() {
-        PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_bytes())).ok()?
-    } else {
-        PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{pq}", upstream.base_path))).ok()?
-    };
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .ok()
-}
-
-/// Whether a client error was caused by the request body passing its limit.
-fn is_body_too_large(error: &(dyn StdError + 'static)) -> bool {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }

@@ -4,17 +4,17 @@
 mod access;
 mod answer;
 mod body;
+mod cached;
 mod handler;
 mod headers;
 mod snapshot;
+mod upstream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http_body_util::Limited;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,12 +30,13 @@ pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
 use crate::admission::Suspensions;
 use crate::breaker::BreakerState;
+use crate::cache::{AnswerCache, CacheSettings, Coalescer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// The pooled client to the biller.
-pub type BillerClient = Client<HttpConnector, Limited<Incoming>>;
+pub type BillerClient = Client<HttpConnector, upstream::UpstreamBody>;
 
 /// State shared by every connection and the admin listener.
 pub struct Shared {
@@ -45,6 +46,10 @@ pub struct Shared {
     pub clock: Clock,
     /// Suspended partners, kept across reloads.
     pub suspensions: Suspensions,
+    /// Inquiry answers by (route, scope, account). Its ceilings are read at start.
+    pub cache: AnswerCache,
+    /// Inquiries in flight to the biller, by cache key.
+    pub coalescer: Coalescer<cached::Fetched>,
     /// Whether the biller accepted a connection at the last probe.
     pub biller_reachable: AtomicBool,
 }
@@ -65,6 +70,15 @@ impl Shared {
             .pool_max_idle_per_host(usize::try_from(config.biller.max_in_flight).unwrap_or(128))
             .timer(TokioTimer::new())
             .build(connector);
+        let cache = AnswerCache::new(
+            CacheSettings {
+                max_entries: config.cache.max_entries,
+                max_bytes: config.cache.max_bytes,
+                ..CacheSettings::default()
+            },
+            clock.clone(),
+        );
+        let coalescer = cache.coalescer();
         let snapshot = Snapshot::build(config, None, &clock, &metrics, &suspensions);
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -72,6 +86,8 @@ impl Shared {
             client,
             clock,
             suspensions,
+            cache,
+            coalescer,
             biller_reachable: AtomicBool::new(false),
         })
     }
@@ -115,6 +131,7 @@ impl Shared {
                 }
             }
         }
+        self.metrics.cache(&self.cache.stats());
         self.metrics
             .concurrency_limit
             .set(i64::from(protection.concurrency.limit()));

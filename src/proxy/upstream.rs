@@ -1,0 +1,184 @@
+//! One call to the biller: the request made fit to send (URI, header hygiene), sent on the
+//! pooled client within the timeout, and its outcome fed to the breaker, the adaptive limit, the
+//! pauses and the metrics. Used by forwarding and by the cache's leader alike.
+
+use std::error::Error as StdError;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use http_body_util::{Either, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use super::headers;
+use super::snapshot::{Snapshot, Upstream};
+use super::Shared;
+use crate::admission::{BillerOutcome, Ticket};
+use crate::config::Class;
+use crate::metrics::UpstreamError;
+
+/// What the gateway sends the biller: the partner's body, capped, or one it holds.
+pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
+
+/// Why a call brought no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// No answer within `[biller] timeout`.
+    Timeout(Duration),
+    /// No connection, or the exchange broke.
+    Unreachable,
+    /// The partner's body passed `max_body_bytes` while streaming.
+    BodyTooLarge,
+}
+
+/// An answered call.
+pub struct Answered {
+    pub response: Response<Incoming>,
+    /// Time to the response head.
+    pub rtt: Duration,
+}
+
+/// Who a call is for, and its right to reach the biller.
+pub struct Caller {
+    pub partner: usize,
+    pub class: Class,
+    pub ticket: Ticket,
+    /// The partner's address, for `x-forwarded-for`.
+    pub peer: IpAddr,
+}
+
+/// Sends `parts` + `body` to the biller for `caller`.
+pub async fn call(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    caller: Caller,
+    mut parts: http::request::Parts,
+    body: UpstreamBody,
+) -> Result<Answered, CallError> {
+    let Caller {
+        partner,
+        class,
+        ticket,
+        peer,
+    } = caller;
+    let config = &snapshot.config;
+    let Some(uri) = upstream_uri(&snapshot.upstream, parts.uri.path_and_query()) else {
+        ticket.finish(BillerOutcome::NotSent);
+        return Err(CallError::Unreachable);
+    };
+    headers::to_biller(
+        &mut parts.headers,
+        &config.server.key_header,
+        &config.server.partner_header,
+        &snapshot.partners[partner].header_value,
+        &snapshot.upstream.host,
+        peer,
+    );
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let request = Request::from_parts(parts, body);
+
+    let timeout = config.biller.timeout;
+    let started = tokio::time::Instant::now();
+    shared.metrics.upstream_in_flight.inc();
+    let result = tokio::time::timeout(timeout, shared.client.request(request)).await;
+    shared.metrics.upstream_in_flight.dec();
+    let rtt = started.elapsed();
+    match result {
+        Err(_elapsed) => {
+            ticket.finish(BillerOutcome::TimedOut);
+            shared.metrics.upstream_error(UpstreamError::Timeout);
+            Err(CallError::Timeout(timeout))
+        }
+        Ok(Err(error)) if is_body_too_large(&error) => {
+            ticket.finish(BillerOutcome::NotSent);
+            Err(CallError::BodyTooLarge)
+        }
+        Ok(Err(error)) => {
+            ticket.finish(BillerOutcome::Unreachable);
+            tracing::debug!(error = %error, "biller unreachable");
+            shared.metrics.upstream_error(UpstreamError::Connect);
+            Err(CallError::Unreachable)
+        }
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            ticket.finish(BillerOutcome::Answered { status, rtt });
+            if status == 429 || status == 503 {
+                honour_pause(snapshot, class, response.headers());
+            }
+            shared
+                .metrics
+                .upstream_duration(class)
+                .observe(rtt.as_secs_f64());
+            Ok(Answered { response, rtt })
+        }
+    }
+}
+
+/// The longest pause the gateway takes on the biller's word.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// A 429/503 from the biller with `Retry-After: N` pauses the partner it names (by the
+/// configured header) or else the whole class, for N seconds, instead of hammering it.
+fn honour_pause(snapshot: &Snapshot, class: Class, headers: &http::HeaderMap) {
+    let Some(wait) = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).min(MAX_PAUSE))
+        .filter(|wait| !wait.is_zero())
+    else {
+        return;
+    };
+    let named = snapshot
+        .config
+        .biller
+        .pause_partner_header
+        .as_ref()
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| {
+            snapshot
+                .gate
+                .partners()
+                .iter()
+                .position(|p| &*p.id == id.trim())
+        });
+    tracing::warn!(
+        class = class.as_str(),
+        partner = named.map(|i| &*snapshot.gate.partners()[i].id),
+        seconds = wait.as_secs(),
+        "the biller asked for a pause"
+    );
+    snapshot.gate.pause(class, named, wait);
+}
+
+/// `http://biller[/base]` + the request's path and query.
+fn upstream_uri(upstream: &Upstream, path_and_query: Option<&PathAndQuery>) -> Option<Uri> {
+    let pq = path_and_query.map(PathAndQuery::as_str).unwrap_or("/");
+    let pq = if upstream.base_path.is_empty() {
+        PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_bytes())).ok()?
+    } else {
+        PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{pq}", upstream.base_path))).ok()?
+    };
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .ok()
+}
+
+/// Whether a client error was caused by the request body passing its limit.
+fn is_body_too_large(error: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
