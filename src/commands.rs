@@ -22,6 +22,7 @@ pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::R
             return Ok(ExitCode::FAILURE);
         }
     };
+    let signals = Signals::register()?;
     let clock = Clock::real();
     let (biller_stop, biller_task) = if with_biller {
         let target = config.biller.url.host_port();
@@ -51,7 +52,7 @@ pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::R
         ..gateway::Options::default()
     };
     let gateway = Gateway::start(config, options).await?;
-    wait_for_signals(&gateway).await?;
+    signals.serve(&gateway).await;
     tracing::info!("shutting down: no new connections, finishing open requests");
     gateway.shutdown().await;
     if let (Some(stop), Some(task)) = (biller_stop, biller_task) {
@@ -61,27 +62,48 @@ pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(unix)]
-async fn wait_for_signals(gateway: &Gateway) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            // The outcome is logged and counted by the reload itself.
-            _ = hangup.recv() => {
-                let _ = gateway.reload(false).await;
-            }
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-    }
+/// The signals `serve` answers, registered before the listeners open so that a signal sent as
+/// soon as the gateway says it is listening is never met by the default action (exit).
+struct Signals {
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signals(_gateway: &Gateway) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+impl Signals {
+    fn register() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                hangup: signal(SignalKind::hangup())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Reloads on SIGHUP until SIGTERM or Ctrl-C.
+    async fn serve(mut self, gateway: &Gateway) {
+        #[cfg(unix)]
+        loop {
+            tokio::select! {
+                // The outcome is logged and counted by the reload itself.
+                _ = self.hangup.recv() => {
+                    let _ = gateway.reload(false).await;
+                }
+                _ = self.terminate.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = gateway;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
