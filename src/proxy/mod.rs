@@ -137,10 +137,11 @@ impl Shared {
             .set(i64::from(protection.concurrency.limit()));
     }
 
-    /// Evicts idle per-account state and refreshes the account gauges.
+    /// Evicts idle per-account state and stale cache bookkeeping; refreshes the account gauges.
     pub fn sweep(&self) {
         let snapshot = self.snapshot.load();
         snapshot.gate.sweep_accounts();
+        self.cache.sweep();
         for (gate, runtime) in snapshot.gate.partners().iter().zip(&snapshot.partners) {
             if let Some(accounts) = &gate.accounts {
                 runtime
