@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use billgate::biller::BillerOptions;
 use common::*;
 use http::{Method, StatusCode};
 
@@ -209,12 +208,7 @@ async fn a_matching_if_none_match_gets_304_from_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_inquiries_become_one_biller_call() {
-    let biller = TestBiller::start(BillerOptions {
-        capacity_per_sec: 100_000.0,
-        base_latency: Duration::from_millis(300),
-        ..BillerOptions::default()
-    })
-    .await;
+    let biller = TestBiller::slow(Duration::from_millis(300)).await;
     let gw = TestGateway::start(load(&cached_config(
         &biller.url(),
         "2s",
@@ -252,12 +246,7 @@ async fn concurrent_identical_inquiries_become_one_biller_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_leader_fails_every_waiter_and_the_next_inquiry_tries_again() {
-    let biller = TestBiller::start(BillerOptions {
-        capacity_per_sec: 100_000.0,
-        base_latency: Duration::from_secs(5),
-        ..BillerOptions::default()
-    })
-    .await;
+    let biller = TestBiller::slow(Duration::from_secs(5)).await;
     let gw = TestGateway::start(load(&cached_config(
         &biller.url(),
         "200ms",
@@ -398,12 +387,7 @@ async fn hits_still_spend_the_partners_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_get_their_answer_when_the_leaders_partner_hangs_up() {
-    let biller = TestBiller::start(BillerOptions {
-        capacity_per_sec: 100_000.0,
-        base_latency: Duration::from_millis(400),
-        ..BillerOptions::default()
-    })
-    .await;
+    let biller = TestBiller::slow(Duration::from_millis(400)).await;
     let gw = TestGateway::start(load(&cached_config(
         &biller.url(),
         "2s",
@@ -416,13 +400,7 @@ async fn waiters_get_their_answer_when_the_leaders_partner_hangs_up() {
         let url = url.clone();
         tokio::spawn(async move { get(&url, &A).await })
     };
-    for _ in 0..1_000_000 {
-        if biller.biller.stats().received == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(biller.biller.stats().received, 1);
+    biller.until_received(1).await;
     let followers: Vec<_> = (0..5)
         .map(|_| {
             let url = url.clone();

@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use billgate::biller::BillerOptions;
 use common::*;
 use http::{Method, StatusCode};
 
@@ -253,28 +252,13 @@ async fn an_invalid_reload_keeps_the_running_configuration() {
 
 #[tokio::test]
 async fn shutdown_lets_requests_in_flight_finish() {
-    let biller = TestBiller::start(BillerOptions {
-        capacity_per_sec: 10_000.0,
-        base_latency: Duration::from_millis(300),
-        ..BillerOptions::default()
-    })
-    .await;
+    let biller = TestBiller::slow(Duration::from_millis(300)).await;
     let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", Q, ""))).await;
     let url = gw.url("/v1/bills/1");
     let addr = gw.gateway.addr;
     let in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", "key-a")]).await });
     // Shut down once the request has reached the biller.
-    for _ in 0..1_000_000 {
-        if biller.biller.stats().received == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(
-        biller.biller.stats().received,
-        1,
-        "the request never reached the biller"
-    );
+    biller.until_received(1).await;
     gw.gateway.shutdown().await;
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use billgate::biller::BillerOptions;
 use common::*;
 use http::StatusCode;
 
@@ -193,24 +192,13 @@ async fn sighup_reloads_under_load_without_a_failed_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight_and_exits_0() {
-    let biller = TestBiller::start(BillerOptions {
-        capacity_per_sec: 10_000.0,
-        base_latency: Duration::from_millis(400),
-        ..BillerOptions::default()
-    })
-    .await;
+    let biller = TestBiller::slow(Duration::from_millis(400)).await;
     let dir = TempDir::new("sigterm");
     let path = write_config(&dir, &biller.url(), "10/s");
     let mut process = Process::start(&path);
     let url = process.url("/v1/bills/slow");
     let in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", "key-b")]).await });
-    for _ in 0..1_000_000 {
-        if biller.biller.stats().received == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(biller.biller.stats().received, 1);
+    biller.until_received(1).await;
     process.signal("TERM");
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);

@@ -13,6 +13,15 @@ const Q: &str = r#"payment = "1000/s", inquiry_user = "1000/s", inquiry_schedule
 const BREAKER: &str =
     "[biller.breaker]\nfailure_rate = 0.5\nwindow = \"10s\"\nmin_calls = 4\nopen_for = \"5s\"\n";
 
+/// wallet-a, a breaker that opens after 4 calls, half of them failed.
+fn breaker_config(biller_url: &str) -> billgate::config::Config {
+    let partners = partner("wallet-a", "key-a", Q, "");
+    load(&with_block(
+        &config_toml(biller_url, "2s", "10000/s", &partners),
+        BREAKER,
+    ))
+}
+
 fn user() -> [(&'static str, &'static str); 2] {
     [("x-api-key", "key-a"), ("x-request-origin", "user")]
 }
@@ -20,16 +29,7 @@ fn user() -> [(&'static str, &'static str); 2] {
 #[tokio::test]
 async fn an_open_breaker_answers_503_at_once_then_probes_and_closes() {
     let biller = TestBiller::roomy().await;
-    let text = with_block(
-        &config_toml(
-            &biller.url(),
-            "2s",
-            "10000/s",
-            &partner("wallet-a", "key-a", Q, ""),
-        ),
-        BREAKER,
-    );
-    let gw = TestGateway::start(load(&text)).await;
+    let gw = TestGateway::start(breaker_config(&biller.url())).await;
     biller.biller.set_failing(1.0);
     for n in 0..4 {
         let reply = get(&gw.url(&format!("/v1/bills/{n}")), &user()).await;
@@ -115,16 +115,7 @@ async fn an_open_breaker_answers_503_at_once_then_probes_and_closes() {
 #[tokio::test]
 async fn a_failing_probe_reopens_the_breaker_for_longer() {
     let biller = TestBiller::roomy().await;
-    let text = with_block(
-        &config_toml(
-            &biller.url(),
-            "2s",
-            "10000/s",
-            &partner("wallet-a", "key-a", Q, ""),
-        ),
-        BREAKER,
-    );
-    let gw = TestGateway::start(load(&text)).await;
+    let gw = TestGateway::start(breaker_config(&biller.url())).await;
     biller.biller.set_failing(1.0);
     for n in 0..4 {
         get(&gw.url(&format!("/v1/bills/{n}")), &user()).await;
@@ -279,16 +270,7 @@ async fn a_biller_naming_a_partner_pauses_only_that_partner() {
 #[tokio::test]
 async fn payments_are_held_back_only_when_the_biller_fails_most_of_them() {
     let biller = TestBiller::roomy().await;
-    let text = with_block(
-        &config_toml(
-            &biller.url(),
-            "2s",
-            "10000/s",
-            &partner("wallet-a", "key-a", Q, ""),
-        ),
-        BREAKER,
-    );
-    let gw = TestGateway::start(load(&text)).await;
+    let gw = TestGateway::start(breaker_config(&biller.url())).await;
     biller.biller.set_failing(1.0);
     for _ in 0..4 {
         assert_eq!(

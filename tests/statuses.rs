@@ -4,7 +4,6 @@ mod common;
 
 use std::time::Duration;
 
-use billgate::biller::BillerOptions;
 use common::*;
 use http::{Method, StatusCode};
 
@@ -169,12 +168,7 @@ async fn an_unreachable_biller_gets_502_at_once() {
 
 #[tokio::test]
 async fn a_slow_biller_gets_504_after_the_timeout() {
-    let biller = TestBiller::start(BillerOptions {
-        capacity_per_sec: 10_000.0,
-        base_latency: Duration::from_secs(5),
-        ..BillerOptions::default()
-    })
-    .await;
+    let biller = TestBiller::slow(Duration::from_secs(5)).await;
     let cfg = config_with(
         &biller.url(),
         "150ms",

@@ -50,8 +50,33 @@ impl TestBiller {
         .await
     }
 
+    /// A biller that takes `latency` to answer anything.
+    pub async fn slow(latency: Duration) -> TestBiller {
+        TestBiller::start(BillerOptions {
+            capacity_per_sec: 100_000.0,
+            base_latency: latency,
+            ..BillerOptions::default()
+        })
+        .await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Yields until the biller has received `n` requests (bounded), then asserts it has.
+    pub async fn until_received(&self, n: u64) {
+        for _ in 0..1_000_000 {
+            if self.biller.stats().received >= n {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            self.biller.stats().received,
+            n,
+            "the biller never got request {n}"
+        );
     }
 }
 
