@@ -1,7 +1,8 @@
 //! Shedding inquiries when the biller struggles: a biller that is already failing needs less
-//! traffic, not the same. Every quarter second the share of calls that failed or were slow is
-//! compared with a target; above it, the admitted share of inquiries is cut (scheduled polls
-//! first, then user inquiries), at or below half of it, it grows back step by step (AIMD).
+//! traffic, not the same. Every quarter second the share of calls that failed or were slow over
+//! the last second is compared with a target; above it, the admitted share of inquiries is cut
+//! (scheduled polls first, then user inquiries) — at most once a second, so the cut's effect is
+//! seen before the next — and at or below half of it, it grows back step by step (AIMD).
 //! Payments are never shed here.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -14,13 +15,16 @@ use crate::config::Class;
 pub const INTERVAL: Duration = Duration::from_millis(250);
 /// The failure share (failed or slow calls) the biller is allowed before inquiries are cut.
 pub const TARGET: f64 = 0.03;
-/// Fewer calls than this in an interval tell nothing; the level then grows back.
-const MIN_CALLS: u32 = 10;
+/// Intervals judged together (a second's worth).
+const WINDOW: u64 = 4;
+/// Fewer calls than this in the window tell nothing; the level then grows back.
+const MIN_CALLS: u32 = 20;
 /// The level runs from 0 (no inquiry passes) through 1000 (every user inquiry, no scheduled
 /// poll) to 2000 (everything passes).
 const FULL: u32 = 2000;
 const USER_ONLY: u32 = 1000;
-/// A bad interval takes a quarter of the full range away; a good one gives a twentieth back.
+/// A bad second takes a quarter of the full range away for every twice the target in its
+/// failure share; a good interval gives a twentieth back.
 /// A good interval whose calls were mostly fast (the biller answering well under its long-term
 /// latency: it has recovered) gives everything back at once.
 const CUT: u32 = 500;
@@ -35,6 +39,10 @@ pub struct Shedder {
     calls: AtomicU32,
     failures: AtomicU32,
     fast: AtomicU32,
+    /// The last `WINDOW` intervals' (calls, failures), packed, by interval number modulo WINDOW.
+    window: [AtomicU64; WINDOW as usize],
+    /// No cut before this interval: the last cut's effect must be seen first.
+    calm_until: AtomicU64,
     level: AtomicU32,
     /// Accumulated admission credit per shed class, in millionths.
     credit: [AtomicU64; 2],
@@ -47,6 +55,8 @@ impl Shedder {
             calls: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             fast: AtomicU32::new(0),
+            window: [0; WINDOW as usize].map(AtomicU64::new),
+            calm_until: AtomicU64::new(0),
             level: AtomicU32::new(FULL),
             credit: [AtomicU64::new(0), AtomicU64::new(0)],
             clock,
@@ -111,19 +121,44 @@ impl Shedder {
         let calls = self.calls.swap(0, Ordering::AcqRel);
         let failures = self.failures.swap(0, Ordering::AcqRel);
         let fast = self.fast.swap(0, Ordering::AcqRel);
+        // The finished interval takes its slot; intervals that passed without a call are empty.
+        for skipped in (seen + 1..now).take(WINDOW as usize) {
+            self.window[(skipped % WINDOW) as usize].store(0, Ordering::Relaxed);
+        }
+        self.window[(seen % WINDOW) as usize].store(pack(calls, failures), Ordering::Relaxed);
+        let (window_calls, window_failures) = self
+            .window
+            .iter()
+            .map(|slot| unpack(slot.load(Ordering::Relaxed)))
+            .fold((0u32, 0u32), |(c, f), (dc, df)| {
+                (c.saturating_add(dc), f.saturating_add(df))
+            });
         let level = self.level.load(Ordering::Relaxed);
+        let judged = window_calls >= MIN_CALLS;
+        let share = f64::from(window_failures) / f64::from(window_calls.max(1));
         // Several intervals may have passed without a call: each quiet one counts as good.
         let quiet = u32::try_from(now - seen - 1).unwrap_or(u32::MAX);
-        let next = if calls >= MIN_CALLS && f64::from(failures) > TARGET * f64::from(calls) {
-            level.saturating_sub(CUT)
-        } else if calls >= MIN_CALLS && f64::from(failures) > TARGET / 2.0 * f64::from(calls) {
-            level
-        } else if calls >= MIN_CALLS && fast * 2 >= calls {
+        // A last interval without failures whose calls mostly came back well under the biller's
+        // long-term latency means it has recovered: everything back at once.
+        let recovered = calls >= MIN_CALLS / 2 && failures == 0 && fast * 2 >= calls;
+        let next = if recovered {
             FULL
+        } else if judged && share > TARGET {
+            if now >= self.calm_until.load(Ordering::Relaxed) {
+                self.calm_until.store(now + WINDOW, Ordering::Relaxed);
+                // The worse the share, the deeper the cut: one step per twice the target.
+                let steps = (share / (TARGET * 2.0)).ceil().clamp(1.0, 4.0) as u32;
+                level.saturating_sub(CUT * steps)
+            } else {
+                level
+            }
+        } else if judged && share > TARGET / 2.0 {
+            level
         } else {
             level.saturating_add(GROW.saturating_mul(quiet.saturating_add(1)))
         }
         .min(FULL);
+        let (calls, failures) = (window_calls, window_failures);
         if next != level {
             self.level.store(next, Ordering::Relaxed);
             if next < level {
@@ -138,6 +173,14 @@ impl Shedder {
             }
         }
     }
+}
+
+fn pack(calls: u32, failures: u32) -> u64 {
+    (u64::from(calls) << 32) | u64::from(failures)
+}
+
+fn unpack(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
 }
 
 #[cfg(test)]
@@ -155,44 +198,68 @@ mod tests {
         hand.advance(INTERVAL);
     }
 
+    /// `n` intervals of `calls` calls, `failures` of them failed.
+    fn intervals(s: &Shedder, hand: &crate::clock::FakeClock, n: u32, calls: u32, failures: u32) {
+        for _ in 0..n {
+            interval(s, hand, calls, failures);
+        }
+    }
+
     #[test]
     fn failures_cut_scheduled_polls_first_then_user_inquiries_never_payments() {
         let (clock, hand) = Clock::fake();
         let s = Shedder::new(clock);
         assert_eq!(passed(&s, Class::InquiryScheduled, 10), 10);
-        interval(&s, &hand, 100, 10);
+        interval(&s, &hand, 100, 5);
+        assert_eq!(s.level(), 1.5);
         assert_eq!(passed(&s, Class::InquiryScheduled, 10), 5);
         assert_eq!(passed(&s, Class::InquiryUser, 10), 10);
-        interval(&s, &hand, 100, 10);
+        // A cut's effect is waited for (a second) before the next.
+        intervals(&s, &hand, 3, 100, 5);
+        assert_eq!(s.level(), 1.5);
+        interval(&s, &hand, 100, 5);
         assert_eq!(s.level(), 1.0);
         assert_eq!(passed(&s, Class::InquiryScheduled, 10), 0);
         assert_eq!(passed(&s, Class::InquiryUser, 10), 10);
-        interval(&s, &hand, 100, 10);
-        interval(&s, &hand, 100, 10);
+        // A far worse share cuts deeper: 30% is five times the doubled target, four steps.
+        interval(&s, &hand, 100, 30);
+        interval(&s, &hand, 100, 30);
+        intervals(&s, &hand, 4, 100, 30);
         assert_eq!(s.level(), 0.0);
         assert_eq!(passed(&s, Class::InquiryUser, 10), 0);
         assert_eq!(passed(&s, Class::Payment, 10), 10);
     }
 
     #[test]
+    fn one_slow_call_among_many_cuts_nothing() {
+        let (clock, hand) = Clock::fake();
+        let s = Shedder::new(clock);
+        intervals(&s, &hand, 8, 25, 0);
+        interval(&s, &hand, 25, 1);
+        intervals(&s, &hand, 4, 25, 0);
+        assert_eq!(s.level(), 2.0);
+    }
+
+    #[test]
     fn a_healthy_or_quiet_biller_gets_inquiries_back_step_by_step() {
         let (clock, hand) = Clock::fake();
         let s = Shedder::new(clock);
-        for _ in 0..4 {
-            interval(&s, &hand, 100, 50);
-        }
+        intervals(&s, &hand, 13, 100, 50);
+        assert_eq!(s.level(), 0.0);
+        // The bad second has to pass out of the window first.
+        intervals(&s, &hand, 3, 100, 1);
         assert_eq!(s.level(), 0.0);
         interval(&s, &hand, 100, 1);
         assert_eq!(s.level(), 0.1);
         assert_eq!(passed(&s, Class::InquiryUser, 10), 1);
         // Between half the target and the target: hold.
-        interval(&s, &hand, 100, 2);
-        assert_eq!(s.level(), 0.1);
-        interval(&s, &hand, 100, 2);
-        assert_eq!(s.level(), 0.1);
+        intervals(&s, &hand, 4, 100, 2);
+        let held = s.level();
+        intervals(&s, &hand, 4, 100, 2);
+        assert_eq!(s.level(), held);
         // Quiet intervals count as good ones.
         hand.advance(INTERVAL * 8);
-        assert!((s.level() - 0.9).abs() < 1e-9, "{}", s.level());
+        assert!((s.level() - held - 0.8).abs() < 1e-9, "{}", s.level());
         hand.advance(INTERVAL * 100);
         s.record(false, false);
         assert_eq!(s.level(), 2.0);
@@ -202,15 +269,12 @@ mod tests {
     fn a_biller_fast_again_gets_everything_back_at_once() {
         let (clock, hand) = Clock::fake();
         let s = Shedder::new(clock);
-        for _ in 0..4 {
-            interval(&s, &hand, 100, 50);
-        }
+        intervals(&s, &hand, 13, 100, 50);
         assert_eq!(s.level(), 0.0);
         for i in 0..20 {
             s.record(false, i % 2 == 0);
         }
         hand.advance(INTERVAL);
-        s.record(false, false);
         assert_eq!(s.level(), 2.0);
     }
 
