@@ -238,7 +238,7 @@ impl std::fmt::Debug for Ticket {
 pub const SLOW_CALL_FACTOR: u32 = 2;
 
 /// Calls faster than this are never slow, however fast the biller usually is.
-pub const SLOW_CALL_FLOOR: Duration = Duration::from_millis(10);
+pub const SLOW_CALL_FLOOR: Duration = Duration::from_millis(50);
 
 impl Ticket {
     fn slow(&self, rtt: Duration) -> bool {
