@@ -14,7 +14,9 @@ use crate::workload::Req;
 /// One per-account limiter: `check` spends one request for the request's account.
 pub trait PerAccount: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Tracks the account of `req` (and `text`, its account as an owned string).
+    /// Tracks the account of `req` (and `text`, its account as an owned string: governor's
+    /// limiter keyed by `String` takes a `&String`).
+    #[allow(clippy::ptr_arg)]
     fn check(&self, req: &Req, text: &String) -> bool;
 }
 

@@ -50,7 +50,7 @@ fn filter() -> Option<String> {
 
 /// Whether the benchmark named `name` is selected (the filter is taken as a substring).
 pub fn selected(name: &str) -> bool {
-    filter().is_none_or(|f| name.contains(&f))
+    filter().map_or(true, |f| name.contains(&f))
 }
 
 /// Whether any of the thread counts of the benchmark `prefix/tN` is selected.
@@ -77,7 +77,8 @@ pub fn memory() {
     let keys = accounts(MILLION);
     let rate = parse_rate(workload::HUGE).expect("rate");
     println!("memory/bytes_per_account: {MILLION} accounts tracked");
-    let builders: Vec<(&str, Box<dyn Fn() -> Box<dyn PerAccount>>)> = vec![
+    type Build = Box<dyn Fn() -> Box<dyn PerAccount>>;
+    let builders: Vec<(&str, Build)> = vec![
         (
             "billgate",
             Box::new(move || Box::new(Ours::new(rate, 2 * MILLION))),
