@@ -251,12 +251,26 @@ fn per_account(c: &mut Criterion) {
     }
 }
 
+/// The pieces every decision pays for whatever its shape: a clock reading, hashing an account.
+fn pieces(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pieces");
+    let clock = billgate::clock::Clock::real();
+    group.bench_function("clock_now", |b| b.iter(|| black_box(clock.now())));
+    let rate = billgate::config::parse_rate(workload::HUGE).expect("rate");
+    let limiter = billgate::admission::AccountLimiter::new(rate, 1, clock.clone());
+    group.bench_function("account_key", |b| {
+        b.iter(|| black_box(limiter.key(black_box("000123456789"))))
+    });
+    group.finish();
+}
+
 fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .without_plots()
         .configure_from_args();
+    pieces(&mut c);
     admission(&mut c);
     quota_path(&mut c);
     per_account(&mut c);

@@ -48,9 +48,13 @@ fn filter() -> Option<String> {
     None
 }
 
-/// Whether the benchmark named `name` is selected (the filter is taken as a substring).
+/// Whether the benchmark named `name` is selected: the filter is a regular expression, as
+/// criterion takes it.
 pub fn selected(name: &str) -> bool {
-    filter().map_or(true, |f| name.contains(&f))
+    filter().map_or(true, |f| match regex::Regex::new(&f) {
+        Ok(re) => re.is_match(name),
+        Err(_) => name.contains(&f),
+    })
 }
 
 /// Whether any of the thread counts of the benchmark `prefix/tN` is selected.

@@ -2,9 +2,10 @@
 //!
 //! Accounts are tracked by a keyed 64-bit hash of the account number (foldhash, seeded per table
 //! so a partner cannot aim collisions), so a lookup allocates nothing. The table is sharded by
-//! the hash's top bits; each shard is an open-addressing table of 16-byte slots (hash and
-//! theoretical arrival time side by side, one cache line read per lookup) behind its own lock,
-//! held for a few nanoseconds. It has a ceiling; idle accounts — those whose state is
+//! the hash's top bits; each shard is an open-addressing array of 16-byte slots (hash and
+//! theoretical arrival time side by side, one cache line read per lookup). A known account is
+//! checked without a lock: a compare-and-swap on its arrival time. New accounts, growth and
+//! eviction take the shard's lock. The table has a ceiling; idle accounts — those whose state is
 //! indistinguishable from a fresh one — are evicted by a sweep that runs beside the request path,
 //! one shard at a time.
 //!
@@ -16,14 +17,15 @@ mod table;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use governor::nanos::Nanos;
 
 use crate::clock::Clock;
 use crate::config::Rate;
-use table::Table;
+use table::{Slot, Slots, FROZEN};
 
 /// Why an account was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,21 +36,23 @@ pub enum AccountDenial {
     TableFull,
 }
 
-/// A shard on a cache line of its own, so two threads on two shards never share a line.
-#[repr(align(64))]
-#[derive(Default)]
-struct Shard(Mutex<Table>);
+/// A shard: the current array of slots, and the lock its writers take (guarding its count).
+/// 16 bytes, four to a cache line: only writers write here.
+struct Shard {
+    writer: Mutex<u32>,
+    slots: ArcSwap<Slots>,
+}
 
 impl Shard {
-    fn lock(&self) -> MutexGuard<'_, Table> {
+    fn lock(&self) -> MutexGuard<'_, u32> {
         // Nothing panics while holding a shard, so a poisoned lock still guards a sound table.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// About this many accounts per shard at the ceiling: a sweep or a growth holds one shard for
-/// a few microseconds at most.
-const ACCOUNTS_PER_SHARD: usize = 4096;
+/// a few microseconds at most, and two threads rarely meet on one shard.
+const ACCOUNTS_PER_SHARD: usize = 1024;
 const MAX_SHARD_BITS: u32 = 10;
 
 /// One partner's per-account limiter: a rate per account, at most `ceiling` accounts tracked.
@@ -78,6 +82,14 @@ impl AccountLimiter {
         let t = u64::try_from(rate.replenish_interval().as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
+        // Every shard starts on one shared empty array: no allocation per shard until used.
+        let empty = Arc::new(Slots::default());
+        let shards = (0..1usize << shard_bits)
+            .map(|_| Shard {
+                writer: Mutex::new(0),
+                slots: ArcSwap::new(Arc::clone(&empty)),
+            })
+            .collect();
         AccountLimiter {
             rate,
             ceiling,
@@ -85,9 +97,7 @@ impl AccountLimiter {
             tau: t.saturating_mul(u64::from(rate.burst.get() - 1)),
             seed: foldhash::quality::RandomState::default(),
             shard_bits,
-            shards: (0..1usize << shard_bits)
-                .map(|_| Shard::default())
-                .collect(),
+            shards,
             clock,
             len: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
@@ -105,7 +115,7 @@ impl AccountLimiter {
     /// The key an account number is tracked under.
     #[inline]
     pub fn key(&self, account: &str) -> u64 {
-        Table::key_of(self.seed.hash_one(account.as_bytes()))
+        Slots::key_of(self.seed.hash_one(account.as_bytes()))
     }
 
     #[inline]
@@ -121,16 +131,50 @@ impl AccountLimiter {
     pub fn check(&self, account: &str, now: Nanos) -> Result<(), AccountDenial> {
         let key = self.key(account);
         let now = now.as_u64();
-        let mut table = self.shard(key).lock();
-        if let Some(tat) = table.tat_mut(key) {
-            let earliest = tat.saturating_sub(self.tau);
-            if now < earliest {
-                return Err(AccountDenial::TooOften(Duration::from_nanos(
-                    earliest - now,
-                )));
+        let shard = self.shard(key);
+        if let Some(slot) = shard.slots.load().find(key) {
+            if let Some(verdict) = self.spend(slot, now) {
+                return verdict;
             }
-            *tat = (*tat).max(now).saturating_add(self.t);
-            return Ok(());
+        }
+        self.check_locked(shard, key, now)
+    }
+
+    /// GCRA on one slot by compare-and-swap; `None` if the slot is frozen (copied away).
+    #[inline]
+    fn spend(&self, slot: &Slot, now: u64) -> Option<Result<(), AccountDenial>> {
+        let mut seen = slot.tat.load(Ordering::Acquire);
+        loop {
+            if seen & FROZEN != 0 {
+                return None;
+            }
+            let earliest = seen.saturating_sub(self.tau);
+            if now < earliest {
+                let wait = Duration::from_nanos(earliest - now);
+                return Some(Err(AccountDenial::TooOften(wait)));
+            }
+            let next = seen.max(now).saturating_add(self.t).min(FROZEN - 1);
+            match slot
+                .tat
+                .compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(Ok(())),
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    /// The slow path, under the shard's lock: an account not found (new, or being moved), or
+    /// found frozen. Nothing else changes the shard meanwhile.
+    #[cold]
+    fn check_locked(&self, shard: &Shard, key: u64, now: u64) -> Result<(), AccountDenial> {
+        let mut len = shard.lock();
+        let mut slots = shard.slots.load_full();
+        if let Some(slot) = slots.find(key) {
+            // Only lock holders freeze slots, and they publish a new array before unlocking.
+            return self
+                .spend(slot, now)
+                .unwrap_or(Err(AccountDenial::TableFull));
         }
         // Over the ceiling a new account cannot be tracked, so it is refused rather than let
         // through unlimited; known accounts are still served.
@@ -139,8 +183,14 @@ impl AccountLimiter {
                 (n < self.ceiling).then_some(n + 1)
             })
             .map_err(|_| AccountDenial::TableFull)?;
+        if !slots.has_room(*len as usize) {
+            let (grown, _) = slots.rebuild(slots.capacity() * 2, None);
+            slots = Arc::new(grown);
+            shard.slots.store(Arc::clone(&slots));
+        }
         // A fresh state always passes: its arrival time becomes `now + t`.
-        table.insert(key, now.saturating_add(self.t));
+        slots.insert(key, now.saturating_add(self.t));
+        *len += 1;
         Ok(())
     }
 
@@ -149,11 +199,19 @@ impl AccountLimiter {
     pub fn sweep(&self) {
         let drop_below = self.clock.now().as_u64().saturating_sub(self.t);
         for shard in self.shards.iter() {
-            let removed = shard.lock().retain_above(drop_below);
-            if removed > 0 {
-                self.len.fetch_sub(removed, Ordering::Relaxed);
-                self.evicted.fetch_add(removed as u64, Ordering::Relaxed);
+            let mut len = shard.lock();
+            let slots = shard.slots.load_full();
+            let staying = slots.count_above(drop_below);
+            if staying == *len as usize {
+                continue;
             }
+            let size = table::shrunk(slots.capacity(), staying);
+            let (kept, count) = slots.rebuild(size, Some(drop_below));
+            shard.slots.store(Arc::new(kept));
+            let removed = (*len as usize).saturating_sub(count);
+            *len = count as u32;
+            self.len.fetch_sub(removed, Ordering::Relaxed);
+            self.evicted.fetch_add(removed as u64, Ordering::Relaxed);
         }
     }
 
@@ -170,7 +228,7 @@ impl AccountLimiter {
     /// Accounts per shard, for tests of the layout.
     #[cfg(test)]
     fn shard_lens(&self) -> Vec<usize> {
-        self.shards.iter().map(|s| s.lock().len()).collect()
+        self.shards.iter().map(|s| *s.lock() as usize).collect()
     }
 }
 
@@ -232,13 +290,13 @@ mod tests {
     #[test]
     fn many_accounts_spread_over_shards_and_are_all_found_again() {
         let (l, hand, clock) = limiter("1/min", 100_000);
-        assert_eq!(l.shards.len(), 32);
+        assert_eq!(l.shards.len(), 128);
         for n in 0..50_000 {
             assert_eq!(l.check(&format!("acct-{n}"), clock.now()), Ok(()));
         }
         let lens = l.shard_lens();
         assert_eq!(lens.iter().sum::<usize>(), 50_000);
-        assert!(lens.iter().all(|&n| n > 1_000), "{lens:?}");
+        assert!(lens.iter().all(|&n| n > 250), "{lens:?}");
         for n in 0..50_000 {
             assert!(matches!(
                 l.check(&format!("acct-{n}"), clock.now()),
@@ -265,11 +323,40 @@ mod tests {
     }
 
     #[test]
+    fn racing_threads_growing_the_table_spend_each_burst_exactly() {
+        let (l, _, clock) = limiter("5/h", 3_000);
+        let accounts: Vec<String> = (0..3_000).map(|n| format!("a{n}")).collect();
+        let admitted: usize = std::thread::scope(|s| {
+            let run = |reverse: bool| {
+                let (l, accounts, clock) = (&l, &accounts, &clock);
+                move || {
+                    let mut admitted = 0;
+                    for _ in 0..6 {
+                        let mut order: Vec<&String> = accounts.iter().collect();
+                        if reverse {
+                            order.reverse();
+                        }
+                        admitted += order
+                            .into_iter()
+                            .filter(|a| l.check(a, clock.now()).is_ok())
+                            .count();
+                    }
+                    admitted
+                }
+            };
+            let (a, b) = (s.spawn(run(false)), s.spawn(run(true)));
+            a.join().unwrap() + b.join().unwrap()
+        });
+        assert_eq!(admitted, 3_000 * 5);
+        assert_eq!(l.tracked(), 3_000);
+    }
+
+    #[test]
     fn tables_take_memory_only_as_accounts_arrive() {
         let (l, _, clock) = limiter("1/s", 1_000_000);
-        assert!(l.shards.iter().all(|s| s.lock().capacity() == 0));
+        assert!(l.shards.iter().all(|s| s.slots.load().capacity() == 0));
         l.check("one", clock.now()).unwrap();
-        let slots: usize = l.shards.iter().map(|s| s.lock().capacity()).sum();
+        let slots: usize = l.shards.iter().map(|s| s.slots.load().capacity()).sum();
         assert_eq!(slots, 8);
     }
 }

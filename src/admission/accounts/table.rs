@@ -1,63 +1,62 @@
-//! One shard of the per-account table: open addressing with linear probing over compact slots,
-//! each the account's 64-bit keyed hash and its GCRA theoretical arrival time (16 bytes).
+//! One shard's slots: open addressing with linear probing over compact slots, each the
+//! account's 64-bit keyed hash and its GCRA theoretical arrival time (16 bytes, atomics).
 //!
-//! The shard is only touched under its lock, so slots are plain integers. It grows by doubling
-//! once three quarters full (so a lookup always meets an empty slot), deletes by shifting the
-//! rest of a cluster back (no tombstones, so probes stay short after sweeps), and shrinks when a
-//! sweep leaves it less than an eighth full.
+//! A slot's key never changes once written, so a reader that finds its key knows the arrival
+//! time beside it is that account's, and spends it by compare-and-swap without any lock.
+//! Everything else — inserting, growing, evicting — happens under the shard's lock: inserts
+//! fill an empty slot (time first, then key), and growing or evicting builds a new array and
+//! publishes it, after freezing every slot of the old one so that a reader still holding the
+//! old array fails its compare-and-swap and retries under the lock.
 
-/// A slot: `key == 0` is empty (keys are never 0, see [`Table::key_of`]).
-#[derive(Clone, Copy, Default)]
-pub(super) struct Slot {
-    key: u64,
-    tat: u64,
-}
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The slots of one shard; the length of `slots` is zero or a power of two.
-#[derive(Default)]
-pub(super) struct Table {
-    slots: Vec<Slot>,
-    len: usize,
-}
+/// Set in an arrival time whose slot has been copied away: the time is read-only there.
+pub(super) const FROZEN: u64 = 1 << 63;
 
 const MIN_SLOTS: usize = 8;
 
-impl Table {
+/// A slot: `key == 0` is empty (keys are never 0, see [`Slots::key_of`]).
+#[derive(Default)]
+pub(super) struct Slot {
+    key: AtomicU64,
+    /// The arrival time; [`FROZEN`] set once the slot was copied into a newer array.
+    pub tat: AtomicU64,
+}
+
+/// A shard's array of slots; its length is zero or a power of two, at most ¾ full.
+#[derive(Default)]
+pub(super) struct Slots(Box<[Slot]>);
+
+impl Slots {
     /// The key a hash is stored under: 0 marks an empty slot, so a hash of 0 becomes 1.
     #[inline]
     pub fn key_of(hash: u64) -> u64 {
         hash.max(1)
     }
 
-    /// Accounts in this shard.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Slots allocated (for memory accounting in tests).
-    #[cfg(test)]
+    /// Slots allocated.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.0.len()
     }
 
     #[inline]
     fn mask(&self) -> usize {
-        self.slots.len().wrapping_sub(1)
+        self.0.len().wrapping_sub(1)
     }
 
-    /// The theoretical arrival time of `key`, if tracked.
+    /// The slot holding `key`, if any. Lock-free; may miss a key being inserted this instant.
     #[inline]
-    pub fn tat_mut(&mut self, key: u64) -> Option<&mut u64> {
+    pub fn find(&self, key: u64) -> Option<&Slot> {
         let mask = self.mask();
         let mut i = key as usize & mask;
-        // The table is never full, so the probe ends at the key or an empty slot.
-        for _ in 0..self.slots.len() {
-            let slot = self.slots.get(i)?;
-            if slot.key == key {
-                return self.slots.get_mut(i).map(|s| &mut s.tat);
+        // The array is never full, so the probe ends at the key or an empty slot.
+        for _ in 0..self.0.len() {
+            let slot = self.0.get(i)?;
+            let seen = slot.key.load(Ordering::Acquire);
+            if seen == key {
+                return Some(slot);
             }
-            if slot.key == 0 {
+            if seen == 0 {
                 return None;
             }
             i = (i + 1) & mask;
@@ -65,83 +64,73 @@ impl Table {
         None
     }
 
-    /// Tracks `key` (which must not be tracked yet) with arrival time `tat`. Grows the table
-    /// first if it would be more than three quarters full: the only allocation, amortised.
-    pub fn insert(&mut self, key: u64, tat: u64) {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.resize((self.slots.len() * 2).max(MIN_SLOTS));
-        }
-        self.place(Slot { key, tat });
-        self.len += 1;
+    /// Whether `len + 1` accounts fit without passing ¾ full.
+    pub fn has_room(&self, len: usize) -> bool {
+        (len + 1) * 4 <= self.0.len() * 3
     }
 
-    fn place(&mut self, slot: Slot) {
+    /// Puts `key` (not present) with arrival time `tat` in an empty slot. Only under the lock.
+    pub fn insert(&self, key: u64, tat: u64) {
         let mask = self.mask();
-        let mut i = slot.key as usize & mask;
-        for _ in 0..self.slots.len() {
-            match self.slots.get_mut(i) {
-                Some(free) if free.key == 0 => {
-                    *free = slot;
-                    return;
-                }
-                Some(_) => i = (i + 1) & mask,
-                None => return,
-            }
-        }
-    }
-
-    fn resize(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); slots]);
-        for slot in old.into_iter().filter(|s| s.key != 0) {
-            self.place(slot);
-        }
-    }
-
-    /// Removes every account whose arrival time is not above `drop_below`; returns how many.
-    pub fn retain_above(&mut self, drop_below: u64) -> usize {
-        let mut removed = 0;
-        let mut i = 0;
-        while i < self.slots.len() {
-            match self.slots.get(i) {
-                Some(slot) if slot.key != 0 && slot.tat <= drop_below => {
-                    // The shift may bring a later entry into `i`: look at `i` again.
-                    self.remove_at(i);
-                    removed += 1;
-                }
-                _ => i += 1,
-            }
-        }
-        self.len -= removed;
-        if self.slots.len() > MIN_SLOTS && self.len * 8 < self.slots.len() {
-            self.resize((self.len * 2).next_power_of_two().max(MIN_SLOTS));
-        }
-        removed
-    }
-
-    /// Empties slot `hole` and shifts back the entries of its cluster that may move into it.
-    fn remove_at(&mut self, mut hole: usize) {
-        let mask = self.mask();
-        let mut j = hole;
-        loop {
-            j = (j + 1) & mask;
-            let Some(&next) = self.slots.get(j) else {
+        let mut i = key as usize & mask;
+        for _ in 0..self.0.len() {
+            let Some(slot) = self.0.get(i) else { return };
+            if slot.key.load(Ordering::Relaxed) == 0 {
+                slot.tat.store(tat, Ordering::Relaxed);
+                // Publishes the time with the key: a reader seeing the key sees the time.
+                slot.key.store(key, Ordering::Release);
                 return;
-            };
-            if next.key == 0 || j == hole {
-                break;
             }
-            let home = next.key as usize & mask;
-            // `next` may fill the hole if the hole lies on its probe path, from home to j.
-            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
-                if let Some(slot) = self.slots.get_mut(hole) {
-                    *slot = next;
-                }
-                hole = j;
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// How many accounts have an arrival time above `drop_below` (a lower bound while
+    /// readers run: they only ever move times forward).
+    pub fn count_above(&self, drop_below: u64) -> usize {
+        self.0
+            .iter()
+            .filter(|s| {
+                s.key.load(Ordering::Relaxed) != 0
+                    && s.tat.load(Ordering::Acquire) & !FROZEN > drop_below
+            })
+            .count()
+    }
+
+    /// Freezes every slot and copies the accounts whose time is above `drop_below` into a new
+    /// array of `slots` slots (grown to fit them if need be). Only under the lock. Returns the
+    /// new array and how many accounts it holds.
+    pub fn rebuild(&self, slots: usize, drop_below: Option<u64>) -> (Slots, usize) {
+        let mut kept = Vec::with_capacity(self.0.len());
+        for slot in self.0.iter() {
+            let key = slot.key.load(Ordering::Relaxed);
+            if key == 0 {
+                continue;
+            }
+            // From here on, readers' compare-and-swaps on this slot fail: the time is final.
+            let tat = slot.tat.fetch_or(FROZEN, Ordering::AcqRel) & !FROZEN;
+            if drop_below.map_or(true, |limit| tat > limit) {
+                kept.push((key, tat));
             }
         }
-        if let Some(slot) = self.slots.get_mut(hole) {
-            *slot = Slot::default();
+        let mut size = slots.max(MIN_SLOTS);
+        while kept.len() * 4 > size * 3 {
+            size *= 2;
         }
+        let fresh = Slots((0..size).map(|_| Slot::default()).collect());
+        for &(key, tat) in &kept {
+            fresh.insert(key, tat);
+        }
+        (fresh, kept.len())
+    }
+}
+
+/// The size a table holding `len` accounts shrinks to after a sweep, if it should.
+pub(super) fn shrunk(capacity: usize, len: usize) -> usize {
+    if capacity > MIN_SLOTS && len * 8 < capacity {
+        (len * 2).next_power_of_two().max(MIN_SLOTS)
+    } else {
+        capacity
     }
 }
 
@@ -149,50 +138,39 @@ impl Table {
 mod tests {
     use super::*;
 
-    /// Keys whose home is `home` in a table of `slots` slots.
+    /// Keys whose home is `home` in an array of `slots` slots.
     fn key(home: u64, n: u64, slots: u64) -> u64 {
         home + (n + 1) * slots
     }
 
     #[test]
-    fn finds_what_it_holds_through_collisions_growth_and_removal() {
-        let mut t = Table::default();
-        // Many keys on one home slot force long clusters, wrap-around and regrowth.
+    fn finds_what_it_holds_through_collisions_and_rebuilds() {
+        let mut slots = Slots::default();
         let keys: Vec<u64> = (0..40).map(|n| key(7, n, 8)).collect();
         for (n, &k) in keys.iter().enumerate() {
-            assert!(t.tat_mut(k).is_none());
-            t.insert(k, n as u64 + 100);
+            assert!(slots.find(k).is_none());
+            if !slots.has_room(n) {
+                slots = slots.rebuild(slots.capacity() * 2, None).0;
+            }
+            slots.insert(k, n as u64 + 100);
         }
-        assert_eq!(t.len(), 40);
-        assert!(t.capacity() >= 64);
+        assert_eq!(slots.capacity(), 64);
         for (n, &k) in keys.iter().enumerate() {
-            assert_eq!(t.tat_mut(k).copied(), Some(n as u64 + 100));
+            let tat = slots.find(k).map(|s| s.tat.load(Ordering::Relaxed));
+            assert_eq!(tat, Some(n as u64 + 100));
         }
-        // Drop every other one (arrival times 100, 102, …), then all are still where found.
+        // Times 100..=119 go; the old array is frozen, the new one is not.
+        let (fresh, kept) = slots.rebuild(64, Some(119));
+        assert_eq!(kept, 20);
+        let frozen = slots.find(keys[0]).unwrap().tat.load(Ordering::Relaxed);
+        assert_eq!(frozen, FROZEN | 100);
         for (n, &k) in keys.iter().enumerate() {
-            *t.tat_mut(k).unwrap() = if n % 2 == 0 { 1 } else { 1_000 };
+            let tat = fresh.find(k).map(|s| s.tat.load(Ordering::Relaxed));
+            assert_eq!(tat, (n >= 20).then_some(n as u64 + 100), "key {n}");
         }
-        assert_eq!(t.retain_above(1), 20);
-        for (n, &k) in keys.iter().enumerate() {
-            assert_eq!(t.tat_mut(k).is_some(), n % 2 == 1, "key {n}");
-        }
-        assert_eq!(t.retain_above(1_000), 20);
-        assert_eq!((t.len(), t.capacity()), (0, MIN_SLOTS));
-    }
-
-    #[test]
-    fn removal_keeps_clusters_that_wrap_around_the_end() {
-        let mut t = Table::default();
-        t.insert(key(6, 0, 8), 5);
-        t.insert(key(6, 1, 8), 50);
-        t.insert(key(7, 0, 8), 5);
-        t.insert(key(6, 2, 8), 50);
-        t.insert(key(0, 0, 8), 50);
-        assert_eq!(t.capacity(), 8);
-        assert_eq!(t.retain_above(5), 2);
-        for k in [key(6, 1, 8), key(6, 2, 8), key(0, 0, 8)] {
-            assert_eq!(t.tat_mut(k).copied(), Some(50));
-        }
-        assert!(t.tat_mut(key(6, 0, 8)).is_none());
+        assert_eq!((fresh.count_above(119), fresh.count_above(120)), (20, 19));
+        assert_eq!(shrunk(64, 20), 64);
+        assert_eq!(shrunk(64, 7), 16);
+        assert_eq!(shrunk(8, 0), 8);
     }
 }
