@@ -56,15 +56,19 @@ const ACCOUNTS_PER_SHARD: usize = 1024;
 const MAX_SHARD_BITS: u32 = 10;
 
 /// One partner's per-account limiter: a rate per account, at most `ceiling` accounts tracked.
+///
+/// Laid out so a check of a known account reads one cache line of it (the first five fields);
+/// the counters only new accounts and sweeps write come after.
+#[repr(C, align(64))]
 pub struct AccountLimiter {
-    rate: Rate,
-    ceiling: usize,
+    seed: foldhash::quality::RandomState,
+    shards: Box<[Shard]>,
     /// Emission interval and tolerance, in nanoseconds.
     t: u64,
     tau: u64,
-    seed: foldhash::quality::RandomState,
     shard_bits: u32,
-    shards: Box<[Shard]>,
+    rate: Rate,
+    ceiling: usize,
     clock: Clock,
     len: AtomicUsize,
     evicted: AtomicU64,
