@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Set in an arrival time whose slot has been copied away: the time is read-only there.
 pub(super) const FROZEN: u64 = 1 << 63;
 
-const MIN_SLOTS: usize = 8;
+const MIN_SLOTS: usize = 4;
 
 /// A slot: `key == 0` is empty (keys are never 0, see [`Slots::key_of`]).
 #[derive(Default)]
@@ -171,6 +171,6 @@ mod tests {
         assert_eq!((fresh.count_above(119), fresh.count_above(120)), (20, 19));
         assert_eq!(shrunk(64, 20), 64);
         assert_eq!(shrunk(64, 7), 16);
-        assert_eq!(shrunk(8, 0), 8);
+        assert_eq!((shrunk(8, 0), shrunk(4, 0)), (4, 4));
     }
 }
