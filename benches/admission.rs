@@ -187,6 +187,34 @@ fn quota_path(c: &mut Criterion) {
     }
 }
 
+/// The biller's protection alone (pause, breaker, budget by class, in-flight slot, ticket
+/// dropped): the state every request shares, whichever partner it comes from.
+fn protection(c: &mut Criterion) {
+    if !extra::selected_prefix("protection/admit") {
+        return;
+    }
+    let fixture = Fixture::new(2, 2, Shape::Allow);
+    let mut group = c.benchmark_group("protection");
+    for threads in THREADS {
+        let gate = Arc::clone(&fixture.gate);
+        let job: Job = Arc::new(move |worker, iters, _| {
+            let pause = &gate.partners()[worker % 2].pause;
+            for _ in 0..iters {
+                let now = gate.clock().now();
+                let class = billgate::config::Class::InquiryScheduled;
+                drop(black_box(gate.protection().admit(class, pause, now)));
+            }
+        });
+        bench_threads(
+            &mut group,
+            BenchmarkId::new("admit", format!("t{threads}")),
+            threads,
+            job,
+        );
+    }
+    group.finish();
+}
+
 /// The per-account check alone: one table, every worker asking about random tracked accounts.
 fn per_account(c: &mut Criterion) {
     for accounts in ACCOUNTS {
@@ -273,6 +301,7 @@ fn main() {
     pieces(&mut c);
     admission(&mut c);
     quota_path(&mut c);
+    protection(&mut c);
     per_account(&mut c);
     extra::memory();
     extra::sweep();

@@ -47,26 +47,31 @@ impl Default for KeyIndex {
     }
 }
 
-/// The words of `key`, zero-padded (keys longer than the cache takes are cut: never compared).
+/// Word `i` of `key`: eight bytes little-endian, zero-padded past the key's end.
 #[inline]
-fn words_of(key: &[u8]) -> [u64; WORDS] {
-    let mut words = [0u64; WORDS];
-    for (word, chunk) in words.iter_mut().zip(key.chunks(8)) {
+fn word(key: &[u8], i: usize) -> u64 {
+    let start = i * 8;
+    if let Some(chunk) = key.get(start..start + 8) {
         let mut bytes = [0u8; 8];
-        bytes[..chunk.len()].copy_from_slice(chunk);
-        *word = u64::from_le_bytes(bytes);
+        bytes.copy_from_slice(chunk);
+        return u64::from_le_bytes(bytes);
     }
-    words
+    let mut bytes = [0u8; 8];
+    for (byte, from) in bytes.iter_mut().zip(key.get(start..).unwrap_or_default()) {
+        *byte = *from;
+    }
+    u64::from_le_bytes(bytes)
 }
 
 impl Entry {
-    /// Whether this entry holds exactly `words` (with `used` significant words); checks every
-    /// used word whatever the first difference, so the time taken tells nothing of the key.
+    /// Whether this entry holds exactly `key` (its length already matched); checks every word
+    /// whatever the first difference, so the time taken tells nothing of the key.
     #[inline]
-    fn holds(&self, words: &[u64; WORDS], used: usize) -> bool {
+    fn holds(&self, key: &[u8]) -> bool {
+        let used = key.len().div_ceil(8);
         let mut diff = 0;
-        for (stored, word) in self.words.iter().zip(words).take(used) {
-            diff |= stored.load(Ordering::Relaxed) ^ word;
+        for (i, stored) in self.words.iter().enumerate().take(used) {
+            diff |= stored.load(Ordering::Relaxed) ^ word(key, i);
         }
         diff == 0
     }
@@ -97,8 +102,6 @@ impl KeyIndex {
         if key.len() > CACHED_KEY_BYTES {
             return self.by_digest(key);
         }
-        let words = words_of(key);
-        let used = key.len().div_ceil(8);
         let want = READY | (key.len() as u64) << 32;
         let mask = self.entries.len() - 1;
         let mut i = self.seed.hash_one(key) as usize & mask;
@@ -108,13 +111,13 @@ impl KeyIndex {
             if head == 0 {
                 break;
             }
-            if head & !0xffff_ffff == want && entry.holds(&words, used) {
+            if head & !0xffff_ffff == want && entry.holds(key) {
                 return Some((head & 0xffff_ffff) as usize);
             }
             i = (i + 1) & mask;
         }
         let partner = self.by_digest(key)?;
-        self.remember(key, &words, partner);
+        self.remember(key, partner);
         Some(partner)
     }
 
@@ -126,7 +129,7 @@ impl KeyIndex {
     /// Puts a proven key in the cache, unless it is (or is being) put there by another thread
     /// or the table has had its share of entries.
     #[cold]
-    fn remember(&self, key: &[u8], words: &[u64; WORDS], partner: usize) {
+    fn remember(&self, key: &[u8], partner: usize) {
         let Ok(partner) = u32::try_from(partner) else {
             return;
         };
@@ -151,8 +154,8 @@ impl KeyIndex {
                 .compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                for (stored, word) in entry.words.iter().zip(words) {
-                    stored.store(*word, Ordering::Relaxed);
+                for (i, stored) in entry.words.iter().enumerate() {
+                    stored.store(word(key, i), Ordering::Relaxed);
                 }
                 let head = READY | (key.len() as u64) << 32 | u64::from(partner);
                 entry.head.store(head, Ordering::Release);

@@ -37,6 +37,8 @@ pub struct Quota {
     /// Emission interval and tolerance, in nanoseconds.
     t: u64,
     tau: u64,
+    /// `rate.replenish_interval()`, kept: computing it divides.
+    interval: Duration,
     state: Arc<State>,
 }
 
@@ -52,6 +54,7 @@ impl Quota {
             rate,
             t,
             tau: t.saturating_mul(u64::from(rate.burst.get() - 1)),
+            interval: rate.replenish_interval(),
             state: Arc::default(),
         }
     }
@@ -85,7 +88,7 @@ impl Quota {
                     let spent = self.rate.burst.get().saturating_sub(remaining);
                     return Ok(Remaining {
                         remaining,
-                        reset: self.rate.replenish_interval() * spent,
+                        reset: self.interval.saturating_mul(spent),
                     });
                 }
                 Err(actual) => seen = actual,
