@@ -23,11 +23,41 @@ pub(super) struct Slot {
     pub tat: AtomicU64,
 }
 
-/// A shard's array of slots; its length is zero or a power of two, at most ¾ full.
-#[derive(Default)]
-pub(super) struct Slots(Box<[Slot]>);
+/// A shard's array of slots; its length is zero or a power of two, at most ¾ full. Arrays of
+/// up to [`INLINE`] slots live inside the shard's `Arc` itself, so a shard of a few accounts
+/// (most shards of a partner with few accounts) costs one pointer hop fewer.
+pub(super) enum Slots {
+    Inline([Slot; INLINE]),
+    Boxed(Box<[Slot]>),
+}
+
+/// The most slots kept inline.
+const INLINE: usize = 4;
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::Boxed(Box::default())
+    }
+}
 
 impl Slots {
+    /// An empty array of `size` slots (a power of two).
+    fn with_size(size: usize) -> Slots {
+        if size == INLINE {
+            Slots::Inline(Default::default())
+        } else {
+            Slots::Boxed((0..size).map(|_| Slot::default()).collect())
+        }
+    }
+
+    #[inline]
+    fn all(&self) -> &[Slot] {
+        match self {
+            Slots::Inline(slots) => slots,
+            Slots::Boxed(slots) => slots,
+        }
+    }
+
     /// The key a hash is stored under: 0 marks an empty slot, so a hash of 0 becomes 1.
     #[inline]
     pub fn key_of(hash: u64) -> u64 {
@@ -36,12 +66,12 @@ impl Slots {
 
     /// Slots allocated.
     pub fn capacity(&self) -> usize {
-        self.0.len()
+        self.all().len()
     }
 
     #[inline]
     fn mask(&self) -> usize {
-        self.0.len().wrapping_sub(1)
+        self.all().len().wrapping_sub(1)
     }
 
     /// The slot holding `key`, if any. Lock-free; may miss a key being inserted this instant.
@@ -50,8 +80,8 @@ impl Slots {
         let mask = self.mask();
         let mut i = key as usize & mask;
         // The array is never full, so the probe ends at the key or an empty slot.
-        for _ in 0..self.0.len() {
-            let slot = self.0.get(i)?;
+        for _ in 0..self.all().len() {
+            let slot = self.all().get(i)?;
             let seen = slot.key.load(Ordering::Acquire);
             if seen == key {
                 return Some(slot);
@@ -66,15 +96,17 @@ impl Slots {
 
     /// Whether `len + 1` accounts fit without passing ¾ full.
     pub fn has_room(&self, len: usize) -> bool {
-        (len + 1) * 4 <= self.0.len() * 3
+        (len + 1) * 4 <= self.all().len() * 3
     }
 
     /// Puts `key` (not present) with arrival time `tat` in an empty slot. Only under the lock.
     pub fn insert(&self, key: u64, tat: u64) {
         let mask = self.mask();
         let mut i = key as usize & mask;
-        for _ in 0..self.0.len() {
-            let Some(slot) = self.0.get(i) else { return };
+        for _ in 0..self.all().len() {
+            let Some(slot) = self.all().get(i) else {
+                return;
+            };
             if slot.key.load(Ordering::Relaxed) == 0 {
                 slot.tat.store(tat, Ordering::Relaxed);
                 // Publishes the time with the key: a reader seeing the key sees the time.
@@ -88,7 +120,7 @@ impl Slots {
     /// How many accounts have an arrival time above `drop_below` (a lower bound while
     /// readers run: they only ever move times forward).
     pub fn count_above(&self, drop_below: u64) -> usize {
-        self.0
+        self.all()
             .iter()
             .filter(|s| {
                 s.key.load(Ordering::Relaxed) != 0
@@ -101,8 +133,8 @@ impl Slots {
     /// array of `slots` slots (grown to fit them if need be). Only under the lock. Returns the
     /// new array and how many accounts it holds.
     pub fn rebuild(&self, slots: usize, drop_below: Option<u64>) -> (Slots, usize) {
-        let mut kept = Vec::with_capacity(self.0.len());
-        for slot in self.0.iter() {
+        let mut kept = Vec::with_capacity(self.all().len());
+        for slot in self.all().iter() {
             let key = slot.key.load(Ordering::Relaxed);
             if key == 0 {
                 continue;
@@ -117,7 +149,7 @@ impl Slots {
         while kept.len() * 4 > size * 3 {
             size *= 2;
         }
-        let fresh = Slots((0..size).map(|_| Slot::default()).collect());
+        let fresh = Slots::with_size(size);
         for &(key, tat) in &kept {
             fresh.insert(key, tat);
         }
