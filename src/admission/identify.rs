@@ -1,13 +1,80 @@
 //! Identification: the partner an API key belongs to, found by the key's SHA-256.
+//!
+//! Hashing every presented key with SHA-256 costs more than the rest of the decision, so keys
+//! already proven are remembered in a fixed-size table: presented key bytes → partner. Only a
+//! key whose digest matched is ever put in it, so it holds at most one entry per configured
+//! key (unknown keys cannot fill it), and it belongs to one snapshot: a reload starts afresh,
+//! so a removed key is forgotten at once. Entries are write-once atomics (no lock, no
+//! allocation); keys are compared in full, in constant time. Keys longer than
+//! [`CACHED_KEY_BYTES`] are always hashed.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
-/// Key digests → partner index. Keys are never stored, only their SHA-256.
+/// The longest key the cache remembers, in bytes.
+pub const CACHED_KEY_BYTES: usize = 8 * WORDS;
+const WORDS: usize = 15;
+
+/// `head` of a cache entry: 0 empty; [`CLAIMED`] while being written; else
+/// `READY | len << 32 | partner`.
+const CLAIMED: u64 = 1 << 63;
+const READY: u64 = 1 << 62;
+
+/// One remembered key: its head, then its bytes as little-endian words, zero-padded.
+#[repr(align(128))]
 #[derive(Default)]
+struct Entry {
+    head: AtomicU64,
+    words: [AtomicU64; WORDS],
+}
+
+/// Key digests → partner index, with a cache of presented keys. Keys are configured only as
+/// their SHA-256.
 pub struct KeyIndex {
     by_digest: HashMap<[u8; 32], usize>,
+    seed: foldhash::quality::RandomState,
+    entries: Box<[Entry]>,
+    /// Entries written so far: kept at most half the table, so probes always end.
+    filled: AtomicUsize,
+}
+
+impl Default for KeyIndex {
+    fn default() -> Self {
+        KeyIndex::new(std::iter::empty())
+    }
+}
+
+/// Word `i` of `key`: eight bytes little-endian, zero-padded past the key's end.
+#[inline]
+fn word(key: &[u8], i: usize) -> u64 {
+    let start = i * 8;
+    if let Some(chunk) = key.get(start..start + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        return u64::from_le_bytes(bytes);
+    }
+    let mut bytes = [0u8; 8];
+    for (byte, from) in bytes.iter_mut().zip(key.get(start..).unwrap_or_default()) {
+        *byte = *from;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+impl Entry {
+    /// Whether this entry holds exactly `key` (its length already matched); checks every word
+    /// whatever the first difference, so the time taken tells nothing of the key.
+    #[inline]
+    fn holds(&self, key: &[u8]) -> bool {
+        let used = key.len().div_ceil(8);
+        let mut diff = 0;
+        for (i, stored) in self.words.iter().enumerate().take(used) {
+            diff |= stored.load(Ordering::Relaxed) ^ word(key, i);
+        }
+        diff == 0
+    }
 }
 
 impl KeyIndex {
@@ -19,14 +86,83 @@ impl KeyIndex {
                 by_digest.insert(*digest, partner);
             }
         }
-        KeyIndex { by_digest }
+        // Room for every configured key at most half full.
+        let slots = (2 * by_digest.len()).next_power_of_two().max(8);
+        KeyIndex {
+            by_digest,
+            seed: foldhash::quality::RandomState::default(),
+            entries: (0..slots).map(|_| Entry::default()).collect(),
+            filled: AtomicUsize::new(0),
+        }
     }
 
     /// The partner whose key this is, if any.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<usize> {
+        if key.len() > CACHED_KEY_BYTES {
+            return self.by_digest(key);
+        }
+        let want = READY | (key.len() as u64) << 32;
+        let mask = self.entries.len() - 1;
+        let mut i = self.seed.hash_one(key) as usize & mask;
+        for _ in 0..self.entries.len() {
+            let entry = self.entries.get(i)?;
+            let head = entry.head.load(Ordering::Acquire);
+            if head == 0 {
+                break;
+            }
+            if head & !0xffff_ffff == want && entry.holds(key) {
+                return Some((head & 0xffff_ffff) as usize);
+            }
+            i = (i + 1) & mask;
+        }
+        let partner = self.by_digest(key)?;
+        self.remember(key, partner);
+        Some(partner)
+    }
+
+    fn by_digest(&self, key: &[u8]) -> Option<usize> {
         let digest: [u8; 32] = Sha256::digest(key).into();
         self.by_digest.get(&digest).copied()
+    }
+
+    /// Puts a proven key in the cache, unless it is (or is being) put there by another thread
+    /// or the table has had its share of entries.
+    #[cold]
+    fn remember(&self, key: &[u8], partner: usize) {
+        let Ok(partner) = u32::try_from(partner) else {
+            return;
+        };
+        let room = self.entries.len() / 2;
+        if self
+            .filled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < room).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        let mask = self.entries.len() - 1;
+        let mut i = self.seed.hash_one(key) as usize & mask;
+        for _ in 0..self.entries.len() {
+            let Some(entry) = self.entries.get(i) else {
+                return;
+            };
+            if entry
+                .head
+                .compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                for (i, stored) in entry.words.iter().enumerate() {
+                    stored.store(word(key, i), Ordering::Relaxed);
+                }
+                let head = READY | (key.len() as u64) << 32 | u64::from(partner);
+                entry.head.store(head, Ordering::Release);
+                return;
+            }
+            i = (i + 1) & mask;
+        }
     }
 }
 
@@ -43,10 +179,58 @@ mod tests {
         let a = [digest("a-old"), digest("a-new")];
         let b = [digest("b")];
         let index = KeyIndex::new([&a[..], &b[..]]);
-        assert_eq!(index.find(b"a-old"), Some(0));
-        assert_eq!(index.find(b"a-new"), Some(0));
-        assert_eq!(index.find(b"b"), Some(1));
-        assert_eq!(index.find(b"c"), None);
-        assert_eq!(index.find(b""), None);
+        // Twice each: first by digest, then from the cache.
+        for _ in 0..2 {
+            assert_eq!(index.find(b"a-old"), Some(0));
+            assert_eq!(index.find(b"a-new"), Some(0));
+            assert_eq!(index.find(b"b"), Some(1));
+            assert_eq!(index.find(b"c"), None);
+            assert_eq!(index.find(b""), None);
+        }
+    }
+
+    #[test]
+    fn remembers_only_proven_keys_and_never_confuses_near_ones() {
+        let long = "k".repeat(CACHED_KEY_BYTES + 1);
+        let keys = ["x", "x\0", "0123456789abcdef", "0123456789abcdeF", &long];
+        let digests: Vec<[u8; 32]> = keys.iter().map(|k| digest(k)).collect();
+        let index = KeyIndex::new(digests.iter().map(std::slice::from_ref));
+        for _ in 0..3 {
+            for (partner, key) in keys.iter().enumerate() {
+                assert_eq!(index.find(key.as_bytes()), Some(partner), "{key:?}");
+            }
+            for stranger in [
+                "",
+                "x\0\0",
+                "0123456789abcde",
+                "0123456789abcdef0",
+                &long[1..],
+            ] {
+                assert_eq!(index.find(stranger.as_bytes()), None, "{stranger:?}");
+            }
+        }
+        // Four short keys were proven and remembered; the long one and strangers were not.
+        assert_eq!(index.filled.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn the_cache_cannot_grow_past_its_table() {
+        let digests: Vec<[u8; 32]> = (0..100).map(|n| digest(&format!("key-{n}"))).collect();
+        let index = KeyIndex::new([&digests[..]]);
+        let slots = index.entries.len();
+        assert_eq!(slots, 256);
+        for round in 0..3 {
+            for n in 0..100 {
+                assert_eq!(
+                    index.find(format!("key-{n}").as_bytes()),
+                    Some(0),
+                    "{round}"
+                );
+            }
+            for n in 0..1_000 {
+                assert_eq!(index.find(format!("nokey-{n}").as_bytes()), None);
+            }
+        }
+        assert_eq!(index.filled.load(Ordering::Relaxed), 100);
     }
 }
