@@ -145,6 +145,9 @@ impl StormOptions {
             },
             overload_grace: Duration::from_secs(1),
             down_for: Duration::from_secs(3),
+            // Half the load of the full run: the short form runs in CI, in a debug build, on a
+            // small machine, and every rate in the scenario is a share of C.
+            capacity_per_sec: StormOptions::default().capacity_per_sec / 2,
             ..StormOptions::default()
         }
     }
