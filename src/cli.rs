@@ -74,9 +74,9 @@ pub struct StormArgs {
     /// The seconds-long form: 2s per phase, breaker and stand-in timings scaled down.
     #[arg(long)]
     pub short: bool,
-    /// The biller's capacity C, as a rate (`400/s`).
-    #[arg(long, default_value = "400/s")]
-    pub capacity: String,
+    /// The biller's capacity C, as a rate (default 400/s; 200/s with --short).
+    #[arg(long)]
+    pub capacity: Option<String>,
     /// The calm phase's length (default 10s; 2s with --short).
     #[arg(long)]
     pub calm: Option<String>,

@@ -246,13 +246,15 @@ pub fn storm_options(args: &StormArgs) -> anyhow::Result<StormOptions> {
         StormOptions::default()
     };
     options.bypass = args.bypass;
-    let capacity = config::parse_rate(&args.capacity)
-        .map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?
-        .per_second();
-    if capacity.fract() != 0.0 || !(10.0..=10_000.0).contains(&capacity) {
-        anyhow::bail!("--capacity: expected a whole number of requests per second from 10/s to 10000/s, e.g. 400/s");
+    if let Some(capacity) = &args.capacity {
+        let capacity = config::parse_rate(capacity)
+            .map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?
+            .per_second();
+        if capacity.fract() != 0.0 || !(10.0..=10_000.0).contains(&capacity) {
+            anyhow::bail!("--capacity: expected a whole number of requests per second from 10/s to 10000/s, e.g. 400/s");
+        }
+        options.capacity_per_sec = capacity as u32;
     }
-    options.capacity_per_sec = capacity as u32;
     let phases = [
         ("--calm", &args.calm, &mut options.calm),
         ("--storm", &args.storm, &mut options.storm),
