@@ -292,3 +292,39 @@ async fn payments_are_held_back_only_when_the_biller_fails_most_of_them() {
     );
     assert_eq!(biller.biller.stats().received, 4);
 }
+
+#[tokio::test]
+async fn with_only_polls_flowing_the_gateways_own_probes_close_the_breaker() {
+    let biller = TestBiller::roomy().await;
+    let gw = TestGateway::start(breaker_config(&biller.url())).await;
+    let poll = [("x-api-key", "key-a")];
+    biller.biller.set_failing(1.0);
+    for n in 0..4 {
+        get(&gw.url(&format!("/v1/bills/{n}")), &poll).await;
+    }
+    assert_eq!(
+        get(&gw.url("/v1/bills/9"), &poll).await.json()["reason"],
+        "breaker_open"
+    );
+    biller.biller.clear_brownout();
+    gw.hand.advance(Duration::from_secs(5));
+    // Half-open, and polls are never probes: without the gateway's own probes it would stay so.
+    assert_eq!(
+        get(&gw.url("/v1/bills/9"), &poll).await.json()["reason"],
+        "breaker_open"
+    );
+    for _ in 0..3 {
+        gw.gateway.shared.probe_breakers().await;
+    }
+    assert_eq!(
+        get(&gw.url("/v1/bills/9"), &poll).await.status,
+        StatusCode::OK
+    );
+    let probes = biller
+        .biller
+        .recent_requests()
+        .iter()
+        .filter(|r| r.path_and_query == "/")
+        .count();
+    assert_eq!(probes, 3);
+}

@@ -29,7 +29,7 @@ pub use body::ProxyBody;
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
 use crate::admission::Suspensions;
-use crate::breaker::BreakerState;
+use crate::breaker::{outcome_of_status, Admission, BreakerState, Outcome as BreakerOutcome};
 use crate::cache::{AnswerCache, CacheSettings, Coalescer};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -177,6 +177,47 @@ impl Shared {
         reachable
     }
 
+    /// Sends half-open breakers a probe of the gateway's own (`GET` on the biller's base path):
+    /// when only scheduled polls are flowing — which are never probes — a breaker would
+    /// otherwise stay half-open for ever. Any answer below 500 counts as success.
+    pub async fn probe_breakers(&self) {
+        let snapshot = self.snapshot.load_full();
+        let protection = snapshot.gate.protection();
+        for breaker in [&protection.breaker, &protection.payment_breaker] {
+            if breaker.state() != BreakerState::HalfOpen {
+                continue;
+            }
+            let Admission::Probe(probe) = breaker.admit(true) else {
+                continue;
+            };
+            let path = if snapshot.upstream.base_path.is_empty() {
+                "/".to_owned()
+            } else {
+                snapshot.upstream.base_path.clone()
+            };
+            let uri = http::Uri::builder()
+                .scheme(snapshot.upstream.scheme.clone())
+                .authority(snapshot.upstream.authority.clone())
+                .path_and_query(path)
+                .build();
+            let Ok(uri) = uri else { continue };
+            let mut request = http::Request::new(http_body_util::Either::Right(
+                http_body_util::Full::new(bytes::Bytes::new()),
+            ));
+            *request.uri_mut() = uri;
+            request
+                .headers_mut()
+                .insert(http::header::HOST, snapshot.upstream.host.clone());
+            let timeout = snapshot.config.biller.timeout;
+            let outcome = match tokio::time::timeout(timeout, self.client.request(request)).await {
+                Ok(Ok(response)) => outcome_of_status(response.status().as_u16()),
+                _ => BreakerOutcome::Failure,
+            };
+            tracing::info!(outcome = ?outcome, "gateway probe of a half-open breaker");
+            probe.record(outcome);
+        }
+    }
+
     pub fn biller_reachable(&self) -> bool {
         self.biller_reachable.load(Ordering::Relaxed)
     }
@@ -237,6 +278,7 @@ pub async fn probe_biller(
 ) {
     loop {
         shared.probe_biller().await;
+        shared.probe_breakers().await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
