@@ -54,7 +54,7 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    /// A generator polling the gateway at `target` from `start` as `options` say.
+    /// A generator polling the gateway at `target` as `options` say.
     ///
     /// # Errors
     /// A partner key that is not a valid header value (never, for the generated keys).
@@ -69,8 +69,7 @@ impl Load {
             .pool_max_idle_per_host(1024)
             .timer(TokioTimer::new())
             .build(connector);
-        let keys = [0, 1, 2].map(|i| HeaderValue::from_str(&key(PARTNERS[i])));
-        let [Ok(a), Ok(b), Ok(c)] = keys else {
+        let [Ok(a), Ok(b), Ok(c)] = PARTNERS.map(|p| HeaderValue::from_str(&key(p))) else {
             anyhow::bail!("polls: a partner key is not a valid header value");
         };
         let slots = (options.duration.as_secs_f64() / options.step.as_secs_f64()).ceil() as usize;

@@ -17,6 +17,7 @@ fn gloss(reason: &str) -> &'static str {
     }
 }
 
+/// Milliseconds to the microsecond, or `-`.
 pub(super) fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
 }
@@ -200,6 +201,14 @@ impl fmt::Display for PollsReport {
             load(self.load_average_before),
             load(self.load_average_after)
         )?;
+        if let Some(lag) = self.dispatch_lag.p99_ms.filter(|&l| l >= 1.0) {
+            writeln!(
+                f,
+                "note: 1 % of requests left {lag:.1} ms or more after their scheduled time: the \
+                 process was held up (by other work on the machine, or by its own load), and the \
+                 open-loop latencies above include that"
+            )?;
+        }
         writeln!(f, "\nchecks")?;
         for check in &self.checks {
             let status = match check.status {
