@@ -123,7 +123,8 @@ pub struct PollsArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// The gateway's `[biller.breaker] min_calls` (default: a ten-second window of the polls'
-    /// share of C; the shipped 20 lets a cold start open the breaker for good).
+    /// share of C; with the shipped 20, slow first calls can open the breaker, and polls alone
+    /// never close it).
     #[arg(long)]
     pub breaker_min_calls: Option<u32>,
     /// Print the report as JSON instead of a table.

@@ -79,10 +79,11 @@ pub struct PollsOptions {
     pub step: Duration,
     /// The gateway's `[biller.breaker] min_calls`. Default `None`: a whole ten-second window
     /// of the polls' share of C (0.6 × C × 10), so that the breaker judges the biller on a
-    /// window of calls, not on the first twenty of a cold start. With the shipped 20, the
-    /// stand-in's climb from idle to 60 % load reads as slow calls at once and opens the
-    /// breaker, and since scheduled polls are never half-open probes, a run of polls alone
-    /// then never closes it (`--breaker-min-calls 20` shows it).
+    /// window of calls, not on the first twenty of a cold start. With the shipped 20, a process
+    /// short of CPU as the polls begin (a debug build on a busy machine, or 10 000 polls/s here)
+    /// times the first biller calls as slow and opens the breaker; scheduled polls are never
+    /// half-open probes, so with nothing but polls flowing it then never closes, and every
+    /// poll is refused to the end (`--breaker-min-calls 20` lets that be seen).
     pub breaker_min_calls: Option<u32>,
 }
 
