@@ -63,6 +63,10 @@ pub enum Command {
     /// Replay the 2014 polling storm in-process (stand-in biller, gateway, three partners) and
     /// report what reached the biller and what each partner got; exit 1 if a check fails.
     Storm(StormArgs),
+    /// Poll the answer cache in-process: three partners ask about the same bill accounts at 50 ×
+    /// the biller's capacity; report the calls reaching the biller, cache-hit latency and the
+    /// cache's memory; exit 1 if a check fails.
+    Polls(PollsArgs),
 }
 
 /// `billgate storm`
@@ -92,6 +96,37 @@ pub struct StormArgs {
     /// Seeds the poller's choice of accounts (default 2014).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `billgate polls`
+#[derive(Debug, Args)]
+pub struct PollsArgs {
+    /// The ten-second form for CI: 1 000 accounts, C = 20/s, a one-second timeline.
+    #[arg(long)]
+    pub short: bool,
+    /// The biller's capacity C, as a rate (default 100/s; 20/s with --short).
+    #[arg(long)]
+    pub capacity: Option<String>,
+    /// The partners together poll at this many times C (default 50).
+    #[arg(long)]
+    pub factor: Option<u32>,
+    /// Distinct bill accounts polled (default 10000; 1000 with --short).
+    #[arg(long)]
+    pub accounts: Option<u32>,
+    /// How long the partners poll (default 120s; 10s with --short).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Seeds the choice of accounts (default 2014).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The gateway's `[biller.breaker] min_calls` (default: a ten-second window of the polls'
+    /// share of C; with the shipped 20, slow first calls can open the breaker, and polls alone
+    /// never close it).
+    #[arg(long)]
+    pub breaker_min_calls: Option<u32>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,

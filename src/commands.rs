@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::biller::{Biller, BillerOptions};
-use crate::cli::StormArgs;
+use crate::cli::{PollsArgs, StormArgs};
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigErrors};
 use crate::gateway::{self, Gateway};
+use crate::storm::polls::{self, PollsOptions};
 use crate::storm::{self, StormOptions};
 
 /// `billgate serve`
@@ -274,6 +275,53 @@ pub fn storm_options(args: &StormArgs) -> anyhow::Result<StormOptions> {
     Ok(options)
 }
 
+/// `billgate polls`: the report on stdout (a table, or JSON with `--json`); exit 1 if a check
+/// failed.
+pub async fn polls(args: PollsArgs) -> anyhow::Result<ExitCode> {
+    let options = polls_options(&args)?;
+    let report = polls::run(options).await?;
+    let mut out = std::io::stdout();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{report}")?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The options `args` ask for, on top of the full or the short form.
+pub fn polls_options(args: &PollsArgs) -> anyhow::Result<PollsOptions> {
+    let mut options = if args.short {
+        PollsOptions::short()
+    } else {
+        PollsOptions::default()
+    };
+    if let Some(text) = &args.capacity {
+        let capacity = config::parse_rate(text)
+            .map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?
+            .per_second();
+        if capacity.fract() != 0.0 || !(10.0..=10_000.0).contains(&capacity) {
+            anyhow::bail!("--capacity: expected a whole number of requests per second from 10/s to 10000/s, e.g. 100/s");
+        }
+        options.capacity_per_sec = capacity as u32;
+    }
+    if let Some(text) = &args.duration {
+        options.duration = config::parse_duration(text)
+            .map_err(|e| anyhow::anyhow!("--duration: expected {e}"))?;
+    }
+    options.factor = args.factor.unwrap_or(options.factor);
+    options.accounts = args.accounts.unwrap_or(options.accounts);
+    options.seed = args.seed.unwrap_or(options.seed);
+    options.breaker_min_calls = args.breaker_min_calls.or(options.breaker_min_calls);
+    options.validate()?;
+    Ok(options)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -342,5 +390,48 @@ mod tests {
         assert!(error(&["--capacity", "5/s"]).contains("--capacity"));
         assert!(error(&["--storm", "soon"]).contains("--storm"));
         assert!(error(&["--calm", "100ms"]).contains("calm phase"));
+    }
+
+    fn polls_args(args: &[&str]) -> PollsArgs {
+        let argv = ["billgate", "polls"].iter().chain(args);
+        match Opts::parse_from(argv).command {
+            Command::Polls(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn polls_options_start_from_the_full_or_short_form_and_take_overrides() {
+        assert_eq!(
+            polls_options(&polls_args(&[])).unwrap(),
+            PollsOptions::default()
+        );
+        assert_eq!(
+            polls_options(&polls_args(&["--short"])).unwrap(),
+            PollsOptions::short()
+        );
+        let o = polls_options(&polls_args(&[
+            "--short",
+            "--capacity",
+            "2400/min",
+            "--factor",
+            "10",
+            "--accounts",
+            "500",
+            "--duration",
+            "3s",
+            "--seed",
+            "9",
+            "--breaker-min-calls",
+            "20",
+        ]))
+        .unwrap();
+        assert_eq!((o.capacity_per_sec, o.factor, o.accounts), (40, 10, 500));
+        assert_eq!((o.duration, o.seed), (Duration::from_secs(3), 9));
+        assert_eq!(o.breaker_min_calls(), 20);
+        let error = |args: &[&str]| polls_options(&polls_args(args)).unwrap_err().to_string();
+        assert!(error(&["--capacity", "5/s"]).contains("--capacity"));
+        assert!(error(&["--duration", "soon"]).contains("--duration"));
+        assert!(error(&["--accounts", "0"]).contains("accounts"));
     }
 }

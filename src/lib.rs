@@ -3,7 +3,8 @@
 //! A request's path: [`proxy`] serves it, [`admission`] decides it (a pure function of the
 //! request, the [`config`] snapshot and the [`clock`]), the pooled client forwards it to the
 //! biller, and [`metrics`] counts it. [`biller`] is the stand-in EBPP biller; [`storm`] replays
-//! the 2014 polling storm against it, with and without the gateway.
+//! the 2014 polling storm against it, with and without the gateway, and [`storm::polls`] measures
+//! the answer cache under partners polling far past the biller's capacity.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -44,6 +45,7 @@ pub fn run(opts: Opts) -> ExitCode {
             runtime().and_then(|rt| rt.block_on(commands::biller(listen, &capacity, &base_latency)))
         }
         Command::Storm(args) => runtime().and_then(|rt| rt.block_on(commands::storm(args))),
+        Command::Polls(args) => runtime().and_then(|rt| rt.block_on(commands::polls(args))),
     };
     match result {
         Ok(code) => code,

@@ -116,7 +116,10 @@ fn normalise(state: &str) -> String {
 
 /// Every sample of metric `name` in Prometheus text: its label block (without braces, possibly
 /// empty) and its value.
-fn samples<'t>(text: &'t str, name: &'t str) -> impl Iterator<Item = (&'t str, f64)> + 't {
+pub(crate) fn samples<'t>(
+    text: &'t str,
+    name: &'t str,
+) -> impl Iterator<Item = (&'t str, f64)> + 't {
     text.lines().filter_map(move |line| {
         let rest = line.trim_start().strip_prefix(name)?;
         let (labels, rest) = if let Some(inner) = rest.strip_prefix('{') {
@@ -132,7 +135,7 @@ fn samples<'t>(text: &'t str, name: &'t str) -> impl Iterator<Item = (&'t str, f
 }
 
 /// The value of label `key` in a label block such as `from="closed",to="open"`.
-fn label<'l>(labels: &'l str, key: &str) -> Option<&'l str> {
+pub(crate) fn label<'l>(labels: &'l str, key: &str) -> Option<&'l str> {
     labels.split(',').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k.trim() == key).then(|| v.trim().trim_matches('"'))

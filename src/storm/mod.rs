@@ -26,6 +26,7 @@ mod checks;
 #[cfg(test)]
 mod checks_tests;
 mod histogram;
+pub mod polls;
 mod report;
 mod run;
 pub mod scenario;

@@ -93,7 +93,7 @@ pub(crate) async fn sample(
 }
 
 /// `GET /metrics` on the admin listener; `None` on any failure.
-async fn scrape(
+pub(crate) async fn scrape(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     admin: SocketAddr,
 ) -> Option<String> {
