@@ -42,6 +42,10 @@ use std::time::Duration;
 use crate::clock::{since, Clock};
 use crate::config;
 
+/// Round-trip times below this are all taken as this: the limit reacts to a biller slowing
+/// down, not to the microseconds of a fast one's jitter.
+pub const RTT_FLOOR: Duration = Duration::from_millis(10);
+
 /// The tuning of an [`AdaptiveLimit`]. [`ConcurrencySettings::new`] gives the defaults; values
 /// out of range are clamped when the limit is built.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,7 +244,10 @@ impl AdaptiveLimit {
 
     fn on_success(&self, rtt: Duration, in_flight: u32) {
         let t = self.tuning;
-        let sample = (rtt.as_nanos() as f64).max(1.0);
+        // Below the floor every answer counts as fast: jitter among sub-floor latencies is the
+        // gateway's own scheduling (pool checkout, a task waiting for a core), not the biller
+        // slowing down, and must not shrink the limit.
+        let sample = (rtt.as_nanos() as f64).max(RTT_FLOOR.as_nanos() as f64);
         let ema = |alpha: f64| {
             move |avg: f64| {
                 if avg > 0.0 {
