@@ -10,6 +10,7 @@
 #   ROUNDS=3         rounds of each measurement (the table shows medians, and min-max of req/s)
 #   DURATION=10      seconds per measured run         WARMUP=3  seconds of warm-up per target
 #   CONNECTIONS=64   connections (wrk and oha)        WRK_THREADS=2
+#   LOW_CONNECTIONS=4  the extra low-concurrency pass-through pair (0: none)
 #   WORKERS=2        nginx worker_processes and billgate's tokio worker threads
 #   BACKEND_WORKERS=1  worker_processes of the backend nginx
 #   CACHE=1          also measure billgate with cache_for on the inquiry route
@@ -27,6 +28,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 CONNECTIONS=${CONNECTIONS:-64}
+LOW_CONNECTIONS=${LOW_CONNECTIONS:-4}
 WRK_THREADS=${WRK_THREADS:-2}
 WORKERS=${WORKERS:-2}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
@@ -184,16 +186,23 @@ tokio_workers() { # pid
 }
 
 # ---------------------------------------------------------------------------------------------
-# Scenarios: name | address | key | server whose CPU is counted
+# Scenarios: name | address | key | server whose CPU is counted | connections
 # ---------------------------------------------------------------------------------------------
 
 scenarios() {
-    echo "direct $BACKEND_ADDR - backend"
-    echo "nginx-pass $NGINX_ADDR $PASS_KEY proxy"
-    echo "billgate-pass $BILLGATE_ADDR $PASS_KEY billgate"
-    if [[ $CACHE == 1 ]]; then echo "billgate-cache $CACHED_ADDR $PASS_KEY cached"; fi
-    echo "nginx-reject $NGINX_ADDR $TINY_KEY proxy"
-    echo "billgate-reject $BILLGATE_ADDR $TINY_KEY billgate"
+    echo "direct $BACKEND_ADDR - backend $CONNECTIONS"
+    echo "nginx-pass $NGINX_ADDR $PASS_KEY proxy $CONNECTIONS"
+    echo "billgate-pass $BILLGATE_ADDR $PASS_KEY billgate $CONNECTIONS"
+    if [[ $CACHE == 1 ]]; then echo "billgate-cache $CACHED_ADDR $PASS_KEY cached $CONNECTIONS"; fi
+    echo "nginx-reject $NGINX_ADDR $TINY_KEY proxy $CONNECTIONS"
+    echo "billgate-reject $BILLGATE_ADDR $TINY_KEY billgate $CONNECTIONS"
+    # Pass-through again with few connections: few enough calls in flight that billgate's
+    # adaptive in-flight limit (which settles near 8 here, 40% of it kept from polls) lets every
+    # request through, so the pair compares forwarding itself. Maximum throughput only.
+    if ((LOW_CONNECTIONS > 0)); then
+        echo "nginx-pass-c$LOW_CONNECTIONS $NGINX_ADDR $PASS_KEY proxy $LOW_CONNECTIONS"
+        echo "billgate-pass-c$LOW_CONNECTIONS $BILLGATE_ADDR $PASS_KEY billgate $LOW_CONNECTIONS"
+    fi
 }
 
 # One scenario per line, the order rotated by the round so no target always runs first.
@@ -213,7 +222,7 @@ status_of() { # addr key path -> HTTP status
 preflight() {
     log "preflight: every target answers a bill, refuses over quota, refuses unknown keys"
     local name addr key cpu s
-    while read -r name addr key cpu; do
+    while read -r name addr key _ _; do
         s=$(status_of "$addr" "$PASS_KEY" /v1/bills/100234)
         [[ $name == direct || $s == 200 ]] || die "$name: a pass-through inquiry got $s, not 200"
         if [[ $name == direct ]]; then
@@ -242,13 +251,13 @@ preflight() {
 RESULTS=$OUT/results.tsv
 
 # Closed loop, maximum throughput. Appends a row to $RESULTS unless the phase is "warmup".
-run_wrk() { # phase round name addr key cpu_server seconds
-    local phase=$1 round=$2 name=$3 addr=$4 key=$5 server=$6 secs=$7
+run_wrk() { # phase round name addr key cpu_server seconds connections
+    local phase=$1 round=$2 name=$3 addr=$4 key=$5 server=$6 secs=$7 conns=$8
     local pids before after line load
     pids=$(pids_of "$server")
     load=$(cut -d' ' -f1 /proc/loadavg)
     before=$(cpu_ticks $pids)
-    line=$(timeout $((secs + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${secs}s" --timeout 5s \
+    line=$(timeout $((secs + 30)) wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --timeout 5s \
         -s "$HERE/bench.lua" "http://$addr" -- "${key#-}" 2>&1 | tee -a "$OUT/wrk.log" | grep '^E2E ') ||
         die "wrk against $name failed (see $OUT/wrk.log)"
     after=$(cpu_ticks $pids)
@@ -329,19 +338,19 @@ summary() {
     echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); shared with other work"
     echo "- load average: $LOAD_BEFORE before, $LOAD_AFTER after; 1-min load at the start of each run: median $(cut -f12 "$RESULTS" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'), max $(cut -f12 "$RESULTS" | sort -g | tail -1)"
     echo "- workers: nginx worker_processes $WORKERS; billgate $BILLGATE_THREADS tokio worker threads (TOKIO_WORKER_THREADS=$WORKERS); backend nginx worker_processes $BACKEND_WORKERS"
-    echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS for maximum throughput; oha -c$CONNECTIONS --latency-correction -q RATE for latency; ${DURATION}s runs, $ROUNDS rounds, order rotated each round; medians"
+    echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS (-c$LOW_CONNECTIONS for the -c$LOW_CONNECTIONS pair) for maximum throughput; oha -c$CONNECTIONS --latency-correction -q RATE for latency; ${DURATION}s runs, $ROUNDS rounds, order rotated each round; medians"
     if ((have_lat)); then
         echo "- fixed rate: $PASS_AT req/s in every scenario (half of nginx's median pass-through maximum)"
     fi
     echo
     echo "| scenario | answers/s max [min-max] | 2xx/s max | refused at max / at rate | p50 ms | p99 ms | p99.9 ms | CPU µs/answer at max / at rate | billgate/nginx |"
     echo "|---|---|---|---|---|---|---|---|---|"
-    while read -r name _ _ _; do
+    while read -r name _ _ _ _; do
         answered=$(median throughput "$name" 4)
         ok=$(median throughput "$name" 13)
         refused=$(median throughput "$name" 6)
         cpu_max=$(median throughput "$name" 10)
-        if ((have_lat)); then
+        if ((have_lat)) && [[ $(median latency "$name" 7) != nan ]]; then
             p50=$(median latency "$name" 7); p99=$(median latency "$name" 8); p999=$(median latency "$name" 9)
             cpu_rate=$(median latency "$name" 10); refused_rate=$(median latency "$name" 6)
         else
@@ -352,10 +361,15 @@ summary() {
             billgate-pass | billgate-cache)
                 vs="2xx/s ×$(ratio "$ok" "$(median throughput nginx-pass 13)")"
                 if ((have_lat)); then vs="$vs, p99 ×$(ratio "$p99" "$(median latency nginx-pass 8)")"; fi
+                vs="$vs, CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-pass 10)")"
+                ;;
+            billgate-pass-c*)
+                vs="2xx/s ×$(ratio "$ok" "$(median throughput "nginx${name#billgate}" 13)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput "nginx${name#billgate}" 10)")"
                 ;;
             billgate-reject)
                 vs="refusals/s ×$(ratio "$(median throughput "$name" 5)" "$(median throughput nginx-reject 5)")"
                 if ((have_lat)); then vs="$vs, p99 ×$(ratio "$p99" "$(median latency nginx-reject 8)")"; fi
+                vs="$vs, CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)")"
                 ;;
         esac
         if [[ $name == direct ]]; then cpu_rate="$cpu_rate (backend)"; fi
@@ -373,6 +387,10 @@ summary() {
     local bg ng
     bg=$(median throughput billgate-pass 13); ng=$(median throughput nginx-pass 13)
     echo "- pass-through 2xx/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.00): $(verdict "$(awk -v a="$bg" -v b="$ng" 'BEGIN { print (a >= b) }')")"
+    if ((LOW_CONNECTIONS > 0)); then
+        bg=$(median throughput "billgate-pass-c$LOW_CONNECTIONS" 13); ng=$(median throughput "nginx-pass-c$LOW_CONNECTIONS" 13)
+        echo "  - with $LOW_CONNECTIONS connections (forwarding alone, if billgate refused nothing there): billgate/nginx = $(ratio "$bg" "$ng"), $(verdict "$(awk -v a="$bg" -v b="$ng" 'BEGIN { print (a >= b) }')") at that concurrency"
+    fi
     # Latency targets presuppose pass-through: a run in which billgate refused requests answered
     # some of them at once, which flatters its percentiles.
     local refused_at_rate=0 caveat=""
@@ -442,15 +460,15 @@ measure() {
 
     local name addr key server round
     log "warm-up: ${WARMUP}s of wrk per target"
-    while read -r name addr key server; do
-        run_wrk warmup 0 "$name" "$addr" "$key" "$server" "$WARMUP"
+    while read -r name addr key server conns; do
+        run_wrk warmup 0 "$name" "$addr" "$key" "$server" "$WARMUP" "$conns"
     done < <(scenarios)
 
     for ((round = 1; round <= ROUNDS; round++)); do
         log "throughput round $round/$ROUNDS (load $(cut -d' ' -f1-3 /proc/loadavg))"
-        while read -r name addr key server; do
-            [[ $name == *-reject ]] && sleep 1.1 # the tiny quota starts each run full
-            run_wrk throughput "$round" "$name" "$addr" "$key" "$server" "$DURATION"
+        while read -r name addr key server conns; do
+            if [[ $name == *-reject ]]; then sleep 1.1; fi # the tiny quota starts each run full
+            run_wrk throughput "$round" "$name" "$addr" "$key" "$server" "$DURATION" "$conns"
             log "  $name: $(tail -1 "$RESULTS" | cut -f4) req/s, $(tail -1 "$RESULTS" | cut -f6) refused"
         done < <(rotated "$round")
     done
@@ -461,7 +479,8 @@ measure() {
         PASS_AT=$(awk -v x="$(median throughput nginx-pass 4)" 'BEGIN { printf "%d", x / 2 }')
         for ((round = 1; round <= ROUNDS; round++)); do
             log "latency round $round/$ROUNDS at $PASS_AT req/s (load $(cut -d' ' -f1-3 /proc/loadavg))"
-            while read -r name addr key server; do
+            while read -r name addr key server conns; do
+                if ((conns != CONNECTIONS)); then continue; fi
                 if [[ $name == *-reject ]]; then sleep 1.1; fi
                 run_oha latency "$round" "$name" "$addr" "$key" "$server" "$PASS_AT" "$DURATION"
                 log "  $name: p50 $(tail -1 "$RESULTS" | cut -f7) ms, p99 $(tail -1 "$RESULTS" | cut -f8) ms, p99.9 $(tail -1 "$RESULTS" | cut -f9) ms"
@@ -473,13 +492,16 @@ measure() {
     log "rows: $RESULTS (phase round scenario req/s refused/s refused-share p50 p99 p99.9 cpu-us/req socket-errors load1)"
 }
 
-# perf (software cpu-clock sampling: this machine exposes no hardware counters) of the billgate
-# process under wrk load; prints the top symbols by self time. PROFILE_KEY picks the partner
-# (bench-pass-key: forwarding; bench-tiny-key: refusals); PROFILE_CONNECTIONS the wrk
-# connections (default 4, few enough that billgate's adaptive in-flight limit never refuses, so
-# the profile is of forwarding alone); PROFILE_SECONDS the length.
+# perf (software cpu-clock sampling: this machine exposes no hardware counters; DWARF call
+# graphs, since the release build keeps no frame pointers) of the billgate process under wrk
+# load. PROFILE_KEY picks the partner (bench-pass-key: forwarding; bench-tiny-key: refusals);
+# PROFILE_CONNECTIONS the wrk connections (default 4: few enough that billgate's adaptive
+# in-flight limit never refuses, so a pass-through profile is of forwarding alone);
+# PROFILE_SECONDS the length. Prints the share by object, the top symbols by self time and the
+# top billgate frames by inclusive time.
 profile() {
-    local secs=${PROFILE_SECONDS:-10} key=${PROFILE_KEY:-$PASS_KEY} conns=${PROFILE_CONNECTIONS:-4}
+    local secs=${PROFILE_SECONDS:-8} key=${PROFILE_KEY:-$PASS_KEY} conns=${PROFILE_CONNECTIONS:-4}
+    local perf_data=$OUT/perf-${key%-key}-c$conns.data
     log "profiling billgate for ${secs}s under wrk -c$conns as $key"
     timeout $((WARMUP + 30)) wrk -t"$WRK_THREADS" -c"$conns" -d"${WARMUP}s" -s "$HERE/bench.lua" \
         "http://$BILLGATE_ADDR" -- "$key" >/dev/null 2>&1 || die "warm-up failed"
@@ -487,19 +509,22 @@ profile() {
         -s "$HERE/bench.lua" "http://$BILLGATE_ADDR" -- "$key" >"$OUT/profile-wrk.log" 2>&1 &
     local load=$!
     sleep 1
-    timeout $((secs + 30)) perf record -e cpu-clock -F 1999 -g -p "$PID_billgate" -o "$OUT/perf.data" \
-        -- sleep "$secs" >"$OUT/perf-record.log" 2>&1 || die "perf record failed (see $OUT/perf-record.log)"
+    timeout $((secs + 60)) perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$PID_billgate" \
+        -o "$perf_data" -- sleep "$secs" >"$OUT/perf-record.log" 2>&1 ||
+        die "perf record failed (see $OUT/perf-record.log)"
     wait "$load" || true
-    grep -E '^(E2E|Requests/sec)' "$OUT/profile-wrk.log" || true
-    perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
-        grep -E '^ +[0-9]' >"$OUT/perf-self.txt" || true
-    perf report -i "$OUT/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null |
-        grep -E '^ +[0-9]' >"$OUT/perf-dso.txt" || true
+    grep -E '^E2E' "$OUT/profile-wrk.log" || true
+    local tidy='s/[[:space:]-]*$//; s/   */  /g'
     echo "## share of samples by object"
-    head -8 "$OUT/perf-dso.txt"
+    perf report -i "$perf_data" --no-children --sort dso --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | sed "$tidy" | sed -n 1,6p
     echo "## top symbols by self time"
-    head -40 "$OUT/perf-self.txt"
-    log "full report: perf report -i $OUT/perf.data (with call graphs: drop --no-children)"
+    perf report -i "$perf_data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | sed "$tidy" | sed -n "1,${PROFILE_TOP:-30}p"
+    echo "## billgate's own frames by inclusive time (children included)"
+    perf report -i "$perf_data" --children --sort symbol --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | grep 'billgate::' | sed "$tidy" | sed -n "1,${PROFILE_TOP:-30}p"
+    log "full report: perf report -i $perf_data"
 }
 
 mkdir -p "$OUT"
