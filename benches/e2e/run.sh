@@ -15,6 +15,9 @@
 #   BACKEND_WORKERS=1  worker_processes of the backend nginx
 #   CACHE=1          also measure billgate with cache_for on the inquiry route
 #   LATENCY=1        the fixed-rate (oha) phase; 0 skips it
+#   THROUGHPUT=1     the maximum-throughput (wrk) phase; 0 skips it (then set RATE)
+#   RATE=            the fixed rate, req/s; by default half of nginx's pass-through maximum
+#                    as oha reaches it (measured first, ROUNDS runs, median)
 #   OUT=target/e2e   where results, logs and the servers' run files go
 #   NICE=0           e.g. -5 (root) to run servers and load generators ahead of other work on
 #                    a shared machine; everything measured gets the same priority either way
@@ -34,6 +37,7 @@ WORKERS=${WORKERS:-2}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 CACHE=${CACHE:-1}
 LATENCY=${LATENCY:-1}
+THROUGHPUT=${THROUGHPUT:-1}
 OUT=${OUT:-$ROOT/target/e2e}
 NICE=${NICE:-0}
 RUN=$OUT/run
@@ -282,8 +286,10 @@ run_oha() { # phase round name addr key cpu_server rate seconds
     load=$(cut -d' ' -f1 /proc/loadavg)
     # -w: requests under way at the deadline are waited for, not counted as errors. In oha's
     # --rand-regex-url a dot is literal.
-    args=(-z "${secs}s" -w -c "$CONNECTIONS" -q "$rate" --latency-correction --no-tui
-        --output-format json --rand-regex-url "http://$addr/v1/bills/1[0-9]{5}")
+    # Rate 0: as fast as it can (closed loop), to calibrate the fixed rate.
+    args=(-z "${secs}s" -w -c "$CONNECTIONS" --no-tui --output-format json
+        --rand-regex-url "http://$addr/v1/bills/1[0-9]{5}")
+    if ((rate > 0)); then args+=(-q "$rate" --latency-correction); fi
     [[ $key != - ]] && args+=(-H "x-api-key: $key")
     before=$(cpu_ticks $pids)
     json=$(timeout $((secs + 30)) "$OHA" "${args[@]}" 2>>"$OUT/oha.log") ||
@@ -324,10 +330,14 @@ spread() { # phase scenario column -> "min-max"
         sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) printf "%.0f-%.0f", lo, hi }'
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+ratio() {
+    if [[ $1 == nan || $2 == nan ]]; then echo n/a; return; fi
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
+}
 verdict() { if [[ $1 == 1 ]]; then echo MET; else echo "NOT MET"; fi; }
 lat_verdict() { if [[ -n $2 ]]; then echo "NOT MET$2"; else verdict "$1"; fi; }
-percent() { if [[ $1 == - ]]; then echo -; else awk -v f="$1" 'BEGIN { printf "%.1f%%", f * 100 }'; fi; }
+percent() { if [[ $1 == - || $1 == nan ]]; then echo -; else awk -v f="$1" 'BEGIN { printf "%.1f%%", f * 100 }'; fi; }
+whole() { if [[ $1 == nan ]]; then echo -; else awk -v x="$1" 'BEGIN { printf "%.0f", x }'; fi; }
 
 summary() {
     local name answered ok refused refused_rate p50 p99 p999 cpu_max cpu_rate vs have_lat
@@ -340,7 +350,11 @@ summary() {
     echo "- workers: nginx worker_processes $WORKERS; billgate $BILLGATE_THREADS tokio worker threads (TOKIO_WORKER_THREADS=$WORKERS); backend nginx worker_processes $BACKEND_WORKERS"
     echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS (-c$LOW_CONNECTIONS for the -c$LOW_CONNECTIONS pair) for maximum throughput; oha -c$CONNECTIONS --latency-correction -q RATE for latency; ${DURATION}s runs, $ROUNDS rounds, order rotated each round; medians"
     if ((have_lat)); then
-        echo "- fixed rate: $PASS_AT req/s in every scenario (half of nginx's median pass-through maximum)"
+        if [[ -n ${RATE:-} ]]; then
+            echo "- fixed rate: $PASS_AT req/s in every scenario (RATE)"
+        else
+            echo "- fixed rate: $PASS_AT req/s in every scenario: half of nginx's median pass-through maximum under oha itself ($(median calibration nginx-pass 4) req/s; under wrk it was $(median throughput nginx-pass 4))"
+        fi
     fi
     echo
     echo "| scenario | answers/s max [min-max] | 2xx/s max | refused at max / at rate | p50 ms | p99 ms | p99.9 ms | CPU µs/answer at max / at rate | billgate/nginx |"
@@ -372,9 +386,10 @@ summary() {
                 vs="$vs, CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)")"
                 ;;
         esac
+        if [[ $cpu_max == nan ]]; then cpu_max=-; fi
         if [[ $name == direct ]]; then cpu_rate="$cpu_rate (backend)"; fi
-        printf '| %s | %.0f [%s] | %.0f | %s / %s | %s | %s | %s | %s / %s | %s |\n' "$name" "$answered" \
-            "$(spread throughput "$name" 4)" "$ok" "$(percent "$refused")" "$(percent "$refused_rate")" \
+        printf '| %s | %s [%s] | %s | %s / %s | %s | %s | %s | %s / %s | %s |\n' "$name" "$(whole "$answered")" \
+            "$(spread throughput "$name" 4)" "$(whole "$ok")" "$(percent "$refused")" "$(percent "$refused_rate")" \
             "$p50" "$p99" "$p999" "$cpu_max" "$cpu_rate" "$vs"
     done < <(scenarios)
     echo
@@ -450,6 +465,7 @@ build() {
 
 measure() {
     : >"$RESULTS"
+    if [[ $THROUGHPUT != 1 && -z ${RATE:-} ]]; then die "THROUGHPUT=0 needs RATE"; fi
     : >"$OUT/wrk.log"
     : >"$OUT/oha.json"
     LOAD_BEFORE=$(uptime | sed 's/.*load average: //')
@@ -464,7 +480,7 @@ measure() {
         run_wrk warmup 0 "$name" "$addr" "$key" "$server" "$WARMUP" "$conns"
     done < <(scenarios)
 
-    for ((round = 1; round <= ROUNDS; round++)); do
+    for ((round = 1; round <= ROUNDS * THROUGHPUT; round++)); do
         log "throughput round $round/$ROUNDS (load $(cut -d' ' -f1-3 /proc/loadavg))"
         while read -r name addr key server conns; do
             if [[ $name == *-reject ]]; then sleep 1.1; fi # the tiny quota starts each run full
@@ -475,8 +491,17 @@ measure() {
 
     if [[ $LATENCY == 1 ]]; then
         # One rate for every scenario, rejection included: half of nginx's pass-through maximum
-        # (oha itself needs CPU; much more than that and it measures its own queueing).
-        PASS_AT=$(awk -v x="$(median throughput nginx-pass 4)" 'BEGIN { printf "%d", x / 2 }')
+        # as oha itself reaches it (oha needs about twice wrk's CPU per request; half of wrk's
+        # maximum would overload the machine and measure oha's own queueing). RATE overrides.
+        if [[ -n ${RATE:-} ]]; then
+            PASS_AT=$RATE
+        else
+            for ((round = 1; round <= ROUNDS; round++)); do
+                run_oha calibration "$round" nginx-pass "$NGINX_ADDR" "$PASS_KEY" proxy 0 "$DURATION"
+                log "calibration $round/$ROUNDS: nginx-pass under oha -c$CONNECTIONS, as fast as it goes: $(tail -1 "$RESULTS" | cut -f4) req/s"
+            done
+            PASS_AT=$(awk -v x="$(median calibration nginx-pass 4)" 'BEGIN { printf "%d", x / 2 }')
+        fi
         for ((round = 1; round <= ROUNDS; round++)); do
             log "latency round $round/$ROUNDS at $PASS_AT req/s (load $(cut -d' ' -f1-3 /proc/loadavg))"
             while read -r name addr key server conns; do
