@@ -334,7 +334,12 @@ ratio() {
     if [[ $1 == nan || $2 == nan ]]; then echo n/a; return; fi
     awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
 }
-verdict() { if [[ $1 == 1 ]]; then echo MET; else echo "NOT MET"; fi; }
+verdict() { if [[ $1 == 1 ]]; then echo MET; elif [[ $1 == - ]]; then echo "not measured"; else echo "NOT MET"; fi; }
+# 1 if "A OP B" holds, - if either is missing (nan).
+holds() { # a op b
+    if [[ $1 == nan || $3 == nan ]]; then echo -; return; fi
+    awk -v a="$1" -v b="$3" -v op="$2" 'BEGIN { print (op == ">=" ? a >= b : op == "<=" ? a <= b : 0) }'
+}
 lat_verdict() { if [[ -n $2 ]]; then echo "NOT MET$2"; else verdict "$1"; fi; }
 percent() { if [[ $1 == - || $1 == nan ]]; then echo -; else awk -v f="$1" 'BEGIN { printf "%.1f%%", f * 100 }'; fi; }
 whole() { if [[ $1 == nan ]]; then echo -; else awk -v x="$1" 'BEGIN { printf "%.0f", x }'; fi; }
@@ -401,10 +406,10 @@ summary() {
     echo "### targets"
     local bg ng
     bg=$(median throughput billgate-pass 13); ng=$(median throughput nginx-pass 13)
-    echo "- pass-through 2xx/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.00): $(verdict "$(awk -v a="$bg" -v b="$ng" 'BEGIN { print (a >= b) }')")"
+    echo "- pass-through 2xx/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.00): $(verdict "$(holds "$bg" ">=" "$ng")")"
     if ((LOW_CONNECTIONS > 0)); then
         bg=$(median throughput "billgate-pass-c$LOW_CONNECTIONS" 13); ng=$(median throughput "nginx-pass-c$LOW_CONNECTIONS" 13)
-        echo "  - with $LOW_CONNECTIONS connections (forwarding alone, if billgate refused nothing there): billgate/nginx = $(ratio "$bg" "$ng"), $(verdict "$(awk -v a="$bg" -v b="$ng" 'BEGIN { print (a >= b) }')") at that concurrency"
+        echo "  - with $LOW_CONNECTIONS connections (forwarding alone, if billgate refused nothing there): billgate/nginx = $(ratio "$bg" "$ng"), $(verdict "$(holds "$bg" ">=" "$ng")") at that concurrency"
     fi
     # Latency targets presuppose pass-through: a run in which billgate refused requests answered
     # some of them at once, which flatters its percentiles.
@@ -415,16 +420,16 @@ summary() {
             caveat=" (but billgate refused $(percent "$refused_at_rate") of these requests, answered at once: no pass-through, so the target is not met whatever the figures)"
         fi
         bg=$(median latency billgate-pass 8); ng=$(median latency nginx-pass 8)
-        echo "- pass-through p99 at $PASS_AT req/s: billgate $bg ms, nginx $ng ms (target billgate <= nginx): $(lat_verdict "$(awk -v a="$bg" -v b="$ng" 'BEGIN { print (a <= b) }')" "$caveat")"
+        echo "- pass-through p99 at $PASS_AT req/s: billgate $bg ms, nginx $ng ms (target billgate <= nginx): $(lat_verdict "$(holds "$bg" "<=" "$ng")" "$caveat")"
     fi
     bg=$(median throughput billgate-reject 5); ng=$(median throughput nginx-reject 5)
-    echo "- rejection refusals/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.10): $(verdict "$(awk -v a="$bg" -v b="$ng" 'BEGIN { print (a >= 1.1 * b) }')")"
+    echo "- rejection refusals/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.10): $(verdict "$(holds "$bg" ">=" "$(awk -v x="$ng" 'BEGIN { print (x == "nan" ? "nan" : 1.1 * x) }')")")"
     if ((have_lat)); then
         local d
         d=$(median latency direct 8)
         bg=$(awk -v a="$(median latency billgate-pass 8)" -v d="$d" 'BEGIN { printf "%+.3f", a - d }')
         ng=$(awk -v a="$(median latency nginx-pass 8)" -v d="$d" 'BEGIN { printf "%+.3f", a - d }')
-        echo "- added p99 over direct ($d ms) at $PASS_AT req/s: billgate $bg ms, nginx $ng ms (target billgate <= nginx): $(lat_verdict "$(awk -v a="$bg" -v b="$ng" 'BEGIN { print (a <= b) }')" "$caveat")"
+        echo "- added p99 over direct ($d ms) at $PASS_AT req/s: billgate $bg ms, nginx $ng ms (target billgate <= nginx): $(lat_verdict "$(holds "$bg" "<=" "$ng")" "$caveat")"
     fi
     echo
     echo "### checks"
