@@ -3,7 +3,8 @@
 # backend (nginx `return 200` with a 190-byte bill), plus the backend alone as the ceiling.
 #
 #   benches/e2e/run.sh            build release, run every scenario, print the table
-#   benches/e2e/run.sh profile    perf profile of billgate under pass-through load (top symbols)
+#   benches/e2e/run.sh profile    perf profile of billgate forwarding (or, with
+#                                 PROFILE_KEY=bench-tiny-key PROFILE_CONNECTIONS=64, refusing)
 #
 # Loopback only. Every load run is bounded by `timeout`; every server this script starts is
 # stopped on exit (trap). Knobs (environment):
@@ -157,7 +158,7 @@ start_servers() {
     start_nginx backend "$HERE/nginx-backend.conf" "$BACKEND_ADDR"
     start_nginx proxy "$HERE/nginx-proxy.conf" "$NGINX_ADDR"
     start_billgate billgate "$HERE/billgate.toml" "$BILLGATE_ADDR"
-    if [[ $CACHE == 1 ]]; then
+    if [[ $CACHE == 1 && $MODE == run ]]; then
         # The same configuration on other ports, with the answer cache on for inquiries.
         sed -e "s|$BILLGATE_ADDR|$CACHED_ADDR|" -e "s|$BILLGATE_ADMIN|$CACHED_ADMIN|" \
             -e 's|^class = "inquiry"$|class = "inquiry"\ncache_for = "60s"|' \
