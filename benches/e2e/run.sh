@@ -1,0 +1,572 @@
+#!/usr/bin/env bash
+# End-to-end load comparison: billgate against nginx (limit_req), both in front of the same fast
+# backend (nginx `return 200` with a 190-byte bill), plus the backend alone as the ceiling.
+#
+#   benches/e2e/run.sh            build release, run every scenario, print the table
+#   benches/e2e/run.sh profile    perf profile of billgate forwarding (or, with
+#                                 PROFILE_KEY=bench-tiny-key PROFILE_CONNECTIONS=64, refusing)
+#
+# Loopback only. Every load run is bounded by `timeout`; every server this script starts is
+# stopped on exit (trap). Knobs (environment):
+#   ROUNDS=3         rounds of each measurement (the table shows medians, and min-max of req/s)
+#   DURATION=10      seconds per measured run         WARMUP=3  seconds of warm-up per target
+#   CONNECTIONS=64   connections (wrk and oha)        WRK_THREADS=2
+#   LOW_CONNECTIONS=4  the extra low-concurrency pass-through pair (0: none)
+#   WORKERS=2        nginx worker_processes and billgate's tokio worker threads
+#   BACKEND_WORKERS=1  worker_processes of the backend nginx
+#   CACHE=1          also measure billgate with cache_for on the inquiry route
+#   LATENCY=1        the fixed-rate (oha) phase; 0 skips it
+#   THROUGHPUT=1     the maximum-throughput (wrk) phase; 0 skips it (then set RATE)
+#   RATE=            the fixed rate, req/s; by default half of nginx's pass-through maximum
+#                    as oha reaches it (measured first, ROUNDS runs, median)
+#   OUT=target/e2e   where results, logs and the servers' run files go
+#   NICE=0           e.g. -5 (root) to run servers and load generators ahead of other work on
+#                    a shared machine; everything measured gets the same priority either way
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+MODE=${1:-run}
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+LOW_CONNECTIONS=${LOW_CONNECTIONS:-4}
+WRK_THREADS=${WRK_THREADS:-2}
+WORKERS=${WORKERS:-2}
+BACKEND_WORKERS=${BACKEND_WORKERS:-1}
+CACHE=${CACHE:-1}
+LATENCY=${LATENCY:-1}
+THROUGHPUT=${THROUGHPUT:-1}
+OUT=${OUT:-$ROOT/target/e2e}
+NICE=${NICE:-0}
+RUN=$OUT/run
+
+BACKEND_ADDR=127.0.0.1:18000
+NGINX_ADDR=127.0.0.1:18001
+BILLGATE_ADDR=127.0.0.1:18002
+BILLGATE_ADMIN=127.0.0.1:18102
+CACHED_ADDR=127.0.0.1:18003
+CACHED_ADMIN=127.0.0.1:18103
+PASS_KEY=bench-pass-key
+TINY_KEY=bench-tiny-key
+# The same quotas as billgate.toml: N/s with burst N.
+PASS_RATE=1000000
+TINY_RATE=10
+
+BILLGATE=$ROOT/target/release/billgate
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------------
+
+need_tools() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v jq >/dev/null || missing+=(jq)
+    command -v curl >/dev/null || missing+=(curl)
+    if [[ $MODE == profile ]] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
+    if ((${#missing[@]})); then
+        [[ $(id -u) == 0 ]] || die "missing ${missing[*]}: install them (apt-get install -y ${missing[*]})"
+        log "installing ${missing[*]} (apt-get)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        # Debian's nginx package may start its own service on :80; it is not ours to use.
+    fi
+    OHA=$(command -v oha || true)
+    [[ -z $OHA && -x $HOME/.cargo/bin/oha ]] && OHA=$HOME/.cargo/bin/oha
+    if [[ $MODE == run && $LATENCY == 1 && -z $OHA ]]; then
+        log "oha (the fixed-rate load generator) is missing: building it once from crates.io"
+        log "(cargo install oha --locked: 5-20 minutes on 2 busy cores; LATENCY=0 skips this phase)"
+        cargo install oha --locked >"$OUT/oha-install.log" 2>&1 ||
+            die "cargo install oha failed; see $OUT/oha-install.log (or run with LATENCY=0)"
+        OHA=$HOME/.cargo/bin/oha
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Servers: started here, stopped on exit
+# ---------------------------------------------------------------------------------------------
+
+STARTED=()
+
+stop_all() {
+    local pid
+    for pid in "${STARTED[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    STARTED=()
+}
+trap 'stop_all' EXIT
+trap 'exit 130' INT TERM
+
+fill_template() { # template out
+    sed -e "s|@RUN@|$RUN|g" -e "s|@WORKERS@|$WORKERS|g" \
+        -e "s|@BACKEND_WORKERS@|$BACKEND_WORKERS|g" -e "s|@BACKEND_ADDR@|$BACKEND_ADDR|g" \
+        -e "s|@PROXY_ADDR@|$NGINX_ADDR|g" \
+        -e "s|@PASS_RATE@|$PASS_RATE|g" -e "s|@PASS_BURST@|$PASS_RATE|g" \
+        -e "s|@TINY_RATE@|$TINY_RATE|g" -e "s|@TINY_BURST@|$TINY_RATE|g" \
+        "$1" >"$2"
+}
+
+wait_port() { # addr what
+    for _ in $(seq 100); do
+        if curl -s -o /dev/null --max-time 1 "http://$1/"; then return 0; fi
+        sleep 0.1
+    done
+    die "$2 did not start listening on $1 (see $RUN/*.log)"
+}
+
+port_free() { # addr
+    ! curl -s -o /dev/null --max-time 1 "http://$1/" || die "$1 is already in use: stop what listens there first"
+}
+
+start_nginx() { # name template addr -> sets PID_<name>
+    local name=$1 conf=$RUN/$1.conf
+    port_free "$3"
+    fill_template "$2" "$conf"
+    nginx -t -q -p "$RUN" -c "$conf" 2>"$RUN/$name-check.log" || die "nginx rejects $conf: $(cat "$RUN/$name-check.log")"
+    nginx -p "$RUN" -c "$conf" >"$RUN/$name.log" 2>&1 &
+    STARTED+=($!)
+    printf -v "PID_$name" %s $!
+    wait_port "$3" "nginx ($name)"
+}
+
+start_billgate() { # name config addr
+    local name=$1
+    port_free "$3"
+    "$BILLGATE" check --config "$2" >"$RUN/$name-check.log" 2>&1 || die "billgate check failed: $(cat "$RUN/$name-check.log")"
+    TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$BILLGATE" serve --config "$2" >"$RUN/$name.log" 2>&1 &
+    STARTED+=($!)
+    printf -v "PID_$name" %s $!
+    wait_port "$3" "billgate ($name)"
+}
+
+start_servers() {
+    rm -rf "$RUN"
+    mkdir -p "$RUN/tmp"
+    start_nginx backend "$HERE/nginx-backend.conf" "$BACKEND_ADDR"
+    start_nginx proxy "$HERE/nginx-proxy.conf" "$NGINX_ADDR"
+    start_billgate billgate "$HERE/billgate.toml" "$BILLGATE_ADDR"
+    if [[ $CACHE == 1 && $MODE == run ]]; then
+        # The same configuration on other ports, with the answer cache on for inquiries.
+        sed -e "s|$BILLGATE_ADDR|$CACHED_ADDR|" -e "s|$BILLGATE_ADMIN|$CACHED_ADMIN|" \
+            -e 's|^class = "inquiry"$|class = "inquiry"\ncache_for = "60s"|' \
+            "$HERE/billgate.toml" >"$RUN/billgate-cache.toml"
+        grep -q '^cache_for = "60s"' "$RUN/billgate-cache.toml" || die "could not derive billgate-cache.toml"
+        start_billgate cached "$RUN/billgate-cache.toml" "$CACHED_ADDR"
+    fi
+}
+
+# Every process of a server: nginx's master and its workers, billgate's one process.
+pids_of() { # name
+    local var=PID_$1
+    local master=${!var}
+    echo "$master" $(pgrep -P "$master" || true)
+}
+
+cpu_ticks() { # pids... -> utime+stime, in clock ticks, summed
+    local total=0 pid t
+    for pid in "$@"; do
+        # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
+tokio_workers() { # pid
+    # tokio names them "tokio-runtime-worker" (older) or "tokio-rt-worker" (newer).
+    cat /proc/"$1"/task/*/comm 2>/dev/null | grep -c '^tokio-r.*-w' || true
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios: name | address | key | server whose CPU is counted | connections
+# ---------------------------------------------------------------------------------------------
+
+scenarios() {
+    echo "direct $BACKEND_ADDR - backend $CONNECTIONS"
+    echo "nginx-pass $NGINX_ADDR $PASS_KEY proxy $CONNECTIONS"
+    echo "billgate-pass $BILLGATE_ADDR $PASS_KEY billgate $CONNECTIONS"
+    if [[ $CACHE == 1 ]]; then echo "billgate-cache $CACHED_ADDR $PASS_KEY cached $CONNECTIONS"; fi
+    echo "nginx-reject $NGINX_ADDR $TINY_KEY proxy $CONNECTIONS"
+    echo "billgate-reject $BILLGATE_ADDR $TINY_KEY billgate $CONNECTIONS"
+    # Pass-through again with few connections: few enough calls in flight that billgate's
+    # adaptive in-flight limit (which settles near 8 here, 40% of it kept from polls) lets every
+    # request through, so the pair compares forwarding itself. Maximum throughput only.
+    if ((LOW_CONNECTIONS > 0)); then
+        echo "nginx-pass-c$LOW_CONNECTIONS $NGINX_ADDR $PASS_KEY proxy $LOW_CONNECTIONS"
+        echo "billgate-pass-c$LOW_CONNECTIONS $BILLGATE_ADDR $PASS_KEY billgate $LOW_CONNECTIONS"
+    fi
+}
+
+# One scenario per line, the order rotated by the round so no target always runs first.
+rotated() { # round
+    local lines
+    mapfile -t lines < <(scenarios)
+    local n=${#lines[@]} i
+    for ((i = 0; i < n; i++)); do echo "${lines[$(((i + $1 - 1) % n))]}"; done
+}
+
+status_of() { # addr key path -> HTTP status
+    local args=(-s -o /dev/null -w '%{http_code}' --max-time 3)
+    [[ $2 != - ]] && args+=(-H "x-api-key: $2")
+    curl "${args[@]}" "http://$1$3"
+}
+
+preflight() {
+    log "preflight: every target answers a bill, refuses over quota, refuses unknown keys"
+    local name addr key cpu s
+    while read -r name addr key _ _; do
+        s=$(status_of "$addr" "$PASS_KEY" /v1/bills/100234)
+        [[ $name == direct || $s == 200 ]] || die "$name: a pass-through inquiry got $s, not 200"
+        if [[ $name == direct ]]; then
+            curl -s --max-time 3 "http://$addr/v1/bills/100234" | jq -e '.bill_id' >/dev/null ||
+                die "the backend's bill is not JSON"
+        fi
+        if [[ $name == *-reject ]]; then
+            local refused=0
+            for _ in $(seq 30); do
+                if [[ $(status_of "$addr" "$key" /v1/bills/100234) == 429 ]]; then refused=$((refused + 1)); fi
+            done
+            ((refused > 0)) || die "$name: 30 quick requests from $key were never refused"
+        fi
+        if [[ $name != direct ]]; then
+            s=$(status_of "$addr" not-a-key /v1/bills/100234)
+            [[ $s == 401 ]] || die "$name: an unknown key got $s, not 401"
+        fi
+    done < <(scenarios)
+    sleep 1.5 # let the tiny quotas refill before anything is measured
+}
+
+# ---------------------------------------------------------------------------------------------
+# Load
+# ---------------------------------------------------------------------------------------------
+
+RESULTS=$OUT/results.tsv
+
+# Closed loop, maximum throughput. Appends a row to $RESULTS unless the phase is "warmup".
+run_wrk() { # phase round name addr key cpu_server seconds connections
+    local phase=$1 round=$2 name=$3 addr=$4 key=$5 server=$6 secs=$7 conns=$8
+    local pids before after line load
+    pids=$(pids_of "$server")
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    before=$(cpu_ticks $pids)
+    line=$(timeout $((secs + 30)) wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --timeout 5s \
+        -s "$HERE/bench.lua" "http://$addr" -- "${key#-}" 2>&1 | tee -a "$OUT/wrk.log" | grep '^E2E ') ||
+        die "wrk against $name failed (see $OUT/wrk.log)"
+    after=$(cpu_ticks $pids)
+    [[ $phase == warmup ]] && return 0
+    # shellcheck disable=SC2086
+    local $(echo "${line#E2E }")
+    awk -v ph="$phase" -v r="$round" -v n="$name" -v req="$requests" -v dur="$duration_us" \
+        -v bad="$non2xx" -v err="$errors" -v p50="$p50_us" -v p99="$p99_us" -v p999="$p999_us" \
+        -v ticks=$((after - before)) -v hz="$CLK_TCK" -v load="$load" 'BEGIN {
+        s = dur / 1e6
+        printf "%s\t%s\t%s\t%.0f\t%.0f\t%.4f\t%.3f\t%.3f\t%.3f\t%.1f\t%d\t%s\t%.0f\n", ph, r, n,
+            req / s, bad / s, (req ? bad / req : 0), p50 / 1000, p99 / 1000, p999 / 1000,
+            (req ? ticks / hz * 1e6 / req : 0), err, load, (req - bad) / s
+    }' >>"$RESULTS"
+}
+
+# Open loop at a fixed rate, latency corrected for coordinated omission (oha).
+run_oha() { # phase round name addr key cpu_server rate seconds
+    local phase=$1 round=$2 name=$3 addr=$4 key=$5 server=$6 rate=$7 secs=$8
+    local pids before after json load args
+    pids=$(pids_of "$server")
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    # -w: requests under way at the deadline are waited for, not counted as errors. In oha's
+    # --rand-regex-url a dot is literal.
+    # Rate 0: as fast as it can (closed loop), to calibrate the fixed rate.
+    args=(-z "${secs}s" -w -c "$CONNECTIONS" --no-tui --output-format json
+        --rand-regex-url "http://$addr/v1/bills/1[0-9]{5}")
+    if ((rate > 0)); then args+=(-q "$rate" --latency-correction); fi
+    [[ $key != - ]] && args+=(-H "x-api-key: $key")
+    before=$(cpu_ticks $pids)
+    json=$(timeout $((secs + 30)) "$OHA" "${args[@]}" 2>>"$OUT/oha.log") ||
+        die "oha against $name failed (see $OUT/oha.log)"
+    after=$(cpu_ticks $pids)
+    echo "$json" >>"$OUT/oha.json"
+    [[ $phase == warmup ]] && return 0
+    jq -r --arg ph "$phase" --arg r "$round" --arg n "$name" --argjson ticks $((after - before)) \
+        --argjson hz "$CLK_TCK" --arg load "$load" 'def ms: (. // 0) * 1e6 | round / 1000;
+        (.statusCodeDistribution // {}) as $codes
+        | ([$codes | to_entries[] | .value] | add // 0) as $total
+        | ([$codes | to_entries[] | select(.key | test("^2")) | .value] | add // 0) as $ok
+        | (.summary.total) as $secs
+        | [$ph, $r, $n,
+           ($total / $secs | round), (($total - $ok) / $secs | round),
+           (if $total > 0 then (($total - $ok) / $total * 10000 | round) / 10000 else 0 end),
+           (.latencyPercentiles.p50 | ms), (.latencyPercentiles.p99 | ms),
+           (.latencyPercentiles["p99.9"] | ms),
+           (if $total > 0 then ($ticks / $hz * 1e6 / $total * 10 | round) / 10 else 0 end),
+           ((.errorDistribution // {}) | [.[]] | add // 0), $load, ($ok / $secs | round)]
+        | @tsv' <<<"$json" >>"$RESULTS"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+
+# The median of column $3 (1-based) over rows of phase $1 and scenario $2.
+median() { # phase scenario column
+    awk -F'\t' -v ph="$1" -v n="$2" -v c="$3" '$1 == ph && $3 == n { print $c }' "$RESULTS" |
+        sort -g | awk '{ v[NR] = $1 } END {
+            if (NR == 0) { print "nan"; exit }
+            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+spread() { # phase scenario column -> "min-max"
+    awk -F'\t' -v ph="$1" -v n="$2" -v c="$3" '$1 == ph && $3 == n { print $c }' "$RESULTS" |
+        sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) printf "%.0f-%.0f", lo, hi }'
+}
+
+ratio() {
+    if [[ $1 == nan || $2 == nan ]]; then echo n/a; return; fi
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
+}
+verdict() { if [[ $1 == 1 ]]; then echo MET; elif [[ $1 == - ]]; then echo "not measured"; else echo "NOT MET"; fi; }
+# 1 if "A OP B" holds, - if either is missing (nan).
+holds() { # a op b
+    if [[ $1 == nan || $3 == nan ]]; then echo -; return; fi
+    awk -v a="$1" -v b="$3" -v op="$2" 'BEGIN { print (op == ">=" ? a >= b : op == "<=" ? a <= b : 0) }'
+}
+lat_verdict() { if [[ -n $2 ]]; then echo "NOT MET$2"; else verdict "$1"; fi; }
+percent() { if [[ $1 == - || $1 == nan ]]; then echo -; else awk -v f="$1" 'BEGIN { printf "%.1f%%", f * 100 }'; fi; }
+whole() { if [[ $1 == nan ]]; then echo -; else awk -v x="$1" 'BEGIN { printf "%.0f", x }'; fi; }
+
+summary() {
+    local name answered ok refused refused_rate p50 p99 p999 cpu_max cpu_rate vs have_lat
+    have_lat=$(awk -F'\t' '$1 == "latency"' "$RESULTS" | wc -l)
+    echo
+    echo "## billgate vs nginx, end to end ($(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    echo
+    echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); shared with other work"
+    echo "- load average: $LOAD_BEFORE before, $LOAD_AFTER after; 1-min load at the start of each run: median $(cut -f12 "$RESULTS" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'), max $(cut -f12 "$RESULTS" | sort -g | tail -1)"
+    echo "- workers: nginx worker_processes $WORKERS; billgate $BILLGATE_THREADS tokio worker threads (TOKIO_WORKER_THREADS=$WORKERS); backend nginx worker_processes $BACKEND_WORKERS"
+    echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS (-c$LOW_CONNECTIONS for the -c$LOW_CONNECTIONS pair) for maximum throughput; oha -c$CONNECTIONS --latency-correction -q RATE for latency; ${DURATION}s runs, $ROUNDS rounds, order rotated each round; medians"
+    if ((have_lat)); then
+        if [[ -n ${RATE:-} ]]; then
+            echo "- fixed rate: $PASS_AT req/s in every scenario (RATE)"
+        else
+            echo "- fixed rate: $PASS_AT req/s in every scenario: half of nginx's median pass-through maximum under oha itself ($(median calibration nginx-pass 4) req/s; under wrk it was $(median throughput nginx-pass 4))"
+        fi
+    fi
+    echo
+    echo "| scenario | answers/s max [min-max] | 2xx/s max | refused at max / at rate | p50 ms | p99 ms | p99.9 ms | CPU µs/answer at max / at rate | billgate/nginx |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    while read -r name _ _ _ _; do
+        answered=$(median throughput "$name" 4)
+        ok=$(median throughput "$name" 13)
+        refused=$(median throughput "$name" 6)
+        cpu_max=$(median throughput "$name" 10)
+        if ((have_lat)) && [[ $(median latency "$name" 7) != nan ]]; then
+            p50=$(median latency "$name" 7); p99=$(median latency "$name" 8); p999=$(median latency "$name" 9)
+            cpu_rate=$(median latency "$name" 10); refused_rate=$(median latency "$name" 6)
+        else
+            p50=-; p99=-; p999=-; cpu_rate=-; refused_rate=-
+        fi
+        vs=""
+        case $name in
+            billgate-pass | billgate-cache)
+                vs="2xx/s ×$(ratio "$ok" "$(median throughput nginx-pass 13)")"
+                if ((have_lat)); then vs="$vs, p99 ×$(ratio "$p99" "$(median latency nginx-pass 8)")"; fi
+                vs="$vs, CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-pass 10)")"
+                ;;
+            billgate-pass-c*)
+                vs="2xx/s ×$(ratio "$ok" "$(median throughput "nginx${name#billgate}" 13)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput "nginx${name#billgate}" 10)")"
+                ;;
+            billgate-reject)
+                vs="refusals/s ×$(ratio "$(median throughput "$name" 5)" "$(median throughput nginx-reject 5)")"
+                if ((have_lat)); then vs="$vs, p99 ×$(ratio "$p99" "$(median latency nginx-reject 8)")"; fi
+                vs="$vs, CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)")"
+                ;;
+        esac
+        if [[ $cpu_max == nan ]]; then cpu_max=-; fi
+        if [[ $name == direct ]]; then cpu_rate="$cpu_rate (backend)"; fi
+        printf '| %s | %s [%s] | %s | %s / %s | %s | %s | %s | %s / %s | %s |\n' "$name" "$(whole "$answered")" \
+            "$(spread throughput "$name" 4)" "$(whole "$ok")" "$(percent "$refused")" "$(percent "$refused_rate")" \
+            "$p50" "$p99" "$p999" "$cpu_max" "$cpu_rate" "$vs"
+    done < <(scenarios)
+    echo
+    echo "Answers/s count every answer (2xx, and 429/503 refusals); 2xx/s only the bills. p50/p99/p99.9"
+    echo "are from the fixed-rate runs and cover every answer, refusals included. CPU is utime+stime of"
+    echo "the proxy's processes (nginx master + workers; the billgate process) over the run divided by"
+    echo "the answers; for direct, the backend's. wrk's closed-loop percentiles are in results.tsv."
+    echo
+    echo "### targets"
+    local bg ng
+    bg=$(median throughput billgate-pass 13); ng=$(median throughput nginx-pass 13)
+    echo "- pass-through 2xx/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.00): $(verdict "$(holds "$bg" ">=" "$ng")")"
+    if ((LOW_CONNECTIONS > 0)); then
+        bg=$(median throughput "billgate-pass-c$LOW_CONNECTIONS" 13); ng=$(median throughput "nginx-pass-c$LOW_CONNECTIONS" 13)
+        echo "  - with $LOW_CONNECTIONS connections (forwarding alone, if billgate refused nothing there): billgate/nginx = $(ratio "$bg" "$ng"), $(verdict "$(holds "$bg" ">=" "$ng")") at that concurrency"
+    fi
+    # Latency targets presuppose pass-through: a run in which billgate refused requests answered
+    # some of them at once, which flatters its percentiles.
+    local refused_at_rate=0 caveat=""
+    if ((have_lat)); then
+        refused_at_rate=$(median latency billgate-pass 6)
+        if awk -v f="$refused_at_rate" 'BEGIN { exit !(f > 0.001) }'; then
+            caveat=" (but billgate refused $(percent "$refused_at_rate") of these requests, answered at once: no pass-through, so the target is not met whatever the figures)"
+        fi
+        bg=$(median latency billgate-pass 8); ng=$(median latency nginx-pass 8)
+        echo "- pass-through p99 at $PASS_AT req/s: billgate $bg ms, nginx $ng ms (target billgate <= nginx): $(lat_verdict "$(holds "$bg" "<=" "$ng")" "$caveat")"
+    fi
+    bg=$(median throughput billgate-reject 5); ng=$(median throughput nginx-reject 5)
+    echo "- rejection refusals/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.10): $(verdict "$(holds "$bg" ">=" "$(awk -v x="$ng" 'BEGIN { print (x == "nan" ? "nan" : 1.1 * x) }')")")"
+    if ((have_lat)); then
+        local d
+        d=$(median latency direct 8)
+        bg=$(awk -v a="$(median latency billgate-pass 8)" -v d="$d" 'BEGIN { printf "%+.3f", a - d }')
+        ng=$(awk -v a="$(median latency nginx-pass 8)" -v d="$d" 'BEGIN { printf "%+.3f", a - d }')
+        echo "- added p99 over direct ($d ms) at $PASS_AT req/s: billgate $bg ms, nginx $ng ms (target billgate <= nginx): $(lat_verdict "$(holds "$bg" "<=" "$ng")" "$caveat")"
+    fi
+    echo
+    echo "### checks"
+    local bad
+    bad=$(awk -F'\t' '$3 !~ /-reject$/ && ($6 > 0.001 || $11 > 0) {
+        printf "%s %s round %s: %.2f%% refused, %d socket errors\n", $1, $3, $2, $6 * 100, $11 }' "$RESULTS")
+    if [[ -n $bad ]]; then
+        echo "- pass-through runs with over 0.1% refused or any socket error (a quota or the biller protection bit):"
+        sed 's/^/  - /' <<<"$bad"
+    else
+        echo "- pass-through: no run had over 0.1% refused or any socket error"
+    fi
+    bad=$(awk -F'\t' '$3 ~ /-reject$/ && $6 < 0.95 { printf "%s %s round %s: only %.2f%% refused\n", $1, $3, $2, $6 * 100 }' "$RESULTS")
+    if [[ -n $bad ]]; then
+        echo "- rejection runs with under 95% refused:"
+        sed 's/^/  - /' <<<"$bad"
+    else
+        echo "- rejection: every run had over 95% refused"
+    fi
+    local addr admins=("$BILLGATE_ADMIN")
+    if [[ $CACHE == 1 ]]; then admins+=("$CACHED_ADMIN"); fi
+    for addr in "${admins[@]}"; do
+        echo "- billgate's refusals by reason, whole run ($addr/metrics):"
+        curl -s --max-time 3 "http://$addr/metrics" |
+            awk '/^billgate_rejections_total/ && $NF != "0" { print "  - " $0; n++ } END { if (!n) print "  - none" }'
+        curl -s --max-time 3 "http://$addr/metrics" | awk '/^billgate_upstream_concurrency_limit / { print "  - adaptive in-flight limit at the end: " $2 }'
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Modes
+# ---------------------------------------------------------------------------------------------
+
+build() {
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+}
+
+measure() {
+    : >"$RESULTS"
+    if [[ $THROUGHPUT != 1 && -z ${RATE:-} ]]; then die "THROUGHPUT=0 needs RATE"; fi
+    : >"$OUT/wrk.log"
+    : >"$OUT/oha.json"
+    LOAD_BEFORE=$(uptime | sed 's/.*load average: //')
+    log "load average before: $LOAD_BEFORE"
+    preflight
+    BILLGATE_THREADS=$(tokio_workers "$PID_billgate")
+    log "billgate runs $BILLGATE_THREADS tokio worker threads; nginx runs $(pgrep -P "$PID_proxy" | wc -l) workers"
+
+    local name addr key server round
+    log "warm-up: ${WARMUP}s of wrk per target"
+    while read -r name addr key server conns; do
+        run_wrk warmup 0 "$name" "$addr" "$key" "$server" "$WARMUP" "$conns"
+    done < <(scenarios)
+
+    for ((round = 1; round <= ROUNDS * THROUGHPUT; round++)); do
+        log "throughput round $round/$ROUNDS (load $(cut -d' ' -f1-3 /proc/loadavg))"
+        while read -r name addr key server conns; do
+            if [[ $name == *-reject ]]; then sleep 1.1; fi # the tiny quota starts each run full
+            run_wrk throughput "$round" "$name" "$addr" "$key" "$server" "$DURATION" "$conns"
+            log "  $name: $(tail -1 "$RESULTS" | cut -f4) req/s, $(tail -1 "$RESULTS" | cut -f6) refused"
+        done < <(rotated "$round")
+    done
+
+    if [[ $LATENCY == 1 ]]; then
+        # One rate for every scenario, rejection included: half of nginx's pass-through maximum
+        # as oha itself reaches it (oha needs about twice wrk's CPU per request; half of wrk's
+        # maximum would overload the machine and measure oha's own queueing). RATE overrides.
+        if [[ -n ${RATE:-} ]]; then
+            PASS_AT=$RATE
+        else
+            for ((round = 1; round <= ROUNDS; round++)); do
+                run_oha calibration "$round" nginx-pass "$NGINX_ADDR" "$PASS_KEY" proxy 0 "$DURATION"
+                log "calibration $round/$ROUNDS: nginx-pass under oha -c$CONNECTIONS, as fast as it goes: $(tail -1 "$RESULTS" | cut -f4) req/s"
+            done
+            PASS_AT=$(awk -v x="$(median calibration nginx-pass 4)" 'BEGIN { printf "%d", x / 2 }')
+        fi
+        for ((round = 1; round <= ROUNDS; round++)); do
+            log "latency round $round/$ROUNDS at $PASS_AT req/s (load $(cut -d' ' -f1-3 /proc/loadavg))"
+            while read -r name addr key server conns; do
+                if ((conns != CONNECTIONS)); then continue; fi
+                if [[ $name == *-reject ]]; then sleep 1.1; fi
+                run_oha latency "$round" "$name" "$addr" "$key" "$server" "$PASS_AT" "$DURATION"
+                log "  $name: p50 $(tail -1 "$RESULTS" | cut -f7) ms, p99 $(tail -1 "$RESULTS" | cut -f8) ms, p99.9 $(tail -1 "$RESULTS" | cut -f9) ms"
+            done < <(rotated "$round")
+        done
+    fi
+    LOAD_AFTER=$(uptime | sed 's/.*load average: //')
+    summary | tee "$OUT/summary.md"
+    log "rows: $RESULTS (phase round scenario req/s refused/s refused-share p50 p99 p99.9 cpu-us/req socket-errors load1)"
+}
+
+# perf (software cpu-clock sampling: this machine exposes no hardware counters; DWARF call
+# graphs, since the release build keeps no frame pointers) of the billgate process under wrk
+# load. PROFILE_KEY picks the partner (bench-pass-key: forwarding; bench-tiny-key: refusals);
+# PROFILE_CONNECTIONS the wrk connections (default 4: few enough that billgate's adaptive
+# in-flight limit never refuses, so a pass-through profile is of forwarding alone);
+# PROFILE_SECONDS the length. Prints the share by object, the top symbols by self time and the
+# top billgate frames by inclusive time.
+profile() {
+    local secs=${PROFILE_SECONDS:-8} key=${PROFILE_KEY:-$PASS_KEY} conns=${PROFILE_CONNECTIONS:-4}
+    local perf_data=$OUT/perf-${key%-key}-c$conns.data
+    log "profiling billgate for ${secs}s under wrk -c$conns as $key"
+    timeout $((WARMUP + 30)) wrk -t"$WRK_THREADS" -c"$conns" -d"${WARMUP}s" -s "$HERE/bench.lua" \
+        "http://$BILLGATE_ADDR" -- "$key" >/dev/null 2>&1 || die "warm-up failed"
+    timeout $((secs + 30)) wrk -t"$WRK_THREADS" -c"$conns" -d"$((secs + 2))s" --timeout 5s \
+        -s "$HERE/bench.lua" "http://$BILLGATE_ADDR" -- "$key" >"$OUT/profile-wrk.log" 2>&1 &
+    local load=$!
+    sleep 1
+    timeout $((secs + 60)) perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$PID_billgate" \
+        -o "$perf_data" -- sleep "$secs" >"$OUT/perf-record.log" 2>&1 ||
+        die "perf record failed (see $OUT/perf-record.log)"
+    wait "$load" || true
+    grep -E '^E2E' "$OUT/profile-wrk.log" || true
+    local tidy='s/[[:space:]-]*$//; s/   */  /g'
+    echo "## share of samples by object"
+    perf report -i "$perf_data" --no-children --sort dso --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | sed "$tidy" | sed -n 1,6p
+    echo "## top symbols by self time"
+    perf report -i "$perf_data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | sed "$tidy" | sed -n "1,${PROFILE_TOP:-30}p"
+    echo "## billgate's own frames by inclusive time (children included)"
+    perf report -i "$perf_data" --children --sort symbol --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | grep 'billgate::' | sed "$tidy" | sed -n "1,${PROFILE_TOP:-30}p"
+    log "full report: perf report -i $perf_data"
+}
+
+mkdir -p "$OUT"
+if [[ $NICE != 0 ]]; then renice -n "$NICE" -p $$ >/dev/null || die "cannot renice to $NICE"; fi
+need_tools
+ulimit -n 65536 2>/dev/null || true
+build
+[[ -x $BILLGATE ]] || die "no $BILLGATE after the build"
+start_servers
+case $MODE in
+    run) measure ;;
+    profile) profile ;;
+    *) die "unknown mode $MODE (run or profile)" ;;
+esac
