@@ -12,6 +12,8 @@ mod baselines;
 mod extra;
 #[path = "admission/pool.rs"]
 mod pool;
+#[path = "admission/scaling.rs"]
+mod scaling;
 #[path = "admission/workload.rs"]
 mod workload;
 
@@ -187,6 +189,19 @@ fn quota_path(c: &mut Criterion) {
     }
 }
 
+/// `Protection::admit` for a scheduled poll of partner `worker % 2`, the ticket dropped.
+fn protection_job(fixture: &Fixture) -> Job {
+    let gate = Arc::clone(&fixture.gate);
+    Arc::new(move |worker, iters, _| {
+        let pause = &gate.partners()[worker % 2].pause;
+        for _ in 0..iters {
+            let now = gate.clock().now();
+            let class = billgate::config::Class::InquiryScheduled;
+            drop(black_box(gate.protection().admit(class, pause, now)));
+        }
+    })
+}
+
 /// The biller's protection alone (pause, breaker, budget by class, in-flight slot, ticket
 /// dropped): the state every request shares, whichever partner it comes from.
 fn protection(c: &mut Criterion) {
@@ -196,15 +211,7 @@ fn protection(c: &mut Criterion) {
     let fixture = Fixture::new(2, 2, Shape::Allow);
     let mut group = c.benchmark_group("protection");
     for threads in THREADS {
-        let gate = Arc::clone(&fixture.gate);
-        let job: Job = Arc::new(move |worker, iters, _| {
-            let pause = &gate.partners()[worker % 2].pause;
-            for _ in 0..iters {
-                let now = gate.clock().now();
-                let class = billgate::config::Class::InquiryScheduled;
-                drop(black_box(gate.protection().admit(class, pause, now)));
-            }
-        });
+        let job = protection_job(&fixture);
         bench_threads(
             &mut group,
             BenchmarkId::new("admit", format!("t{threads}")),
@@ -215,35 +222,148 @@ fn protection(c: &mut Criterion) {
     group.finish();
 }
 
+type AccountLists = Arc<Vec<Vec<(Req, String)>>>;
+
+/// A job checking each worker's own list of accounts against one shared limiter.
+fn per_account_job(limiter: &Arc<dyn PerAccount>, lists: &AccountLists) -> Job {
+    let (limiter, lists) = (Arc::clone(limiter), Arc::clone(lists));
+    Arc::new(move |worker, iters, cursor| {
+        let list = &lists[worker];
+        let mut i = *cursor;
+        for _ in 0..iters {
+            let (req, text) = &list[i];
+            black_box(limiter.check(req, text));
+            i += 1;
+            if i == list.len() {
+                i = 0;
+            }
+        }
+        *cursor = i;
+    })
+}
+
+/// `accounts` tracked accounts of one partner, and two workers' random picks among them.
+fn account_lists(accounts: usize) -> (Vec<(Req, String)>, AccountLists) {
+    let keys: Vec<(Req, String)> = (0..accounts)
+        .map(|j| {
+            let acct = workload::account(0, accounts, j);
+            let path = format!("/v1/bills/{acct}");
+            (Req::new("k", &path, &acct), acct)
+        })
+        .collect();
+    let len = list_len(accounts);
+    let lists = (0..2)
+        .map(|w| {
+            let mut rng = Rng::new(0xacc0 + w);
+            (0..len)
+                .map(|_| keys[rng.below(accounts)].clone())
+                .collect()
+        })
+        .collect();
+    (keys, Arc::new(lists))
+}
+
+fn limiters(accounts: usize) -> Vec<Arc<dyn PerAccount>> {
+    let rate = billgate::config::parse_rate(workload::HUGE).expect("rate");
+    vec![
+        Arc::new(Ours::new(rate, 2 * accounts)),
+        Arc::new(GovernorString::new()),
+        Arc::new(GovernorU64::new()),
+        Arc::new(MutexHashMap::new()),
+    ]
+}
+
+/// One thread against two, robust to a noisy machine (see `scaling.rs`): the per-account check
+/// alone, and the whole decision against its parts.
+fn scaling() {
+    if !extra::selected("scaling/per_account") && !extra::selected("scaling/decision") {
+        return;
+    }
+    let (keys, lists) = account_lists(10_000);
+    let contenders: Vec<scaling::Contender> = limiters(10_000)
+        .into_iter()
+        .map(|limiter| {
+            for (req, text) in &keys {
+                limiter.check(req, text);
+            }
+            let job = per_account_job(&limiter, &lists);
+            scaling::Contender {
+                name: format!("per_account/{}", limiter.name()),
+                one: job.clone(),
+                two: job,
+            }
+        })
+        .collect();
+    scaling::compare("scaling/per_account a10000", &contenders);
+    let mut decisions = vec![];
+    for (partners, accounts) in [(100, 10_000), (1, 10_000)] {
+        let fixture = Fixture::new(partners, accounts, Shape::Allow);
+        let (one, two) = (
+            lists_for(&fixture, 1, accounts),
+            lists_for(&fixture, 2, accounts),
+        );
+        decisions.push(scaling::Contender {
+            name: format!("allow/p{partners}_a{accounts}"),
+            one: decide_job(&fixture, one.clone()),
+            two: decide_job(&fixture, two.clone()),
+        });
+        decisions.push(scaling::Contender {
+            name: format!("quota_path/p{partners}_a{accounts}"),
+            one: quota_path_job(&fixture, one),
+            two: quota_path_job(&fixture, two),
+        });
+    }
+    let fixture = Fixture::new(2, 2, Shape::Allow);
+    let job = protection_job(&fixture);
+    decisions.push(scaling::Contender {
+        name: "protection/admit".into(),
+        one: job.clone(),
+        two: job,
+    });
+    scaling::compare("scaling/decision", &decisions);
+    let mut targets = vec![];
+    for (shape, name, partners, accounts) in [
+        (Shape::Allow, "allow", 10_000, 1_000_000),
+        (Shape::Allow, "allow", 1, 1_000_000),
+        (Shape::DenyPartner, "deny_partner", 100, 100),
+        (Shape::DenyPartner, "deny_partner", 10_000, 10_000),
+        (Shape::DenyAccount, "deny_account", 100, 10_000),
+        (Shape::DenyAccount, "deny_account", 10_000, 1_000_000),
+    ] {
+        let fixture = Fixture::new(partners, accounts, shape);
+        let (one, two) = (
+            lists_for(&fixture, 1, accounts),
+            lists_for(&fixture, 2, accounts),
+        );
+        one.iter()
+            .chain(two.iter())
+            .for_each(|l| fixture.verify(l, shape));
+        targets.push(scaling::Contender {
+            name: format!("{name}/p{partners}_a{accounts}"),
+            one: decide_job(&fixture, one),
+            two: decide_job(&fixture, two),
+        });
+    }
+    scaling::compare("scaling/decision (targets)", &targets);
+}
+
+fn lists_for(fixture: &Fixture, threads: usize, accounts: usize) -> Arc<Vec<Vec<Req>>> {
+    lists(fixture, threads, list_len(accounts))
+}
+
 /// The per-account check alone: one table, every worker asking about random tracked accounts.
 fn per_account(c: &mut Criterion) {
     for accounts in ACCOUNTS {
-        let keys: Vec<(Req, String)> = (0..accounts)
-            .map(|j| {
-                let acct = workload::account(0, accounts, j);
-                let path = format!("/v1/bills/{acct}");
-                (Req::new("k", &path, &acct), acct)
-            })
-            .collect();
-        let len = list_len(accounts);
-        let worker_lists: Arc<Vec<Vec<(Req, String)>>> = Arc::new(
-            (0..2)
-                .map(|w| {
-                    let mut rng = Rng::new(0xacc0 + w);
-                    (0..len)
-                        .map(|_| keys[rng.below(accounts)].clone())
-                        .collect()
-                })
-                .collect(),
-        );
-        let ceiling = 2 * accounts;
-        let rate = billgate::config::parse_rate(workload::HUGE).expect("rate");
-        let impls: Vec<Arc<dyn PerAccount>> = vec![
-            Arc::new(Ours::new(rate, ceiling)),
-            Arc::new(GovernorString::new()),
-            Arc::new(GovernorU64::new()),
-            Arc::new(MutexHashMap::new()),
-        ];
+        let names = ["billgate", "governor_dashmap", "mutex_hashmap"];
+        let name = |n: &str, t: usize| format!("per_account/{n}/a{accounts}_t{t}");
+        if !names
+            .iter()
+            .any(|n| THREADS.iter().any(|&t| extra::selected(&name(n, t))))
+        {
+            continue;
+        }
+        let (keys, worker_lists) = account_lists(accounts);
+        let impls = limiters(accounts);
         let mut group = c.benchmark_group("per_account");
         for limiter in impls {
             let param = |t: usize| format!("a{accounts}_t{t}");
@@ -257,20 +377,7 @@ fn per_account(c: &mut Criterion) {
                 assert!(limiter.check(req, text), "{} refused", limiter.name());
             }
             for threads in THREADS {
-                let (checker, lists) = (Arc::clone(&limiter), Arc::clone(&worker_lists));
-                let job: Job = Arc::new(move |worker, iters, cursor| {
-                    let list = &lists[worker];
-                    let mut i = *cursor;
-                    for _ in 0..iters {
-                        let (req, text) = &list[i];
-                        black_box(checker.check(req, text));
-                        i += 1;
-                        if i == list.len() {
-                            i = 0;
-                        }
-                    }
-                    *cursor = i;
-                });
+                let job = per_account_job(&limiter, &worker_lists);
                 let id = BenchmarkId::new(limiter.name(), param(threads));
                 bench_threads(&mut group, id, threads, job);
             }
@@ -279,7 +386,8 @@ fn per_account(c: &mut Criterion) {
     }
 }
 
-/// The pieces every decision pays for whatever its shape: a clock reading, hashing an account.
+/// The pieces every decision pays for whatever its shape: a clock reading, hashing an account,
+/// finding the partner by key (cached, and by SHA-256 as every request did before the cache).
 fn pieces(c: &mut Criterion) {
     let mut group = c.benchmark_group("pieces");
     let clock = billgate::clock::Clock::real();
@@ -288,6 +396,18 @@ fn pieces(c: &mut Criterion) {
     let limiter = billgate::admission::AccountLimiter::new(rate, 1, clock.clone());
     group.bench_function("account_key", |b| {
         b.iter(|| black_box(limiter.key(black_box("000123456789"))))
+    });
+    // Identifying a partner: a key already proven (the cache) and one never seen (SHA-256).
+    let fixture_cfg = workload::config(1, 1, Shape::Allow);
+    let keys = KeyIndex::new(fixture_cfg.partners.iter().map(|p| &p.keys_sha256[..]));
+    let known = workload::key(0);
+    assert_eq!(keys.find(known.as_bytes()), Some(0));
+    group.bench_function("key_cached", |b| {
+        b.iter(|| black_box(keys.find(black_box(known.as_bytes()))))
+    });
+    let stranger = workload::key(1);
+    group.bench_function("key_sha256", |b| {
+        b.iter(|| black_box(keys.find(black_box(stranger.as_bytes()))))
     });
     group.finish();
 }
@@ -303,6 +423,7 @@ fn main() {
     quota_path(&mut c);
     protection(&mut c);
     per_account(&mut c);
+    scaling();
     extra::memory();
     extra::sweep();
     c.final_summary();

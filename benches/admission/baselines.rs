@@ -14,8 +14,8 @@ use crate::workload::Req;
 /// One per-account limiter: `check` spends one request for the request's account.
 pub trait PerAccount: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Tracks the account of `req` (and `text`, its account as an owned string: governor's
-    /// limiter keyed by `String` takes a `&String`).
+    /// Spends one request for the account of `req`: given as `text` (an owned string:
+    /// governor's limiter keyed by `String` takes a `&String`) and as `req.account_u64`.
     #[allow(clippy::ptr_arg)]
     fn check(&self, req: &Req, text: &String) -> bool;
 }
@@ -45,8 +45,8 @@ impl PerAccount for Ours {
         "billgate"
     }
 
-    fn check(&self, req: &Req, _: &String) -> bool {
-        self.limiter.check(req.account(), self.clock.now()).is_ok()
+    fn check(&self, _: &Req, text: &String) -> bool {
+        self.limiter.check(text, self.clock.now()).is_ok()
     }
 }
 
@@ -113,12 +113,12 @@ impl PerAccount for MutexHashMap {
         "mutex_hashmap"
     }
 
-    fn check(&self, req: &Req, _: &String) -> bool {
+    fn check(&self, _: &Req, text: &String) -> bool {
         let now = self.clock.now().as_u64();
         let Ok(mut map) = self.map.lock() else {
             return false;
         };
-        let account = req.account();
+        let account = text.as_str();
         let tat = match map.get_mut(account) {
             Some(tat) => tat,
             None => map.entry(account.to_owned()).or_insert(now),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub type Job = Arc<dyn Fn(usize, u64, &mut usize) + Send + Sync>;
 
 struct Shared {
+    ready: AtomicUsize,
     generation: AtomicU64,
     iters: AtomicU64,
     done: AtomicUsize,
@@ -32,6 +33,7 @@ impl Pool {
     /// Starts `threads - 1` helpers for `job` (the caller is the first worker).
     pub fn new(threads: usize, job: Job) -> Pool {
         let shared = Arc::new(Shared {
+            ready: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             iters: AtomicU64::new(0),
             done: AtomicUsize::new(0),
@@ -44,6 +46,10 @@ impl Pool {
                 std::thread::spawn(move || helper(worker, &shared))
             })
             .collect();
+        // Every helper is spinning before the first run, so none starts late.
+        while shared.ready.load(Ordering::Acquire) < threads - 1 {
+            std::thread::yield_now();
+        }
         Pool {
             threads,
             shared,
@@ -73,6 +79,7 @@ fn helper(worker: usize, shared: &Shared) {
     let Some(job) = job else { return };
     let mut cursor = 0usize;
     let mut seen = 0u64;
+    shared.ready.fetch_add(1, Ordering::Release);
     loop {
         let mut spins = 0u32;
         loop {
