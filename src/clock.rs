@@ -85,6 +85,7 @@ impl GovernorClock for Clock {
 pub struct FakeClock(Arc<FakeRelativeClock>);
 
 impl FakeClock {
+    /// Moves every clone of the fake clock forward by `by`.
     pub fn advance(&self, by: Duration) {
         self.0.advance(by);
     }
