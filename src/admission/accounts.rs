@@ -109,10 +109,12 @@ impl AccountLimiter {
         }
     }
 
+    /// The rate each account is held to.
     pub fn rate(&self) -> Rate {
         self.rate
     }
 
+    /// The most accounts tracked at once.
     pub fn ceiling(&self) -> usize {
         self.ceiling
     }
@@ -126,8 +128,8 @@ impl AccountLimiter {
     #[inline]
     fn shard(&self, key: u64) -> &Shard {
         let index = key.checked_shr(64 - self.shard_bits).unwrap_or(0) as usize;
-        // The index has `shard_bits` bits, so it is in range; the fallback is never taken.
-        self.shards.get(index).unwrap_or(&self.shards[0])
+        // There are 2^shard_bits shards and the index has shard_bits bits: always in range.
+        &self.shards[index & (self.shards.len() - 1)]
     }
 
     /// Spends one request for `account` at `now` (a reading of this limiter's clock). Never

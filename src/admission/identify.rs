@@ -68,10 +68,16 @@ impl Entry {
     /// whatever the first difference, so the time taken tells nothing of the key.
     #[inline]
     fn holds(&self, key: &[u8]) -> bool {
-        let used = key.len().div_ceil(8);
         let mut diff = 0;
-        for (i, stored) in self.words.iter().enumerate().take(used) {
-            diff |= stored.load(Ordering::Relaxed) ^ word(key, i);
+        let mut chunks = key.chunks_exact(8);
+        for (stored, chunk) in self.words.iter().zip(&mut chunks) {
+            let word = <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes);
+            diff |= stored.load(Ordering::Relaxed) ^ word;
+        }
+        let tail = chunks.remainder();
+        if !tail.is_empty() {
+            let stored = self.words.get(key.len() / 8);
+            diff |= stored.map_or(0, |w| w.load(Ordering::Relaxed)) ^ word(tail, 0);
         }
         diff == 0
     }

@@ -41,6 +41,7 @@ impl Quota {
         }
     }
 
+    /// The rate this quota enforces.
     pub fn rate(&self) -> Rate {
         self.rate
     }

@@ -64,6 +64,7 @@ pub struct Matched<'r> {
 }
 
 impl Router {
+    /// A router over `routes`, each template compiled once for matching.
     pub fn new(routes: Vec<Route>) -> Self {
         let compiled = routes
             .iter()
@@ -72,6 +73,7 @@ impl Router {
         Router { routes, compiled }
     }
 
+    /// The routes, in configuration order (a match's `route` indexes them).
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
