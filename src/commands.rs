@@ -225,18 +225,38 @@ pub async fn biller(
 pub async fn storm(args: StormArgs) -> anyhow::Result<ExitCode> {
     let options = storm_options(&args)?;
     let report = storm::run(options).await?;
+    print_report(&report, args.json, report.passed())
+}
+
+/// Prints a scenario's report (a table, or JSON); the exit code says whether its checks passed.
+fn print_report(
+    report: &(impl serde::Serialize + std::fmt::Display),
+    json: bool,
+    passed: bool,
+) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
+    if json {
+        serde_json::to_writer_pretty(&mut out, report)?;
         writeln!(out)?;
     } else {
         write!(out, "{report}")?;
     }
-    Ok(if report.passed() {
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--capacity`: a whole number of requests per second from 10/s to 10000/s.
+fn scenario_capacity(text: &str, example: &str) -> anyhow::Result<u32> {
+    let capacity = config::parse_rate(text)
+        .map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?
+        .per_second();
+    if capacity.fract() != 0.0 || !(10.0..=10_000.0).contains(&capacity) {
+        anyhow::bail!("--capacity: expected a whole number of requests per second from 10/s to 10000/s, e.g. {example}");
+    }
+    Ok(capacity as u32)
 }
 
 /// The options `args` ask for, on top of the full or the short form.
@@ -248,13 +268,7 @@ pub fn storm_options(args: &StormArgs) -> anyhow::Result<StormOptions> {
     };
     options.bypass = args.bypass;
     if let Some(capacity) = &args.capacity {
-        let capacity = config::parse_rate(capacity)
-            .map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?
-            .per_second();
-        if capacity.fract() != 0.0 || !(10.0..=10_000.0).contains(&capacity) {
-            anyhow::bail!("--capacity: expected a whole number of requests per second from 10/s to 10000/s, e.g. 400/s");
-        }
-        options.capacity_per_sec = capacity as u32;
+        options.capacity_per_sec = scenario_capacity(capacity, "400/s")?;
     }
     let phases = [
         ("--calm", &args.calm, &mut options.calm),
@@ -280,18 +294,7 @@ pub fn storm_options(args: &StormArgs) -> anyhow::Result<StormOptions> {
 pub async fn polls(args: PollsArgs) -> anyhow::Result<ExitCode> {
     let options = polls_options(&args)?;
     let report = polls::run(options).await?;
-    let mut out = std::io::stdout();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        write!(out, "{report}")?;
-    }
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    print_report(&report, args.json, report.passed())
 }
 
 /// The options `args` ask for, on top of the full or the short form.
@@ -302,13 +305,7 @@ pub fn polls_options(args: &PollsArgs) -> anyhow::Result<PollsOptions> {
         PollsOptions::default()
     };
     if let Some(text) = &args.capacity {
-        let capacity = config::parse_rate(text)
-            .map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?
-            .per_second();
-        if capacity.fract() != 0.0 || !(10.0..=10_000.0).contains(&capacity) {
-            anyhow::bail!("--capacity: expected a whole number of requests per second from 10/s to 10000/s, e.g. 100/s");
-        }
-        options.capacity_per_sec = capacity as u32;
+        options.capacity_per_sec = scenario_capacity(text, "100/s")?;
     }
     if let Some(text) = &args.duration {
         options.duration = config::parse_duration(text)

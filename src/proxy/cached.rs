@@ -43,7 +43,7 @@ const MAX_SHARED_BODY: usize = 1024 * 1024;
 /// A cacheable inquiry, classified.
 pub struct Inquiry<'a> {
     pub classified: Classified<'a>,
-    pub account: String,
+    pub account: &'a str,
     pub cache_for: Duration,
     pub peer: IpAddr,
     pub parts: &'a http::request::Parts,
@@ -62,7 +62,7 @@ pub async fn serve(
         CacheScope::Partner => Sharing::PerPartner,
         CacheScope::Shared => Sharing::Shared,
     };
-    let key = KeyRef::new(&route.name, sharing, partner_id, &inquiry.account);
+    let key = KeyRef::new(&route.name, sharing, partner_id, inquiry.account);
     if let Some(answer) = shared.cache.get(key) {
         return from_memory(
             shared,

@@ -65,21 +65,20 @@ async fn serve(
     log.class = Some(classified.class);
     log.route = Some(classified.route);
     if let Some(cache_for) = cacheable(snapshot, &classified, &parts) {
-        let account = classified.account.unwrap_or_default().to_owned();
-        let classified = Classified {
-            account: None,
-            ..classified
-        };
         let request = cached::Inquiry {
+            account: classified.account.unwrap_or_default(),
             classified,
-            account,
             cache_for,
             peer: peer.ip(),
             parts: &parts,
         };
         return cached::serve(shared, snapshot, request, log).await;
     }
-    let account = classified.account.map(str::to_owned);
+    // Only a payment needs its account after the request has moved on: to invalidate answers.
+    let account = classified
+        .account
+        .filter(|_| classified.class == Class::Payment)
+        .map(str::to_owned);
     match snapshot.gate.admit(classified) {
         Decision::Deny(denied) => deny(shared, snapshot, denied, log),
         Decision::Admit(admitted) => {
