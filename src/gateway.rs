@@ -81,13 +81,15 @@ impl Gateway {
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
         let (stop, stopped) = watch::channel(false);
+        let workers = proxy::Workers::start(
+            &shared,
+            shared.snapshot.load().config.server.worker_count(),
+            &stopped,
+            options.drain,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start the worker threads: {e}"))?;
         let tasks = vec![
-            tokio::spawn(proxy::serve(
-                Arc::clone(&shared),
-                listener,
-                stopped.clone(),
-                options.drain,
-            )),
+            tokio::spawn(proxy::serve(workers, listener, stopped.clone())),
             tokio::spawn(crate::admin::serve(
                 Arc::clone(&control),
                 admin,

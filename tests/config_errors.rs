@@ -51,6 +51,7 @@ const CASES: &[(&str, &[Expected])] = &[
         &["key_header and origin_header are both \"x-api-key\"", "must differ"],
     )]),
     ("bad_mode.toml", &[("partner[0].mode", 9, 8, &["expected \"enforce\"", "or \"shadow\"", "\"strict\" is neither"])]),
+    ("zero_workers.toml", &[("server.workers", 3, 11, &["expected a number of worker threads from 1 to 256, like 2", "0 is not between 1 and 256"])]),
     ("wrong_type.toml", &[("biller.max_in_flight", 5, 17, &["expected a whole number above 0, like 128, found a string (\"128\")"])]),
     ("missing_required_key.toml", &[(
         "biller.capacity", 2, 1,

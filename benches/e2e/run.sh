@@ -12,7 +12,7 @@
 #   DURATION=10      seconds per measured run         WARMUP=3  seconds of warm-up per target
 #   CONNECTIONS=64   connections (wrk and oha)        WRK_THREADS=2
 #   LOW_CONNECTIONS=4  the extra low-concurrency pass-through pair (0: none)
-#   WORKERS=2        nginx worker_processes and billgate's tokio worker threads
+#   WORKERS=2        nginx worker_processes and billgate's [server] workers
 #   BACKEND_WORKERS=1  worker_processes of the backend nginx
 #   CACHE=1          also measure billgate with cache_for on the inquiry route
 #   LATENCY=1        the fixed-rate (oha) phase; 0 skips it
@@ -143,10 +143,14 @@ start_nginx() { # name template addr -> sets PID_<name>
 }
 
 start_billgate() { # name config addr
-    local name=$1
+    local name=$1 conf=$RUN/$1.toml
     port_free "$3"
-    "$BILLGATE" check --config "$2" >"$RUN/$name-check.log" 2>&1 || die "billgate check failed: $(cat "$RUN/$name-check.log")"
-    TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$BILLGATE" serve --config "$2" >"$RUN/$name.log" 2>&1 &
+    # The worker count matches nginx's worker_processes; the main runtime (acceptor, admin
+    # API, probes) gets one thread.
+    sed -e "s|^\[server\]$|[server]\nworkers = $WORKERS|" "$2" >"$conf"
+    grep -q "^workers = $WORKERS$" "$conf" || die "could not set workers in $conf"
+    "$BILLGATE" check --config "$conf" >"$RUN/$name-check.log" 2>&1 || die "billgate check failed: $(cat "$RUN/$name-check.log")"
+    TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$BILLGATE" serve --config "$conf" >"$RUN/$name.log" 2>&1 &
     STARTED+=($!)
     printf -v "PID_$name" %s $!
     wait_port "$3" "billgate ($name)"
@@ -185,9 +189,9 @@ cpu_ticks() { # pids... -> utime+stime, in clock ticks, summed
     echo "$total"
 }
 
-tokio_workers() { # pid
-    # tokio names them "tokio-runtime-worker" (older) or "tokio-rt-worker" (newer).
-    cat /proc/"$1"/task/*/comm 2>/dev/null | grep -c '^tokio-r.*-w' || true
+billgate_workers() { # pid
+    # The threads serving partner connections ("billgate-worker-N", cut to 15 characters).
+    cat /proc/"$1"/task/*/comm 2>/dev/null | grep -c '^billgate-worker' || true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +357,7 @@ summary() {
     echo
     echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); shared with other work"
     echo "- load average: $LOAD_BEFORE before, $LOAD_AFTER after; 1-min load at the start of each run: median $(cut -f12 "$RESULTS" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'), max $(cut -f12 "$RESULTS" | sort -g | tail -1)"
-    echo "- workers: nginx worker_processes $WORKERS; billgate $BILLGATE_THREADS tokio worker threads (TOKIO_WORKER_THREADS=$WORKERS); backend nginx worker_processes $BACKEND_WORKERS"
+    echo "- workers: nginx worker_processes $WORKERS; billgate $BILLGATE_THREADS worker threads (\`[server] workers = $WORKERS\`, each a current-thread runtime with its own biller pool; one more thread accepts and serves the admin API); backend nginx worker_processes $BACKEND_WORKERS"
     echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS (-c$LOW_CONNECTIONS for the -c$LOW_CONNECTIONS pair) for maximum throughput; oha -c$CONNECTIONS --latency-correction -q RATE for latency; ${DURATION}s runs, $ROUNDS rounds, order rotated each round; medians"
     if ((have_lat)); then
         if [[ -n ${RATE:-} ]]; then
@@ -477,8 +481,8 @@ measure() {
     LOAD_BEFORE=$(uptime | sed 's/.*load average: //')
     log "load average before: $LOAD_BEFORE"
     preflight
-    BILLGATE_THREADS=$(tokio_workers "$PID_billgate")
-    log "billgate runs $BILLGATE_THREADS tokio worker threads; nginx runs $(pgrep -P "$PID_proxy" | wc -l) workers"
+    BILLGATE_THREADS=$(billgate_workers "$PID_billgate")
+    log "billgate runs $BILLGATE_THREADS worker threads; nginx runs $(pgrep -P "$PID_proxy" | wc -l) workers"
 
     local name addr key server round
     log "warm-up: ${WARMUP}s of wrk per target"

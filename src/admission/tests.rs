@@ -39,6 +39,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             access_log: false,
             admin_token_file: None,
             state_file: None,
+            workers: None,
         },
         biller: Biller {
             url: BillerUrl {

@@ -42,6 +42,18 @@ pub struct Server {
     pub admin_token_file: Option<std::path::PathBuf>,
     /// Where suspensions are kept so they survive a restart. Without it they live in memory.
     pub state_file: Option<std::path::PathBuf>,
+    /// Threads serving partner connections, each with its own runtime and its own connections
+    /// to the biller. Default: one per CPU.
+    pub workers: Option<usize>,
+}
+
+impl Server {
+    /// The number of worker threads to start.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 /// `[biller]`

@@ -23,6 +23,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "access_log",
     "admin_token_file",
     "state_file",
+    "workers",
 ];
 pub(crate) const BILLER_KEYS: &[&str] = &[
     "url",
@@ -36,6 +37,9 @@ pub(crate) const BILLER_KEYS: &[&str] = &[
     "breaker",
 ];
 pub(crate) const BREAKER_KEYS: &[&str] = &["failure_rate", "window", "min_calls", "open_for"];
+
+/// The most worker threads `[server] workers` may ask for.
+const MAX_WORKERS: u64 = 256;
 
 const ADDR: &str = "an address like \"127.0.0.1:8080\"";
 const HEADER: &str = "a header name like \"x-api-key\"";
@@ -80,6 +84,16 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
     };
 
     let access_log = t.boolean_or(errors, "access_log", true);
+    let workers = match t.integer(
+        errors,
+        "workers",
+        (1, MAX_WORKERS),
+        "a number of worker threads from 1 to 256, like 2",
+    ) {
+        Some(at) => Some(usize::try_from(at.value).ok()),
+        None if t.get("workers").is_some() => None,
+        None => Some(None),
+    };
     let path = |errors: &mut Errors<'_>, key: &str, expected: &str| -> Option<Option<PathBuf>> {
         match t.string(errors, key, expected) {
             Some(at) if at.value.trim().is_empty() => {
@@ -146,6 +160,7 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         access_log: access_log?,
         admin_token_file: admin_token_file?,
         state_file: state_file?,
+        workers: workers?,
     })
 }
 

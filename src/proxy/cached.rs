@@ -20,7 +20,7 @@ use super::handler::{deny, refuse};
 use super::headers;
 use super::snapshot::Snapshot;
 use super::upstream::{self, CallError, Caller};
-use super::Shared;
+use super::{Shared, Worker};
 use crate::admission::{Classified, Decision, Ticket};
 use crate::cache::{CacheKey, CacheStatus, CachedAnswer, Joined, KeyRef, Sharing};
 use crate::config::{CacheScope, Class};
@@ -50,11 +50,12 @@ pub struct Inquiry<'a> {
 }
 
 pub async fn serve(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     snapshot: &Arc<Snapshot>,
     inquiry: Inquiry<'_>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
+    let shared = &worker.shared;
     let c = inquiry.classified;
     let route = &snapshot.config.routes[c.route];
     let partner_id = &snapshot.gate.partners()[c.partner].id;
@@ -105,7 +106,7 @@ pub async fn serve(
                 }
                 let limit = admitted.limit;
                 let leader = Leader {
-                    shared: Arc::clone(shared),
+                    worker: Arc::clone(worker),
                     snapshot: Arc::clone(snapshot),
                     key: flight.key().clone(),
                     partner: c.partner,
@@ -223,7 +224,7 @@ fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
 
 /// The biller call made for every waiter on one key.
 struct Leader {
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     snapshot: Arc<Snapshot>,
     key: CacheKey,
     partner: usize,
@@ -237,7 +238,7 @@ struct Leader {
 impl Leader {
     async fn fetch(self) -> (Fetched, Option<Duration>) {
         let Leader {
-            shared,
+            worker,
             snapshot,
             key,
             partner,
@@ -247,6 +248,7 @@ impl Leader {
             mut parts,
             cache_for,
         } = self;
+        let shared = &worker.shared;
         // Another flight may have stored it between the miss and this flight.
         if let Some(answer) = shared.cache.peek(&key) {
             drop(ticket);
@@ -264,7 +266,7 @@ impl Leader {
             ticket,
             peer,
         };
-        let answered = match upstream::call(&shared, &snapshot, caller, parts, body).await {
+        let answered = match upstream::call(&worker, &snapshot, caller, parts, body).await {
             Ok(answered) => answered,
             Err(CallError::Timeout(timeout)) => return (Err(FetchFailure::Timeout(timeout)), None),
             Err(_) => return (Err(FetchFailure::Unreachable), None),

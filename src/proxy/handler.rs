@@ -18,33 +18,35 @@ use super::cached;
 use super::headers;
 use super::snapshot::Snapshot;
 use super::upstream::{self, CallError, Caller, UpstreamBody};
-use super::Shared;
+use super::{Shared, Worker};
 use crate::admission::{Admitted, Classified, Decision, Denied, Reason, RequestParts};
 use crate::config::{AccountSource, Class, RouteClass};
 use crate::metrics::{Outcome, RejectReason};
 
 /// Serves one request. Never fails: every problem becomes an answer.
 pub async fn handle(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let shared = &worker.shared;
     let started = tokio::time::Instant::now();
     // The snapshot is held for the whole request: a reload never changes a request midway.
     let snapshot = shared.snapshot.load_full();
     let mut log = AccessLog::default();
-    let response = serve(&shared, &snapshot, peer, request, &mut log).await;
+    let response = serve(&worker, &snapshot, peer, request, &mut log).await;
     log.emit(&snapshot, response.status(), started.elapsed());
     Ok(response)
 }
 
 async fn serve(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     snapshot: &Arc<Snapshot>,
     peer: SocketAddr,
     request: Request<Incoming>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
+    let shared = &worker.shared;
     let server = &snapshot.config.server;
     let (parts, body) = request.into_parts();
     let classified = snapshot.gate.classify(&RequestParts {
@@ -72,7 +74,7 @@ async fn serve(
             peer: peer.ip(),
             parts: &parts,
         };
-        return cached::serve(shared, snapshot, request, log).await;
+        return cached::serve(worker, snapshot, request, log).await;
     }
     // Only a payment needs its account after the request has moved on: to invalidate answers.
     let account = classified
@@ -83,7 +85,7 @@ async fn serve(
         Decision::Deny(denied) => deny(shared, snapshot, denied, log),
         Decision::Admit(admitted) => {
             let forwarding = Forwarding::new(admitted, account);
-            forward(shared, snapshot, forwarding, peer, parts, body, log).await
+            forward(worker, snapshot, forwarding, peer, parts, body, log).await
         }
     }
 }
@@ -187,7 +189,7 @@ pub(super) fn refuse(
 }
 
 async fn forward(
-    shared: &Shared,
+    worker: &Worker,
     snapshot: &Snapshot,
     forwarding: Forwarding,
     peer: SocketAddr,
@@ -252,12 +254,12 @@ async fn forward(
         ticket: admitted.ticket,
         peer: peer.ip(),
     };
-    let result = upstream::call(shared, snapshot, caller, parts, body).await;
+    let result = upstream::call(worker, snapshot, caller, parts, body).await;
     if class == Class::Payment {
         // Answered or not, the payment may have reached the biller: its account's bill may
         // have changed.
         if let Some(account) = &account {
-            shared.cache.invalidate_account(account);
+            worker.shared.cache.invalidate_account(account);
         }
     }
     let answered = match result {

@@ -7,6 +7,7 @@ mod body;
 mod cached;
 mod handler;
 mod headers;
+mod server;
 mod snapshot;
 mod upstream;
 
@@ -15,17 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 
 pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
+pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
 use crate::admission::Suspensions;
@@ -42,6 +40,8 @@ pub type BillerClient = Client<HttpConnector, upstream::UpstreamBody>;
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
+    /// The client for the gateway's own calls (breaker probes). Partner requests go out on
+    /// their worker's client ([`Shared::biller_client`]).
     pub client: BillerClient,
     pub clock: Clock,
     /// Suspended partners, kept across reloads.
@@ -62,14 +62,7 @@ impl Shared {
         suspensions: Suspensions,
     ) -> Result<Shared, prometheus::Error> {
         let metrics = Metrics::new()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.biller.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(usize::try_from(config.biller.max_in_flight).unwrap_or(128))
-            .timer(TokioTimer::new())
-            .build(connector);
+        let client = biller_client(&config);
         let cache = AnswerCache::new(
             CacheSettings {
                 max_entries: config.cache.max_entries,
@@ -90,6 +83,12 @@ impl Shared {
             coalescer,
             biller_reachable: AtomicBool::new(false),
         })
+    }
+
+    /// A new pool of connections to the biller, with the settings the running configuration
+    /// had at start. Its connections are driven on the runtime that first uses it.
+    pub fn biller_client(&self) -> BillerClient {
+        biller_client(&self.snapshot.load().config)
     }
 
     /// Builds a snapshot for `config` carrying over limiter state, and swaps it in.
@@ -223,53 +222,6 @@ impl Shared {
     }
 }
 
-/// Serves partner connections on `listener` until `shutdown` turns true, then lets open
-/// connections finish for up to `drain`.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let shared = Arc::clone(&shared);
-                let service = service_fn(move |request| handler::handle(Arc::clone(&shared), peer, request));
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, %peer, "connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => {
-            tracing::warn!("connections still open after {drain:?}; closing them");
-        }
-    }
-}
-
 /// Probes the biller with a TCP connect every `every`, recording whether it answered.
 pub async fn probe_biller(
     shared: Arc<Shared>,
@@ -298,4 +250,16 @@ pub async fn sweep_accounts(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// A pooled client to the biller for `config`.
+fn biller_client(config: &Config) -> BillerClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.biller.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(usize::try_from(config.biller.max_in_flight).unwrap_or(128))
+        .timer(TokioTimer::new())
+        .build(connector)
 }

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use super::headers;
 use super::snapshot::{Snapshot, Upstream};
-use super::Shared;
+use super::Worker;
 use crate::admission::{BillerOutcome, Ticket};
 use crate::config::Class;
 use crate::metrics::UpstreamError;
@@ -51,7 +51,7 @@ pub struct Caller {
 
 /// Sends `parts` + `body` to the biller for `caller`.
 pub async fn call(
-    shared: &Shared,
+    worker: &Worker,
     snapshot: &Snapshot,
     caller: Caller,
     mut parts: http::request::Parts,
@@ -63,6 +63,7 @@ pub async fn call(
         ticket,
         peer,
     } = caller;
+    let shared = &worker.shared;
     let config = &snapshot.config;
     let Some(uri) = upstream_uri(&snapshot.upstream, parts.uri.path_and_query()) else {
         ticket.finish(BillerOutcome::NotSent);
@@ -83,7 +84,7 @@ pub async fn call(
     let timeout = config.biller.timeout;
     let started = tokio::time::Instant::now();
     shared.metrics.upstream_in_flight.inc();
-    let result = tokio::time::timeout(timeout, shared.client.request(request)).await;
+    let result = tokio::time::timeout(timeout, worker.client.request(request)).await;
     shared.metrics.upstream_in_flight.dec();
     let rtt = started.elapsed();
     match result {

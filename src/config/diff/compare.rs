@@ -226,6 +226,13 @@ pub(super) fn server(old: &Config, new: &Config) -> Vec<SettingChange> {
         b.to_string()
     });
     s.compare("access_log", o.access_log, n.access_log, |b| b.to_string());
+    s.compare("workers", o.workers, n.workers, |w| {
+        w.map_or("one per CPU".to_owned(), |w| w.to_string())
+    });
+    s.note(
+        "workers",
+        "worker threads start with the process: takes effect on restart".to_owned(),
+    );
     let path = |p: &Option<std::path::PathBuf>| {
         p.as_ref()
             .map_or("none".to_owned(), |p| p.display().to_string())

@@ -1,0 +1,199 @@
+//! Partner connections served on per-core workers. One acceptor hands each accepted connection
+//! to the next worker in turn; a worker is a thread running a current-thread runtime with its
+//! own pool of connections to the biller. A request, its biller call and its answer therefore
+//! never leave the thread that read it: no cross-thread wake-ups on the request path, and no
+//! connection-pool state shared between cores.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{handler, BillerClient, Shared};
+
+/// What one worker serves requests with: the shared state, and its own biller client. Each
+/// request holds an `Arc` of its worker's, so the reference count it bumps is the worker's own.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub client: BillerClient,
+}
+
+/// A connection accepted for a worker.
+type Accepted = (std::net::TcpStream, SocketAddr);
+
+/// The worker threads, started and not yet handed their listener.
+pub struct Workers {
+    inboxes: Vec<mpsc::UnboundedSender<Accepted>>,
+    finished: Vec<oneshot::Receiver<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` worker threads (at least one). They serve what [`serve`] hands them until
+    /// `shutdown` turns true, then let open connections finish for up to `drain`.
+    pub fn start(
+        shared: &Arc<Shared>,
+        count: usize,
+        shutdown: &watch::Receiver<bool>,
+        drain: Duration,
+    ) -> std::io::Result<Workers> {
+        let count = count.max(1);
+        let mut workers = Workers {
+            inboxes: Vec::with_capacity(count),
+            finished: Vec::with_capacity(count),
+            threads: Vec::with_capacity(count),
+        };
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (inbox, incoming) = mpsc::unbounded_channel();
+            let (done, finished) = oneshot::channel();
+            let shared = Arc::clone(shared);
+            let shutdown = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("billgate-worker-{index}"))
+                .spawn(move || {
+                    runtime.block_on(work(shared, incoming, shutdown, drain));
+                    // Tasks still running after the drain are dropped with the runtime.
+                    drop(runtime);
+                    let _ = done.send(());
+                })?;
+            workers.inboxes.push(inbox);
+            workers.finished.push(finished);
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    /// How many workers serve connections.
+    pub fn len(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inboxes.is_empty()
+    }
+}
+
+/// Accepts partner connections on `listener` and deals them out to the workers in turn until
+/// `shutdown` turns true; then closes the listener and returns once every worker has drained.
+pub async fn serve(workers: Workers, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let Workers {
+        inboxes,
+        finished,
+        threads,
+    } = workers;
+    let mut next = 0usize;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, %peer, "cannot hand a connection to a worker");
+                        continue;
+                    }
+                };
+                if !hand_over(&inboxes, &mut next, (stream, peer)) {
+                    tracing::error!("every worker has stopped; no longer accepting");
+                    break;
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    drop(inboxes);
+    for worker in finished {
+        let _ = worker.await;
+    }
+    for thread in threads {
+        // Each thread has signalled it is done; joining only reaps it.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// Gives `accepted` to the next worker that still runs; false when none does.
+fn hand_over(
+    inboxes: &[mpsc::UnboundedSender<Accepted>],
+    next: &mut usize,
+    mut accepted: Accepted,
+) -> bool {
+    for _ in 0..inboxes.len() {
+        let inbox = &inboxes[*next % inboxes.len()];
+        *next = next.wrapping_add(1);
+        match inbox.send(accepted) {
+            Ok(()) => return true,
+            Err(mpsc::error::SendError(back)) => accepted = back,
+        }
+    }
+    false
+}
+
+/// One worker: serves the connections it is handed, each on a task of its own.
+async fn work(
+    shared: Arc<Shared>,
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let worker = Arc::new(Worker {
+        client: shared.biller_client(),
+        shared,
+    });
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            next = incoming.recv() => {
+                let Some((stream, peer)) = next else { break };
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, %peer, "cannot serve a handed-over connection");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let worker = Arc::clone(&worker);
+                let service = service_fn(move |request| {
+                    handler::handle(Arc::clone(&worker), peer, request)
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(incoming);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!("connections still open after {drain:?}; closing them");
+        }
+    }
+}
