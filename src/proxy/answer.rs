@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 use serde::Serialize;
@@ -140,18 +140,16 @@ impl Refusal {
         }
     }
 
-    /// The full answer: status, headers and problem body.
-    pub fn response<B: From<Bytes>>(
-        &self,
-        partner: Option<&str>,
-        class: Option<Class>,
-        key_header: &str,
-    ) -> Response<B> {
-        let status = self.status();
-        let retry_after = match self {
+    /// The seconds `Retry-After` says, if waiting helps.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
             Refusal::Denied(d) => d.retry_after.map(|w| ceil_secs(w).max(1)),
             _ => None,
-        };
+        }
+    }
+
+    /// The RFC 9457 problem body.
+    fn problem(&self, partner: Option<&str>, class: Option<Class>, key_header: &str) -> Vec<u8> {
         let suspended_since = match self {
             Refusal::Suspended(s) => Some(s.since_unix),
             _ => None,
@@ -160,20 +158,32 @@ impl Refusal {
             suspended_since,
             kind: format!("urn:billgate:problem:{}", self.reason()),
             title: self.title(),
-            status: status.as_u16(),
+            status: self.status().as_u16(),
             detail: self.detail(partner, class, key_header),
             partner,
             class: class.map(Class::as_str),
             reason: self.reason(),
-            retry_after,
+            retry_after: self.retry_after(),
         };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        serde_json::to_vec(&problem).unwrap_or_default()
+    }
+
+    /// The full answer: status, headers and problem body.
+    pub fn response<B: From<Bytes>>(
+        &self,
+        partner: Option<&str>,
+        class: Option<Class>,
+        key_header: &str,
+    ) -> Response<B> {
+        let status = self.status();
+        let retry_after = self.retry_after();
+        let body = self.problem(partner, class, key_header);
         let mut response = Response::new(B::from(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, PROBLEM_JSON);
         if let Some(secs) = retry_after {
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            headers.insert(RETRY_AFTER, retry_after_value(secs));
         }
         if let Refusal::Denied(Denied {
             limit: Some(limit), ..
@@ -187,22 +197,155 @@ impl Refusal {
     }
 }
 
+/// A denial's answer rendered once per partner, class and reason: the problem body cut where
+/// the wait goes, and the `RateLimit-Policy` value. Only the wait and the `RateLimit` state
+/// are written per request, so a storm of refusals costs no JSON encoding and no formatting.
+pub struct Prepared {
+    status: StatusCode,
+    /// The body's pieces; the wait in seconds goes between each two.
+    pieces: Box<[Bytes]>,
+    /// `RateLimit-Policy`, on a 429 that names its quota.
+    policy: Option<HeaderValue>,
+}
+
+/// The wait the template is rendered with: longer than any real one, and written with more
+/// digits than a rate or a partner id can hold.
+const PLACEHOLDER_SECS: u64 = 8_796_093_022_207;
+
+impl Prepared {
+    /// Renders `denied`'s answer with the wait left open. `None` when the body cannot be cut
+    /// cleanly (then the answer is rendered whole per request).
+    pub fn new(
+        denied: &Denied,
+        partner: Option<&str>,
+        class: Option<Class>,
+        key_header: &str,
+    ) -> Option<Prepared> {
+        let mut template = *denied;
+        let waits = template.retry_after.is_some();
+        if waits {
+            template.retry_after = Some(Duration::from_secs(PLACEHOLDER_SECS));
+        }
+        let refusal = Refusal::Denied(template);
+        let body = refusal.problem(partner, class, key_header);
+        let placeholder = PLACEHOLDER_SECS.to_string();
+        let pieces: Vec<Bytes> = split(&body, placeholder.as_bytes())
+            .into_iter()
+            .map(Bytes::copy_from_slice)
+            .collect();
+        // The wait is in the detail and in `retry_after`, or nowhere.
+        let expected = if waits { 3 } else { 1 };
+        if pieces.len() != expected {
+            return None;
+        }
+        let status = refusal.status();
+        let policy = denied
+            .limit
+            .filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
+            .and_then(|limit| HeaderValue::from_str(&policy_value(&limit)).ok());
+        Some(Prepared {
+            status,
+            pieces: pieces.into_boxed_slice(),
+            policy,
+        })
+    }
+
+    /// The answer to `denied`, which must be of the partner, class and reason this was
+    /// prepared for: the same bytes [`Refusal::response`] gives.
+    pub fn response<B: From<Bytes>>(&self, denied: &Denied) -> Response<B> {
+        let wait = denied.retry_after.map(|w| ceil_secs(w).max(1));
+        let mut digits = itoa::Buffer::new();
+        let wait_text = wait.map_or("", |w| digits.format(w)).as_bytes();
+        let length = self.pieces.iter().map(Bytes::len).sum::<usize>()
+            + wait_text.len() * (self.pieces.len() - 1);
+        let body = match &self.pieces[..] {
+            [whole] => whole.clone(),
+            pieces => {
+                let mut body = BytesMut::with_capacity(length);
+                for (i, piece) in pieces.iter().enumerate() {
+                    if i > 0 {
+                        body.extend_from_slice(wait_text);
+                    }
+                    body.extend_from_slice(piece);
+                }
+                body.freeze()
+            }
+        };
+        let mut response = Response::new(B::from(body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, PROBLEM_JSON);
+        if let Some(secs) = wait {
+            headers.insert(RETRY_AFTER, retry_after_value(secs));
+        }
+        if let (Some(policy), Some(limit)) = (&self.policy, &denied.limit) {
+            headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+            if let Some(state) = state_value(limit) {
+                headers.insert(RATELIMIT.clone(), state);
+            }
+        }
+        response
+    }
+}
+
+/// `haystack` cut at every `needle`.
+fn split<'a>(haystack: &'a [u8], needle: &[u8]) -> Vec<&'a [u8]> {
+    let mut pieces = Vec::new();
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        pieces.push(&rest[..at]);
+        rest = &rest[at + needle.len()..];
+    }
+    pieces.push(rest);
+    pieces
+}
+
+/// `Retry-After` values up to this many seconds are made once.
+const STATIC_WAITS: usize = 60;
+
+/// `Retry-After: secs`, without an allocation for the usual waits.
+fn retry_after_value(secs: u64) -> HeaderValue {
+    static WAITS: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..=STATIC_WAITS as u64).map(HeaderValue::from).collect());
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| WAITS.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
+}
+
 /// Sets `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10) for `limit`.
 pub fn insert_ratelimit(headers: &mut HeaderMap, limit: &Limit) {
-    let name = limit.policy.name();
-    let policy = format!(
-        "\"{name}\";q={};w={}",
-        limit.rate.count,
-        limit.rate.period.seconds()
-    );
-    let reset = ceil_secs(limit.remaining.reset);
-    let state = format!("\"{name}\";r={};t={reset}", limit.remaining.remaining);
-    if let Ok(value) = HeaderValue::from_str(&policy) {
+    if let Ok(value) = HeaderValue::from_str(&policy_value(limit)) {
         headers.insert(RATELIMIT_POLICY.clone(), value);
     }
-    if let Ok(value) = HeaderValue::from_str(&state) {
+    if let Some(value) = state_value(limit) {
         headers.insert(RATELIMIT.clone(), value);
     }
+}
+
+/// `"name";q=…;w=…`
+fn policy_value(limit: &Limit) -> String {
+    format!(
+        "\"{}\";q={};w={}",
+        limit.policy.name(),
+        limit.rate.count,
+        limit.rate.period.seconds()
+    )
+}
+
+/// `"name";r=…;t=…`, written without the formatting machinery: it goes on every answer.
+fn state_value(limit: &Limit) -> Option<HeaderValue> {
+    let name = limit.policy.name();
+    let mut remaining = itoa::Buffer::new();
+    let mut reset = itoa::Buffer::new();
+    let remaining = remaining.format(limit.remaining.remaining);
+    let reset = reset.format(ceil_secs(limit.remaining.reset));
+    let mut value = BytesMut::with_capacity(name.len() + remaining.len() + reset.len() + 8);
+    for part in ["\"", name, "\";r=", remaining, ";t=", reset] {
+        value.extend_from_slice(part.as_bytes());
+    }
+    HeaderValue::from_maybe_shared(value.freeze()).ok()
 }
 
 #[cfg(test)]
@@ -278,5 +421,62 @@ mod tests {
             .status(),
             504
         );
+    }
+
+    fn parts(r: Response<Bytes>) -> (u16, Vec<(String, String)>, Bytes) {
+        let mut headers: Vec<(String, String)> = r
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        (r.status().as_u16(), headers, r.into_body())
+    }
+
+    #[test]
+    fn a_prepared_denial_answers_exactly_what_a_rendered_one_does() {
+        for reason in Reason::ALL {
+            for (partner, class) in [
+                (Some("wallet-a"), Some(Class::InquiryScheduled)),
+                (Some("bank-b"), None),
+                (None, None),
+            ] {
+                let mut template = denied(reason, 1500);
+                template.class = class;
+                if matches!(
+                    reason,
+                    Reason::MissingKey
+                        | Reason::UnknownKey
+                        | Reason::NoRoute
+                        | Reason::ClassClosed
+                        | Reason::Suspended
+                ) {
+                    template.retry_after = None;
+                    template.limit = None;
+                }
+                let prepared = Prepared::new(&template, partner, class, "x-api-key")
+                    .unwrap_or_else(|| panic!("{reason:?} could not be prepared"));
+                for wait_ms in [1, 999, 1000, 1001, 59_000, 61_000, 3_600_000] {
+                    let mut asked = template;
+                    if asked.retry_after.is_some() {
+                        asked.retry_after = Some(Duration::from_millis(wait_ms));
+                        if let Some(limit) = &mut asked.limit {
+                            limit.remaining.reset = Duration::from_millis(wait_ms);
+                        }
+                    }
+                    let whole =
+                        Refusal::Denied(asked).response::<Bytes>(partner, class, "x-api-key");
+                    let fast = prepared.response::<Bytes>(&asked);
+                    assert_eq!(parts(fast), parts(whole), "{reason:?} after {wait_ms}ms");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_partner_id_holding_the_placeholder_is_rendered_whole() {
+        let d = denied(Reason::PartnerQuota, 1000);
+        let id = format!("p{PLACEHOLDER_SECS}");
+        assert!(Prepared::new(&d, Some(&id), d.class, "x-api-key").is_none());
     }
 }

@@ -137,11 +137,16 @@ pub(super) fn deny(
     metrics.rejected(RejectReason::Admission(denied.reason));
     let gate_partner = denied.partner.and_then(|i| snapshot.gate.partners().get(i));
     let id = gate_partner.map(|p| &*p.id);
-    let refusal = match gate_partner.and_then(|p| p.suspension.get()) {
-        Some(suspension) if denied.reason == Reason::Suspended => Refusal::Suspended(suspension),
-        _ => Refusal::Denied(denied),
-    };
-    refuse(refusal, id, denied.class, snapshot)
+    if let Some(suspension) = gate_partner.and_then(|p| p.suspension.get()) {
+        if denied.reason == Reason::Suspended {
+            return refuse(Refusal::Suspended(suspension), id, denied.class, snapshot);
+        }
+    }
+    let prepared = partner.map_or(&snapshot.anonymous, |p| &p.denials);
+    match prepared.get(&denied, id, snapshot.config.server.key_header.as_str()) {
+        Some(prepared) => prepared.response(&denied).map(Either::Left),
+        None => refuse(Refusal::Denied(denied), id, denied.class, snapshot),
+    }
 }
 
 /// What forwarding needs of an admission, free of the request's borrows.

@@ -1,14 +1,15 @@
 //! The running configuration as one immutable snapshot: config, admission gate, bound metric
 //! handles and pre-built upstream parts. A reload builds a new one and swaps it in.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
 
-use crate::admission::{Gate, Suspensions};
+use super::answer::Prepared;
+use crate::admission::{Denied, Gate, Reason, Suspensions};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Class, Config};
 use crate::metrics::{Metrics, PartnerMetrics};
 
 /// Per-partner values the proxy needs on every request, built once.
@@ -16,6 +17,37 @@ pub struct PartnerRuntime {
     pub metrics: PartnerMetrics,
     /// The partner's id as the trusted header value.
     pub header_value: HeaderValue,
+    /// The partner's denials, rendered on first use.
+    pub denials: PreparedDenials,
+}
+
+/// Denial answers prepared on first use, one per class (or none) and reason.
+pub struct PreparedDenials(
+    [OnceLock<Option<Box<Prepared>>>; (Class::ALL.len() + 1) * Reason::ALL.len()],
+);
+
+impl Default for PreparedDenials {
+    fn default() -> Self {
+        PreparedDenials(std::array::from_fn(|_| OnceLock::new()))
+    }
+}
+
+impl PreparedDenials {
+    /// The prepared answer for `denied` (of `partner`, when known); `None` when it cannot be
+    /// prepared and must be rendered whole.
+    pub fn get(
+        &self,
+        denied: &Denied,
+        partner: Option<&str>,
+        key_header: &str,
+    ) -> Option<&Prepared> {
+        let row = denied.class.map_or(Class::ALL.len(), Class::index);
+        let cell = self
+            .0
+            .get(row * Reason::ALL.len() + denied.reason.index())?;
+        cell.get_or_init(|| Prepared::new(denied, partner, denied.class, key_header).map(Box::new))
+            .as_deref()
+    }
 }
 
 /// Everything a request is served under, from start to finish.
@@ -24,6 +56,8 @@ pub struct Snapshot {
     pub gate: Gate,
     pub partners: Vec<PartnerRuntime>,
     pub upstream: Upstream,
+    /// Denials of callers not known as a partner (no key, an unknown key).
+    pub anonymous: PreparedDenials,
 }
 
 /// Pre-built parts of every upstream URI and `Host`.
@@ -52,6 +86,7 @@ impl Snapshot {
                 // Partner ids are validated to `[a-z0-9_-]`, always a valid header value.
                 header_value: HeaderValue::from_str(&p.id)
                     .unwrap_or(HeaderValue::from_static("invalid")),
+                denials: PreparedDenials::default(),
             })
             .collect();
         let authority = config.biller.url.authority.clone();
@@ -69,6 +104,7 @@ impl Snapshot {
             gate,
             partners,
             upstream,
+            anonymous: PreparedDenials::default(),
         }
     }
 }
