@@ -112,3 +112,38 @@ async fn the_account_comes_from_the_query_when_the_route_says_so() {
     );
     assert_eq!(biller.biller.stats().received, 2);
 }
+
+#[tokio::test]
+async fn a_worker_keeps_its_biller_connections_for_the_next_requests() {
+    for (status, headers) in [
+        (200, &[][..]),
+        // A known-empty body is never read to its end: the connection goes back all the same.
+        (204, &[][..]),
+        (200, &[("cache-control", "no-store")][..]),
+    ] {
+        let upstream = FixedUpstream::start(status, headers).await;
+        let text = config_toml(
+            &upstream.url(),
+            "2s",
+            "10000/s",
+            &partner("wallet-a", "key-a", Q, ""),
+        )
+        .replacen("[server]", "[server]\nworkers = 1", 1);
+        let gw = TestGateway::start(load(&text)).await;
+        for i in 0..10 {
+            // Each call opens a partner connection of its own; the one worker serves them all.
+            let reply = get(
+                &gw.url(&format!("/v1/bills/{i}")),
+                &[("x-api-key", "key-a")],
+            )
+            .await;
+            assert_eq!(reply.status.as_u16(), status);
+        }
+        assert_eq!(upstream.received(), 10);
+        assert_eq!(
+            upstream.connections(),
+            1,
+            "status {status}: every request after the first reuses the connection"
+        );
+    }
+}

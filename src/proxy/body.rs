@@ -9,11 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::pool::PooledBody;
+
 /// The response body type of the gateway.
-pub type ProxyBody = Either<Full<Bytes>, Deadline<Incoming>>;
+pub type ProxyBody = Either<Full<Bytes>, Deadline<PooledBody>>;
 
 /// A body that fails once its deadline passes.
 pub struct Deadline<B> {

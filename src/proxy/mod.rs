@@ -7,6 +7,7 @@ mod body;
 mod cached;
 mod handler;
 mod headers;
+mod pool;
 mod server;
 mod snapshot;
 mod upstream;
@@ -16,13 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 
 pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
+pub use pool::{BillerPool, PoolError, PooledBody};
 pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
@@ -33,8 +32,8 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-/// The pooled client to the biller.
-pub type BillerClient = Client<HttpConnector, upstream::UpstreamBody>;
+/// A pool of connections to the biller.
+pub type BillerClient = Arc<BillerPool>;
 
 /// State shared by every connection and the admin listener.
 pub struct Shared {
@@ -194,12 +193,9 @@ impl Shared {
             } else {
                 snapshot.upstream.base_path.clone()
             };
-            let uri = http::Uri::builder()
-                .scheme(snapshot.upstream.scheme.clone())
-                .authority(snapshot.upstream.authority.clone())
-                .path_and_query(path)
-                .build();
-            let Ok(uri) = uri else { continue };
+            let Ok(uri) = http::Uri::try_from(path) else {
+                continue;
+            };
             let mut request = http::Request::new(http_body_util::Either::Right(
                 http_body_util::Full::new(bytes::Bytes::new()),
             ));
@@ -208,7 +204,7 @@ impl Shared {
                 .headers_mut()
                 .insert(http::header::HOST, snapshot.upstream.host.clone());
             let timeout = snapshot.config.biller.timeout;
-            let outcome = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            let outcome = match tokio::time::timeout(timeout, self.client.send(request)).await {
                 Ok(Ok(response)) => outcome_of_status(response.status().as_u16()),
                 _ => BreakerOutcome::Failure,
             };
@@ -252,14 +248,12 @@ pub async fn sweep_accounts(
     }
 }
 
-/// A pooled client to the biller for `config`.
+/// A pool of connections to the biller for `config`, driven on the runtime that uses it.
 fn biller_client(config: &Config) -> BillerClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.biller.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(usize::try_from(config.biller.max_in_flight).unwrap_or(128))
-        .timer(TokioTimer::new())
-        .build(connector)
+    BillerPool::new(
+        config.biller.url.host_port(),
+        config.biller.connect_timeout,
+        Duration::from_secs(30),
+        usize::try_from(config.biller.max_in_flight).unwrap_or(128),
+    )
 }

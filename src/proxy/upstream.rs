@@ -13,6 +13,7 @@ use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::headers;
+use super::pool::PooledBody;
 use super::snapshot::{Snapshot, Upstream};
 use super::Worker;
 use crate::admission::{BillerOutcome, Ticket};
@@ -35,7 +36,7 @@ pub enum CallError {
 
 /// An answered call.
 pub struct Answered {
-    pub response: Response<Incoming>,
+    pub response: Response<PooledBody>,
     /// Time to the response head.
     pub rtt: Duration,
 }
@@ -65,7 +66,7 @@ pub async fn call(
     } = caller;
     let shared = &worker.shared;
     let config = &snapshot.config;
-    let Some(uri) = upstream_uri(&snapshot.upstream, parts.uri.path_and_query()) else {
+    let Some(uri) = upstream_uri(&snapshot.upstream, &parts.uri) else {
         ticket.finish(BillerOutcome::NotSent);
         return Err(CallError::Unreachable);
     };
@@ -84,7 +85,7 @@ pub async fn call(
     let timeout = config.biller.timeout;
     let started = tokio::time::Instant::now();
     shared.metrics.upstream_in_flight.inc();
-    let result = tokio::time::timeout(timeout, worker.client.request(request)).await;
+    let result = tokio::time::timeout(timeout, worker.client.send(request)).await;
     shared.metrics.upstream_in_flight.dec();
     let rtt = started.elapsed();
     match result {
@@ -93,7 +94,7 @@ pub async fn call(
             shared.metrics.upstream_error(UpstreamError::Timeout);
             Err(CallError::Timeout(timeout))
         }
-        Ok(Err(error)) if is_body_too_large(&error) => {
+        Ok(Err(error)) if error.source_chain().is_some_and(is_body_too_large) => {
             ticket.finish(BillerOutcome::NotSent);
             Err(CallError::BodyTooLarge)
         }
@@ -156,20 +157,23 @@ fn honour_pause(snapshot: &Snapshot, class: Class, headers: &http::HeaderMap) {
     snapshot.gate.pause(class, named, wait);
 }
 
-/// `http://biller[/base]` + the request's path and query.
-fn upstream_uri(upstream: &Upstream, path_and_query: Option<&PathAndQuery>) -> Option<Uri> {
-    let pq = path_and_query.map(PathAndQuery::as_str).unwrap_or("/");
-    let pq = if upstream.base_path.is_empty() {
-        PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_bytes())).ok()?
-    } else {
-        PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{pq}", upstream.base_path))).ok()?
-    };
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .ok()
+/// The request's path and query in origin-form, under the biller's base path. The partner's
+/// own origin-form target is sent as it is, without a copy.
+fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
+    let pq = uri.path_and_query();
+    if upstream.base_path.is_empty() {
+        if uri.scheme().is_none() && uri.authority().is_none() {
+            return Some(uri.clone());
+        }
+        let pq = pq
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        return Some(Uri::from(pq));
+    }
+    let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
+    let joined =
+        PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{pq}", upstream.base_path)));
+    joined.ok().map(Uri::from)
 }
 
 /// Whether a client error was caused by the request body passing its limit.

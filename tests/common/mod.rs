@@ -315,6 +315,9 @@ pub fn load(text: &str) -> Config {
 pub struct FixedUpstream {
     pub addr: SocketAddr,
     pub received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections that carried at least one request (the gateway's reachability probe only
+    /// connects).
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FixedUpstream {
@@ -325,6 +328,8 @@ impl FixedUpstream {
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&received);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         let headers: Vec<(&'static str, &'static str)> = headers.to_vec();
         tokio::spawn(async move {
             loop {
@@ -332,11 +337,16 @@ impl FixedUpstream {
                     return;
                 };
                 let counter = Arc::clone(&counter);
+                let accepted = Arc::clone(&accepted);
+                let first = std::sync::atomic::AtomicBool::new(true);
                 let headers = headers.clone();
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
                             counter.fetch_add(1, Ordering::SeqCst);
+                            if first.swap(false, Ordering::SeqCst) {
+                                accepted.fetch_add(1, Ordering::SeqCst);
+                            }
                             let mut response = http::Response::builder().status(status);
                             for (n, v) in &headers {
                                 response = response.header(*n, *v);
@@ -353,7 +363,11 @@ impl FixedUpstream {
                 });
             }
         });
-        FixedUpstream { addr, received }
+        FixedUpstream {
+            addr,
+            received,
+            connections,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -362,5 +376,9 @@ impl FixedUpstream {
 
     pub fn received(&self) -> usize {
         self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
