@@ -228,8 +228,10 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["class"],
         )?;
-        let upstream_in_flight =
-            IntGauge::new("billgate_upstream_in_flight", "Requests at the biller now.")?;
+        let upstream_in_flight = IntGauge::new(
+            "billgate_upstream_in_flight",
+            "Requests at the biller now (in-flight slots held).",
+        )?;
         let errors = IntCounterVec::new(
             Opts::new(
                 "billgate_upstream_errors_total",

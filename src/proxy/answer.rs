@@ -324,6 +324,20 @@ pub fn insert_ratelimit(headers: &mut HeaderMap, limit: &Limit) {
     }
 }
 
+/// Sets the `RateLimit` fields for `limit`, with `policy` as the `RateLimit-Policy` value
+/// prepared for it.
+pub fn insert_ratelimit_with(headers: &mut HeaderMap, limit: &Limit, policy: &HeaderValue) {
+    headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+    if let Some(value) = state_value(limit) {
+        headers.insert(RATELIMIT.clone(), value);
+    }
+}
+
+/// The `RateLimit-Policy` value of `limit`, made once per partner and class.
+pub fn policy_header(limit: &Limit) -> Option<HeaderValue> {
+    HeaderValue::from_str(&policy_value(limit)).ok()
+}
+
 /// `"name";q=…;w=…`
 fn policy_value(limit: &Limit) -> String {
     format!(

@@ -4,7 +4,7 @@
 //! strands the others. A hit costs the partner `[cache] hit_cost` of its class quota and nothing
 //! of the biller's capacity.
 
-use std::net::IpAddr;
+use http::HeaderValue;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
 use super::access::AccessLog;
-use super::answer::{insert_ratelimit, Refusal};
+use super::answer::Refusal;
 use super::body::ProxyBody;
 use super::handler::{deny, refuse};
 use super::headers;
@@ -45,7 +45,7 @@ pub struct Inquiry<'a> {
     pub classified: Classified<'a>,
     pub account: &'a str,
     pub cache_for: Duration,
-    pub peer: IpAddr,
+    pub peer: HeaderValue,
     pub parts: &'a http::request::Parts,
 }
 
@@ -129,7 +129,8 @@ pub async fn serve(
                         log.outcome = "forwarded";
                         let now = shared.cache.now();
                         let mut response = full(&answer, now, CacheStatus::Miss);
-                        insert_ratelimit(response.headers_mut(), &limit);
+                        snapshot.partners[c.partner]
+                            .insert_ratelimit(response.headers_mut(), &limit);
                         response
                     }
                     Err(failure) => failed(snapshot, &c, failure, log),
@@ -176,8 +177,8 @@ fn from_memory(
     } else {
         full(answer, now, status)
     };
-    if let Some(limit) = admission.limit {
-        insert_ratelimit(response.headers_mut(), &limit);
+    if let (Some(limit), Some(partner)) = (admission.limit, snapshot.partners.get(c.partner)) {
+        partner.insert_ratelimit(response.headers_mut(), &limit);
     }
     response
 }
@@ -230,7 +231,7 @@ struct Leader {
     partner: usize,
     class: Class,
     ticket: Ticket,
-    peer: IpAddr,
+    peer: HeaderValue,
     parts: http::request::Parts,
     cache_for: Duration,
 }

@@ -1,18 +1,17 @@
 //! One partner request, start to finish: classify, then answer from memory, refuse, or forward.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
+use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
 use super::access::AccessLog;
-use super::answer::{insert_ratelimit, Refusal};
+use super::answer::Refusal;
 use super::body::{Deadline, ProxyBody};
 use super::cached;
 use super::headers;
@@ -26,23 +25,29 @@ use crate::metrics::{Outcome, RejectReason};
 /// Serves one request. Never fails: every problem becomes an answer.
 pub async fn handle(
     worker: Arc<Worker>,
-    peer: SocketAddr,
+    peer: HeaderValue,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let shared = &worker.shared;
-    let started = tokio::time::Instant::now();
     // The snapshot is held for the whole request: a reload never changes a request midway.
-    let snapshot = shared.snapshot.load_full();
+    let current = worker.snapshot();
+    let snapshot = &current.snapshot;
+    let started = snapshot
+        .config
+        .server
+        .access_log
+        .then(tokio::time::Instant::now);
     let mut log = AccessLog::default();
-    let response = serve(&worker, &snapshot, peer, request, &mut log).await;
-    log.emit(&snapshot, response.status(), started.elapsed());
+    let response = serve(&worker, snapshot, peer, request, &mut log).await;
+    if let Some(started) = started {
+        log.emit(snapshot, response.status(), started.elapsed());
+    }
     Ok(response)
 }
 
 async fn serve(
     worker: &Arc<Worker>,
     snapshot: &Arc<Snapshot>,
-    peer: SocketAddr,
+    peer: HeaderValue,
     request: Request<Incoming>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
@@ -71,7 +76,7 @@ async fn serve(
             account: classified.account.unwrap_or_default(),
             classified,
             cache_for,
-            peer: peer.ip(),
+            peer,
             parts: &parts,
         };
         return cached::serve(worker, snapshot, request, log).await;
@@ -197,7 +202,7 @@ async fn forward(
     worker: &Worker,
     snapshot: &Snapshot,
     forwarding: Forwarding,
-    peer: SocketAddr,
+    peer: HeaderValue,
     parts: http::request::Parts,
     body: Incoming,
     log: &mut AccessLog,
@@ -257,7 +262,7 @@ async fn forward(
         partner: admitted.partner,
         class,
         ticket: admitted.ticket,
-        peer: peer.ip(),
+        peer,
     };
     let result = upstream::call(worker, snapshot, caller, parts, body).await;
     if class == Class::Payment {
@@ -286,7 +291,7 @@ async fn forward(
 
     let (mut parts, body) = answered.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    insert_ratelimit(&mut parts.headers, &admitted.limit);
+    snapshot.partners[admitted.partner].insert_ratelimit(&mut parts.headers, &admitted.limit);
     // The body gets as long again as the head was allowed.
     let timeout = config.biller.timeout.max(Duration::from_millis(1));
     let deadline = tokio::time::Instant::now() + timeout;

@@ -133,6 +133,10 @@ impl Shared {
         self.metrics
             .concurrency_limit
             .set(i64::from(protection.concurrency.limit()));
+        // Every call at the biller holds an in-flight slot: the count is read, not kept twice.
+        self.metrics
+            .upstream_in_flight
+            .set(i64::from(protection.concurrency.in_flight()));
     }
 
     /// Evicts idle per-account state and stale cache bookkeeping; refreshes the account gauges.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,13 +17,45 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{handler, BillerClient, Shared};
+use super::{handler, headers, BillerClient, Shared, Snapshot};
 
-/// What one worker serves requests with: the shared state, and its own biller client. Each
-/// request holds an `Arc` of its worker's, so the reference count it bumps is the worker's own.
+/// What one worker serves requests with: the shared state, its own biller client and its own
+/// handle on the running snapshot. Each request holds `Arc`s of its worker's, so the reference
+/// counts it bumps are the worker's own, never a line another core writes.
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub client: BillerClient,
+    current: ArcSwap<Current>,
+}
+
+/// The worker's handle on one snapshot.
+pub struct Current {
+    pub snapshot: Arc<Snapshot>,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>) -> Worker {
+        Worker {
+            client: shared.biller_client(),
+            current: ArcSwap::from_pointee(Current {
+                snapshot: shared.snapshot.load_full(),
+            }),
+            shared,
+        }
+    }
+
+    /// The running snapshot, through this worker's handle (renewed after a reload).
+    pub fn snapshot(&self) -> Arc<Current> {
+        let current = self.current.load_full();
+        if Arc::ptr_eq(&current.snapshot, &*self.shared.snapshot.load()) {
+            return current;
+        }
+        let renewed = Arc::new(Current {
+            snapshot: self.shared.snapshot.load_full(),
+        });
+        self.current.store(Arc::clone(&renewed));
+        renewed
+    }
 }
 
 /// A connection accepted for a worker.
@@ -154,10 +187,7 @@ async fn work(
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let worker = Arc::new(Worker {
-        client: shared.biller_client(),
-        shared,
-    });
+    let worker = Arc::new(Worker::new(shared));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -172,8 +202,9 @@ async fn work(
                 };
                 let _ = stream.set_nodelay(true);
                 let worker = Arc::clone(&worker);
+                let forwarded = headers::forwarded_for(peer.ip());
                 let service = service_fn(move |request| {
-                    handler::handle(Arc::clone(&worker), peer, request)
+                    handler::handle(Arc::clone(&worker), forwarded.clone(), request)
                 });
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
 
-use super::answer::Prepared;
-use crate::admission::{Denied, Gate, Reason, Suspensions};
+use super::answer::{insert_ratelimit, insert_ratelimit_with, policy_header, Prepared};
+use crate::admission::{Denied, Gate, Limit, Policy, Reason, Remaining, Suspensions};
 use crate::clock::Clock;
 use crate::config::{Class, Config};
 use crate::metrics::{Metrics, PartnerMetrics};
@@ -19,6 +19,22 @@ pub struct PartnerRuntime {
     pub header_value: HeaderValue,
     /// The partner's denials, rendered on first use.
     pub denials: PreparedDenials,
+    /// `RateLimit-Policy` for each class quota the partner has.
+    pub policies: [Option<HeaderValue>; 3],
+}
+
+impl PartnerRuntime {
+    /// Sets the `RateLimit` fields of an admitted answer.
+    pub fn insert_ratelimit(&self, headers: &mut http::HeaderMap, limit: &Limit) {
+        let prepared = match limit.policy {
+            Policy::Class(class) => self.policies[class.index()].as_ref(),
+            _ => None,
+        };
+        match prepared {
+            Some(policy) => insert_ratelimit_with(headers, limit, policy),
+            None => insert_ratelimit(headers, limit),
+        }
+    }
 }
 
 /// Denial answers prepared on first use, one per class (or none) and reason.
@@ -87,6 +103,17 @@ impl Snapshot {
                 header_value: HeaderValue::from_str(&p.id)
                     .unwrap_or(HeaderValue::from_static("invalid")),
                 denials: PreparedDenials::default(),
+                policies: Class::ALL.map(|class| {
+                    let rate = p.quota.get(class)?;
+                    policy_header(&Limit {
+                        policy: Policy::Class(class),
+                        rate,
+                        remaining: Remaining {
+                            remaining: 0,
+                            reset: std::time::Duration::ZERO,
+                        },
+                    })
+                }),
             })
             .collect();
         let authority = config.biller.url.authority.clone();

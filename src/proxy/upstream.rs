@@ -2,8 +2,8 @@
 //! pooled client within the timeout, and its outcome fed to the breaker, the adaptive limit, the
 //! pauses and the metrics. Used by forwarding and by the cache's leader alike.
 
+use http::HeaderValue;
 use std::error::Error as StdError;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,8 +46,8 @@ pub struct Caller {
     pub partner: usize,
     pub class: Class,
     pub ticket: Ticket,
-    /// The partner's address, for `x-forwarded-for`.
-    pub peer: IpAddr,
+    /// The partner's address as an `x-forwarded-for` value.
+    pub peer: HeaderValue,
 }
 
 /// Sends `parts` + `body` to the biller for `caller`.
@@ -76,7 +76,7 @@ pub async fn call(
         &config.server.partner_header,
         &snapshot.partners[partner].header_value,
         &snapshot.upstream.host,
-        peer,
+        &peer,
     );
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -84,9 +84,7 @@ pub async fn call(
 
     let timeout = config.biller.timeout;
     let started = tokio::time::Instant::now();
-    shared.metrics.upstream_in_flight.inc();
     let result = tokio::time::timeout(timeout, worker.client.send(request)).await;
-    shared.metrics.upstream_in_flight.dec();
     let rtt = started.elapsed();
     match result {
         Err(_elapsed) => {
