@@ -147,3 +147,27 @@ async fn a_worker_keeps_its_biller_connections_for_the_next_requests() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_biller_closing_each_connection_gets_a_new_one_for_every_request() {
+    let upstream = FixedUpstream::start(200, &[("connection", "close")]).await;
+    let text = config_toml(
+        &upstream.url(),
+        "2s",
+        "10000/s",
+        &partner("wallet-a", "key-a", Q, ""),
+    )
+    .replacen("[server]", "[server]\nworkers = 1", 1);
+    let gw = TestGateway::start(load(&text)).await;
+    for i in 0..5 {
+        let reply = get(
+            &gw.url(&format!("/v1/bills/{i}")),
+            &[("x-api-key", "key-a")],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        assert_eq!(reply.text(), "{\"upstream\":true}");
+    }
+    assert_eq!(upstream.received(), 5);
+    assert_eq!(upstream.connections(), 5);
+}

@@ -1,13 +1,16 @@
 //! A worker's own pool of HTTP/1.1 connections to the biller, on hyper's connection API.
 //!
 //! Each worker has one, used only by the tasks of its own runtime, so its lock is never
-//! contended and a connection's task runs on the thread that sends on it. A connection goes
-//! back to the pool when its response body has been read to the end (a body dropped half-read
-//! takes its connection with it); a pooled connection the biller has closed is skipped, and a
-//! request a reused connection could not take is sent on another. Requests go out in
-//! origin-form (`/path?query`) with the `Host` the caller set.
+//! contended. A connection has no task of its own: the request that holds it drives it — the
+//! call until the response head arrives, then the response body as the partner's connection
+//! reads it — so a forwarded request wakes no other task. A connection goes back to the pool
+//! when its response body has been read to the end (a body dropped half-read takes its
+//! connection with it); a pooled connection the biller has closed is found out when next
+//! driven and skipped, and a request a reused connection could not take is sent on another.
+//! Requests go out in origin-form (`/path?query`) with the `Host` the caller set.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -25,6 +28,7 @@ use tokio::time::Instant;
 use super::upstream::UpstreamBody;
 
 type Sender = http1::SendRequest<UpstreamBody>;
+type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 
 /// Why a request found no answer.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,8 @@ pub enum PoolError {
     ConnectTimeout(String),
     #[error("the exchange with the biller failed: {0}")]
     Http(#[from] hyper::Error),
+    #[error("the biller closed a new connection before it took the request")]
+    Closed,
 }
 
 impl PoolError {
@@ -50,9 +56,74 @@ impl PoolError {
     }
 }
 
-struct Idle {
+/// One connection: the handle requests are sent on, and the connection it drives.
+struct Link {
     sender: Sender,
+    connection: Connection,
+    /// The connection future has completed (closed or failed): it is never polled again.
+    ended: bool,
+    /// When it last went back to the pool.
     since: Instant,
+}
+
+impl Link {
+    /// Drives the connection's reading and writing; true once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.ended {
+            if let Poll::Ready(result) = Pin::new(&mut self.connection).poll(cx) {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "biller connection ended with an error");
+                }
+                self.ended = true;
+            }
+        }
+        self.ended
+    }
+
+    /// Waits until the connection can take a request, driving it; false when it has closed.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            let ended = self.drive(cx);
+            match self.sender.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(true),
+                Poll::Ready(Err(_)) => Poll::Ready(false),
+                Poll::Pending if ended => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Sends `request` and drives the connection until the response head arrives.
+    async fn send(
+        &mut self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, http1_error::TrySend> {
+        let mut call = std::pin::pin!(self.sender.try_send_request(request));
+        let connection = &mut self.connection;
+        let ended = &mut self.ended;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = call.as_mut().poll(cx) {
+                return Poll::Ready(answer);
+            }
+            if !*ended {
+                if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "biller connection ended with an error");
+                    }
+                    *ended = true;
+                }
+            }
+            // Driving the connection may have brought the head (or, if it ended, the error).
+            call.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+mod http1_error {
+    use super::UpstreamBody;
+    pub type TrySend = hyper::client::conn::TrySendError<http::Request<UpstreamBody>>;
 }
 
 /// Connections to one biller address.
@@ -62,7 +133,7 @@ pub struct BillerPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Link>>,
 }
 
 impl BillerPool {
@@ -86,37 +157,36 @@ impl BillerPool {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
         // Nothing panics while holding it; a poisoned list is still a sound list.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used open connection, if any; expired ones are dropped on the way.
-    fn checkout(&self) -> Option<Sender> {
+    /// The most recently used connection not known to be closed; expired ones are dropped on
+    /// the way.
+    fn checkout(&self) -> Option<Link> {
         let now = Instant::now();
         let mut idle = self.lock();
-        while let Some(entry) = idle.pop() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
-                return Some(entry.sender);
+        while let Some(link) = idle.pop() {
+            if !link.ended && now.duration_since(link.since) < self.idle_timeout {
+                return Some(link);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
+    fn checkin(&self, mut link: Link) {
+        if link.ended || link.sender.is_closed() {
             return;
         }
+        link.since = Instant::now();
         let mut idle = self.lock();
         if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(link);
         }
     }
 
-    async fn connect(&self) -> Result<Sender, PoolError> {
+    async fn connect(&self) -> Result<Link, PoolError> {
         let stream = match tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(&self.target),
@@ -136,12 +206,12 @@ impl BillerPool {
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "biller connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Link {
+            sender,
+            connection,
+            ended: false,
+            since: Instant::now(),
+        })
     }
 
     /// Sends `request` on a pooled connection, or a new one.
@@ -150,22 +220,22 @@ impl BillerPool {
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
         loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(sender) => (sender, true),
+            let (mut link, reused) = match self.checkout() {
+                Some(link) => (link, true),
                 None => (self.connect().await?, false),
             };
-            // A connection whose last body was just read may need a moment to be ready again;
+            // A connection whose last body was just read may need driving to be ready again;
             // one the biller closed meanwhile is dropped and the next one tried.
-            if let Err(error) = sender.ready().await {
+            if !link.ready().await {
                 if reused {
                     continue;
                 }
-                return Err(error.into());
+                return Err(PoolError::Closed);
             }
-            match sender.try_send_request(request).await {
+            match link.send(request).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
-                    let body = PooledBody::new(body, sender, Arc::downgrade(self));
+                    let body = PooledBody::new(body, link, Arc::downgrade(self));
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut failed) => match failed.take_message() {
@@ -179,18 +249,18 @@ impl BillerPool {
     }
 }
 
-/// The biller's response body; its connection returns to the pool when it has been read to the
-/// end.
+/// The biller's response body. Reading it drives its connection, which returns to the pool
+/// when the body has been read to the end.
 pub struct PooledBody {
     inner: Incoming,
-    back: Option<(Sender, Weak<BillerPool>)>,
+    link: Option<(Link, Weak<BillerPool>)>,
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, sender: Sender, pool: Weak<BillerPool>) -> PooledBody {
+    fn new(inner: Incoming, link: Link, pool: Weak<BillerPool>) -> PooledBody {
         let mut body = PooledBody {
             inner,
-            back: Some((sender, pool)),
+            link: Some((link, pool)),
         };
         // A body known to be empty may never be polled.
         if body.inner.is_end_stream() {
@@ -200,9 +270,9 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
+        if let Some((link, pool)) = self.link.take() {
             if let Some(pool) = pool.upgrade() {
-                pool.checkin(sender);
+                pool.checkin(link);
             }
         }
     }
@@ -216,12 +286,20 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            // Asking for the body registered the want; now let the connection read it.
+            if let Some((link, _)) = &mut this.link {
+                link.drive(cx);
+                polled = Pin::new(&mut this.inner).poll_frame(cx);
+            }
+        }
         // The reader may stop at the last frame without asking for the end: hand the
         // connection back as soon as the body is known to be over.
         match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
             _ => {}
         }
         polled
