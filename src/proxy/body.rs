@@ -16,17 +16,21 @@ use super::pool::PooledBody;
 /// The response body type of the gateway.
 pub type ProxyBody = Either<Full<Bytes>, Deadline<PooledBody>>;
 
-/// A body that fails once its deadline passes.
-pub struct Deadline<B> {
-    inner: B,
-    sleep: Pin<Box<Sleep>>,
+pin_project_lite::pin_project! {
+    /// A body that fails once its deadline passes. The timer lives inside it: no allocation
+    /// per answer.
+    pub struct Deadline<B> {
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+    }
 }
 
 impl<B> Deadline<B> {
     pub fn new(inner: B, deadline: Instant) -> Self {
         Deadline {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            sleep: tokio::time::sleep_until(deadline),
         }
     }
 }
@@ -45,14 +49,14 @@ where
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+        let this = self.project();
+        if let Poll::Ready(frame) = Pin::new(this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        match this.sleep.as_mut().poll(cx) {
+        match this.sleep.poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(Duration::ZERO))))),
             Poll::Pending => Poll::Pending,
         }
