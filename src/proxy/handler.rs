@@ -79,7 +79,9 @@ async fn serve(
             peer,
             parts: &parts,
         };
-        return cached::serve(worker, snapshot, request, log).await;
+        // The cache and forwarding paths are boxed: the request's future stays small (hyper moves
+        // it into place per request), and a refusal pays for neither.
+        return Box::pin(cached::serve(worker, snapshot, request, log)).await;
     }
     // Only a payment needs its account after the request has moved on: to invalidate answers.
     let account = classified
@@ -90,7 +92,10 @@ async fn serve(
         Decision::Deny(denied) => deny(shared, snapshot, denied, log),
         Decision::Admit(admitted) => {
             let forwarding = Forwarding::new(admitted, account);
-            forward(worker, snapshot, forwarding, peer, parts, body, log).await
+            Box::pin(forward(
+                worker, snapshot, forwarding, peer, parts, body, log,
+            ))
+            .await
         }
     }
 }

@@ -133,7 +133,7 @@ pub struct BillerPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Link>>,
+    idle: Mutex<Vec<Box<Link>>>,
 }
 
 impl BillerPool {
@@ -157,14 +157,14 @@ impl BillerPool {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<Link>>> {
         // Nothing panics while holding it; a poisoned list is still a sound list.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used connection not known to be closed; expired ones are dropped on
     /// the way.
-    fn checkout(&self) -> Option<Link> {
+    fn checkout(&self) -> Option<Box<Link>> {
         let now = Instant::now();
         let mut idle = self.lock();
         while let Some(link) = idle.pop() {
@@ -175,7 +175,7 @@ impl BillerPool {
         None
     }
 
-    fn checkin(&self, mut link: Link) {
+    fn checkin(&self, mut link: Box<Link>) {
         if link.ended || link.sender.is_closed() {
             return;
         }
@@ -186,7 +186,7 @@ impl BillerPool {
         }
     }
 
-    async fn connect(&self) -> Result<Link, PoolError> {
+    async fn connect(&self) -> Result<Box<Link>, PoolError> {
         let stream = match tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(&self.target),
@@ -206,12 +206,13 @@ impl BillerPool {
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        Ok(Link {
+        // Boxed once per connection, so the futures that hold it stay small.
+        Ok(Box::new(Link {
             sender,
             connection,
             ended: false,
             since: Instant::now(),
-        })
+        }))
     }
 
     /// Sends `request` on a pooled connection, or a new one.
@@ -253,11 +254,11 @@ impl BillerPool {
 /// when the body has been read to the end.
 pub struct PooledBody {
     inner: Incoming,
-    link: Option<(Link, Weak<BillerPool>)>,
+    link: Option<(Box<Link>, Weak<BillerPool>)>,
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, link: Link, pool: Weak<BillerPool>) -> PooledBody {
+    fn new(inner: Incoming, link: Box<Link>, pool: Weak<BillerPool>) -> PooledBody {
         let mut body = PooledBody {
             inner,
             link: Some((link, pool)),
