@@ -133,6 +133,8 @@ pub struct BillerPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    // Links move in and out of request futures; boxed, they move as one pointer.
+    #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<Link>>>,
 }
 
@@ -157,6 +159,7 @@ impl BillerPool {
         self.lock().len()
     }
 
+    #[allow(clippy::vec_box)]
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<Link>>> {
         // Nothing panics while holding it; a poisoned list is still a sound list.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
