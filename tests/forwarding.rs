@@ -122,21 +122,10 @@ async fn a_worker_keeps_its_biller_connections_for_the_next_requests() {
         (200, &[("cache-control", "no-store")][..]),
     ] {
         let upstream = FixedUpstream::start(status, headers).await;
-        let text = config_toml(
-            &upstream.url(),
-            "2s",
-            "10000/s",
-            &partner("wallet-a", "key-a", Q, ""),
-        )
-        .replacen("[server]", "[server]\nworkers = 1", 1);
-        let gw = TestGateway::start(load(&text)).await;
+        let gw = one_worker(&upstream).await;
         for i in 0..10 {
             // Each call opens a partner connection of its own; the one worker serves them all.
-            let reply = get(
-                &gw.url(&format!("/v1/bills/{i}")),
-                &[("x-api-key", "key-a")],
-            )
-            .await;
+            let reply = bill(&gw, i).await;
             assert_eq!(reply.status.as_u16(), status);
         }
         assert_eq!(upstream.received(), 10);
@@ -151,6 +140,18 @@ async fn a_worker_keeps_its_biller_connections_for_the_next_requests() {
 #[tokio::test]
 async fn a_biller_closing_each_connection_gets_a_new_one_for_every_request() {
     let upstream = FixedUpstream::start(200, &[("connection", "close")]).await;
+    let gw = one_worker(&upstream).await;
+    for i in 0..5 {
+        let reply = bill(&gw, i).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        assert_eq!(reply.text(), "{\"upstream\":true}");
+    }
+    assert_eq!(upstream.received(), 5);
+    assert_eq!(upstream.connections(), 5);
+}
+
+/// A gateway with one worker thread in front of `upstream`, for wallet-a (`key-a`).
+async fn one_worker(upstream: &FixedUpstream) -> TestGateway {
     let text = config_toml(
         &upstream.url(),
         "2s",
@@ -158,16 +159,14 @@ async fn a_biller_closing_each_connection_gets_a_new_one_for_every_request() {
         &partner("wallet-a", "key-a", Q, ""),
     )
     .replacen("[server]", "[server]\nworkers = 1", 1);
-    let gw = TestGateway::start(load(&text)).await;
-    for i in 0..5 {
-        let reply = get(
-            &gw.url(&format!("/v1/bills/{i}")),
-            &[("x-api-key", "key-a")],
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::OK, "request {i}");
-        assert_eq!(reply.text(), "{\"upstream\":true}");
-    }
-    assert_eq!(upstream.received(), 5);
-    assert_eq!(upstream.connections(), 5);
+    TestGateway::start(load(&text)).await
+}
+
+/// wallet-a asks about bill account `account`.
+async fn bill(gw: &TestGateway, account: usize) -> Reply {
+    get(
+        &gw.url(&format!("/v1/bills/{account}")),
+        &[("x-api-key", "key-a")],
+    )
+    .await
 }
