@@ -341,3 +341,39 @@ async fn a_reload_tripping_a_guardrail_is_refused_unless_forced() {
         body["sha256"].as_str().unwrap()
     )));
 }
+
+#[tokio::test]
+async fn a_reload_that_moves_the_biller_takes_effect_at_once() {
+    let old = FixedUpstream::start(200, &[]).await;
+    let new = FixedUpstream::start(200, &[]).await;
+    let dir = TempDir::new("movebiller");
+    let path = write_config(&dir, &old.url(), &partner("wallet-a", "key-a", Q, ""), true);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[server]\n",
+        "[server]\nworkers = 1\n",
+        1,
+    );
+    std::fs::write(&path, &text).unwrap();
+    let gw = TestGateway::start_from_file(&path).await;
+    let url = gw.url("/v1/bills/1");
+    let ask = || get(&url, &[("x-api-key", "key-a")]);
+    assert_eq!(ask().await.status, StatusCode::OK);
+    assert_eq!(ask().await.status, StatusCode::OK);
+    assert_eq!((old.received(), new.received()), (2, 0));
+
+    std::fs::write(&path, text.replace(&old.url(), &new.url())).unwrap();
+    let reloaded = send(
+        Method::POST,
+        &gw.admin_url("/admin/reload"),
+        &[("authorization", &bearer(TOKEN))],
+        "",
+    )
+    .await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
+    for _ in 0..3 {
+        assert_eq!(ask().await.status, StatusCode::OK);
+    }
+    // The pooled connection to the old biller is not used again.
+    assert_eq!((old.received(), new.received()), (2, 3));
+    assert_eq!(new.connections(), 1);
+}

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
-pub use pool::{BillerPool, PoolError, PooledBody};
+pub use pool::{BillerPool, PoolError, PooledBody, Target};
 pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
@@ -84,8 +84,8 @@ impl Shared {
         })
     }
 
-    /// A new pool of connections to the biller, with the settings the running configuration
-    /// had at start. Its connections are driven on the runtime that first uses it.
+    /// A new pool of connections to the biller. It connects where the running configuration
+    /// says at each request, so a reload that moves the biller needs no new pool.
     pub fn biller_client(&self) -> BillerClient {
         biller_client(&self.snapshot.load().config)
     }
@@ -208,7 +208,12 @@ impl Shared {
                 .headers_mut()
                 .insert(http::header::HOST, snapshot.upstream.host.clone());
             let timeout = snapshot.config.biller.timeout;
-            let outcome = match tokio::time::timeout(timeout, self.client.send(request)).await {
+            let outcome = match tokio::time::timeout(
+                timeout,
+                self.client.send(snapshot.upstream.target(), request),
+            )
+            .await
+            {
                 Ok(Ok(response)) => outcome_of_status(response.status().as_u16()),
                 _ => BreakerOutcome::Failure,
             };
@@ -252,11 +257,9 @@ pub async fn sweep_accounts(
     }
 }
 
-/// A pool of connections to the biller for `config`, driven on the runtime that uses it.
+/// A pool of connections to the biller for `config`, driven by the requests that use it.
 fn biller_client(config: &Config) -> BillerClient {
     BillerPool::new(
-        config.biller.url.host_port(),
-        config.biller.connect_timeout,
         Duration::from_secs(30),
         usize::try_from(config.biller.max_in_flight).unwrap_or(128),
     )

@@ -58,6 +58,8 @@ impl PoolError {
 
 /// One connection: the handle requests are sent on, and the connection it drives.
 struct Link {
+    /// The `host:port` it is connected to.
+    target: Arc<str>,
     sender: Sender,
     connection: Connection,
     /// The connection future has completed (closed or failed): it is never polled again.
@@ -126,11 +128,17 @@ mod http1_error {
     pub type TrySend = hyper::client::conn::TrySendError<http::Request<UpstreamBody>>;
 }
 
-/// Connections to one biller address.
-pub struct BillerPool {
+/// Where and how to reach the biller: read from the running configuration per request, so a
+/// reload that moves the biller takes effect at once (connections to the old address are
+/// dropped as they come out of the pool).
+pub struct Target<'a> {
     /// `host:port`.
-    target: String,
-    connect_timeout: Duration,
+    pub address: &'a Arc<str>,
+    pub connect_timeout: Duration,
+}
+
+/// Connections to the biller.
+pub struct BillerPool {
     idle_timeout: Duration,
     max_idle: usize,
     // Links move in and out of request futures; boxed, they move as one pointer.
@@ -139,15 +147,8 @@ pub struct BillerPool {
 }
 
 impl BillerPool {
-    pub fn new(
-        target: String,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Arc<BillerPool> {
+    pub fn new(idle_timeout: Duration, max_idle: usize) -> Arc<BillerPool> {
         Arc::new(BillerPool {
-            target,
-            connect_timeout,
             idle_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
@@ -165,13 +166,16 @@ impl BillerPool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used connection not known to be closed; expired ones are dropped on
-    /// the way.
-    fn checkout(&self) -> Option<Box<Link>> {
+    /// The most recently used connection to `address` not known to be closed; expired ones,
+    /// and ones to an address the biller no longer has, are dropped on the way.
+    fn checkout(&self, address: &str) -> Option<Box<Link>> {
         let now = Instant::now();
         let mut idle = self.lock();
         while let Some(link) = idle.pop() {
-            if !link.ended && now.duration_since(link.since) < self.idle_timeout {
+            if !link.ended
+                && now.duration_since(link.since) < self.idle_timeout
+                && &*link.target == address
+            {
                 return Some(link);
             }
         }
@@ -189,28 +193,26 @@ impl BillerPool {
         }
     }
 
-    async fn connect(&self) -> Result<Box<Link>, PoolError> {
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(&self.target),
-        )
-        .await
-        {
-            Err(_elapsed) => return Err(PoolError::ConnectTimeout(self.target.clone())),
-            Ok(Err(source)) => {
-                return Err(PoolError::Connect {
-                    target: self.target.clone(),
-                    source,
-                })
-            }
-            Ok(Ok(stream)) => stream,
-        };
+    async fn connect(&self, target: &Target<'_>) -> Result<Box<Link>, PoolError> {
+        let address = &**target.address;
+        let stream =
+            match tokio::time::timeout(target.connect_timeout, TcpStream::connect(address)).await {
+                Err(_elapsed) => return Err(PoolError::ConnectTimeout(address.to_owned())),
+                Ok(Err(source)) => {
+                    return Err(PoolError::Connect {
+                        target: address.to_owned(),
+                        source,
+                    })
+                }
+                Ok(Ok(stream)) => stream,
+            };
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
         // Boxed once per connection, so the futures that hold it stay small.
         Ok(Box::new(Link {
+            target: Arc::clone(target.address),
             sender,
             connection,
             ended: false,
@@ -218,15 +220,16 @@ impl BillerPool {
         }))
     }
 
-    /// Sends `request` on a pooled connection, or a new one.
+    /// Sends `request` on a pooled connection to `target`, or a new one.
     pub async fn send(
         self: &Arc<Self>,
+        target: Target<'_>,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
         loop {
-            let (mut link, reused) = match self.checkout() {
+            let (mut link, reused) = match self.checkout(target.address) {
                 Some(link) => (link, true),
-                None => (self.connect().await?, false),
+                None => (self.connect(&target).await?, false),
             };
             // A connection whose last body was just read may need driving to be ready again;
             // one the biller closed meanwhile is dropped and the next one tried.

@@ -7,6 +7,7 @@ use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
 
 use super::answer::{insert_ratelimit, insert_ratelimit_with, policy_header, Prepared};
+use super::pool::Target;
 use crate::admission::{Denied, Gate, Limit, Policy, Reason, Remaining, Suspensions};
 use crate::clock::Clock;
 use crate::config::{Class, Config};
@@ -78,10 +79,23 @@ pub struct Snapshot {
 
 /// Pre-built parts of every upstream URI and `Host`.
 pub struct Upstream {
+    /// `host:port`, where connections go.
+    pub address: Arc<str>,
+    pub connect_timeout: std::time::Duration,
     pub scheme: Scheme,
     pub authority: Authority,
     pub base_path: String,
     pub host: HeaderValue,
+}
+
+impl Upstream {
+    /// Where the pool connects for this configuration.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            address: &self.address,
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 impl Snapshot {
@@ -120,6 +134,8 @@ impl Snapshot {
         let host =
             HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("biller"));
         let upstream = Upstream {
+            address: Arc::from(config.biller.url.host_port()),
+            connect_timeout: config.biller.connect_timeout,
             scheme: Scheme::HTTP,
             authority,
             base_path: config.biller.url.base_path.clone(),

@@ -84,7 +84,11 @@ pub async fn call(
 
     let timeout = config.biller.timeout;
     let started = tokio::time::Instant::now();
-    let result = tokio::time::timeout(timeout, worker.client.send(request)).await;
+    let result = tokio::time::timeout(
+        timeout,
+        worker.client.send(snapshot.upstream.target(), request),
+    )
+    .await;
     let rtt = started.elapsed();
     match result {
         Err(_elapsed) => {

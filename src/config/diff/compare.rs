@@ -271,10 +271,6 @@ pub(super) fn biller(old: &Config, new: &Config) -> Vec<SettingChange> {
     s.compare("max_in_flight", o.max_in_flight, n.max_in_flight, |m| {
         m.to_string()
     });
-    s.note(
-        "connect_timeout",
-        "the connection pool is built at start: takes effect on restart".to_owned(),
-    );
     s.compare(
         "payment_reserve",
         o.payment_reserve,
