@@ -7,6 +7,7 @@
 
 mod accounts;
 mod biller;
+mod budget;
 mod identify;
 mod quota;
 mod route;
@@ -22,7 +23,8 @@ use governor::nanos::Nanos;
 use http::Method;
 
 pub use accounts::{AccountDenial, AccountLimiter};
-pub use biller::{BillerOutcome, Budget, Pause, Protection, Shed, Ticket};
+pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket};
+pub use budget::Budget;
 pub use identify::KeyIndex;
 pub use quota::{Quota, Remaining};
 pub use route::{Matched, Router};
@@ -141,9 +143,9 @@ pub struct Limit {
     pub remaining: Remaining,
 }
 
-/// An admitted request.
+/// An admitted request. `'r` borrows the request, `'g` the gate that admitted it.
 #[derive(Debug)]
-pub struct Admitted<'r> {
+pub struct Admitted<'r, 'g> {
     pub partner: usize,
     pub class: Class,
     pub route: usize,
@@ -153,7 +155,7 @@ pub struct Admitted<'r> {
     /// In shadow mode: what would have refused it.
     pub shadow: Option<Reason>,
     /// The right to send it to the biller; report the outcome with [`Ticket::finish`].
-    pub ticket: Ticket,
+    pub ticket: Ticket<'g>,
 }
 
 /// A refused request.
@@ -171,8 +173,8 @@ pub struct Denied {
 
 /// The decision for one request.
 #[derive(Debug)]
-pub enum Decision<'r> {
-    Admit(Admitted<'r>),
+pub enum Decision<'r, 'g> {
+    Admit(Admitted<'r, 'g>),
     Deny(Denied),
 }
 
@@ -194,7 +196,7 @@ pub struct Gate {
     keys: KeyIndex,
     router: Router,
     partners: Vec<PartnerGate>,
-    protection: Protection,
+    protection: Arc<Protection>,
     clock: Clock,
 }
 
@@ -245,7 +247,11 @@ impl Gate {
                 }
             })
             .collect();
-        let protection = Protection::build(&config.biller, previous.map(|g| &g.protection), clock);
+        let protection = Arc::new(Protection::build(
+            &config.biller,
+            previous.map(|g| &*g.protection),
+            clock,
+        ));
         Gate {
             keys: KeyIndex::new(config.partners.iter().map(|p| &p.keys_sha256[..])),
             router: Router::new(config.routes.clone()),
@@ -268,7 +274,7 @@ impl Gate {
     }
 
     /// The breaker, the in-flight limit, the capacity budget and the pauses.
-    pub fn protection(&self) -> &Protection {
+    pub fn protection(&self) -> &Arc<Protection> {
         &self.protection
     }
 
@@ -292,7 +298,7 @@ impl Gate {
 
     /// Decides one request: [`Gate::classify`], then [`Gate::admit`]. Pure: reads the clock,
     /// spends tokens, never blocks.
-    pub fn decide<'r>(&self, req: &RequestParts<'r>) -> Decision<'r> {
+    pub fn decide<'r>(&self, req: &RequestParts<'r>) -> Decision<'r, '_> {
         match self.classify(req) {
             Ok(classified) => self.admit(classified),
             Err(denied) => Decision::Deny(denied),
@@ -347,7 +353,7 @@ impl Gate {
 
     /// Spends the partner's quota for the class, the per-account quota and the biller's
     /// protection for a classified request that is to reach the biller.
-    pub fn admit<'r>(&self, c: Classified<'r>) -> Decision<'r> {
+    pub fn admit<'r>(&self, c: Classified<'r>) -> Decision<'r, '_> {
         let partner = &self.partners[c.partner];
         let deny = |reason, limit: Option<Limit>| {
             Decision::Deny(Denied {

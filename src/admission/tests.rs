@@ -120,7 +120,7 @@ fn payment(key: &str) -> RequestParts<'_> {
     }
 }
 
-fn reason(d: Decision<'_>) -> Option<Reason> {
+fn reason(d: Decision<'_, '_>) -> Option<Reason> {
     match d {
         Decision::Admit(_) => None,
         Decision::Deny(denied) => Some(denied.reason),

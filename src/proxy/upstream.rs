@@ -41,10 +41,10 @@ pub struct Answered {
 }
 
 /// Who a call is for, and its right to reach the biller.
-pub struct Caller {
+pub struct Caller<'g> {
     pub partner: usize,
     pub class: Class,
-    pub ticket: Ticket,
+    pub ticket: Ticket<'g>,
     /// The partner's address, for `x-forwarded-for`.
     pub peer: IpAddr,
 }
@@ -53,7 +53,7 @@ pub struct Caller {
 pub async fn call(
     shared: &Shared,
     snapshot: &Snapshot,
-    caller: Caller,
+    caller: Caller<'_>,
     mut parts: http::request::Parts,
     body: UpstreamBody,
 ) -> Result<Answered, CallError> {
