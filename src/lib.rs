@@ -6,7 +6,7 @@
 //! the 2014 polling storm against it, with and without the gateway, and [`storm::polls`] measures
 //! the answer cache under partners polling far past the biller's capacity.
 // Unsafe code is denied everywhere but in two small, documented places that a measured gain
-// needs: asking which core a thread runs on (`shards`) and huge-page-backed arrays (`huge`).
+// needs: asking which core a thread runs on (`shards`) and prefetching (`memory`).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -21,6 +21,7 @@ pub mod concurrency;
 pub mod config;
 pub mod control;
 pub mod gateway;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod shards;

@@ -286,9 +286,7 @@ impl Ticket<'_> {
             BillerOutcome::Answered { status, rtt } if status < 500 && status != 429 => {
                 p.concurrency.success(slot, rtt)
             }
-            BillerOutcome::Answered { .. } | BillerOutcome::TimedOut => {
-                p.concurrency.failure(slot)
-            }
+            BillerOutcome::Answered { .. } | BillerOutcome::TimedOut => p.concurrency.failure(slot),
             BillerOutcome::Unreachable | BillerOutcome::NotSent => p.concurrency.release(slot),
         }
     }

@@ -92,6 +92,12 @@ impl Quota {
         }
     }
 
+    /// Asks for the limiter's state to be brought into cache (see [`crate::memory`]).
+    #[inline]
+    pub fn prefetch(&self) {
+        crate::memory::prefetch(&*self.limiter);
+    }
+
     /// True when two quotas share one state (a reload carried this one over).
     pub fn same_state(&self, other: &Quota) -> bool {
         Arc::ptr_eq(&self.limiter, &other.limiter)

@@ -29,8 +29,8 @@ impl InFlight {
         let n = self.shards.len();
         let home = shards::home(n);
         (0..n).map(|i| (home + i) % n).find(|&k| {
-            let allowed = split(u64::from(limit), n, k)
-                .saturating_sub(split(u64::from(reserve), n, k));
+            let allowed =
+                split(u64::from(limit), n, k).saturating_sub(split(u64::from(reserve), n, k));
             let Ok(allowed) = u32::try_from(allowed) else {
                 return false;
             };
