@@ -5,6 +5,7 @@
 //! A caller tries its own shard first and the others only when its own refuses ("stealing"):
 //! the totals stay exact, and two cores share a line only when a shard runs dry.
 
+use std::cell::Cell;
 use std::ops::Deref;
 use std::sync::OnceLock;
 
@@ -22,15 +23,42 @@ pub fn count() -> usize {
     })
 }
 
-/// The shard of `shards` that belongs to the core this thread runs on now (0 when that cannot
-/// be known). A thread that migrates simply starts using another shard: any shard is correct,
-/// the home one is only the one nobody else is writing.
+/// The core a thread last found itself on is asked again after this many look-ups.
+const RECHECK_EVERY: u32 = 256;
+
+thread_local! {
+    /// This thread's core as last asked, and look-ups left until it is asked again.
+    static CPU: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
+}
+
+/// The shard of `shards` that belongs to the core this thread runs on (0 when that cannot be
+/// known). The core is asked once every [`RECHECK_EVERY`] look-ups and remembered per thread
+/// in between; a thread that migrates starts using its new core's shard soon after. Any shard
+/// is correct: the home one is only the one nobody else is writing.
 #[inline]
 pub fn home(shards: usize) -> usize {
     if shards <= 1 {
         return 0;
     }
-    current_cpu() % shards
+    let cpu = CPU.with(|cell| {
+        let (cpu, left) = cell.get();
+        if left > 0 {
+            cell.set((cpu, left - 1));
+            cpu
+        } else {
+            let cpu = current_cpu();
+            cell.set((cpu, RECHECK_EVERY - 1));
+            cpu
+        }
+    });
+    cpu % shards
+}
+
+/// The shards of `n` in the order a caller at `home` tries them: its own, then the next ones,
+/// wrapping around.
+#[inline]
+pub fn from(home: usize, n: usize) -> impl Iterator<Item = usize> {
+    (home..n).chain(0..home.min(n))
 }
 
 #[cfg(target_os = "linux")]
@@ -93,7 +121,14 @@ mod tests {
     fn home_is_a_valid_shard() {
         assert!((1..=MAX_SHARDS).contains(&count()));
         for shards in 1..=MAX_SHARDS {
-            assert!(home(shards) < shards);
+            for _ in 0..2 * RECHECK_EVERY {
+                assert!(home(shards) < shards);
+            }
+            let order: Vec<usize> = from(home(shards), shards).collect();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..shards).collect::<Vec<_>>());
+            assert_eq!(order[0], home(shards));
         }
         assert_eq!(std::mem::align_of::<Padded<u8>>(), 128);
     }

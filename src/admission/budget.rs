@@ -168,10 +168,9 @@ impl Budget {
         };
         let now = now.as_u64();
         let n = self.shards.len();
-        let home = shards::home(n);
         let mut soonest = u64::MAX;
-        for i in 0..n {
-            match self.shards[(home + i) % n].spend(levels, now) {
+        for k in shards::from(shards::home(n), n) {
+            match self.shards[k].spend(levels, now) {
                 Ok(()) => return Ok(()),
                 Err(wait) => soonest = soonest.min(wait),
             }

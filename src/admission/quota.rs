@@ -144,10 +144,9 @@ impl Quota {
         check: impl Fn(&Direct) -> Result<StateSnapshot, Denial>,
     ) -> Result<Remaining, Remaining> {
         let n = self.limiters.len();
-        let home = self.home();
         let mut soonest: Option<Duration> = None;
-        for i in 0..n {
-            let limiter = &self.limiters[(home + i) % n];
+        for k in shards::from(self.home(), n) {
+            let limiter = &self.limiters[k];
             let wait = match check(&limiter.limiter) {
                 Ok(snapshot) => return Ok(self.allowed(limiter, snapshot)),
                 Err(Denial::NotUntil(not_until)) => not_until.wait_time_from(now),

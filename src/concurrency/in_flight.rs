@@ -27,8 +27,7 @@ impl InFlight {
     #[inline]
     pub fn try_take(&self, limit: u32, reserve: u32) -> Option<usize> {
         let n = self.shards.len();
-        let home = shards::home(n);
-        (0..n).map(|i| (home + i) % n).find(|&k| {
+        shards::from(shards::home(n), n).find(|&k| {
             let allowed =
                 split(u64::from(limit), n, k).saturating_sub(split(u64::from(reserve), n, k));
             let Ok(allowed) = u32::try_from(allowed) else {
