@@ -192,16 +192,14 @@ pub struct PartnerGate {
 }
 
 impl PartnerGate {
-    /// Asks for every line of this partner's state a decision may read, at once, so that
-    /// their cache misses overlap (see [`crate::memory`]).
+    /// Asks for the lines of this partner's state that admitting `quota`'s class will read —
+    /// the quota's state, the pause and, for an inquiry naming an account, the per-account
+    /// table's header — at once, so that their cache misses overlap (see [`crate::memory`]).
     #[inline]
-    fn prefetch(&self) {
-        crate::memory::prefetch(&*self.suspension);
+    fn prefetch(&self, quota: &Quota, account: bool) {
+        quota.prefetch();
         crate::memory::prefetch(&*self.pause);
-        for quota in self.quotas.iter().flatten() {
-            quota.prefetch();
-        }
-        if let Some(accounts) = &self.accounts {
+        if let (true, Some(accounts)) = (account, &self.accounts) {
             crate::memory::prefetch(&**accounts);
         }
     }
@@ -339,11 +337,13 @@ impl Gate {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
         let gate = &self.partners[partner];
-        gate.prefetch();
+        // Routing reads only the request and the router: it runs while the partner's state
+        // is still on its way from memory.
+        let matched = self.router.find(req.method, req.path, req.query);
         if gate.suspension.is_suspended() {
             return Err(deny(Reason::Suspended, Some(partner), None, None));
         }
-        let Some(matched) = self.router.find(req.method, req.path, req.query) else {
+        let Some(matched) = matched else {
             return Err(deny(Reason::NoRoute, Some(partner), None, None));
         };
         let class = match matched.class {
@@ -351,14 +351,16 @@ impl Gate {
             RouteClass::Inquiry if req.origin_user => Class::InquiryUser,
             RouteClass::Inquiry => Class::InquiryScheduled,
         };
-        if gate.quotas[class.index()].is_none() {
+        let Some(quota) = &gate.quotas[class.index()] else {
             return Err(deny(
                 Reason::ClassClosed,
                 Some(partner),
                 Some(class),
                 Some(matched.route),
             ));
-        }
+        };
+        let account = matched.class == RouteClass::Inquiry && matched.account.is_some();
+        gate.prefetch(quota, account);
         Ok(Classified {
             partner,
             class,
