@@ -143,16 +143,20 @@ impl Quota {
         now: Nanos,
         check: impl Fn(&Direct) -> Result<StateSnapshot, Denial>,
     ) -> Result<Remaining, Remaining> {
-        let n = self.limiters.len();
+        if let [only] = &*self.limiters {
+            return check(&only.limiter)
+                .map(|snapshot| self.allowed(only, snapshot))
+                .map_err(|denial| Remaining {
+                    remaining: 0,
+                    reset: self.wait(denial, now),
+                });
+        }
         let mut soonest: Option<Duration> = None;
-        for k in shards::from(self.home(), n) {
+        for k in shards::from(self.home(), self.limiters.len()) {
             let limiter = &self.limiters[k];
             let wait = match check(&limiter.limiter) {
                 Ok(snapshot) => return Ok(self.allowed(limiter, snapshot)),
-                Err(Denial::NotUntil(not_until)) => not_until.wait_time_from(now),
-                // More than this limiter's part of the burst: the others may hold enough only
-                // when there is one of them; otherwise the whole burst's wait.
-                Err(Denial::TooMany) => self.rate.replenish_interval() * self.rate.burst.get(),
+                Err(denial) => self.wait(denial, now),
             };
             soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
         }
@@ -160,6 +164,15 @@ impl Quota {
             remaining: 0,
             reset: soonest.unwrap_or_default(),
         })
+    }
+
+    /// How long one limiter's refusal says to wait.
+    fn wait(&self, denial: Denial, now: Nanos) -> Duration {
+        match denial {
+            Denial::NotUntil(not_until) => not_until.wait_time_from(now),
+            // More than a limiter's part of the burst at once: the wait for a whole burst.
+            Denial::TooMany => self.rate.replenish_interval() * self.rate.burst.get(),
+        }
     }
 
     /// True when two quotas share one state (a reload carried this one over).
