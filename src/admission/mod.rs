@@ -387,17 +387,6 @@ impl Gate {
         let now = self.clock.now();
         let shadow = partner.mode == Mode::Shadow;
         let mut would_refuse = None;
-        // The account's key, and its shard asked for, before the quota's compare-and-swap
-        // waits on the quota's line: the two misses overlap.
-        let account = match (&partner.accounts, c.account, c.route_class) {
-            (Some(accounts), Some(account), RouteClass::Inquiry) => {
-                let key = accounts.key(account);
-                accounts.prefetch(key);
-                Some((accounts, key))
-            }
-            _ => None,
-        };
-
         let limit = match self.spend_quota(c.partner, c.class, 1, now) {
             Some(Ok(limit)) => limit,
             Some(Err(limit)) if shadow => {
@@ -406,6 +395,17 @@ impl Gate {
             }
             Some(Err(limit)) => return deny(Reason::PartnerQuota, Some(limit)),
             None => return deny(Reason::ClassClosed, None),
+        };
+
+        // The account's key, hashed only once the partner quota has passed (a refusal there
+        // is the cheapest answer), and its shard asked for at once.
+        let account = match (&partner.accounts, c.account, c.route_class) {
+            (Some(accounts), Some(account), RouteClass::Inquiry) => {
+                let key = accounts.key(account);
+                accounts.prefetch(key);
+                Some((accounts, key))
+            }
+            _ => None,
         };
 
         if let Some((accounts, key)) = account {
