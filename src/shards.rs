@@ -24,7 +24,7 @@ pub fn count() -> usize {
 }
 
 /// The core a thread last found itself on is asked again after this many look-ups.
-const RECHECK_EVERY: u32 = 256;
+pub const RECHECK_EVERY: u32 = 256;
 
 thread_local! {
     /// This thread's core as last asked, and look-ups left until it is asked again.
