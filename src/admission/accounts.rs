@@ -136,7 +136,18 @@ impl AccountLimiter {
     /// allocates for an account already tracked; a new one may grow its shard (amortised).
     #[inline]
     pub fn check(&self, account: &str, now: Nanos) -> Result<(), AccountDenial> {
-        let key = self.key(account);
+        self.check_key(self.key(account), now)
+    }
+
+    /// Asks for the shard `key` lives in to be brought into cache (see [`crate::memory`]).
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        crate::memory::prefetch(self.shard(key));
+    }
+
+    /// [`AccountLimiter::check`] for an account by its [`AccountLimiter::key`].
+    #[inline]
+    pub fn check_key(&self, key: u64, now: Nanos) -> Result<(), AccountDenial> {
         let now = now.as_u64();
         let shard = self.shard(key);
         if let Some(slot) = shard.slots.load().find(key) {

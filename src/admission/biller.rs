@@ -2,81 +2,18 @@
 //! pauses the biller asked for, the circuit breaker and the in-flight limit. None of these is
 //! relaxed by a partner's shadow mode.
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::nanos::Nanos;
 
-use super::quota::Quota;
+use super::budget::Budget;
 use super::shed::Shedder;
 use crate::breaker::{outcome_of_status, Admission, Breaker, BreakerSettings, Outcome, Probe};
 use crate::clock::Clock;
-use crate::concurrency::{AdaptiveLimit, ConcurrencySettings, Permit};
-use crate::config::{self, Class, Rate};
-
-/// The biller's capacity, shared by class: payments may use all of it, inquiries all but the
-/// payment reserve, scheduled polling all but both reserves. Scheduled polling is therefore shed
-/// first, user inquiries next, payments last.
-#[derive(Clone)]
-pub struct Budget {
-    settings: (Rate, u64, u64),
-    total: Quota,
-    inquiries: Option<Quota>,
-    scheduled: Option<Quota>,
-}
-
-/// `rate` × `share`, at least one request per period.
-fn scaled(rate: Rate, share: f64) -> Rate {
-    let scale = |n: NonZeroU32| {
-        let scaled = (f64::from(n.get()) * share).floor();
-        NonZeroU32::new(scaled as u32).unwrap_or(NonZeroU32::MIN)
-    };
-    Rate {
-        count: scale(rate.count),
-        period: rate.period,
-        burst: scale(rate.burst),
-    }
-}
-
-impl Budget {
-    pub fn new(capacity: Rate, payment_reserve: f64, user_reserve: f64, clock: &Clock) -> Budget {
-        let level =
-            |share: f64| (share < 1.0).then(|| Quota::new(scaled(capacity, share), clock.clone()));
-        Budget {
-            settings: Self::key(capacity, payment_reserve, user_reserve),
-            total: Quota::new(capacity, clock.clone()),
-            inquiries: level(1.0 - payment_reserve),
-            scheduled: level(1.0 - payment_reserve - user_reserve),
-        }
-    }
-
-    fn key(capacity: Rate, payment_reserve: f64, user_reserve: f64) -> (Rate, u64, u64) {
-        (capacity, payment_reserve.to_bits(), user_reserve.to_bits())
-    }
-
-    fn same(&self, capacity: Rate, payment_reserve: f64, user_reserve: f64) -> bool {
-        self.settings == Self::key(capacity, payment_reserve, user_reserve)
-    }
-
-    /// Spends one request of `class`; `Err(wait)` when its share is spent.
-    pub fn check(&self, class: Class, now: Nanos) -> Result<(), Duration> {
-        let levels: [Option<&Quota>; 3] = match class {
-            Class::Payment => [None, None, Some(&self.total)],
-            Class::InquiryUser => [None, self.inquiries.as_ref(), Some(&self.total)],
-            Class::InquiryScheduled => [
-                self.scheduled.as_ref(),
-                self.inquiries.as_ref(),
-                Some(&self.total),
-            ],
-        };
-        for quota in levels.into_iter().flatten() {
-            quota.check(now).map_err(|r| r.reset)?;
-        }
-        Ok(())
-    }
-}
+use crate::concurrency::{AdaptiveLimit, ConcurrencySettings, Slot};
+use crate::config::{self, Class};
 
 /// The least failure share at which payments are held back (see [`Protection::payment_breaker`]).
 pub const PAYMENT_FAILURE_RATE: f64 = 0.5;
@@ -132,12 +69,7 @@ impl Protection {
             {
                 p.budget.clone()
             }
-            _ => Budget::new(
-                biller.capacity,
-                biller.payment_reserve,
-                biller.user_reserve,
-                clock,
-            ),
+            _ => Budget::new(biller.capacity, biller.payment_reserve, biller.user_reserve),
         };
         let kept = previous.filter(|p| p.breaker_settings == biller.breaker);
         let breaker = kept.map(|p| Arc::clone(&p.breaker)).unwrap_or_else(|| {
@@ -203,32 +135,56 @@ pub enum BillerOutcome {
     NotSent,
 }
 
-enum BreakerTicket {
-    Allow(Arc<Breaker>),
-    Probe(Probe),
+/// What a ticket holds its protection by: borrowed from the snapshot a request is served
+/// under (no reference count touched per request), or owned, for a call made from a task of
+/// its own ([`Ticket::into_owned`]).
+enum Holder<'p> {
+    Borrowed(&'p Arc<Protection>),
+    Owned(Arc<Protection>),
+}
+
+impl Holder<'_> {
+    #[inline]
+    fn get(&self) -> &Protection {
+        match self {
+            Holder::Borrowed(p) => p,
+            Holder::Owned(p) => p,
+        }
+    }
 }
 
 /// The right to send one request to the biller: a breaker pass (or probe) and an in-flight
 /// slot. A payment's outcome also counts in the main breaker's window, since it tells of the
 /// biller's health like any call. Report how it went with [`Ticket::finish`]; dropping it
 /// frees both and decides nothing.
-pub struct Ticket {
-    breaker: BreakerTicket,
-    /// Whose long-term latency tells a slow call from a normal one.
-    latency: Arc<AdaptiveLimit>,
-    shedder: Arc<Shedder>,
-    /// For payments: the main breaker, told the outcome too.
-    also: Option<Arc<Breaker>>,
-    permit: Permit,
+///
+/// It borrows the protection that issued it, so taking and dropping one writes nothing but
+/// the slot's own shard; [`Ticket::into_owned`] makes one that may outlive the borrow.
+pub struct Ticket<'p> {
+    protection: Holder<'p>,
+    class: Class,
+    /// A half-open probe; `None` for a plain pass of a closed breaker.
+    probe: Option<Probe>,
+    /// `None` once given back.
+    slot: Option<Slot>,
 }
 
-impl std::fmt::Debug for Ticket {
+impl std::fmt::Debug for Ticket<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.breaker {
-            BreakerTicket::Allow(_) => "allow",
-            BreakerTicket::Probe(_) => "probe",
+        let kind = if self.probe.is_some() {
+            "probe"
+        } else {
+            "allow"
         };
         f.debug_struct("Ticket").field("breaker", &kind).finish()
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.protection.get().concurrency.release(slot);
+        }
     }
 }
 
@@ -240,29 +196,48 @@ pub const SLOW_CALL_FACTOR: u32 = 2;
 /// Calls faster than this are never slow, however fast the biller usually is.
 pub const SLOW_CALL_FLOOR: Duration = Duration::from_millis(50);
 
-impl Ticket {
+impl Ticket<'_> {
     fn slow(&self, rtt: Duration) -> bool {
         rtt > SLOW_CALL_FLOOR
             && self
-                .latency
+                .protection
+                .get()
+                .concurrency
                 .rtt()
                 .is_some_and(|(long, _)| rtt > long * SLOW_CALL_FACTOR)
     }
 
     /// Answered in under two thirds of the biller's long-term latency.
     fn fast(&self, rtt: Duration) -> bool {
-        self.latency
+        self.protection
+            .get()
+            .concurrency
             .rtt()
             .is_some_and(|(long, _)| rtt * 3 < long * 2)
     }
 
     /// Whether this request is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        matches!(self.breaker, BreakerTicket::Probe(_))
+        self.probe.is_some()
+    }
+
+    /// The same ticket, holding its protection by an `Arc` of its own, so that it may move to
+    /// a task that outlives the request's borrow (one reference count, paid only here).
+    pub fn into_owned(mut self) -> Ticket<'static> {
+        let protection = match &self.protection {
+            Holder::Borrowed(p) => Arc::clone(p),
+            Holder::Owned(p) => Arc::clone(p),
+        };
+        Ticket {
+            protection: Holder::Owned(protection),
+            class: self.class,
+            probe: self.probe.take(),
+            slot: self.slot.take(),
+        }
     }
 
     /// Feeds the outcome to the breaker and the adaptive limit.
-    pub fn finish(self, outcome: BillerOutcome) {
+    pub fn finish(mut self, outcome: BillerOutcome) {
         let breaker_outcome = match outcome {
             BillerOutcome::Answered { status, rtt } if self.slow(rtt) && status < 500 => {
                 Some(Outcome::Failure)
@@ -276,33 +251,43 @@ impl Ticket {
             BillerOutcome::Answered { status, .. } => Some(outcome_of_status(status)),
             _ => breaker_outcome,
         };
-        let (breaker_outcome, main_outcome) = match self.also {
-            Some(_) => (payment_outcome, breaker_outcome),
-            None => (breaker_outcome, None),
+        let payment = self.class == Class::Payment;
+        let (breaker_outcome, main_outcome) = match payment {
+            true => (payment_outcome, breaker_outcome),
+            false => (breaker_outcome, None),
         };
         let fast = match outcome {
             BillerOutcome::Answered { rtt, .. } => self.fast(rtt),
             _ => false,
         };
-        match (self.breaker, breaker_outcome) {
-            (BreakerTicket::Allow(breaker), Some(o)) => breaker.record(o),
-            (BreakerTicket::Probe(probe), Some(o)) => probe.record(o),
+        let probe = self.probe.take();
+        let slot = self.slot.take();
+        let p = self.protection.get();
+        let gate = if payment {
+            &p.payment_breaker
+        } else {
+            &p.breaker
+        };
+        match (probe, breaker_outcome) {
+            (None, Some(o)) => gate.record(o),
+            (Some(probe), Some(o)) => probe.record(o),
             (_, None) => {}
         }
         let struggled = main_outcome.or(breaker_outcome);
-        if let (Some(main), Some(o)) = (self.also, main_outcome) {
-            main.record(o);
+        if let Some(o) = main_outcome {
+            p.breaker.record(o);
         }
         if let Some(o) = struggled {
-            self.shedder.record(o == Outcome::Failure, fast);
+            p.shedder.record(o == Outcome::Failure, fast);
         }
+        let Some(slot) = slot else { return };
         match outcome {
             // 429 and 503 are the biller saying it is overloaded: shrink the limit.
             BillerOutcome::Answered { status, rtt } if status < 500 && status != 429 => {
-                self.permit.success(rtt)
+                p.concurrency.success(slot, rtt)
             }
-            BillerOutcome::Answered { .. } | BillerOutcome::TimedOut => self.permit.failure(),
-            BillerOutcome::Unreachable | BillerOutcome::NotSent => self.permit.ignore(),
+            BillerOutcome::Answered { .. } | BillerOutcome::TimedOut => p.concurrency.failure(slot),
+            BillerOutcome::Unreachable | BillerOutcome::NotSent => p.concurrency.release(slot),
         }
     }
 }
@@ -322,8 +307,14 @@ impl Protection {
     /// The checks in order: a pause the biller asked for, the breaker, the capacity share of the
     /// class, the in-flight limit with the class's headroom. Payments are never held back to
     /// leave room for anyone, and an open breaker holds back inquiries first; half-open probes
-    /// are never scheduled polls.
-    pub fn admit(&self, class: Class, partner_pause: &Pause, now: Nanos) -> Result<Ticket, Shed> {
+    /// are never scheduled polls. Everything reads `now`, the decision's one clock reading.
+    #[inline]
+    pub fn admit<'p>(
+        self: &'p Arc<Self>,
+        class: Class,
+        partner_pause: &Pause,
+        now: Nanos,
+    ) -> Result<Ticket<'p>, Shed> {
         let paused = self.pauses[class.index()]
             .remaining(now)
             .into_iter()
@@ -334,29 +325,28 @@ impl Protection {
         }
         // Payments answer to their own breaker; inquiries to the main one, where user inquiries
         // may be half-open probes and scheduled polls never are.
-        let (gate, also) = match class {
-            Class::Payment => (&self.payment_breaker, Some(Arc::clone(&self.breaker))),
-            _ => (&self.breaker, None),
+        let gate = match class {
+            Class::Payment => &self.payment_breaker,
+            _ => &self.breaker,
         };
-        let breaker = match gate.admit(class != Class::InquiryScheduled) {
-            Admission::Allow => BreakerTicket::Allow(Arc::clone(gate)),
-            Admission::Probe(probe) => BreakerTicket::Probe(probe),
+        let probe = match gate.admit_at(class != Class::InquiryScheduled, now) {
+            Admission::Allow => None,
+            Admission::Probe(probe) => Some(probe),
             Admission::Reject { retry_after } => return Err(Shed::BreakerOpen(retry_after)),
         };
-        if !self.shedder.admit(class) {
+        if !self.shedder.admit_at(class, now) {
             return Err(Shed::Strained);
         }
         self.budget.check(class, now).map_err(Shed::Capacity)?;
-        let permit = self
+        let slot = self
             .concurrency
-            .try_acquire_with_headroom(self.headroom(class))
+            .try_take(self.headroom(class), now)
             .ok_or(Shed::Busy)?;
         Ok(Ticket {
-            breaker,
-            latency: Arc::clone(&self.concurrency),
-            shedder: Arc::clone(&self.shedder),
-            also,
-            permit,
+            protection: Holder::Borrowed(self),
+            class,
+            probe,
+            slot: Some(slot),
         })
     }
 }

@@ -7,6 +7,7 @@
 
 mod accounts;
 mod biller;
+mod budget;
 mod identify;
 mod quota;
 mod route;
@@ -22,7 +23,8 @@ use governor::nanos::Nanos;
 use http::Method;
 
 pub use accounts::{AccountDenial, AccountLimiter};
-pub use biller::{BillerOutcome, Budget, Pause, Protection, Shed, Ticket};
+pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket};
+pub use budget::Budget;
 pub use identify::KeyIndex;
 pub use quota::{Quota, Remaining};
 pub use route::{Matched, Router};
@@ -141,9 +143,9 @@ pub struct Limit {
     pub remaining: Remaining,
 }
 
-/// An admitted request.
+/// An admitted request. `'r` borrows the request, `'g` the gate that admitted it.
 #[derive(Debug)]
-pub struct Admitted<'r> {
+pub struct Admitted<'r, 'g> {
     pub partner: usize,
     pub class: Class,
     pub route: usize,
@@ -153,7 +155,7 @@ pub struct Admitted<'r> {
     /// In shadow mode: what would have refused it.
     pub shadow: Option<Reason>,
     /// The right to send it to the biller; report the outcome with [`Ticket::finish`].
-    pub ticket: Ticket,
+    pub ticket: Ticket<'g>,
 }
 
 /// A refused request.
@@ -171,8 +173,8 @@ pub struct Denied {
 
 /// The decision for one request.
 #[derive(Debug)]
-pub enum Decision<'r> {
-    Admit(Admitted<'r>),
+pub enum Decision<'r, 'g> {
+    Admit(Admitted<'r, 'g>),
     Deny(Denied),
 }
 
@@ -189,12 +191,26 @@ pub struct PartnerGate {
     pub pause: Arc<Pause>,
 }
 
+impl PartnerGate {
+    /// Asks for the lines of this partner's state that admitting `quota`'s class will read —
+    /// the quota's state, the pause and, for an inquiry naming an account, the per-account
+    /// table's header — at once, so that their cache misses overlap (see [`crate::memory`]).
+    #[inline]
+    fn prefetch(&self, quota: &Quota, account: bool) {
+        quota.prefetch();
+        crate::memory::prefetch(&*self.pause);
+        if let (true, Some(accounts)) = (account, &self.accounts) {
+            crate::memory::prefetch(&**accounts);
+        }
+    }
+}
+
 /// Everything the decision needs, built from one configuration.
 pub struct Gate {
     keys: KeyIndex,
     router: Router,
     partners: Vec<PartnerGate>,
-    protection: Protection,
+    protection: Arc<Protection>,
     clock: Clock,
 }
 
@@ -245,7 +261,11 @@ impl Gate {
                 }
             })
             .collect();
-        let protection = Protection::build(&config.biller, previous.map(|g| &g.protection), clock);
+        let protection = Arc::new(Protection::build(
+            &config.biller,
+            previous.map(|g| &*g.protection),
+            clock,
+        ));
         Gate {
             keys: KeyIndex::new(config.partners.iter().map(|p| &p.keys_sha256[..])),
             router: Router::new(config.routes.clone()),
@@ -268,7 +288,7 @@ impl Gate {
     }
 
     /// The breaker, the in-flight limit, the capacity budget and the pauses.
-    pub fn protection(&self) -> &Protection {
+    pub fn protection(&self) -> &Arc<Protection> {
         &self.protection
     }
 
@@ -292,7 +312,7 @@ impl Gate {
 
     /// Decides one request: [`Gate::classify`], then [`Gate::admit`]. Pure: reads the clock,
     /// spends tokens, never blocks.
-    pub fn decide<'r>(&self, req: &RequestParts<'r>) -> Decision<'r> {
+    pub fn decide<'r>(&self, req: &RequestParts<'r>) -> Decision<'r, '_> {
         match self.classify(req) {
             Ok(classified) => self.admit(classified),
             Err(denied) => Decision::Deny(denied),
@@ -317,10 +337,13 @@ impl Gate {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
         let gate = &self.partners[partner];
+        // Routing reads only the request and the router: it runs while the partner's state
+        // is still on its way from memory.
+        let matched = self.router.find(req.method, req.path, req.query);
         if gate.suspension.is_suspended() {
             return Err(deny(Reason::Suspended, Some(partner), None, None));
         }
-        let Some(matched) = self.router.find(req.method, req.path, req.query) else {
+        let Some(matched) = matched else {
             return Err(deny(Reason::NoRoute, Some(partner), None, None));
         };
         let class = match matched.class {
@@ -328,14 +351,16 @@ impl Gate {
             RouteClass::Inquiry if req.origin_user => Class::InquiryUser,
             RouteClass::Inquiry => Class::InquiryScheduled,
         };
-        if gate.quotas[class.index()].is_none() {
+        let Some(quota) = &gate.quotas[class.index()] else {
             return Err(deny(
                 Reason::ClassClosed,
                 Some(partner),
                 Some(class),
                 Some(matched.route),
             ));
-        }
+        };
+        let account = matched.class == RouteClass::Inquiry && matched.account.is_some();
+        gate.prefetch(quota, account);
         Ok(Classified {
             partner,
             class,
@@ -347,7 +372,7 @@ impl Gate {
 
     /// Spends the partner's quota for the class, the per-account quota and the biller's
     /// protection for a classified request that is to reach the biller.
-    pub fn admit<'r>(&self, c: Classified<'r>) -> Decision<'r> {
+    pub fn admit<'r>(&self, c: Classified<'r>) -> Decision<'r, '_> {
         let partner = &self.partners[c.partner];
         let deny = |reason, limit: Option<Limit>| {
             Decision::Deny(Denied {
@@ -362,7 +387,6 @@ impl Gate {
         let now = self.clock.now();
         let shadow = partner.mode == Mode::Shadow;
         let mut would_refuse = None;
-
         let limit = match self.spend_quota(c.partner, c.class, 1, now) {
             Some(Ok(limit)) => limit,
             Some(Err(limit)) if shadow => {
@@ -373,10 +397,19 @@ impl Gate {
             None => return deny(Reason::ClassClosed, None),
         };
 
-        if let (Some(accounts), Some(account), RouteClass::Inquiry) =
-            (&partner.accounts, c.account, c.route_class)
-        {
-            if let Err(denial) = accounts.check(account, now) {
+        // The account's key, hashed only once the partner quota has passed (a refusal there
+        // is the cheapest answer), and its shard asked for at once.
+        let account = match (&partner.accounts, c.account, c.route_class) {
+            (Some(accounts), Some(account), RouteClass::Inquiry) => {
+                let key = accounts.key(account);
+                accounts.prefetch(key);
+                Some((accounts, key))
+            }
+            _ => None,
+        };
+
+        if let Some((accounts, key)) = account {
+            if let Err(denial) = accounts.check_key(key, now) {
                 let (reason, wait) = match denial {
                     AccountDenial::TooOften(wait) => (Reason::AccountQuota, wait),
                     // A full table frees up as idle accounts are swept; one replenish interval

@@ -1,18 +1,34 @@
-//! Direct (unkeyed) GCRA limiters: a partner's quota for one class, and the biller's budget.
-//! Each answers with what the `RateLimit` fields need: remaining requests and time to refill.
+//! Direct (unkeyed) GCRA limiters on governor: a partner's quota for one class. Each answers
+//! with what the `RateLimit` fields need: remaining requests and time to refill.
+//!
+//! # Sharded by core
+//!
+//! A quota with a burst of at least [`MIN_SHARD_BURST`] per core is split into one governor
+//! limiter per core ([`crate::shards`]), each at `count / S` with its part of the burst, the
+//! parts adding up to the whole: one partner sending from several cores at once writes no
+//! common line. A request spends in its core's limiter, else in the first other one with room;
+//! a refusal waits for the soonest. No more than the rate and its burst pass in all, but a
+//! refusal may name a wait up to `S` emission intervals longer than one limiter would, and the
+//! remaining count is the serving limiter's share scaled up, an estimate. Smaller quotas are
+//! one limiter and answer exactly as governor does.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::middleware::StateInformationMiddleware;
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
-use governor::RateLimiter;
+use governor::{NotUntil, RateLimiter};
 
 use crate::clock::Clock;
 use crate::config::Rate;
+use crate::shards::{self, split, Padded};
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, Clock, StateInformationMiddleware>;
+
+/// A quota is split over several cores only when each gets at least this much burst.
+pub const MIN_SHARD_BURST: u32 = 16;
 
 /// What a quota says after a check: enough for `RateLimit: "name";r=…;t=…`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,21 +39,50 @@ pub struct Remaining {
     pub reset: Duration,
 }
 
-/// One GCRA limiter enforcing a [`Rate`]. Cloning shares the state.
+/// One GCRA limiter (or one per core) enforcing a [`Rate`]. Cloning shares the state.
 #[derive(Clone)]
 pub struct Quota {
     rate: Rate,
-    limiter: Arc<Direct>,
+    limiters: Arc<[Padded<Limiter>]>,
+}
+
+/// One core's limiter and the part of the burst it holds.
+struct Limiter {
+    limiter: Direct,
+    burst: u32,
+    /// Its emission interval (the quota's, times the number of limiters).
+    interval: Duration,
 }
 
 impl Quota {
     pub fn new(rate: Rate, clock: Clock) -> Self {
+        let fit = (rate.burst.get() / MIN_SHARD_BURST) as usize;
+        Quota::split_over(rate, clock, shards::count().min(fit).max(1))
+    }
+
+    /// A quota split over exactly `n` limiters (each must get some burst).
+    fn split_over(rate: Rate, clock: Clock, n: usize) -> Self {
+        let interval = rate.replenish_interval() * n as u32;
+        let limiter = |k: usize| {
+            let part = split(u64::from(rate.burst.get()), n, k);
+            let burst =
+                NonZeroU32::new(u32::try_from(part).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+            let quota = match n {
+                1 => rate.quota(),
+                _ => governor::Quota::with_period(interval)
+                    .unwrap_or_else(|| rate.quota())
+                    .allow_burst(burst),
+            };
+            Padded(Limiter {
+                limiter: RateLimiter::direct_with_clock(quota, clock.clone())
+                    .with_middleware::<StateInformationMiddleware>(),
+                burst: burst.get(),
+                interval,
+            })
+        };
         Quota {
             rate,
-            limiter: Arc::new(
-                RateLimiter::direct_with_clock(rate.quota(), clock)
-                    .with_middleware::<StateInformationMiddleware>(),
-            ),
+            limiters: (0..n).map(limiter).collect(),
         }
     }
 
@@ -46,56 +91,101 @@ impl Quota {
         self.rate
     }
 
+    /// The limiter this core spends in first.
+    #[inline]
+    fn home(&self) -> usize {
+        shards::home(self.limiters.len())
+    }
+
+    /// Asks for this core's limiter state to be brought into cache (see [`crate::memory`]).
+    #[inline]
+    pub fn prefetch(&self) {
+        if let Some(limiter) = self.limiters.get(self.home()) {
+            crate::memory::prefetch(&**limiter);
+        }
+    }
+
+    /// What remains after a check passed in `limiter`: its share, scaled to the whole.
+    fn allowed(&self, limiter: &Limiter, snapshot: StateSnapshot) -> Remaining {
+        let left = snapshot.remaining_burst_capacity();
+        let spent = limiter.burst.saturating_sub(left);
+        let scale = self.limiters.len() as u32;
+        Remaining {
+            remaining: left.saturating_mul(scale).min(self.rate.burst.get()),
+            reset: limiter.interval * spent,
+        }
+    }
+
     /// Spends one request: `Ok` with what remains, or `Err` with what the denial says.
     #[inline]
     pub fn check(&self, now: Nanos) -> Result<Remaining, Remaining> {
-        match self.limiter.check() {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let spent = self.rate.burst.get().saturating_sub(remaining);
-                Ok(Remaining {
-                    remaining,
-                    reset: self.rate.replenish_interval() * spent,
-                })
-            }
-            Err(not_until) => Err(Remaining {
-                remaining: 0,
-                reset: not_until.wait_time_from(now),
-            }),
-        }
+        self.spend(now, |l| l.check().map_err(Denial::NotUntil))
     }
 
     /// Spends `n` requests at once (`n` ≥ 1; more than the burst is always refused, with the
     /// wait for a whole burst).
     #[inline]
     pub fn check_n(&self, now: Nanos, n: u32) -> Result<Remaining, Remaining> {
-        let Some(n) = std::num::NonZeroU32::new(n).filter(|n| n.get() > 1) else {
+        let Some(n) = NonZeroU32::new(n).filter(|n| n.get() > 1) else {
             return self.check(now);
         };
-        match self.limiter.check_n(n) {
-            Ok(Ok(snapshot)) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let spent = self.rate.burst.get().saturating_sub(remaining);
-                Ok(Remaining {
-                    remaining,
-                    reset: self.rate.replenish_interval() * spent,
-                })
-            }
-            Ok(Err(not_until)) => Err(Remaining {
-                remaining: 0,
-                reset: not_until.wait_time_from(now),
-            }),
-            Err(_insufficient) => Err(Remaining {
-                remaining: 0,
-                reset: self.rate.replenish_interval() * self.rate.burst.get(),
-            }),
+        self.spend(now, |l| match l.check_n(n) {
+            Ok(Ok(snapshot)) => Ok(snapshot),
+            Ok(Err(not_until)) => Err(Denial::NotUntil(not_until)),
+            Err(_insufficient) => Err(Denial::TooMany),
+        })
+    }
+
+    /// Tries this core's limiter, then the others; the soonest wait if none admits.
+    #[inline]
+    fn spend(
+        &self,
+        now: Nanos,
+        check: impl Fn(&Direct) -> Result<StateSnapshot, Denial>,
+    ) -> Result<Remaining, Remaining> {
+        if let [only] = &*self.limiters {
+            return check(&only.limiter)
+                .map(|snapshot| self.allowed(only, snapshot))
+                .map_err(|denial| Remaining {
+                    remaining: 0,
+                    reset: self.wait(denial, now),
+                });
+        }
+        let mut soonest: Option<Duration> = None;
+        for k in shards::from(self.home(), self.limiters.len()) {
+            let limiter = &self.limiters[k];
+            let wait = match check(&limiter.limiter) {
+                Ok(snapshot) => return Ok(self.allowed(limiter, snapshot)),
+                Err(denial) => self.wait(denial, now),
+            };
+            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+        }
+        Err(Remaining {
+            remaining: 0,
+            reset: soonest.unwrap_or_default(),
+        })
+    }
+
+    /// How long one limiter's refusal says to wait.
+    fn wait(&self, denial: Denial, now: Nanos) -> Duration {
+        match denial {
+            Denial::NotUntil(not_until) => not_until.wait_time_from(now),
+            // More than a limiter's part of the burst at once: the wait for a whole burst.
+            Denial::TooMany => self.rate.replenish_interval() * self.rate.burst.get(),
         }
     }
 
     /// True when two quotas share one state (a reload carried this one over).
     pub fn same_state(&self, other: &Quota) -> bool {
-        Arc::ptr_eq(&self.limiter, &other.limiter)
+        Arc::ptr_eq(&self.limiters, &other.limiters)
     }
+}
+
+/// Why one limiter refused.
+enum Denial {
+    NotUntil(NotUntil<Nanos>),
+    /// More than its burst at once.
+    TooMany,
 }
 
 #[cfg(test)]
@@ -148,5 +238,25 @@ mod tests {
             q.check(clock.now()).unwrap_err().reset,
             Duration::from_secs(20)
         );
+    }
+
+    #[test]
+    fn split_over_cores_it_passes_the_whole_and_no_more() {
+        let (clock, hand) = Clock::fake();
+        let rate = parse_rate("100/s").unwrap();
+        for n in 1..=4 {
+            let q = Quota::split_over(rate, clock.clone(), n);
+            let burst = std::iter::from_fn(|| q.check(clock.now()).ok()).count();
+            assert_eq!(burst, 100, "{n} limiters");
+            let mut later = 0;
+            for _ in 0..1000 {
+                hand.advance(Duration::from_millis(1));
+                later += usize::from(q.check(clock.now()).is_ok());
+            }
+            assert!((100 - n..=100).contains(&later), "{n} limiters: {later}");
+            hand.advance(Duration::from_secs(5));
+        }
+        let small = Quota::new(parse_rate("20/s").unwrap(), clock.clone());
+        assert_eq!(small.limiters.len(), 1);
     }
 }

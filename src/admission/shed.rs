@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use governor::nanos::Nanos;
+
 use crate::clock::Clock;
 use crate::config::Class;
 
@@ -73,7 +75,15 @@ impl Shedder {
     /// every other request passes.
     #[inline]
     pub fn admit(&self, class: Class) -> bool {
-        self.roll();
+        self.admit_at(class, self.clock.now())
+    }
+
+    /// [`Shedder::admit`] at `now`, a reading of the shedder's clock the caller already made.
+    /// Writes nothing while nothing is shed (but for judging an interval once per quarter
+    /// second).
+    #[inline]
+    pub fn admit_at(&self, class: Class, now: Nanos) -> bool {
+        self.roll_at(now);
         let level = self.level.load(Ordering::Relaxed);
         let (share, credit) = match class {
             Class::Payment => return true,
@@ -108,7 +118,12 @@ impl Shedder {
     /// When a new interval has begun, judges the last one (exactly once, by whoever sees the
     /// change first).
     fn roll(&self) {
-        let now = self.clock.now().as_u64() / INTERVAL.as_nanos() as u64;
+        self.roll_at(self.clock.now());
+    }
+
+    #[inline]
+    fn roll_at(&self, now: Nanos) {
+        let now = now.as_u64() / INTERVAL.as_nanos() as u64;
         let seen = self.interval.load(Ordering::Relaxed);
         if now <= seen
             || self
@@ -118,6 +133,12 @@ impl Shedder {
         {
             return;
         }
+        self.judge(seen, now);
+    }
+
+    /// Judges the intervals from `seen` to just before `now` (interval numbers).
+    #[cold]
+    fn judge(&self, seen: u64, now: u64) {
         let calls = self.calls.swap(0, Ordering::AcqRel);
         let failures = self.failures.swap(0, Ordering::AcqRel);
         let fast = self.fast.swap(0, Ordering::AcqRel);

@@ -121,7 +121,7 @@ fn payment(key: &str) -> RequestParts<'_> {
     }
 }
 
-fn reason(d: Decision<'_>) -> Option<Reason> {
+fn reason(d: Decision<'_, '_>) -> Option<Reason> {
     match d {
         Decision::Admit(_) => None,
         Decision::Deny(denied) => Some(denied.reason),
@@ -440,4 +440,55 @@ fn a_suspended_partner_is_refused_before_anything_else() {
     );
     suspensions.resume("a");
     assert_eq!(reason(gate.decide(&payment("ka"))), None);
+}
+
+#[test]
+fn a_ticket_holds_its_slot_until_dropped_even_owned_past_its_gate() {
+    let (clock, _) = Clock::fake();
+    let q = [Some("100/s"), Some("100/s"), Some("100/s")];
+    let cfg = config("100/s", vec![partner("a", "ka", q, None)]);
+    let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
+    let protection = Arc::clone(gate.protection());
+    let Decision::Admit(borrowed) = gate.decide(&payment("ka")) else {
+        panic!("refused")
+    };
+    // An owned ticket outlives the gate that admitted it, and still frees its slot.
+    let owned = match gate.decide(&payment("ka")) {
+        Decision::Admit(admitted) => admitted.ticket.into_owned(),
+        Decision::Deny(denied) => panic!("{denied:?}"),
+    };
+    assert_eq!(protection.concurrency.in_flight(), 2);
+    drop(borrowed);
+    assert_eq!(protection.concurrency.in_flight(), 1);
+    drop(gate);
+    assert_eq!(protection.concurrency.in_flight(), 1);
+    owned.finish(BillerOutcome::NotSent);
+    assert_eq!(protection.concurrency.in_flight(), 0);
+}
+
+#[test]
+fn a_rebuild_keeps_the_biller_budget_while_its_settings_stay() {
+    let (clock, _) = Clock::fake();
+    let q = [Some("100/s"), Some("100/s"), Some("100/s")];
+    let cfg = config("3/s", vec![partner("a", "ka", q, None)]);
+    let old = Gate::build(&cfg, None, &clock, &Suspensions::default());
+    for _ in 0..3 {
+        assert_eq!(reason(old.decide(&payment("ka"))), None);
+    }
+    let kept = Gate::build(&cfg, Some(&old), &clock, &Suspensions::default());
+    assert!(kept
+        .protection()
+        .budget
+        .same_state(&old.protection().budget));
+    assert_eq!(
+        reason(kept.decide(&payment("ka"))),
+        Some(Reason::BillerCapacity)
+    );
+    let changed = Gate::build(
+        &config("4/s", vec![partner("a", "ka", q, None)]),
+        Some(&kept),
+        &clock,
+        &Suspensions::default(),
+    );
+    assert_eq!(reason(changed.decide(&payment("ka"))), None);
 }

@@ -50,6 +50,7 @@ pub use settings::{
 };
 
 use crate::clock::Clock;
+use governor::nanos::Nanos;
 use window::Window;
 use word::{ceil_ms, floor_ms, ms_to_nanos, Word};
 
@@ -139,7 +140,18 @@ impl Breaker {
     /// Whether a request may go to the biller now. `probe_eligible` is false for scheduled
     /// polls, which are refused while half-open: probes are never polls.
     pub fn admit(self: &Arc<Self>, probe_eligible: bool) -> Admission {
-        let now = self.clock.now().as_u64();
+        self.admit_at(probe_eligible, self.clock.now())
+    }
+
+    /// [`Breaker::admit`] at `now`, a reading of the breaker's clock the caller already made.
+    #[inline]
+    pub fn admit_at(self: &Arc<Self>, probe_eligible: bool, now: Nanos) -> Admission {
+        let now = now.as_u64();
+        // Closed is the common case: one load, nothing written.
+        let word = self.current();
+        if word.state == BreakerState::Closed {
+            return Admission::Allow;
+        }
         // A half-open probe slot can be claimed just as another thread closes or reopens the
         // breaker; then decide again on the new state. Two tries are plenty; a third refuses.
         for _ in 0..3 {

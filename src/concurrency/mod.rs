@@ -19,7 +19,7 @@
 //! if long > 2 × short: long ×= 0.95              (recover fast once an overload is over)
 //! gradient = clamp(rtt_tolerance × long / short, 0.5, 1.0)
 //! new      = limit × gradient + queue_size
-//! if new > limit and the call started with in_flight < limit / 2: keep limit (no evidence)
+//! if new > limit and in_flight (as the call ends) < limit / 2: keep limit (no evidence)
 //! limit    = clamp(limit × (1 − smoothing) + new × smoothing, min_limit, max_in_flight)
 //! ```
 //! On each failure: `limit = max(min_limit, limit × backoff_ratio)`.
@@ -31,16 +31,29 @@
 //! first (largest reserve), user inquiries next, payments last (reserve 0, the plain
 //! [`AdaptiveLimit::try_acquire`]). The reserves are absolute slots: when the limit shrinks to
 //! the size of a reserve, everything but payments is refused — which is the point.
+//!
+//! # Sharded by core
+//!
+//! The in-flight count is kept per core ([`crate::shards`]), so two cores admitting calls
+//! write no common line: the limit and the reserve are split over the shards (the parts add up
+//! to the whole), a call takes a slot in its core's shard, or in another's when its own is
+//! full. The hard cap stays exact — at most `limit` calls in flight in all — and a class with a
+//! reserve never holds more than `limit − reserve` slots; the reserve is checked per shard, so
+//! a lower class may still find a free slot in one shard while another shard is full of
+//! payments. The limit itself is read-mostly: only completed calls write it.
 
+mod in_flight;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{since, Clock};
 use crate::config;
+use governor::nanos::Nanos;
+use in_flight::InFlight;
 
 /// Round-trip times below this are all taken as this: the limit reacts to a biller slowing
 /// down, not to the microseconds of a fast one's jitter.
@@ -136,14 +149,14 @@ impl Tuning {
     }
 }
 
-/// The in-flight cap and adaptive limit, shared through an `Arc`. Lock-free: a counter, and
-/// the limit and two latency averages as `f64` bits in atomics.
+/// The in-flight cap and adaptive limit, shared through an `Arc`. Lock-free: a counter per
+/// core, and the limit and two latency averages as `f64` bits in atomics.
 #[derive(Debug)]
 pub struct AdaptiveLimit {
     settings: ConcurrencySettings,
     tuning: Tuning,
     clock: Clock,
-    in_flight: AtomicU32,
+    in_flight: InFlight,
     limit: AtomicU64,
     /// Long- and short-term RTT averages in nanoseconds; 0 before the first sample.
     long_rtt: AtomicU64,
@@ -157,9 +170,25 @@ pub struct AdaptiveLimit {
 #[must_use = "dropping a permit frees its slot at once"]
 pub struct Permit {
     limit: Arc<AdaptiveLimit>,
-    started: governor::nanos::Nanos,
-    /// In flight when it was taken, itself included.
-    in_flight: u32,
+    slot: Slot,
+}
+
+/// One slot at the biller without a hold on its limit: what a caller that keeps the limit at
+/// hand (borrowed) stores instead of a [`Permit`]. Give it back with [`AdaptiveLimit::release`],
+/// [`AdaptiveLimit::success`] or [`AdaptiveLimit::failure`] — exactly once, on the limit that
+/// issued it; a slot never given back stays taken.
+#[derive(Debug)]
+#[must_use = "a slot stays taken until it is given back"]
+pub struct Slot {
+    shard: usize,
+    started: Nanos,
+}
+
+impl Slot {
+    /// When it was taken, on the limit's clock.
+    pub fn started(&self) -> Nanos {
+        self.started
+    }
 }
 
 fn load_f64(cell: &AtomicU64) -> f64 {
@@ -184,7 +213,7 @@ impl AdaptiveLimit {
         AdaptiveLimit {
             tuning,
             clock,
-            in_flight: AtomicU32::new(0),
+            in_flight: InFlight::new(crate::shards::count()),
             limit: AtomicU64::new(initial.to_bits()),
             long_rtt: AtomicU64::new(0),
             short_rtt: AtomicU64::new(0),
@@ -205,18 +234,40 @@ impl AdaptiveLimit {
     /// A slot only if `in_flight + reserve < limit()`, keeping `reserve` slots for more important
     /// calls (see the module docs). `None` (at once) otherwise.
     pub fn try_acquire_with_headroom(self: &Arc<Self>, reserve: u32) -> Option<Permit> {
-        let allowed = self.limit().saturating_sub(reserve);
-        let before = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < allowed).then_some(n + 1)
-            })
-            .ok()?;
+        let slot = self.try_take(reserve, self.clock.now())?;
         Some(Permit {
             limit: Arc::clone(self),
-            started: self.clock.now(),
-            in_flight: before + 1,
+            slot,
         })
+    }
+
+    /// As [`AdaptiveLimit::try_acquire_with_headroom`], without cloning the `Arc`: a [`Slot`]
+    /// started at `now`, to be given back to this limit.
+    #[inline]
+    pub fn try_take(&self, reserve: u32, now: Nanos) -> Option<Slot> {
+        let shard = self.in_flight.try_take(self.limit(), reserve)?;
+        Some(Slot {
+            shard,
+            started: now,
+        })
+    }
+
+    /// Gives a slot back; the call says nothing about the biller's capacity.
+    #[inline]
+    pub fn release(&self, slot: Slot) {
+        self.in_flight.release(slot.shard);
+    }
+
+    /// Gives a slot back after a call that succeeded after `rtt` (see [`Permit::success`]).
+    pub fn success(&self, slot: Slot, rtt: Duration) {
+        self.on_success(rtt, self.in_flight());
+        self.release(slot);
+    }
+
+    /// Gives a slot back after a call that timed out or was refused for overload.
+    pub fn failure(&self, slot: Slot) {
+        self.on_failure();
+        self.release(slot);
     }
 
     /// The current limit: between `min_limit` and `max_in_flight`.
@@ -228,7 +279,7 @@ impl AdaptiveLimit {
     /// Calls in flight now. May briefly exceed `limit()` after the limit shrinks; never exceeds
     /// `max_in_flight`.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.total()
     }
 
     /// The long- and short-term latency averages, `None` before the first success.
@@ -242,6 +293,8 @@ impl AdaptiveLimit {
         })
     }
 
+    /// `in_flight`: calls in flight as this one completes, itself included (read when the call
+    /// ends rather than when it starts, so that taking a slot reads no other core's count).
     fn on_success(&self, rtt: Duration, in_flight: u32) {
         let t = self.tuning;
         // Below the floor every answer counts as fast: jitter among sub-floor latencies is the
@@ -287,7 +340,7 @@ impl Permit {
     /// The call succeeded after `rtt` (as the caller measured it; [`Permit::elapsed`] is the
     /// time since the permit was taken). Feeds the latency averages and the limit.
     pub fn success(self, rtt: Duration) {
-        self.limit.on_success(rtt, self.in_flight);
+        self.limit.on_success(rtt, self.limit.in_flight());
     }
 
     /// The call timed out or the biller said it was overloaded: the limit backs off.
@@ -301,12 +354,12 @@ impl Permit {
 
     /// Time since the permit was taken, on the limit's clock.
     pub fn elapsed(&self) -> Duration {
-        since(self.limit.clock.now(), self.started)
+        since(self.limit.clock.now(), self.slot.started)
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limit.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.limit.in_flight.release(self.slot.shard);
     }
 }

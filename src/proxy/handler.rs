@@ -160,14 +160,14 @@ pub(super) fn deny(
 }
 
 /// What forwarding needs of an admission, free of the request's borrows.
-struct Forwarding {
-    admitted: Admitted<'static>,
+struct Forwarding<'g> {
+    admitted: Admitted<'static, 'g>,
     /// The bill account named in the path or query, if any.
     account: Option<String>,
 }
 
-impl Forwarding {
-    fn new(admitted: Admitted<'_>, account: Option<String>) -> Self {
+impl<'g> Forwarding<'g> {
+    fn new(admitted: Admitted<'_, 'g>, account: Option<String>) -> Self {
         let Admitted {
             partner,
             class,
@@ -206,7 +206,7 @@ pub(super) fn refuse(
 async fn forward(
     worker: &Worker,
     snapshot: &Snapshot,
-    forwarding: Forwarding,
+    forwarding: Forwarding<'_>,
     peer: HeaderValue,
     parts: http::request::Parts,
     body: Incoming,

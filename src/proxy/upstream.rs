@@ -42,10 +42,10 @@ pub struct Answered {
 }
 
 /// Who a call is for, and its right to reach the biller.
-pub struct Caller {
+pub struct Caller<'g> {
     pub partner: usize,
     pub class: Class,
-    pub ticket: Ticket,
+    pub ticket: Ticket<'g>,
     /// The partner's address as an `x-forwarded-for` value.
     pub peer: HeaderValue,
 }
@@ -54,7 +54,7 @@ pub struct Caller {
 pub async fn call(
     worker: &Worker,
     snapshot: &Snapshot,
-    caller: Caller,
+    caller: Caller<'_>,
     mut parts: http::request::Parts,
     body: UpstreamBody,
 ) -> Result<Answered, CallError> {
