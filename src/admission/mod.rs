@@ -23,7 +23,7 @@ use governor::nanos::Nanos;
 use http::Method;
 
 pub use accounts::{AccountDenial, AccountLimiter};
-pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket};
+pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket, PAYMENT_FAILURE_RATE};
 pub use budget::Budget;
 pub use identify::KeyIndex;
 pub use quota::{Quota, Remaining};
