@@ -170,3 +170,101 @@ async fn bill(gw: &TestGateway, account: usize) -> Reply {
     )
     .await
 }
+
+/// A body of `frames` frames of `size` bytes, length not announced (sent chunked).
+struct Frames {
+    left: usize,
+    size: usize,
+}
+
+impl http_body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        let byte = b'a' + (self.left % 26) as u8;
+        let frame = http_body::Frame::data(bytes::Bytes::from(vec![byte; self.size]));
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+/// An upstream answering `/v1/bills/big` with 3 MiB of known length and anything else with
+/// 40 chunks of 64 KiB; it counts the connections that carried a request.
+async fn large_answers() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        if first.swap(false, Ordering::SeqCst) {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let body = if req.uri().path() == "/v1/bills/big" {
+                            http_body_util::Either::Left(http_body_util::Full::new(
+                                bytes::Bytes::from(vec![b'x'; 3 << 20]),
+                            ))
+                        } else {
+                            http_body_util::Either::Right(Frames {
+                                left: 40,
+                                size: 64 << 10,
+                            })
+                        };
+                        async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn large_and_chunked_answers_stream_through_whole_and_free_their_connection() {
+    let (url, connections) = large_answers().await;
+    let text = config_toml(&url, "5s", "10000/s", &partner("wallet-a", "key-a", Q, "")).replacen(
+        "[server]",
+        "[server]\nworkers = 1",
+        1,
+    );
+    let gw = TestGateway::start(load(&text)).await;
+    for _ in 0..2 {
+        let big = get(&gw.url("/v1/bills/big"), &[("x-api-key", "key-a")]).await;
+        assert_eq!(big.status, StatusCode::OK);
+        assert_eq!(big.body.len(), 3 << 20);
+        assert!(big.body.iter().all(|&b| b == b'x'));
+
+        let chunked = get(&gw.url("/v1/bills/chunked"), &[("x-api-key", "key-a")]).await;
+        assert_eq!(chunked.status, StatusCode::OK);
+        assert_eq!(chunked.body.len(), 40 * (64 << 10));
+        let expected: Vec<u8> = (0..40usize)
+            .rev()
+            .flat_map(|left| std::iter::repeat_n(b'a' + (left % 26) as u8, 64 << 10))
+            .collect();
+        assert!(
+            chunked.body[..] == expected[..],
+            "the chunks arrived in order"
+        );
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "each answer read to its end handed the connection back"
+    );
+}
