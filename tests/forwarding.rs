@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use http::StatusCode;
+use std::time::Duration;
 
 const Q: &str = r#"payment = "10/s", inquiry_user = "10/s", inquiry_scheduled = "10/s""#;
 
@@ -266,5 +267,52 @@ async fn large_and_chunked_answers_stream_through_whole_and_free_their_connectio
         connections.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "each answer read to its end handed the connection back"
+    );
+}
+
+#[tokio::test]
+async fn a_biller_stalling_mid_body_cuts_the_answer_at_its_deadline() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Promises 100 bytes, sends 10, then holds the connection open without a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                if stream.read(&mut request).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let mut rest = [0u8; 1];
+                let _ = stream.read(&mut rest).await;
+            });
+        }
+    });
+    let text = config_toml(
+        &url,
+        "300ms",
+        "10000/s",
+        &partner("wallet-a", "key-a", Q, ""),
+    );
+    let gw = TestGateway::start(load(&text)).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(gw.url("/v1/bills/1"))
+        .header("x-api-key", "key-a")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let response = client.request(request).await.expect("the head arrives");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await
+    })
+    .await
+    .expect("the gateway ends the answer at its deadline instead of hanging");
+    assert!(
+        outcome.is_err(),
+        "an answer cut short must not look complete"
     );
 }
