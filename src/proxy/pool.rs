@@ -71,15 +71,7 @@ struct Link {
 impl Link {
     /// Drives the connection's reading and writing; true once it has ended.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.ended {
-            if let Poll::Ready(result) = Pin::new(&mut self.connection).poll(cx) {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "biller connection ended with an error");
-                }
-                self.ended = true;
-            }
-        }
-        self.ended
+        drive(&mut self.connection, &mut self.ended, cx)
     }
 
     /// Waits until the connection can take a request, driving it; false when it has closed.
@@ -108,19 +100,25 @@ impl Link {
             if let Poll::Ready(answer) = call.as_mut().poll(cx) {
                 return Poll::Ready(answer);
             }
-            if !*ended {
-                if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "biller connection ended with an error");
-                    }
-                    *ended = true;
-                }
-            }
+            drive(connection, ended, cx);
             // Driving the connection may have brought the head (or, if it ended, the error).
             call.as_mut().poll(cx)
         })
         .await
     }
+}
+
+/// Polls `connection` unless it has `ended`; true once it has.
+fn drive(connection: &mut Connection, ended: &mut bool, cx: &mut Context<'_>) -> bool {
+    if !*ended {
+        if let Poll::Ready(result) = Pin::new(connection).poll(cx) {
+            if let Err(error) = result {
+                tracing::debug!(%error, "biller connection ended with an error");
+            }
+            *ended = true;
+        }
+    }
+    *ended
 }
 
 mod http1_error {

@@ -105,15 +105,6 @@ impl Workers {
         }
         Ok(workers)
     }
-
-    /// How many workers serve connections.
-    pub fn len(&self) -> usize {
-        self.inboxes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inboxes.is_empty()
-    }
 }
 
 /// Accepts partner connections on `listener` and deals them out to the workers in turn until
