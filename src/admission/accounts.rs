@@ -1,23 +1,36 @@
-//! The per-(partner, account) limiter: one GCRA state per bill account, in a bounded table.
+//! The per-(partner, account) limiter: one GCRA state per bill account, every partner's
+//! accounts in one bounded table.
 //!
-//! Accounts are tracked by a keyed 64-bit hash of the account number (foldhash, seeded per table
-//! so a partner cannot aim collisions), so a lookup allocates nothing. The table is sharded by
+//! # Layout
+//!
+//! One [`AccountTable`] per gateway holds every partner's accounts, keyed by a 64-bit hash of
+//! the partner's tag and the account number (foldhash, seeded per table so a partner cannot
+//! aim collisions), so a lookup allocates nothing. The table is a fixed set of shards chosen by
 //! the hash's top bits; each shard is an open-addressing array of 16-byte slots (hash and
-//! theoretical arrival time side by side, one cache line read per lookup). A known account is
-//! checked without a lock: a compare-and-swap on its arrival time. New accounts, growth and
-//! eviction take the shard's lock. The table has a ceiling; idle accounts — those whose state is
-//! indistinguishable from a fresh one — are evicted by a sweep that runs beside the request path,
-//! one shard at a time.
+//! theoretical arrival time side by side, one cache line read per lookup). The shard headers
+//! are few and shared by all partners, so they stay in cache: checking an account costs one
+//! read from memory, the slot, and its address is known as soon as the partner is — before the
+//! partner's own state has arrived. (A table per partner, as before, put three dependent
+//! misses — the partner's table, its shard, its array — in front of the slot.)
+//!
+//! A known account is checked without a lock: a compare-and-swap on its arrival time. New
+//! accounts, growth and eviction take the shard's lock. Each partner has its own ceiling on
+//! accounts tracked ([`AccountLimiter`], counted in its tally); idle accounts — those whose
+//! state is indistinguishable from a fresh one — and the accounts of limiters no longer in use
+//! (a reload changed the partner's rate, or removed the partner) are evicted by a sweep that
+//! runs beside the request path, one shard at a time.
 //!
 //! The GCRA is governor's, step for step: emission interval `t = period / count`, tolerance
 //! `τ = t × (burst − 1)`; a request at `now` passes if `now ≥ tat − τ` and sets
-//! `tat = max(tat, now) + t`; a sweep evicts accounts with `tat ≤ now − t`.
+//! `tat = max(tat, now) + t`. An account with `tat ≤ now` would pass with `tat = now + t`,
+//! exactly as an untracked one does: that is when a sweep may forget it.
 
 mod table;
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -25,14 +38,14 @@ use governor::nanos::Nanos;
 
 use crate::clock::Clock;
 use crate::config::Rate;
-use table::{Slot, Slots, FROZEN};
+use table::{Entry, Slot, Slots, FROZEN};
 
 /// Why an account was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountDenial {
     /// The account was asked about too often; retry after this long.
     TooOften(Duration),
-    /// The table is at its ceiling and this account is not in it.
+    /// The partner's ceiling is reached and this account is not tracked.
     TableFull,
 }
 
@@ -43,70 +56,182 @@ struct Shard {
     slots: ArcSwap<Slots>,
 }
 
-impl Shard {
-    fn lock(&self) -> MutexGuard<'_, u32> {
-        // Nothing panics while holding a shard, so a poisoned lock still guards a sound table.
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// Locks ignoring poison: nothing panics while holding these, so the data is sound.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// About this many accounts per shard at the ceiling: a sweep or a growth rebuilds one shard
-/// (tens of microseconds) while checks of the others go on. Checks of known accounts take no
-/// lock, so shards are not there for them; fewer shards keep small tables small.
-const ACCOUNTS_PER_SHARD: usize = 4096;
-const MAX_SHARD_BITS: u32 = 10;
+/// Shards in a table: 2^10. A growth or a sweep rebuilds one shard while checks of the others
+/// go on; checks of known accounts take no lock, so shards are not there for them. Their
+/// headers (16 KiB, and as much again for the arrays' headers) stay in cache.
+const SHARD_BITS: u32 = 10;
 
-/// One partner's per-account limiter: a rate per account, at most `ceiling` accounts tracked.
-///
-/// Laid out so a check of a known account reads one cache line of it (the first five fields);
-/// the counters only new accounts and sweeps write come after.
-#[repr(C, align(64))]
-pub struct AccountLimiter {
-    seed: foldhash::quality::RandomState,
-    shards: Box<[Shard]>,
-    /// Emission interval and tolerance, in nanoseconds.
-    t: u64,
-    tau: u64,
-    shard_bits: u32,
-    rate: Rate,
+/// One partner's count of accounts in the table, against its ceiling.
+struct Tally {
     ceiling: usize,
-    clock: Clock,
     len: AtomicUsize,
     evicted: AtomicU64,
 }
 
-impl AccountLimiter {
-    /// A limiter allowing `rate` per account for at most `ceiling` accounts (at least 1). Takes
-    /// memory only as accounts arrive: about 16 bytes per slot, slots at most ¾ full.
-    pub fn new(rate: Rate, ceiling: usize, clock: Clock) -> Self {
-        let ceiling = ceiling.max(1);
-        let shard_bits = (ceiling / ACCOUNTS_PER_SHARD)
-            .next_power_of_two()
-            .trailing_zeros()
-            .min(MAX_SHARD_BITS);
+/// Which tag belongs to which live limiter, for sweeps.
+struct Owners {
+    /// The tag the next limiter gets; tags are never reused.
+    next: u32,
+    tallies: HashMap<u32, Weak<Tally>>,
+}
+
+/// Every partner's per-account state: see the module docs. Shared by the snapshots a reload
+/// builds, so a partner whose limit did not change keeps its accounts' state.
+pub struct AccountTable {
+    seed: foldhash::quality::RandomState,
+    shards: Box<[Shard]>,
+    clock: Clock,
+    owners: Mutex<Owners>,
+}
+
+impl AccountTable {
+    /// An empty table. Takes memory only as accounts arrive: 20 bytes per slot, slots at most
+    /// ¾ full, plus the shard headers.
+    pub fn new(clock: Clock) -> Self {
+        // Every shard starts on one shared empty array: no allocation per shard until used.
+        let empty = Arc::new(Slots::default());
+        AccountTable {
+            seed: foldhash::quality::RandomState::default(),
+            shards: (0..1usize << SHARD_BITS)
+                .map(|_| Shard {
+                    writer: Mutex::new(0),
+                    slots: ArcSwap::new(Arc::clone(&empty)),
+                })
+                .collect(),
+            clock,
+            owners: Mutex::new(Owners {
+                next: 1,
+                tallies: HashMap::new(),
+            }),
+        }
+    }
+
+    /// A new limiter in this table: `rate` per account, at most `ceiling` accounts (at least 1),
+    /// under a tag of its own. Its accounts are forgotten once it and every clone are dropped.
+    pub fn limiter(self: &Arc<Self>, rate: Rate, ceiling: usize) -> AccountLimiter {
         let t = u64::try_from(rate.replenish_interval().as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
-        // Every shard starts on one shared empty array: no allocation per shard until used.
-        let empty = Arc::new(Slots::default());
-        let shards = (0..1usize << shard_bits)
-            .map(|_| Shard {
-                writer: Mutex::new(0),
-                slots: ArcSwap::new(Arc::clone(&empty)),
-            })
-            .collect();
-        AccountLimiter {
-            rate,
-            ceiling,
-            t,
-            tau: t.saturating_mul(u64::from(rate.burst.get() - 1)),
-            seed: foldhash::quality::RandomState::default(),
-            shard_bits,
-            shards,
-            clock,
+        let tally = Arc::new(Tally {
+            ceiling: ceiling.max(1),
             len: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
+        });
+        let mut owners = lock(&self.owners);
+        let tag = owners.next;
+        owners.next = owners.next.saturating_add(1);
+        owners.tallies.insert(tag, Arc::downgrade(&tally));
+        AccountLimiter {
+            tag,
+            t,
+            tau: t.saturating_mul(u64::from(rate.burst.get() - 1)),
+            table: Arc::clone(self),
+            tally,
+            rate,
         }
+    }
+
+    /// The key `account` of the partner tagged `tag` is tracked under.
+    #[inline]
+    pub fn key(&self, tag: u32, account: &str) -> u64 {
+        Slots::key_of(self.seed.hash_one((tag, account.as_bytes())))
+    }
+
+    #[inline]
+    fn shard(&self, key: u64) -> &Shard {
+        let index = (key >> (64 - SHARD_BITS)) as usize;
+        // There are 2^SHARD_BITS shards and the index has SHARD_BITS bits: always in range.
+        &self.shards[index & (self.shards.len() - 1)]
+    }
+
+    /// Asks for the slot `key` would be found in to be brought into cache (see
+    /// [`crate::memory`]). The shard's headers are normally in cache already.
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        if let Some(slot) = self.shard(key).slots.load().home(key) {
+            crate::memory::prefetch(slot);
+        }
+    }
+
+    /// Evicts every account whose state is indistinguishable from a fresh one, and every
+    /// account of a limiter no longer in use. Locks one shard at a time, so checks on the others
+    /// go on meanwhile.
+    pub fn sweep(&self) {
+        let (live, newest) = {
+            let mut owners = lock(&self.owners);
+            owners.tallies.retain(|_, tally| tally.strong_count() > 0);
+            let live: HashMap<u32, Arc<Tally>> = owners
+                .tallies
+                .iter()
+                .filter_map(|(&tag, tally)| Some((tag, tally.upgrade()?)))
+                .collect();
+            (live, owners.next)
+        };
+        // A limiter made after this point has a tag at or past `newest`: its accounts stay.
+        let in_use = |tag: u32| tag >= newest || live.contains_key(&tag);
+        let now = self.clock.now().as_u64();
+        let keep = |e: &Entry| e.tat > now && in_use(e.owner);
+        for shard in self.shards.iter() {
+            let mut len = lock(&shard.writer);
+            if *len == 0 {
+                continue;
+            }
+            let slots = shard.slots.load_full();
+            let staying = slots.entries().filter(keep).count();
+            if staying == *len as usize {
+                continue;
+            }
+            let size = table::shrunk(slots.capacity(), staying);
+            let (kept, count) = slots.rebuild(size, keep, |e| {
+                if let Some(tally) = live.get(&e.owner) {
+                    tally.len.fetch_sub(1, Ordering::Relaxed);
+                    tally.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            shard.slots.store(Arc::new(kept));
+            *len = count as u32;
+        }
+    }
+
+    /// Accounts held now, every partner's (and those of limiters not yet swept away).
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| *lock(&s.writer) as usize).sum()
+    }
+
+    /// Accounts per shard, for tests of the layout.
+    #[cfg(test)]
+    fn shard_lens(&self) -> Vec<usize> {
+        self.shards
+            .iter()
+            .map(|s| *lock(&s.writer) as usize)
+            .collect()
+    }
+}
+
+/// One partner's per-account limiter: a rate per account, at most `ceiling` accounts tracked,
+/// its accounts kept in an [`AccountTable`] under its tag. Cloning shares the state; small and
+/// immutable, so a partner's gate holds it inline.
+#[derive(Clone)]
+pub struct AccountLimiter {
+    tag: u32,
+    /// Emission interval and tolerance, in nanoseconds.
+    t: u64,
+    tau: u64,
+    table: Arc<AccountTable>,
+    tally: Arc<Tally>,
+    rate: Rate,
+}
+
+impl AccountLimiter {
+    /// A limiter with a table of its own (benches and tests; the gateway's partners share one,
+    /// see [`AccountTable::limiter`]).
+    pub fn new(rate: Rate, ceiling: usize, clock: Clock) -> Self {
+        Arc::new(AccountTable::new(clock)).limiter(rate, ceiling)
     }
 
     /// The rate each account is held to.
@@ -116,20 +241,28 @@ impl AccountLimiter {
 
     /// The most accounts tracked at once.
     pub fn ceiling(&self) -> usize {
-        self.ceiling
+        self.tally.ceiling
+    }
+
+    /// The tag this limiter's accounts are kept under in its table.
+    pub fn tag(&self) -> u32 {
+        self.tag
+    }
+
+    /// The table this limiter's accounts are kept in.
+    pub fn table(&self) -> &Arc<AccountTable> {
+        &self.table
+    }
+
+    /// True when two limiters share one state (a reload carried this one over).
+    pub fn same_state(&self, other: &AccountLimiter) -> bool {
+        Arc::ptr_eq(&self.tally, &other.tally)
     }
 
     /// The key an account number is tracked under.
     #[inline]
     pub fn key(&self, account: &str) -> u64 {
-        Slots::key_of(self.seed.hash_one(account.as_bytes()))
-    }
-
-    #[inline]
-    fn shard(&self, key: u64) -> &Shard {
-        let index = key.checked_shr(64 - self.shard_bits).unwrap_or(0) as usize;
-        // There are 2^shard_bits shards and the index has shard_bits bits: always in range.
-        &self.shards[index & (self.shards.len() - 1)]
+        self.table.key(self.tag, account)
     }
 
     /// Spends one request for `account` at `now` (a reading of this limiter's clock). Never
@@ -139,17 +272,17 @@ impl AccountLimiter {
         self.check_key(self.key(account), now)
     }
 
-    /// Asks for the shard `key` lives in to be brought into cache (see [`crate::memory`]).
+    /// Asks for the slot of the account tracked under `key` (see [`AccountTable::prefetch`]).
     #[inline]
     pub fn prefetch(&self, key: u64) {
-        crate::memory::prefetch(self.shard(key));
+        self.table.prefetch(key);
     }
 
     /// [`AccountLimiter::check`] for an account by its [`AccountLimiter::key`].
     #[inline]
     pub fn check_key(&self, key: u64, now: Nanos) -> Result<(), AccountDenial> {
         let now = now.as_u64();
-        let shard = self.shard(key);
+        let shard = self.table.shard(key);
         if let Some(slot) = shard.slots.load().find(key) {
             if let Some(verdict) = self.spend(slot, now) {
                 return verdict;
@@ -186,7 +319,7 @@ impl AccountLimiter {
     /// found frozen. Nothing else changes the shard meanwhile.
     #[cold]
     fn check_locked(&self, shard: &Shard, key: u64, now: u64) -> Result<(), AccountDenial> {
-        let mut len = shard.lock();
+        let mut len = lock(&shard.writer);
         let mut slots = shard.slots.load_full();
         if let Some(slot) = slots.find(key) {
             // Only lock holders freeze slots, and they publish a new array before unlocking.
@@ -196,57 +329,42 @@ impl AccountLimiter {
         }
         // Over the ceiling a new account cannot be tracked, so it is refused rather than let
         // through unlimited; known accounts are still served.
-        self.len
+        let tally = &self.tally;
+        tally
+            .len
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.ceiling).then_some(n + 1)
+                (n < tally.ceiling).then_some(n + 1)
             })
             .map_err(|_| AccountDenial::TableFull)?;
         if !slots.has_room(*len as usize) {
-            let (grown, _) = slots.rebuild(slots.capacity() * 2, None);
+            let (grown, _) = slots.rebuild(slots.capacity() * 2, |_| true, |_| {});
             slots = Arc::new(grown);
             shard.slots.store(Arc::clone(&slots));
         }
         // A fresh state always passes: its arrival time becomes `now + t`.
-        slots.insert(key, now.saturating_add(self.t));
+        slots.insert(Entry {
+            key,
+            owner: self.tag,
+            tat: now.saturating_add(self.t),
+        });
         *len += 1;
         Ok(())
     }
 
-    /// Evicts every account whose state is indistinguishable from a fresh one. Locks one shard
-    /// at a time, so checks on the others go on meanwhile.
+    /// Sweeps the table this limiter's accounts are kept in (every partner's; see
+    /// [`AccountTable::sweep`]).
     pub fn sweep(&self) {
-        let drop_below = self.clock.now().as_u64().saturating_sub(self.t);
-        for shard in self.shards.iter() {
-            let mut len = shard.lock();
-            let slots = shard.slots.load_full();
-            let staying = slots.count_above(drop_below);
-            if staying == *len as usize {
-                continue;
-            }
-            let size = table::shrunk(slots.capacity(), staying);
-            let (kept, count) = slots.rebuild(size, Some(drop_below));
-            shard.slots.store(Arc::new(kept));
-            let removed = (*len as usize).saturating_sub(count);
-            *len = count as u32;
-            self.len.fetch_sub(removed, Ordering::Relaxed);
-            self.evicted.fetch_add(removed as u64, Ordering::Relaxed);
-        }
+        self.table.sweep();
     }
 
-    /// Accounts tracked now.
+    /// This limiter's accounts tracked now.
     pub fn tracked(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.tally.len.load(Ordering::Relaxed)
     }
 
-    /// Accounts evicted by sweeps so far.
+    /// This limiter's accounts evicted by sweeps so far.
     pub fn evicted(&self) -> u64 {
-        self.evicted.load(Ordering::Relaxed)
-    }
-
-    /// Accounts per shard, for tests of the layout.
-    #[cfg(test)]
-    fn shard_lens(&self) -> Vec<usize> {
-        self.shards.iter().map(|s| *s.lock() as usize).collect()
+        self.tally.evicted.load(Ordering::Relaxed)
     }
 }
 
@@ -296,25 +414,64 @@ mod tests {
             l.check("7", clock.now()),
             Err(AccountDenial::TooOften(Duration::from_secs(1)))
         );
-        hand.advance(Duration::from_secs(1));
+        // One nanosecond before their states are fresh again, all stay.
+        hand.advance(Duration::from_secs(1) - Duration::from_nanos(1));
         l.sweep();
         assert_eq!((l.tracked(), l.evicted()), (100, 0));
-        hand.advance(Duration::from_secs(1));
+        hand.advance(Duration::from_nanos(1));
         l.sweep();
         assert_eq!((l.tracked(), l.evicted()), (0, 100));
+        assert_eq!(l.table.tracked(), 0);
         assert_eq!(l.check("new", clock.now()), Ok(()));
+    }
+
+    #[test]
+    fn partners_sharing_a_table_have_their_own_accounts_and_ceilings() {
+        let (clock, hand) = Clock::fake();
+        let table = Arc::new(AccountTable::new(clock.clone()));
+        let a = table.limiter(parse_rate("1/min").unwrap(), 2);
+        let b = table.limiter(parse_rate("2/min").unwrap(), 3);
+        assert_ne!(a.tag(), b.tag());
+        // The same account number is two accounts: one per partner, each at its own rate.
+        assert_eq!(a.check("42", clock.now()), Ok(()));
+        assert!(a.check("42", clock.now()).is_err());
+        assert_eq!(b.check("42", clock.now()), Ok(()));
+        assert_eq!(b.check("42", clock.now()), Ok(()));
+        assert!(b.check("42", clock.now()).is_err());
+        // Each fills its own ceiling.
+        assert_eq!(a.check("43", clock.now()), Ok(()));
+        assert_eq!(a.check("44", clock.now()), Err(AccountDenial::TableFull));
+        assert_eq!(b.check("43", clock.now()), Ok(()));
+        assert_eq!(b.check("44", clock.now()), Ok(()));
+        assert_eq!(b.check("45", clock.now()), Err(AccountDenial::TableFull));
+        assert_eq!((a.tracked(), b.tracked(), table.tracked()), (2, 3, 5));
+        // A clone is the same limiter; a new one with the same rate is not.
+        let again = a.clone();
+        assert!(again.same_state(&a));
+        assert!(!table.limiter(a.rate(), 2).same_state(&a));
+        assert!(again.check("43", clock.now()).is_err());
+
+        // A limiter dropped (a reload changed the partner's rate): its accounts go at the next
+        // sweep, busy or not; the other partner's stay.
+        drop((a, again));
+        table.sweep();
+        assert_eq!((b.tracked(), table.tracked()), (3, 3));
+        hand.advance(Duration::from_secs(60));
+        table.sweep();
+        assert_eq!((b.tracked(), b.evicted(), table.tracked()), (0, 3, 0));
+        assert_eq!(lock(&table.owners).tallies.len(), 1);
     }
 
     #[test]
     fn many_accounts_spread_over_shards_and_are_all_found_again() {
         let (l, hand, clock) = limiter("1/min", 100_000);
-        assert_eq!(l.shards.len(), 32);
+        assert_eq!(l.table.shards.len(), 1024);
         for n in 0..50_000 {
             assert_eq!(l.check(&format!("acct-{n}"), clock.now()), Ok(()));
         }
-        let lens = l.shard_lens();
+        let lens = l.table.shard_lens();
         assert_eq!(lens.iter().sum::<usize>(), 50_000);
-        assert!(lens.iter().all(|&n| n > 1_000), "{lens:?}");
+        assert!(lens.iter().all(|&n| n > 10), "{lens:?}");
         for n in 0..50_000 {
             assert!(matches!(
                 l.check(&format!("acct-{n}"), clock.now()),
@@ -326,12 +483,16 @@ mod tests {
         for n in (0..50_000).step_by(2) {
             assert_eq!(l.check(&format!("acct-{n}"), clock.now()), Ok(()));
         }
-        hand.advance(Duration::from_secs(60));
+        hand.advance(Duration::from_secs(1));
         l.sweep();
         assert_eq!((l.tracked(), l.evicted()), (25_000, 25_000));
-        // The kept ones are found (nothing new is tracked); the swept ones come back fresh.
+        // The kept ones are found, still spent (nothing new is tracked); the swept ones come
+        // back fresh.
         for n in (0..50_000).step_by(2) {
-            assert_eq!(l.check(&format!("acct-{n}"), clock.now()), Ok(()));
+            assert_eq!(
+                l.check(&format!("acct-{n}"), clock.now()),
+                Err(AccountDenial::TooOften(Duration::from_secs(59)))
+            );
         }
         assert_eq!(l.tracked(), 25_000);
         for n in (1..50_000).step_by(2) {
@@ -372,9 +533,10 @@ mod tests {
     #[test]
     fn tables_take_memory_only_as_accounts_arrive() {
         let (l, _, clock) = limiter("1/s", 1_000_000);
-        assert!(l.shards.iter().all(|s| s.slots.load().capacity() == 0));
+        let shards = &l.table.shards;
+        assert!(shards.iter().all(|s| s.slots.load().capacity() == 0));
         l.check("one", clock.now()).unwrap();
-        let slots: usize = l.shards.iter().map(|s| s.slots.load().capacity()).sum();
+        let slots: usize = shards.iter().map(|s| s.slots.load().capacity()).sum();
         assert_eq!(slots, 4);
     }
 }

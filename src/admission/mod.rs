@@ -22,7 +22,7 @@ use governor::nanos::Nanos;
 
 use http::Method;
 
-pub use accounts::{AccountDenial, AccountLimiter};
+pub use accounts::{AccountDenial, AccountLimiter, AccountTable};
 pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket, PAYMENT_FAILURE_RATE};
 pub use budget::Budget;
 pub use identify::KeyIndex;
@@ -184,7 +184,8 @@ pub struct PartnerGate {
     pub mode: Mode,
     /// One limiter per class, `None` for a closed class.
     pub quotas: [Option<Quota>; 3],
-    pub accounts: Option<Arc<AccountLimiter>>,
+    /// The per-account limit, its accounts kept in the gate's [`AccountTable`].
+    pub accounts: Option<AccountLimiter>,
     /// Shared with the suspension registry, so suspending takes effect at once.
     pub suspension: Arc<SuspensionCell>,
     /// A pause the biller asked for, naming this partner.
@@ -193,15 +194,12 @@ pub struct PartnerGate {
 
 impl PartnerGate {
     /// Asks for the lines of this partner's state that admitting `quota`'s class will read —
-    /// the quota's state, the pause and, for an inquiry naming an account, the per-account
-    /// table's header — at once, so that their cache misses overlap (see [`crate::memory`]).
+    /// the quota's state and the pause — at once, so that their cache misses overlap (see
+    /// [`crate::memory`]).
     #[inline]
-    fn prefetch(&self, quota: &Quota, account: bool) {
+    fn prefetch(&self, quota: &Quota) {
         quota.prefetch();
         crate::memory::prefetch(&*self.pause);
-        if let (true, Some(accounts)) = (account, &self.accounts) {
-            crate::memory::prefetch(&**accounts);
-        }
     }
 }
 
@@ -209,6 +207,12 @@ impl PartnerGate {
 pub struct Gate {
     keys: KeyIndex,
     router: Router,
+    /// Every partner's per-account state; carried from one gate to the next.
+    accounts: Arc<AccountTable>,
+    /// Each partner's tag in `accounts` (0: no per-account limit), by partner index: 4 bytes a
+    /// partner, so it stays in cache and an account's slot can be asked for before the
+    /// partner's own state has arrived.
+    account_tags: Box<[u32]>,
     partners: Vec<PartnerGate>,
     protection: Arc<Protection>,
     clock: Clock,
@@ -225,6 +229,10 @@ impl Gate {
         suspensions: &Suspensions,
     ) -> Gate {
         let old = |id: &str| previous.and_then(|g| g.partners.iter().find(|p| &*p.id == id));
+        let table = previous.map_or_else(
+            || Arc::new(AccountTable::new(clock.clone())),
+            |g| Arc::clone(&g.accounts),
+        );
         let partners = config
             .partners
             .iter()
@@ -243,13 +251,7 @@ impl Gate {
                         .and_then(|b| b.accounts.as_ref())
                         .filter(|a| a.rate() == rate && a.ceiling() == p.max_tracked_accounts)
                         .cloned()
-                        .unwrap_or_else(|| {
-                            Arc::new(AccountLimiter::new(
-                                rate,
-                                p.max_tracked_accounts,
-                                clock.clone(),
-                            ))
-                        })
+                        .unwrap_or_else(|| table.limiter(rate, p.max_tracked_accounts))
                 });
                 PartnerGate {
                     id: Arc::from(p.id.as_str()),
@@ -260,7 +262,7 @@ impl Gate {
                     pause: before.map(|b| Arc::clone(&b.pause)).unwrap_or_default(),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
         let protection = Arc::new(Protection::build(
             &config.biller,
             previous.map(|g| &*g.protection),
@@ -269,6 +271,11 @@ impl Gate {
         Gate {
             keys: KeyIndex::new(config.partners.iter().map(|p| &p.keys_sha256[..])),
             router: Router::new(config.routes.clone()),
+            account_tags: partners
+                .iter()
+                .map(|p| p.accounts.as_ref().map_or(0, AccountLimiter::tag))
+                .collect(),
+            accounts: table,
             partners,
             protection,
             clock: clock.clone(),
@@ -301,13 +308,14 @@ impl Gate {
         }
     }
 
-    /// Evicts idle accounts from every partner's per-account table.
+    /// Evicts idle accounts, and those of limits no longer in use, from the account table.
     pub fn sweep_accounts(&self) {
-        for partner in &self.partners {
-            if let Some(accounts) = &partner.accounts {
-                accounts.sweep();
-            }
-        }
+        self.accounts.sweep();
+    }
+
+    /// The table every partner's accounts are kept in.
+    pub fn accounts(&self) -> &Arc<AccountTable> {
+        &self.accounts
     }
 
     /// Decides one request: [`Gate::classify`], then [`Gate::admit`]. Pure: reads the clock,
@@ -359,14 +367,24 @@ impl Gate {
                 Some(matched.route),
             ));
         };
-        let account = matched.class == RouteClass::Inquiry && matched.account.is_some();
-        gate.prefetch(quota, account);
+        gate.prefetch(quota);
+        // The account's slot is asked for now, so its miss overlaps the partner quota's.
+        let tag = self.account_tags.get(partner).copied().unwrap_or(0);
+        let account_key = match (matched.class, matched.account) {
+            (RouteClass::Inquiry, Some(account)) if tag != 0 => {
+                let key = self.accounts.key(tag, account);
+                self.accounts.prefetch(key);
+                Some(key)
+            }
+            _ => None,
+        };
         Ok(Classified {
             partner,
             class,
             route: matched.route,
             route_class: matched.class,
             account: matched.account,
+            account_key,
         })
     }
 
@@ -397,18 +415,7 @@ impl Gate {
             None => return deny(Reason::ClassClosed, None),
         };
 
-        // The account's key, hashed only once the partner quota has passed (a refusal there
-        // is the cheapest answer), and its shard asked for at once.
-        let account = match (&partner.accounts, c.account, c.route_class) {
-            (Some(accounts), Some(account), RouteClass::Inquiry) => {
-                let key = accounts.key(account);
-                accounts.prefetch(key);
-                Some((accounts, key))
-            }
-            _ => None,
-        };
-
-        if let Some((accounts, key)) = account {
+        if let (Some(accounts), Some(key)) = (&partner.accounts, c.account_key) {
             if let Err(denial) = accounts.check_key(key, now) {
                 let (reason, wait) = match denial {
                     AccountDenial::TooOften(wait) => (Reason::AccountQuota, wait),
@@ -533,6 +540,9 @@ pub struct Classified<'r> {
     pub route: usize,
     pub route_class: RouteClass,
     pub account: Option<&'r str>,
+    /// For an inquiry naming an account of a partner with a per-account limit: the key the
+    /// account is tracked under.
+    pub account_key: Option<u64>,
 }
 
 /// What a cache hit spent of the partner's quota.

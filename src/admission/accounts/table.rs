@@ -1,14 +1,15 @@
-//! One shard's slots: open addressing with linear probing over compact slots, each the
-//! account's 64-bit keyed hash and its GCRA theoretical arrival time (16 bytes, atomics).
+//! One shard's slots: open addressing with linear probing over compact slots, each an
+//! account's 64-bit keyed hash and its GCRA theoretical arrival time (16 bytes, atomics), with
+//! the tag of the partner that owns it in a parallel array (read only by writers and sweeps).
 //!
 //! A slot's key never changes once written, so a reader that finds its key knows the arrival
 //! time beside it is that account's, and spends it by compare-and-swap without any lock.
 //! Everything else — inserting, growing, evicting — happens under the shard's lock: inserts
-//! fill an empty slot (time first, then key), and growing or evicting builds a new array and
-//! publishes it, after freezing every slot of the old one so that a reader still holding the
-//! old array fails its compare-and-swap and retries under the lock.
+//! fill an empty slot (owner and time first, then key), and growing or evicting builds a new
+//! array and publishes it, after freezing every slot of the old one so that a reader still
+//! holding the old array fails its compare-and-swap and retries under the lock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Set in an arrival time whose slot has been copied away: the time is read-only there.
 pub(super) const FROZEN: u64 = 1 << 63;
@@ -23,38 +24,28 @@ pub(super) struct Slot {
     pub tat: AtomicU64,
 }
 
-/// A shard's array of slots; its length is zero or a power of two, at most ¾ full. Arrays of
-/// up to [`INLINE`] slots live inside the shard's `Arc` itself, so a shard of a few accounts
-/// (most shards of a partner with few accounts) costs one pointer hop fewer.
-pub(super) enum Slots {
-    Inline([Slot; INLINE]),
-    Boxed(Box<[Slot]>),
+/// An account as a rebuild sees it: key, owner's tag, arrival time (unfrozen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub key: u64,
+    pub owner: u32,
+    pub tat: u64,
 }
 
-/// The most slots kept inline.
-const INLINE: usize = 4;
-
-impl Default for Slots {
-    fn default() -> Self {
-        Slots::Boxed(Box::default())
-    }
+/// A shard's array of slots; its length is zero or a power of two, at most ¾ full.
+#[derive(Default)]
+pub(super) struct Slots {
+    slots: Box<[Slot]>,
+    /// `owners[i]` is the tag of the partner whose account `slots[i]` holds.
+    owners: Box<[AtomicU32]>,
 }
 
 impl Slots {
     /// An empty array of `size` slots (a power of two).
     fn with_size(size: usize) -> Slots {
-        if size == INLINE {
-            Slots::Inline(Default::default())
-        } else {
-            Slots::Boxed((0..size).map(|_| Slot::default()).collect())
-        }
-    }
-
-    #[inline]
-    fn all(&self) -> &[Slot] {
-        match self {
-            Slots::Inline(slots) => slots,
-            Slots::Boxed(slots) => slots,
+        Slots {
+            slots: (0..size).map(|_| Slot::default()).collect(),
+            owners: (0..size).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -66,12 +57,18 @@ impl Slots {
 
     /// Slots allocated.
     pub fn capacity(&self) -> usize {
-        self.all().len()
+        self.slots.len()
     }
 
     #[inline]
     fn mask(&self) -> usize {
-        self.all().len().wrapping_sub(1)
+        self.slots.len().wrapping_sub(1)
+    }
+
+    /// The slot a probe for `key` starts at, if the array has any: for prefetching.
+    #[inline]
+    pub fn home(&self, key: u64) -> Option<&Slot> {
+        self.slots.get(key as usize & self.mask())
     }
 
     /// The slot holding `key`, if any. Lock-free; may miss a key being inserted this instant.
@@ -80,8 +77,8 @@ impl Slots {
         let mask = self.mask();
         let mut i = key as usize & mask;
         // The array is never full, so the probe ends at the key or an empty slot.
-        for _ in 0..self.all().len() {
-            let slot = self.all().get(i)?;
+        for _ in 0..self.slots.len() {
+            let slot = self.slots.get(i)?;
             let seen = slot.key.load(Ordering::Acquire);
             if seen == key {
                 return Some(slot);
@@ -96,53 +93,69 @@ impl Slots {
 
     /// Whether `len + 1` accounts fit without passing ¾ full.
     pub fn has_room(&self, len: usize) -> bool {
-        (len + 1) * 4 <= self.all().len() * 3
+        (len + 1) * 4 <= self.slots.len() * 3
     }
 
-    /// Puts `key` (not present) with arrival time `tat` in an empty slot. Only under the lock.
-    pub fn insert(&self, key: u64, tat: u64) {
+    /// Puts `entry` (its key not present) in an empty slot. Only under the lock.
+    pub fn insert(&self, entry: Entry) {
         let mask = self.mask();
-        let mut i = key as usize & mask;
-        for _ in 0..self.all().len() {
-            let Some(slot) = self.all().get(i) else {
+        let mut i = entry.key as usize & mask;
+        for _ in 0..self.slots.len() {
+            let (Some(slot), Some(owner)) = (self.slots.get(i), self.owners.get(i)) else {
                 return;
             };
             if slot.key.load(Ordering::Relaxed) == 0 {
-                slot.tat.store(tat, Ordering::Relaxed);
+                owner.store(entry.owner, Ordering::Relaxed);
+                slot.tat.store(entry.tat, Ordering::Relaxed);
                 // Publishes the time with the key: a reader seeing the key sees the time.
-                slot.key.store(key, Ordering::Release);
+                slot.key.store(entry.key, Ordering::Release);
                 return;
             }
             i = (i + 1) & mask;
         }
     }
 
-    /// How many accounts have an arrival time above `drop_below` (a lower bound while
-    /// readers run: they only ever move times forward).
-    pub fn count_above(&self, drop_below: u64) -> usize {
-        self.all()
+    /// Every account held, as of now (times only ever move forward while readers run).
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.slots
             .iter()
-            .filter(|s| {
-                s.key.load(Ordering::Relaxed) != 0
-                    && s.tat.load(Ordering::Acquire) & !FROZEN > drop_below
+            .zip(self.owners.iter())
+            .filter_map(|(slot, owner)| {
+                let key = slot.key.load(Ordering::Relaxed);
+                (key != 0).then(|| Entry {
+                    key,
+                    owner: owner.load(Ordering::Relaxed),
+                    tat: slot.tat.load(Ordering::Acquire) & !FROZEN,
+                })
             })
-            .count()
     }
 
-    /// Freezes every slot and copies the accounts whose time is above `drop_below` into a new
-    /// array of `slots` slots (grown to fit them if need be). Only under the lock. Returns the
-    /// new array and how many accounts it holds.
-    pub fn rebuild(&self, slots: usize, drop_below: Option<u64>) -> (Slots, usize) {
-        let mut kept = Vec::with_capacity(self.all().len());
-        for slot in self.all().iter() {
+    /// Freezes every slot and copies the accounts `keep` says stay into a new array of `slots`
+    /// slots (grown to fit them if need be). Only under the lock. Returns the new array and how
+    /// many accounts it holds; `dropped` hears of every account left behind.
+    pub fn rebuild(
+        &self,
+        slots: usize,
+        keep: impl Fn(&Entry) -> bool,
+        mut dropped: impl FnMut(&Entry),
+    ) -> (Slots, usize) {
+        let mut kept = Vec::with_capacity(self.slots.len());
+        for (slot, owner) in self.slots.iter().zip(self.owners.iter()) {
             let key = slot.key.load(Ordering::Relaxed);
             if key == 0 {
                 continue;
             }
             // From here on, readers' compare-and-swaps on this slot fail: the time is final.
             let tat = slot.tat.fetch_or(FROZEN, Ordering::AcqRel) & !FROZEN;
-            if drop_below.is_none_or(|limit| tat > limit) {
-                kept.push((key, tat));
+            let entry = Entry {
+                key,
+                owner: owner.load(Ordering::Relaxed),
+                tat,
+            };
+            if keep(&entry) {
+                kept.push(entry);
+            } else {
+                dropped(&entry);
             }
         }
         let mut size = slots.max(MIN_SLOTS);
@@ -150,8 +163,8 @@ impl Slots {
             size *= 2;
         }
         let fresh = Slots::with_size(size);
-        for &(key, tat) in &kept {
-            fresh.insert(key, tat);
+        for &entry in &kept {
+            fresh.insert(entry);
         }
         (fresh, kept.len())
     }
@@ -182,25 +195,38 @@ mod tests {
         for (n, &k) in keys.iter().enumerate() {
             assert!(slots.find(k).is_none());
             if !slots.has_room(n) {
-                slots = slots.rebuild(slots.capacity() * 2, None).0;
+                slots = slots.rebuild(slots.capacity() * 2, |_| true, |_| {}).0;
             }
-            slots.insert(k, n as u64 + 100);
+            slots.insert(Entry {
+                key: k,
+                owner: n as u32 % 3,
+                tat: n as u64 + 100,
+            });
         }
         assert_eq!(slots.capacity(), 64);
         for (n, &k) in keys.iter().enumerate() {
             let tat = slots.find(k).map(|s| s.tat.load(Ordering::Relaxed));
             assert_eq!(tat, Some(n as u64 + 100));
         }
-        // Times 100..=119 go; the old array is frozen, the new one is not.
-        let (fresh, kept) = slots.rebuild(64, Some(119));
-        assert_eq!(kept, 20);
+        // Times 100..=119 go, and so does every account of owner 2; the old array is frozen,
+        // the new one is not.
+        let mut gone = Vec::new();
+        let (fresh, kept) =
+            slots.rebuild(64, |e| e.tat > 119 && e.owner != 2, |e| gone.push(e.key));
+        let stays = |n: usize| n >= 20 && n % 3 != 2;
+        assert_eq!(kept, (0..40).filter(|&n| stays(n)).count());
+        assert_eq!(gone.len(), 40 - kept);
         let frozen = slots.find(keys[0]).unwrap().tat.load(Ordering::Relaxed);
         assert_eq!(frozen, FROZEN | 100);
         for (n, &k) in keys.iter().enumerate() {
             let tat = fresh.find(k).map(|s| s.tat.load(Ordering::Relaxed));
-            assert_eq!(tat, (n >= 20).then_some(n as u64 + 100), "key {n}");
+            assert_eq!(tat, stays(n).then_some(n as u64 + 100), "key {n}");
+            assert_eq!(gone.contains(&k), !stays(n), "key {n}");
         }
-        assert_eq!((fresh.count_above(119), fresh.count_above(120)), (20, 19));
+        let mut owners: Vec<u32> = fresh.entries().map(|e| e.owner).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        assert_eq!(owners, [0, 1]);
         assert_eq!(shrunk(64, 20), 64);
         assert_eq!(shrunk(64, 7), 16);
         assert_eq!((shrunk(8, 0), shrunk(4, 0)), (4, 4));
