@@ -19,6 +19,28 @@ pub fn prefetch<T: ?Sized>(value: &T) {
     let _ = value;
 }
 
+/// [`prefetch`] for an address kept as a number: a structure's lines, noted in a compact
+/// table so they can be asked for before the pointers leading to them are read. The address
+/// may be stale or dangling: a prefetch never faults and never reads into the program.
+#[inline(always)]
+pub fn prefetch_address(address: usize) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: as in `prefetch`; `prefetcht0` of any address, mapped or not, is a no-op hint.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(address as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
+/// The address of `value`, for [`prefetch_address`].
+#[inline]
+pub fn address_of<T: ?Sized>(value: &T) -> usize {
+    (value as *const T).cast::<u8>() as usize
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -26,6 +48,8 @@ mod tests {
         let values = vec![1u64, 2, 3];
         super::prefetch(&values[1]);
         super::prefetch(values.as_slice());
+        super::prefetch_address(super::address_of(&values[2]));
+        super::prefetch_address(0);
         assert_eq!(values, [1, 2, 3]);
     }
 }

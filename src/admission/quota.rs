@@ -97,12 +97,11 @@ impl Quota {
         shards::home(self.limiters.len())
     }
 
-    /// Asks for this core's limiter state to be brought into cache (see [`crate::memory`]).
-    #[inline]
-    pub fn prefetch(&self) {
-        if let Some(limiter) = self.limiters.get(self.home()) {
-            crate::memory::prefetch(&**limiter);
-        }
+    /// Where this quota's limiters are, for [`QuotaLines::prefetch`].
+    pub fn lines(&self) -> QuotaLines {
+        // Limiters are 128-byte aligned and at most MAX_SHARDS (16): the count fits below.
+        let first = crate::memory::address_of(&*self.limiters);
+        QuotaLines(first | (self.limiters.len().saturating_sub(1) & 0x7f))
     }
 
     /// What remains after a check passed in `limiter`: its share, scaled to the whole.
@@ -178,6 +177,25 @@ impl Quota {
     /// True when two quotas share one state (a reload carried this one over).
     pub fn same_state(&self, other: &Quota) -> bool {
         Arc::ptr_eq(&self.limiters, &other.limiters)
+    }
+}
+
+/// Where a [`Quota`]'s limiters are, as a number (the first one's address, their count less
+/// one in the low bits): kept in a compact table so this core's limiter can be asked for before
+/// the quota itself is read (see [`crate::memory`]). The default is no quota.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuotaLines(usize);
+
+impl QuotaLines {
+    /// Asks for this core's limiter to be brought into cache.
+    #[inline]
+    pub fn prefetch(self) {
+        if self.0 != 0 {
+            let count = (self.0 & 0x7f) + 1;
+            let first = self.0 & !0x7f;
+            let size = std::mem::size_of::<Padded<Limiter>>();
+            crate::memory::prefetch_address(first.wrapping_add(shards::home(count) * size));
+        }
     }
 }
 
@@ -258,5 +276,12 @@ mod tests {
         }
         let small = Quota::new(parse_rate("20/s").unwrap(), clock.clone());
         assert_eq!(small.limiters.len(), 1);
+        for n in [1, 2, 16] {
+            let q = Quota::split_over(rate, clock.clone(), n);
+            let lines = q.lines();
+            assert_eq!(lines.0 & !0x7f, crate::memory::address_of(&*q.limiters));
+            assert_eq!((lines.0 & 0x7f) + 1, n);
+            lines.prefetch();
+        }
     }
 }

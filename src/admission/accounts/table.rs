@@ -65,10 +65,9 @@ impl Slots {
         self.slots.len().wrapping_sub(1)
     }
 
-    /// The slot a probe for `key` starts at, if the array has any: for prefetching.
-    #[inline]
-    pub fn home(&self, key: u64) -> Option<&Slot> {
-        self.slots.get(key as usize & self.mask())
+    /// Where the slots are, and the mask a key's home is found with: for prefetching.
+    pub fn lines(&self) -> (usize, usize) {
+        (crate::memory::address_of(&*self.slots), self.mask())
     }
 
     /// The slot holding `key`, if any. Lock-free; may miss a key being inserted this instant.
