@@ -7,6 +7,13 @@
 //! so a removed key is forgotten at once. Entries are write-once atomics (no lock, no
 //! allocation); keys are compared in full, in constant time. Keys longer than
 //! [`CACHED_KEY_BYTES`] are always hashed.
+//!
+//! Beside the entries (128 bytes each, so with thousands of partners rarely in cache) runs a
+//! compact array of hints, 8 bytes an entry: a fingerprint of the key's hash and the partner.
+//! A lookup probes the hints, names the likely partner to its caller — who asks for that
+//! partner's state at once — and only then reads the entry to compare the key: the entry's
+//! miss and the partner state's overlap instead of following one another. Nothing is decided
+//! on a hint: a partner is returned only once its key compared equal.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -37,6 +44,9 @@ pub struct KeyIndex {
     by_digest: HashMap<[u8; 32], usize>,
     seed: foldhash::quality::RandomState,
     entries: Box<[Entry]>,
+    /// `hints[i]` for `entries[i]`: 0 while empty or being written; else the high half of the
+    /// key's hash (its lowest bit set) over the partner index.
+    hints: Box<[AtomicU64]>,
     /// Entries written so far: kept at most half the table, so probes always end.
     filled: AtomicUsize,
 }
@@ -61,6 +71,12 @@ fn word(key: &[u8], i: usize) -> u64 {
         *byte = *from;
     }
     u64::from_le_bytes(bytes)
+}
+
+/// The high half of a key's hash, its lowest bit set so a hint is never 0.
+#[inline]
+fn fingerprint(hash: u64) -> u64 {
+    (hash | 1 << 32) & !0xffff_ffff
 }
 
 impl Entry {
@@ -98,6 +114,7 @@ impl KeyIndex {
             by_digest,
             seed: foldhash::quality::RandomState::default(),
             entries: (0..slots).map(|_| Entry::default()).collect(),
+            hints: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             filled: AtomicUsize::new(0),
         }
     }
@@ -105,20 +122,36 @@ impl KeyIndex {
     /// The partner whose key this is, if any.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<usize> {
+        self.find_with(key, |_| {})
+    }
+
+    /// [`KeyIndex::find`], telling `likely` of the partner a remembered key probably belongs to
+    /// before its entry is read and compared (at most once per entry probed). For prefetching:
+    /// the answer is still only the partner whose key compared equal.
+    #[inline]
+    pub fn find_with(&self, key: &[u8], mut likely: impl FnMut(usize)) -> Option<usize> {
         if key.len() > CACHED_KEY_BYTES {
             return self.by_digest(key);
         }
         let want = READY | (key.len() as u64) << 32;
+        let hash = self.seed.hash_one(key);
+        let fingerprint = fingerprint(hash);
         let mask = self.entries.len() - 1;
-        let mut i = self.seed.hash_one(key) as usize & mask;
+        let mut i = hash as usize & mask;
         for _ in 0..self.entries.len() {
-            let entry = self.entries.get(i)?;
-            let head = entry.head.load(Ordering::Acquire);
-            if head == 0 {
+            let hint = self.hints.get(i)?.load(Ordering::Acquire);
+            if hint == 0 {
+                // Empty, or being written: either way the key is not known here yet.
                 break;
             }
-            if head & !0xffff_ffff == want && entry.holds(key) {
-                return Some((head & 0xffff_ffff) as usize);
+            if hint & !0xffff_ffff == fingerprint {
+                let partner = (hint & 0xffff_ffff) as usize;
+                likely(partner);
+                let entry = self.entries.get(i)?;
+                let head = entry.head.load(Ordering::Acquire);
+                if head == want | partner as u64 && entry.holds(key) {
+                    return Some(partner);
+                }
             }
             i = (i + 1) & mask;
         }
@@ -150,9 +183,10 @@ impl KeyIndex {
             return;
         }
         let mask = self.entries.len() - 1;
-        let mut i = self.seed.hash_one(key) as usize & mask;
+        let hash = self.seed.hash_one(key);
+        let mut i = hash as usize & mask;
         for _ in 0..self.entries.len() {
-            let Some(entry) = self.entries.get(i) else {
+            let (Some(entry), Some(hint)) = (self.entries.get(i), self.hints.get(i)) else {
                 return;
             };
             if entry
@@ -165,6 +199,7 @@ impl KeyIndex {
                 }
                 let head = READY | (key.len() as u64) << 32 | u64::from(partner);
                 entry.head.store(head, Ordering::Release);
+                hint.store(fingerprint(hash) | u64::from(partner), Ordering::Release);
                 return;
             }
             i = (i + 1) & mask;
@@ -193,6 +228,30 @@ mod tests {
             assert_eq!(index.find(b"c"), None);
             assert_eq!(index.find(b""), None);
         }
+    }
+
+    #[test]
+    fn names_the_likely_partner_early_but_answers_only_on_the_key() {
+        let a = [digest("a")];
+        let b = [digest("b")];
+        let index = KeyIndex::new([&a[..], &b[..]]);
+        let mut told: Vec<usize> = Vec::new();
+        // Not remembered yet: proven by digest, nothing to tell early.
+        assert_eq!(index.find_with(b"b", |p| told.push(p)), Some(1));
+        assert!(told.is_empty());
+        assert_eq!(index.find_with(b"b", |p| told.push(p)), Some(1));
+        assert_eq!(told, [1]);
+        // A hint that names the wrong partner is only a hint: the entry's partner and key
+        // decide, and the key is proven again by its digest.
+        let slot = (0..index.hints.len())
+            .find(|&i| index.hints[i].load(Ordering::Relaxed) != 0)
+            .unwrap();
+        let hint = index.hints[slot].load(Ordering::Relaxed);
+        index.hints[slot].store(hint & !0xffff_ffff, Ordering::Relaxed);
+        told.clear();
+        assert_eq!(index.find_with(b"b", |p| told.push(p)), Some(1));
+        assert_eq!(told, [0]);
+        assert_eq!(index.find(b"c"), None);
     }
 
     #[test]

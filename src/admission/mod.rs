@@ -365,11 +365,17 @@ impl Gate {
         let Some(key) = req.key else {
             return Err(deny(Reason::MissingKey, None, None, None));
         };
-        let Some(partner) = self.keys.find(key) else {
+        // The partner's lines are asked for as soon as a hint names it, while the key's entry
+        // is still on its way to be compared.
+        let early = |p: usize| {
+            if let Some(lines) = self.lines.get(p) {
+                lines.prefetch();
+            }
+        };
+        let Some(partner) = self.keys.find_with(key, early) else {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
         let lines = self.lines.get(partner).copied().unwrap_or_default();
-        lines.prefetch();
         // Routing reads only the request and the router: it runs while the partner's state
         // is still on its way from memory.
         let matched = self.router.find(req.method, req.path, req.query);
