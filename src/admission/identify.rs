@@ -8,12 +8,13 @@
 //! allocation); keys are compared in full, in constant time. Keys longer than
 //! [`CACHED_KEY_BYTES`] are always hashed.
 //!
-//! Beside the entries (128 bytes each, so with thousands of partners rarely in cache) runs a
-//! compact array of hints, 8 bytes an entry: a fingerprint of the key's hash and the partner.
-//! A lookup probes the hints, names the likely partner to its caller — who asks for that
-//! partner's state at once — and only then reads the entry to compare the key: the entry's
-//! miss and the partner state's overlap instead of following one another. Nothing is decided
-//! on a hint: a partner is returned only once its key compared equal.
+//! Beside each entry (128 bytes, so with thousands of partners rarely in cache) is a hint, one
+//! cache line: a fingerprint of the key's hash, the partner, and the partner's [`Card`] — a
+//! few words the caller gave for each partner (the gate puts there where that partner's state
+//! lives). A lookup probes the hints, hands the likely partner's card to its caller — who asks
+//! for that partner's state at once — and only then reads the entry to compare the key: the
+//! entry's miss and the partner state's overlap instead of following one another. Nothing is
+//! decided on a hint: a partner is returned only once its key compared equal.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -30,6 +31,20 @@ const WORDS: usize = 15;
 const CLAIMED: u64 = 1 << 63;
 const READY: u64 = 1 << 62;
 
+/// Words a caller keeps per partner in the index, handed back with each lookup.
+pub const CARD_WORDS: usize = 7;
+/// A partner's card: see the module docs.
+pub type Card = [u64; CARD_WORDS];
+
+/// One remembered key's hint: 0 while empty or being written, else the high half of the key's
+/// hash (its lowest bit set) over the partner index; then the partner's card.
+#[repr(align(64))]
+#[derive(Default)]
+struct Hint {
+    head: AtomicU64,
+    card: [AtomicU64; CARD_WORDS],
+}
+
 /// One remembered key: its head, then its bytes as little-endian words, zero-padded.
 #[repr(align(128))]
 #[derive(Default)]
@@ -44,16 +59,17 @@ pub struct KeyIndex {
     by_digest: HashMap<[u8; 32], usize>,
     seed: foldhash::quality::RandomState,
     entries: Box<[Entry]>,
-    /// `hints[i]` for `entries[i]`: 0 while empty or being written; else the high half of the
-    /// key's hash (its lowest bit set) over the partner index.
-    hints: Box<[AtomicU64]>,
+    /// `hints[i]` for `entries[i]`.
+    hints: Box<[Hint]>,
+    /// Each partner's card, by partner index.
+    cards: Box<[Card]>,
     /// Entries written so far: kept at most half the table, so probes always end.
     filled: AtomicUsize,
 }
 
 impl Default for KeyIndex {
     fn default() -> Self {
-        KeyIndex::new(std::iter::empty())
+        KeyIndex::new(std::iter::empty::<&[[u8; 32]]>())
     }
 }
 
@@ -100,13 +116,21 @@ impl Entry {
 }
 
 impl KeyIndex {
-    /// Indexes every digest of every partner (`digests[i]` belongs to partner `i`).
+    /// Indexes every digest of every partner (`digests[i]` belongs to partner `i`); every
+    /// card is zeros.
     pub fn new<'a>(digests: impl IntoIterator<Item = &'a [[u8; 32]]>) -> Self {
+        KeyIndex::with_cards(digests.into_iter().map(|keys| (keys, Card::default())))
+    }
+
+    /// Indexes every digest of every partner, each partner with its card.
+    pub fn with_cards<'a>(partners: impl IntoIterator<Item = (&'a [[u8; 32]], Card)>) -> Self {
         let mut by_digest = HashMap::new();
-        for (partner, keys) in digests.into_iter().enumerate() {
+        let mut cards = Vec::new();
+        for (partner, (keys, card)) in partners.into_iter().enumerate() {
             for digest in keys {
                 by_digest.insert(*digest, partner);
             }
+            cards.push(card);
         }
         // Room for every configured key at most half full.
         let slots = (2 * by_digest.len()).next_power_of_two().max(8);
@@ -114,7 +138,8 @@ impl KeyIndex {
             by_digest,
             seed: foldhash::quality::RandomState::default(),
             entries: (0..slots).map(|_| Entry::default()).collect(),
-            hints: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            hints: (0..slots).map(|_| Hint::default()).collect(),
+            cards: cards.into(),
             filled: AtomicUsize::new(0),
         }
     }
@@ -122,16 +147,21 @@ impl KeyIndex {
     /// The partner whose key this is, if any.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<usize> {
-        self.find_with(key, |_| {})
+        self.find_with(key, |_, _| {}).map(|(partner, _)| partner)
     }
 
-    /// [`KeyIndex::find`], telling `likely` of the partner a remembered key probably belongs to
-    /// before its entry is read and compared (at most once per entry probed). For prefetching:
-    /// the answer is still only the partner whose key compared equal.
+    /// [`KeyIndex::find`] with the partner's card, telling `likely` of the partner (and card)
+    /// a remembered key probably belongs to before its entry is read and compared (at most once
+    /// per entry probed). For prefetching: the answer is still only the partner whose key
+    /// compared equal.
     #[inline]
-    pub fn find_with(&self, key: &[u8], mut likely: impl FnMut(usize)) -> Option<usize> {
+    pub fn find_with(
+        &self,
+        key: &[u8],
+        mut likely: impl FnMut(usize, &Card),
+    ) -> Option<(usize, Card)> {
         if key.len() > CACHED_KEY_BYTES {
-            return self.by_digest(key);
+            return self.by_digest(key).map(|p| (p, self.card(p)));
         }
         let want = READY | (key.len() as u64) << 32;
         let hash = self.seed.hash_one(key);
@@ -139,25 +169,31 @@ impl KeyIndex {
         let mask = self.entries.len() - 1;
         let mut i = hash as usize & mask;
         for _ in 0..self.entries.len() {
-            let hint = self.hints.get(i)?.load(Ordering::Acquire);
-            if hint == 0 {
+            let hint = self.hints.get(i)?;
+            let head = hint.head.load(Ordering::Acquire);
+            if head == 0 {
                 // Empty, or being written: either way the key is not known here yet.
                 break;
             }
-            if hint & !0xffff_ffff == fingerprint {
-                let partner = (hint & 0xffff_ffff) as usize;
-                likely(partner);
+            if head & !0xffff_ffff == fingerprint {
+                let partner = (head & 0xffff_ffff) as usize;
+                let card = hint.card.each_ref().map(|w| w.load(Ordering::Relaxed));
+                likely(partner, &card);
                 let entry = self.entries.get(i)?;
                 let head = entry.head.load(Ordering::Acquire);
                 if head == want | partner as u64 && entry.holds(key) {
-                    return Some(partner);
+                    return Some((partner, card));
                 }
             }
             i = (i + 1) & mask;
         }
         let partner = self.by_digest(key)?;
         self.remember(key, partner);
-        Some(partner)
+        Some((partner, self.card(partner)))
+    }
+
+    fn card(&self, partner: usize) -> Card {
+        self.cards.get(partner).copied().unwrap_or_default()
     }
 
     fn by_digest(&self, key: &[u8]) -> Option<usize> {
@@ -199,7 +235,13 @@ impl KeyIndex {
                 }
                 let head = READY | (key.len() as u64) << 32 | u64::from(partner);
                 entry.head.store(head, Ordering::Release);
-                hint.store(fingerprint(hash) | u64::from(partner), Ordering::Release);
+                let card = self.card(partner as usize);
+                for (stored, word) in hint.card.iter().zip(card) {
+                    stored.store(word, Ordering::Relaxed);
+                }
+                // Publishes the card with the head: a reader seeing the head sees the card.
+                hint.head
+                    .store(fingerprint(hash) | u64::from(partner), Ordering::Release);
                 return;
             }
             i = (i + 1) & mask;
@@ -234,24 +276,37 @@ mod tests {
     fn names_the_likely_partner_early_but_answers_only_on_the_key() {
         let a = [digest("a")];
         let b = [digest("b")];
-        let index = KeyIndex::new([&a[..], &b[..]]);
-        let mut told: Vec<usize> = Vec::new();
+        let (card_a, card_b) = ([1; CARD_WORDS], [2, 3, 4, 5, 6, 7, 8]);
+        let index = KeyIndex::with_cards([(&a[..], card_a), (&b[..], card_b)]);
+        let mut told: Vec<(usize, Card)> = Vec::new();
         // Not remembered yet: proven by digest, nothing to tell early.
-        assert_eq!(index.find_with(b"b", |p| told.push(p)), Some(1));
+        assert_eq!(
+            index.find_with(b"b", |p, c| told.push((p, *c))),
+            Some((1, card_b))
+        );
         assert!(told.is_empty());
-        assert_eq!(index.find_with(b"b", |p| told.push(p)), Some(1));
-        assert_eq!(told, [1]);
+        assert_eq!(
+            index.find_with(b"b", |p, c| told.push((p, *c))),
+            Some((1, card_b))
+        );
+        assert_eq!(told, [(1, card_b)]);
         // A hint that names the wrong partner is only a hint: the entry's partner and key
         // decide, and the key is proven again by its digest.
         let slot = (0..index.hints.len())
-            .find(|&i| index.hints[i].load(Ordering::Relaxed) != 0)
+            .find(|&i| index.hints[i].head.load(Ordering::Relaxed) != 0)
             .unwrap();
-        let hint = index.hints[slot].load(Ordering::Relaxed);
-        index.hints[slot].store(hint & !0xffff_ffff, Ordering::Relaxed);
+        let head = index.hints[slot].head.load(Ordering::Relaxed);
+        index.hints[slot]
+            .head
+            .store(head & !0xffff_ffff, Ordering::Relaxed);
         told.clear();
-        assert_eq!(index.find_with(b"b", |p| told.push(p)), Some(1));
-        assert_eq!(told, [0]);
+        assert_eq!(
+            index.find_with(b"b", |p, c| told.push((p, *c))),
+            Some((1, card_b))
+        );
+        assert_eq!(told[0].0, 0);
         assert_eq!(index.find(b"c"), None);
+        assert_eq!(index.find(b"a"), Some(0));
     }
 
     #[test]

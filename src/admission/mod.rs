@@ -25,7 +25,7 @@ use http::Method;
 pub use accounts::{AccountDenial, AccountLimiter, AccountTable};
 pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket, PAYMENT_FAILURE_RATE};
 pub use budget::Budget;
-pub use identify::KeyIndex;
+pub use identify::{Card, KeyIndex, CARD_WORDS};
 pub use quota::{Quota, QuotaLines, Remaining};
 pub use route::{Matched, Router};
 pub use shed::Shedder;
@@ -178,7 +178,8 @@ pub enum Decision<'r, 'g> {
     Deny(Denied),
 }
 
-/// One partner's admission state.
+/// One partner's admission state: three cache lines, all of which a decision reads.
+#[repr(align(64))]
 pub struct PartnerGate {
     pub id: Arc<str>,
     pub mode: Mode,
@@ -195,8 +196,9 @@ pub struct PartnerGate {
 /// Where one partner's state lives, as numbers, for prefetching only (never read through): the
 /// lines a decision for the partner reads, so all of them can be asked for at once as soon as
 /// the key has named the partner, rather than each after the pointer leading to it has arrived
-/// (see [`crate::memory`]). 56 bytes a partner.
-#[derive(Debug, Clone, Copy, Default)]
+/// (see [`crate::memory`]). It travels as the partner's [`Card`] in the key index, in the very
+/// line that names the partner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct PartnerLines {
     gate: usize,
     suspension: usize,
@@ -221,12 +223,38 @@ impl PartnerLines {
         }
     }
 
+    fn card(&self) -> Card {
+        let [q0, q1, q2] = self.quotas.map(|q| q.0 as u64);
+        [
+            self.gate as u64,
+            self.suspension as u64,
+            self.pause as u64,
+            q0,
+            q1,
+            q2,
+            u64::from(self.account_tag),
+        ]
+    }
+
+    #[inline]
+    fn from_card(card: &Card) -> Self {
+        let [gate, suspension, pause, q0, q1, q2, tag] = *card;
+        PartnerLines {
+            gate: gate as usize,
+            suspension: suspension as usize,
+            pause: pause as usize,
+            quotas: [q0, q1, q2].map(|q| QuotaLines(q as usize)),
+            account_tag: tag as u32,
+        }
+    }
+
     /// Asks for the partner's own lines: its gate, its suspension and its pause.
     #[inline]
     fn prefetch(&self) {
         use crate::memory::prefetch_address;
-        prefetch_address(self.gate);
-        prefetch_address(self.gate.wrapping_add(64));
+        for line in 0..std::mem::size_of::<PartnerGate>().div_ceil(64) {
+            prefetch_address(self.gate.wrapping_add(64 * line));
+        }
         prefetch_address(self.suspension);
         prefetch_address(self.pause);
     }
@@ -238,8 +266,6 @@ pub struct Gate {
     router: Router,
     /// Every partner's per-account state; carried from one gate to the next.
     accounts: Arc<AccountTable>,
-    /// By partner index: where its state lives, small enough to stay in cache.
-    lines: Box<[PartnerLines]>,
     partners: Vec<PartnerGate>,
     protection: Arc<Protection>,
     clock: Clock,
@@ -296,9 +322,14 @@ impl Gate {
             clock,
         ));
         Gate {
-            keys: KeyIndex::new(config.partners.iter().map(|p| &p.keys_sha256[..])),
+            keys: KeyIndex::with_cards(
+                config
+                    .partners
+                    .iter()
+                    .zip(&partners)
+                    .map(|(p, gate)| (&p.keys_sha256[..], PartnerLines::of(gate).card())),
+            ),
             router: Router::new(config.routes.clone()),
-            lines: partners.iter().map(PartnerLines::of).collect(),
             accounts: table,
             partners,
             protection,
@@ -367,15 +398,11 @@ impl Gate {
         };
         // The partner's lines are asked for as soon as a hint names it, while the key's entry
         // is still on its way to be compared.
-        let early = |p: usize| {
-            if let Some(lines) = self.lines.get(p) {
-                lines.prefetch();
-            }
-        };
-        let Some(partner) = self.keys.find_with(key, early) else {
+        let early = |_, card: &Card| PartnerLines::from_card(card).prefetch();
+        let Some((partner, card)) = self.keys.find_with(key, early) else {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
-        let lines = self.lines.get(partner).copied().unwrap_or_default();
+        let lines = PartnerLines::from_card(&card);
         // Routing reads only the request and the router: it runs while the partner's state
         // is still on its way from memory.
         let matched = self.router.find(req.method, req.path, req.query);

@@ -183,8 +183,8 @@ impl Quota {
 /// Where a [`Quota`]'s limiters are, as a number (the first one's address, their count less
 /// one in the low bits): kept in a compact table so this core's limiter can be asked for before
 /// the quota itself is read (see [`crate::memory`]). The default is no quota.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QuotaLines(usize);
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaLines(pub(crate) usize);
 
 impl QuotaLines {
     /// Asks for this core's limiter to be brought into cache.

@@ -494,3 +494,35 @@ fn a_rebuild_keeps_the_biller_budget_while_its_settings_stay() {
     );
     assert_eq!(reason(changed.decide(&payment("ka"))), None);
 }
+
+#[test]
+fn the_key_index_carries_where_each_partners_state_lives() {
+    let (clock, _) = Clock::fake();
+    let cfg = config(
+        "1000/s",
+        vec![
+            partner("a", "ka", [None, None, Some("500/s")], Some("1/s")),
+            partner("b", "kb", [Some("5/s"), None, None], None),
+        ],
+    );
+    let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
+    for (n, key) in ["ka", "kb"].into_iter().enumerate() {
+        let lines = super::PartnerLines::of(&gate.partners()[n]);
+        assert_eq!(super::PartnerLines::from_card(&lines.card()), lines);
+        assert_eq!(lines.gate, crate::memory::address_of(&gate.partners()[n]));
+        // By digest the first time, from the remembered entry after.
+        for _ in 0..2 {
+            let (partner, card) = gate.keys.find_with(key.as_bytes(), |_, _| {}).unwrap();
+            assert_eq!((partner, card), (n, lines.card()));
+        }
+    }
+    let (a, b) = (
+        super::PartnerLines::of(&gate.partners()[0]),
+        super::PartnerLines::of(&gate.partners()[1]),
+    );
+    assert_ne!(a.account_tag, 0);
+    assert_eq!(b.account_tag, 0);
+    assert_eq!(a.quotas[0], Default::default());
+    assert_ne!(b.quotas[0], Default::default());
+    assert_eq!(std::mem::size_of::<super::PartnerGate>() % 64, 0);
+}
