@@ -98,7 +98,7 @@ struct Tally {
     evicted: AtomicU64,
 }
 
-/// Which tag belongs to which live limiter, for sweeps.
+/// Which tag belongs to which limiter, for sweeps: every limiter made and not yet swept away.
 struct Owners {
     /// The tag the next limiter gets; tags are never reused.
     next: u32,
@@ -188,20 +188,40 @@ impl AccountTable {
     /// account of a limiter no longer in use. Locks one shard at a time, so checks on the others
     /// go on meanwhile.
     pub fn sweep(&self) {
-        let (live, newest) = {
-            let mut owners = lock(&self.owners);
-            owners.tallies.retain(|_, tally| tally.strong_count() > 0);
-            let live: HashMap<u32, Arc<Tally>> = owners
-                .tallies
-                .iter()
-                .filter_map(|(&tag, tally)| Some((tag, tally.upgrade()?)))
-                .collect();
-            (live, owners.next)
+        // The limiters dropped since the last sweep: their accounts all go now, and their tags
+        // are forgotten after (none of their accounts is left, and none can be added).
+        let (dead, live) = {
+            let owners = lock(&self.owners);
+            let mut dead = Vec::new();
+            let mut live = HashMap::with_capacity(owners.tallies.len());
+            for (&tag, tally) in &owners.tallies {
+                match tally.upgrade() {
+                    Some(tally) => _ = live.insert(tag, tally),
+                    None => dead.push(tag),
+                }
+            }
+            dead.sort_unstable();
+            (dead, live)
         };
-        // A limiter made after this point has a tag at or past `newest`: its accounts stay.
-        let in_use = |tag: u32| tag >= newest || live.contains_key(&tag);
         let now = self.clock.now().as_u64();
-        let keep = |e: &Entry| e.tat > now && in_use(e.owner);
+        let keep = |e: &Entry| e.tat > now && dead.binary_search(&e.owner).is_err();
+        // Evictions are counted against their partner's tally; a sweep meets the same tags
+        // again and again, so the last one found is remembered.
+        let mut last: Option<(u32, Option<&Arc<Tally>>)> = None;
+        let mut evicted = |e: &Entry| {
+            let tally = match last {
+                Some((tag, tally)) if tag == e.owner => tally,
+                _ => {
+                    let tally = live.get(&e.owner);
+                    last = Some((e.owner, tally));
+                    tally
+                }
+            };
+            if let Some(tally) = tally {
+                tally.len.fetch_sub(1, Ordering::Relaxed);
+                tally.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        };
         for shard in self.shards.iter() {
             let mut len = lock(&shard.writer);
             if *len == 0 {
@@ -213,14 +233,13 @@ impl AccountTable {
                 continue;
             }
             let size = table::shrunk(slots.capacity(), staying);
-            let (kept, count) = slots.rebuild(size, keep, |e| {
-                if let Some(tally) = live.get(&e.owner) {
-                    tally.len.fetch_sub(1, Ordering::Relaxed);
-                    tally.evicted.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+            let (kept, count) = slots.rebuild(size, keep, &mut evicted);
             shard.publish(Arc::new(kept));
             *len = count as u32;
+        }
+        let mut owners = lock(&self.owners);
+        for tag in dead {
+            owners.tallies.remove(&tag);
         }
     }
 

@@ -26,7 +26,7 @@ pub use accounts::{AccountDenial, AccountLimiter, AccountTable};
 pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket, PAYMENT_FAILURE_RATE};
 pub use budget::Budget;
 pub use identify::{Card, KeyIndex, CARD_WORDS};
-pub use quota::{Quota, QuotaLines, Remaining};
+pub use quota::{Passed, Quota, QuotaLines, Remaining};
 pub use route::{Matched, Router};
 pub use shed::Shedder;
 pub use suspension::{Suspension, SuspensionCell, Suspensions};
@@ -463,14 +463,22 @@ impl Gate {
         let now = self.clock.now();
         let shadow = partner.mode == Mode::Shadow;
         let mut would_refuse = None;
-        let limit = match self.spend_quota(c.partner, c.class, 1, now) {
-            Some(Ok(limit)) => limit,
-            Some(Err(limit)) if shadow => {
+        let Some(quota) = &partner.quotas[c.class.index()] else {
+            return deny(Reason::ClassClosed, None);
+        };
+        let class_limit = |remaining| Limit {
+            policy: Policy::Class(c.class),
+            rate: quota.rate(),
+            remaining,
+        };
+        // What remains of the quota is worked out only once the request is admitted.
+        let spent = match quota.pass_n(now, 1) {
+            Ok(passed) => Ok(passed),
+            Err(remaining) if shadow => {
                 would_refuse = Some(Reason::PartnerQuota);
-                limit
+                Err(remaining)
             }
-            Some(Err(limit)) => return deny(Reason::PartnerQuota, Some(limit)),
-            None => return deny(Reason::ClassClosed, None),
+            Err(remaining) => return deny(Reason::PartnerQuota, Some(class_limit(remaining))),
         };
 
         if let (Some(accounts), Some(key)) = (&partner.accounts, c.account_key) {
@@ -520,12 +528,13 @@ impl Gate {
             }
         };
 
+        let remaining = spent.map_or_else(|refused| refused, |passed| quota.remaining(passed));
         Decision::Admit(Admitted {
             partner: c.partner,
             class: c.class,
             route: c.route,
             account: c.account,
-            limit,
+            limit: class_limit(remaining),
             shadow: would_refuse,
             ticket,
         })

@@ -118,15 +118,22 @@ impl Quota {
     /// Spends one request: `Ok` with what remains, or `Err` with what the denial says.
     #[inline]
     pub fn check(&self, now: Nanos) -> Result<Remaining, Remaining> {
-        self.spend(now, |l| l.check().map_err(Denial::NotUntil))
+        self.check_n(now, 1)
     }
 
     /// Spends `n` requests at once (`n` ≥ 1; more than the burst is always refused, with the
     /// wait for a whole burst).
     #[inline]
     pub fn check_n(&self, now: Nanos, n: u32) -> Result<Remaining, Remaining> {
+        self.pass_n(now, n).map(|passed| self.remaining(passed))
+    }
+
+    /// [`Quota::check_n`], leaving what remains to be worked out by [`Quota::remaining`] only
+    /// if it is needed (a division: a request refused by a later check never needs it).
+    #[inline]
+    pub fn pass_n(&self, now: Nanos, n: u32) -> Result<Passed, Remaining> {
         let Some(n) = NonZeroU32::new(n).filter(|n| n.get() > 1) else {
-            return self.check(now);
+            return self.spend(now, |l| l.check().map_err(Denial::NotUntil));
         };
         self.spend(now, |l| match l.check_n(n) {
             Ok(Ok(snapshot)) => Ok(snapshot),
@@ -135,16 +142,31 @@ impl Quota {
         })
     }
 
+    /// What remains of this quota after `passed` (which it let through).
+    #[inline]
+    pub fn remaining(&self, passed: Passed) -> Remaining {
+        match self.limiters.get(passed.limiter) {
+            Some(limiter) => self.allowed(limiter, passed.snapshot),
+            None => Remaining {
+                remaining: 0,
+                reset: Duration::ZERO,
+            },
+        }
+    }
+
     /// Tries this core's limiter, then the others; the soonest wait if none admits.
     #[inline]
     fn spend(
         &self,
         now: Nanos,
         check: impl Fn(&Direct) -> Result<StateSnapshot, Denial>,
-    ) -> Result<Remaining, Remaining> {
+    ) -> Result<Passed, Remaining> {
         if let [only] = &*self.limiters {
             return check(&only.limiter)
-                .map(|snapshot| self.allowed(only, snapshot))
+                .map(|snapshot| Passed {
+                    limiter: 0,
+                    snapshot,
+                })
                 .map_err(|denial| Remaining {
                     remaining: 0,
                     reset: self.wait(denial, now),
@@ -154,7 +176,12 @@ impl Quota {
         for k in shards::from(self.home(), self.limiters.len()) {
             let limiter = &self.limiters[k];
             let wait = match check(&limiter.limiter) {
-                Ok(snapshot) => return Ok(self.allowed(limiter, snapshot)),
+                Ok(snapshot) => {
+                    return Ok(Passed {
+                        limiter: k,
+                        snapshot,
+                    })
+                }
                 Err(denial) => self.wait(denial, now),
             };
             soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
@@ -197,6 +224,13 @@ impl QuotaLines {
             crate::memory::prefetch_address(first.wrapping_add(shards::home(count) * size));
         }
     }
+}
+
+/// A request a [`Quota`] let through, what remains not yet worked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passed {
+    limiter: usize,
+    snapshot: StateSnapshot,
 }
 
 /// Why one limiter refused.
