@@ -1,9 +1,15 @@
 //! The admission decision: who is calling, what they ask, and whether it may reach the biller.
 //!
 //! [`Gate::decide`] is a pure function of the request's parts, the gate (built from one
-//! configuration snapshot) and the clock: no I/O, no `await`, no lock beyond governor's atomics
-//! and dashmap's shards. Checks run in order — key, route, class open, partner quota for the
-//! class, per-account quota, biller budget — and the first refusal answers.
+//! configuration snapshot) and the clock: no I/O, no `await`, no lock on the path of a known
+//! partner and account (atomics and compare-and-swap; an account seen for the first time takes
+//! its shard's lock of the account table). Checks run in order — key, route, class open, partner
+//! quota for the class, per-account quota, biller budget — and the first refusal answers.
+//!
+//! With thousands of partners and a million accounts, a decision's state is mostly not in
+//! cache; the layout keeps the misses to two rounds: the key's hint line names the partner and
+//! where all its state lives (see [`KeyIndex`]), and that state, the key's entry and the
+//! account's slot (see [`AccountTable`]) are then asked for together.
 
 mod accounts;
 mod biller;
