@@ -118,7 +118,7 @@ impl Protection {
             Class::InquiryUser => payment,
             Class::InquiryScheduled => payment + user,
         };
-        (limit * share).ceil() as u32
+        round_up(limit * share)
     }
 }
 
@@ -348,5 +348,25 @@ impl Protection {
             probe,
             slot: Some(slot),
         })
+    }
+}
+
+/// `slots.ceil() as u32` without `f64::ceil`, which is a library call on baseline x86-64
+/// (saturating, as the cast is).
+#[inline]
+fn round_up(slots: f64) -> u32 {
+    let whole = slots as u32;
+    whole.saturating_add(u32::from(f64::from(whole) < slots))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rounds_up_as_ceil_does() {
+        for slots in [
+            0.0, 0.1, 0.5, 1.0, 1.000_001, 2.5, 6.0, 127.99, 128.0, 1e12, -1.0,
+        ] {
+            assert_eq!(super::round_up(slots), slots.ceil() as u32, "{slots}");
+        }
     }
 }

@@ -147,21 +147,17 @@ impl KeyIndex {
     /// The partner whose key this is, if any.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<usize> {
-        self.find_with(key, |_, _| {}).map(|(partner, _)| partner)
+        self.find_with(key, |_, _| {})
     }
 
-    /// [`KeyIndex::find`] with the partner's card, telling `likely` of the partner (and card)
-    /// a remembered key probably belongs to before its entry is read and compared (at most once
-    /// per entry probed). For prefetching: the answer is still only the partner whose key
-    /// compared equal.
+    /// [`KeyIndex::find`], telling `likely` of the partner (and its card) a remembered key
+    /// probably belongs to before its entry is read and compared (at most once per entry
+    /// probed). For prefetching: the answer is still only the partner whose key compared equal,
+    /// and a key found by its digest is told of no one ([`KeyIndex::card`] has its card).
     #[inline]
-    pub fn find_with(
-        &self,
-        key: &[u8],
-        mut likely: impl FnMut(usize, &Card),
-    ) -> Option<(usize, Card)> {
+    pub fn find_with(&self, key: &[u8], mut likely: impl FnMut(usize, &Card)) -> Option<usize> {
         if key.len() > CACHED_KEY_BYTES {
-            return self.by_digest(key).map(|p| (p, self.card(p)));
+            return self.by_digest(key);
         }
         let want = READY | (key.len() as u64) << 32;
         let hash = self.seed.hash_one(key);
@@ -182,17 +178,18 @@ impl KeyIndex {
                 let entry = self.entries.get(i)?;
                 let head = entry.head.load(Ordering::Acquire);
                 if head == want | partner as u64 && entry.holds(key) {
-                    return Some((partner, card));
+                    return Some(partner);
                 }
             }
             i = (i + 1) & mask;
         }
         let partner = self.by_digest(key)?;
         self.remember(key, partner);
-        Some((partner, self.card(partner)))
+        Some(partner)
     }
 
-    fn card(&self, partner: usize) -> Card {
+    /// The card given for `partner` (zeros for an index out of range).
+    pub fn card(&self, partner: usize) -> Card {
         self.cards.get(partner).copied().unwrap_or_default()
     }
 
@@ -280,15 +277,10 @@ mod tests {
         let index = KeyIndex::with_cards([(&a[..], card_a), (&b[..], card_b)]);
         let mut told: Vec<(usize, Card)> = Vec::new();
         // Not remembered yet: proven by digest, nothing to tell early.
-        assert_eq!(
-            index.find_with(b"b", |p, c| told.push((p, *c))),
-            Some((1, card_b))
-        );
+        assert_eq!(index.find_with(b"b", |p, c| told.push((p, *c))), Some(1));
         assert!(told.is_empty());
-        assert_eq!(
-            index.find_with(b"b", |p, c| told.push((p, *c))),
-            Some((1, card_b))
-        );
+        assert_eq!(index.card(1), card_b);
+        assert_eq!(index.find_with(b"b", |p, c| told.push((p, *c))), Some(1));
         assert_eq!(told, [(1, card_b)]);
         // A hint that names the wrong partner is only a hint: the entry's partner and key
         // decide, and the key is proven again by its digest.
@@ -300,10 +292,7 @@ mod tests {
             .head
             .store(head & !0xffff_ffff, Ordering::Relaxed);
         told.clear();
-        assert_eq!(
-            index.find_with(b"b", |p, c| told.push((p, *c))),
-            Some((1, card_b))
-        );
+        assert_eq!(index.find_with(b"b", |p, c| told.push((p, *c))), Some(1));
         assert_eq!(told[0].0, 0);
         assert_eq!(index.find(b"c"), None);
         assert_eq!(index.find(b"a"), Some(0));

@@ -404,11 +404,19 @@ impl Gate {
         };
         // The partner's lines are asked for as soon as a hint names it, while the key's entry
         // is still on its way to be compared.
-        let early = |_, card: &Card| PartnerLines::from_card(card).prefetch();
-        let Some((partner, card)) = self.keys.find_with(key, early) else {
+        let mut told: Option<(usize, PartnerLines)> = None;
+        let early = |p, card: &Card| {
+            let lines = PartnerLines::from_card(card);
+            lines.prefetch();
+            told = Some((p, lines));
+        };
+        let Some(partner) = self.keys.find_with(key, early) else {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
-        let lines = PartnerLines::from_card(&card);
+        let lines = match told {
+            Some((p, lines)) if p == partner => lines,
+            _ => PartnerLines::from_card(&self.keys.card(partner)),
+        };
         // Routing reads only the request and the router: it runs while the partner's state
         // is still on its way from memory.
         let matched = self.router.find(req.method, req.path, req.query);
