@@ -7,16 +7,7 @@
 /// blocks and has no effect on what the program computes.
 #[inline(always)]
 pub fn prefetch<T: ?Sized>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    #[allow(unsafe_code)]
-    // SAFETY: `prefetcht0` is a hint that reads nothing into a register and cannot fault, even
-    // for an invalid address; here the address is a live reference. SSE is baseline on x86_64.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    prefetch_address(address_of(value));
 }
 
 /// [`prefetch`] for an address kept as a number: a structure's lines, noted in a compact
@@ -26,7 +17,8 @@ pub fn prefetch<T: ?Sized>(value: &T) {
 pub fn prefetch_address(address: usize) {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    // SAFETY: as in `prefetch`; `prefetcht0` of any address, mapped or not, is a no-op hint.
+    // SAFETY: `prefetcht0` is a hint that reads nothing into a register and cannot fault, for
+    // any address, mapped or not; nothing is dereferenced. SSE is baseline on x86_64.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         _mm_prefetch::<_MM_HINT_T0>(address as *const i8);

@@ -245,16 +245,12 @@ impl AccountTable {
 
     /// Accounts held now, every partner's (and those of limiters not yet swept away).
     pub fn tracked(&self) -> usize {
-        self.shards.iter().map(|s| *lock(&s.writer) as usize).sum()
+        self.shard_lens().sum()
     }
 
-    /// Accounts per shard, for tests of the layout.
-    #[cfg(test)]
-    fn shard_lens(&self) -> Vec<usize> {
-        self.shards
-            .iter()
-            .map(|s| *lock(&s.writer) as usize)
-            .collect()
+    /// Accounts per shard.
+    fn shard_lens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.shards.iter().map(|s| *lock(&s.writer) as usize)
     }
 }
 
@@ -292,11 +288,6 @@ impl AccountLimiter {
     /// The tag this limiter's accounts are kept under in its table.
     pub fn tag(&self) -> u32 {
         self.tag
-    }
-
-    /// The table this limiter's accounts are kept in.
-    pub fn table(&self) -> &Arc<AccountTable> {
-        &self.table
     }
 
     /// True when two limiters share one state (a reload carried this one over).
@@ -514,7 +505,7 @@ mod tests {
         for n in 0..50_000 {
             assert_eq!(l.check(&format!("acct-{n}"), clock.now()), Ok(()));
         }
-        let lens = l.table.shard_lens();
+        let lens: Vec<usize> = l.table.shard_lens().collect();
         assert_eq!(lens.iter().sum::<usize>(), 50_000);
         assert!(lens.iter().all(|&n| n > 10), "{lens:?}");
         for n in 0..50_000 {

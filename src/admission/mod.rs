@@ -31,7 +31,7 @@ use http::Method;
 pub use accounts::{AccountDenial, AccountLimiter, AccountTable};
 pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket, PAYMENT_FAILURE_RATE};
 pub use budget::Budget;
-pub use identify::{Card, KeyIndex, CARD_WORDS};
+pub use identify::{Card, KeyIndex};
 pub use quota::{Passed, Quota, QuotaLines, Remaining};
 pub use route::{Matched, Router};
 pub use shed::Shedder;
