@@ -10,6 +10,8 @@ mod alloc;
 mod baselines;
 #[path = "admission/extra.rs"]
 mod extra;
+#[path = "admission/latency.rs"]
+mod latency;
 #[path = "admission/pool.rs"]
 mod pool;
 #[path = "admission/scaling.rs"]
@@ -347,6 +349,48 @@ fn scaling() {
     scaling::compare("scaling/decision (targets)", &targets);
 }
 
+/// One hot partner, both threads sending as it: the whole decision (the partner's class quota,
+/// its accounts, the biller's protection) beside governor's keyed limiter with both threads on
+/// one key, in the same interleaved rounds. The target compares the two; both the rates and
+/// the two-thread speed-ups are printed.
+fn hot() {
+    if !extra::selected("scaling/hot") {
+        return;
+    }
+    let fixture = Fixture::new(1, 10_000, Shape::Allow);
+    let (one, two) = (
+        lists_for(&fixture, 1, 10_000),
+        lists_for(&fixture, 2, 10_000),
+    );
+    one.iter()
+        .chain(two.iter())
+        .for_each(|l| fixture.verify(l, Shape::Allow));
+    let mut contenders = vec![
+        scaling::Contender {
+            name: "allow/p1_a10000".into(),
+            one: decide_job(&fixture, one.clone()),
+            two: decide_job(&fixture, two.clone()),
+        },
+        scaling::Contender {
+            name: "quota_path/p1_a10000".into(),
+            one: quota_path_job(&fixture, one),
+            two: quota_path_job(&fixture, two),
+        },
+    ];
+    let (hot_key, hot_lists) = account_lists(1);
+    let governor: Arc<dyn PerAccount> = Arc::new(GovernorU64::new());
+    for (req, text) in &hot_key {
+        assert!(governor.check(req, text), "governor refused");
+    }
+    let job = per_account_job(&governor, &hot_lists);
+    contenders.push(scaling::Contender {
+        name: "governor_dashmap_u64 (1 key)".into(),
+        one: job.clone(),
+        two: job,
+    });
+    scaling::compare("scaling/hot (one partner, one key)", &contenders);
+}
+
 fn lists_for(fixture: &Fixture, threads: usize, accounts: usize) -> Arc<Vec<Vec<Req>>> {
     lists(fixture, threads, list_len(accounts))
 }
@@ -424,6 +468,8 @@ fn main() {
     protection(&mut c);
     per_account(&mut c);
     scaling();
+    hot();
+    latency::ladder();
     extra::memory();
     extra::sweep();
     c.final_summary();

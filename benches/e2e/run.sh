@@ -5,6 +5,8 @@
 #   benches/e2e/run.sh            build release, run every scenario, print the table
 #   benches/e2e/run.sh profile    perf profile of billgate forwarding (or, with
 #                                 PROFILE_KEY=bench-tiny-key PROFILE_CONNECTIONS=64, refusing)
+#   benches/e2e/run.sh serve      start the backend, nginx and billgate and keep them up until
+#                                 interrupted, for experiments by hand (strace, perf trace)
 #
 # Loopback only. Every load run is bounded by `timeout`; every server this script starts is
 # stopped on exit (trap). Knobs (environment):
@@ -179,14 +181,16 @@ pids_of() { # name
     echo "$master" $(pgrep -P "$master" || true)
 }
 
-cpu_ticks() { # pids... -> utime+stime, in clock ticks, summed
-    local total=0 pid t
+cpu_ticks() { # pids... -> "utime stime", in clock ticks, each summed over the pids
+    local user=0 sys=0 pid t
     for pid in "$@"; do
         # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
-        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
-        total=$((total + ${t:-0}))
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12, $13}') || t=""
+        set -- ${t:-0 0}
+        user=$((user + $1))
+        sys=$((sys + $2))
     done
-    echo "$total"
+    echo "$user $sys"
 }
 
 billgate_workers() { # pid
@@ -262,31 +266,33 @@ RESULTS=$OUT/results.tsv
 # Closed loop, maximum throughput. Appends a row to $RESULTS unless the phase is "warmup".
 run_wrk() { # phase round name addr key cpu_server seconds connections
     local phase=$1 round=$2 name=$3 addr=$4 key=$5 server=$6 secs=$7 conns=$8
-    local pids before after line load
+    local pids user0 sys0 user1 sys1 line load
     pids=$(pids_of "$server")
     load=$(cut -d' ' -f1 /proc/loadavg)
-    before=$(cpu_ticks $pids)
+    read -r user0 sys0 < <(cpu_ticks $pids)
     line=$(timeout $((secs + 30)) wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --timeout 5s \
         -s "$HERE/bench.lua" "http://$addr" -- "${key#-}" 2>&1 | tee -a "$OUT/wrk.log" | grep '^E2E ') ||
         die "wrk against $name failed (see $OUT/wrk.log)"
-    after=$(cpu_ticks $pids)
+    read -r user1 sys1 < <(cpu_ticks $pids)
     [[ $phase == warmup ]] && return 0
     # shellcheck disable=SC2086
     local $(echo "${line#E2E }")
     awk -v ph="$phase" -v r="$round" -v n="$name" -v req="$requests" -v dur="$duration_us" \
         -v bad="$non2xx" -v err="$errors" -v p50="$p50_us" -v p99="$p99_us" -v p999="$p999_us" \
-        -v ticks=$((after - before)) -v hz="$CLK_TCK" -v load="$load" 'BEGIN {
+        -v user=$((user1 - user0)) -v sys=$((sys1 - sys0)) -v hz="$CLK_TCK" -v load="$load" 'BEGIN {
         s = dur / 1e6
-        printf "%s\t%s\t%s\t%.0f\t%.0f\t%.4f\t%.3f\t%.3f\t%.3f\t%.1f\t%d\t%s\t%.0f\n", ph, r, n,
+        ticks = user + sys
+        printf "%s\t%s\t%s\t%.0f\t%.0f\t%.4f\t%.3f\t%.3f\t%.3f\t%.1f\t%d\t%s\t%.0f\t%.2f\t%.2f\n", ph, r, n,
             req / s, bad / s, (req ? bad / req : 0), p50 / 1000, p99 / 1000, p999 / 1000,
-            (req ? ticks / hz * 1e6 / req : 0), err, load, (req - bad) / s
+            (req ? ticks / hz * 1e6 / req : 0), err, load, (req - bad) / s,
+            (req ? user / hz * 1e6 / req : 0), (req ? sys / hz * 1e6 / req : 0)
     }' >>"$RESULTS"
 }
 
 # Open loop at a fixed rate, latency corrected for coordinated omission (oha).
 run_oha() { # phase round name addr key cpu_server rate seconds
     local phase=$1 round=$2 name=$3 addr=$4 key=$5 server=$6 rate=$7 secs=$8
-    local pids before after json load args
+    local pids user0 sys0 user1 sys1 json load args
     pids=$(pids_of "$server")
     load=$(cut -d' ' -f1 /proc/loadavg)
     # -w: requests under way at the deadline are waited for, not counted as errors. In oha's
@@ -296,14 +302,17 @@ run_oha() { # phase round name addr key cpu_server rate seconds
         --rand-regex-url "http://$addr/v1/bills/1[0-9]{5}")
     if ((rate > 0)); then args+=(-q "$rate" --latency-correction); fi
     [[ $key != - ]] && args+=(-H "x-api-key: $key")
-    before=$(cpu_ticks $pids)
+    read -r user0 sys0 < <(cpu_ticks $pids)
     json=$(timeout $((secs + 30)) "$OHA" "${args[@]}" 2>>"$OUT/oha.log") ||
         die "oha against $name failed (see $OUT/oha.log)"
-    after=$(cpu_ticks $pids)
+    read -r user1 sys1 < <(cpu_ticks $pids)
     echo "$json" >>"$OUT/oha.json"
     [[ $phase == warmup ]] && return 0
-    jq -r --arg ph "$phase" --arg r "$round" --arg n "$name" --argjson ticks $((after - before)) \
+    jq -r --arg ph "$phase" --arg r "$round" --arg n "$name" --argjson user $((user1 - user0)) \
+        --argjson sys $((sys1 - sys0)) \
         --argjson hz "$CLK_TCK" --arg load "$load" 'def ms: (. // 0) * 1e6 | round / 1000;
+        def per($t; $n): if $n > 0 then ($t / $hz * 1e6 / $n * 100 | round) / 100 else 0 end;
+        ($user + $sys) as $ticks
         (.statusCodeDistribution // {}) as $codes
         | ([$codes | to_entries[] | .value] | add // 0) as $total
         | ([$codes | to_entries[] | select(.key | test("^2")) | .value] | add // 0) as $ok
@@ -314,7 +323,8 @@ run_oha() { # phase round name addr key cpu_server rate seconds
            (.latencyPercentiles.p50 | ms), (.latencyPercentiles.p99 | ms),
            (.latencyPercentiles["p99.9"] | ms),
            (if $total > 0 then ($ticks / $hz * 1e6 / $total * 10 | round) / 10 else 0 end),
-           ((.errorDistribution // {}) | [.[]] | add // 0), $load, ($ok / $secs | round)]
+           ((.errorDistribution // {}) | [.[]] | add // 0), $load, ($ok / $secs | round),
+           per($user; $total), per($sys; $total)]
         | @tsv' <<<"$json" >>"$RESULTS"
 }
 
@@ -407,6 +417,16 @@ summary() {
     echo "are from the fixed-rate runs and cover every answer, refusals included. CPU is utime+stime of"
     echo "the proxy's processes (nginx master + workers; the billgate process) over the run divided by"
     echo "the answers; for direct, the backend's. wrk's closed-loop percentiles are in results.tsv."
+    echo
+    echo "Where the CPU goes at maximum throughput, µs per answer (medians; user and system time of the"
+    echo "same processes): a server's system time is mostly the loopback TCP stack both sides share."
+    echo
+    echo "| scenario | user | system | total |"
+    echo "|---|---|---|---|"
+    while read -r name _ _ _ _; do
+        printf '| %s | %s | %s | %s |\n' "$name" "$(median throughput "$name" 14)" \
+            "$(median throughput "$name" 15)" "$(median throughput "$name" 10)"
+    done < <(scenarios)
     echo
     echo "### targets"
     local bg ng
@@ -524,7 +544,7 @@ measure() {
     fi
     LOAD_AFTER=$(uptime | sed 's/.*load average: //')
     summary | tee "$OUT/summary.md"
-    log "rows: $RESULTS (phase round scenario req/s refused/s refused-share p50 p99 p99.9 cpu-us/req socket-errors load1)"
+    log "rows: $RESULTS (phase round scenario req/s refused/s refused-share p50 p99 p99.9 cpu-us/req socket-errors load1 2xx/s user-us/req sys-us/req)"
 }
 
 # perf (software cpu-clock sampling: this machine exposes no hardware counters; DWARF call
@@ -572,5 +592,9 @@ start_servers
 case $MODE in
     run) measure ;;
     profile) profile ;;
-    *) die "unknown mode $MODE (run or profile)" ;;
+    serve)
+        log "serving until interrupted: backend $BACKEND_ADDR, nginx $NGINX_ADDR, billgate $BILLGATE_ADDR (admin $BILLGATE_ADMIN)"
+        while sleep 3600; do :; done
+        ;;
+    *) die "unknown mode $MODE (run, profile or serve)" ;;
 esac
