@@ -312,7 +312,7 @@ run_oha() { # phase round name addr key cpu_server rate seconds
         --argjson sys $((sys1 - sys0)) \
         --argjson hz "$CLK_TCK" --arg load "$load" 'def ms: (. // 0) * 1e6 | round / 1000;
         def per($t; $n): if $n > 0 then ($t / $hz * 1e6 / $n * 100 | round) / 100 else 0 end;
-        ($user + $sys) as $ticks
+        ($user + $sys) as $ticks |
         (.statusCodeDistribution // {}) as $codes
         | ([$codes | to_entries[] | .value] | add // 0) as $total
         | ([$codes | to_entries[] | select(.key | test("^2")) | .value] | add // 0) as $ok
