@@ -207,6 +207,7 @@ pub struct Prepared {
     pieces: Box<[Bytes]>,
     /// `RateLimit-Policy`, on a 429 that names its quota.
     policy: Option<HeaderValue>,
+    /// `None` only while [`Prepared::new`] renders it.
     usual: Option<Usual>,
 }
 
