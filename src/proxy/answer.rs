@@ -202,13 +202,17 @@ impl Refusal {
 /// are written per request, so a storm of refusals costs no JSON encoding and no formatting;
 /// the usual answer (see [`Usual`]) is not even written, only cloned.
 pub struct Prepared {
+    template: Template,
+    usual: Usual,
+}
+
+/// What any answer of one prepared denial is written from.
+struct Template {
     status: StatusCode,
     /// The body's pieces; the wait in seconds goes between each two.
     pieces: Box<[Bytes]>,
     /// `RateLimit-Policy`, on a 429 that names its quota.
     policy: Option<HeaderValue>,
-    /// `None` only while [`Prepared::new`] renders it.
-    usual: Option<Usual>,
 }
 
 /// The answer most refusals of one prepared denial get, whole: for a quota, a one-second wait
@@ -275,11 +279,10 @@ impl Prepared {
             .limit
             .filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
             .and_then(|limit| HeaderValue::from_str(&policy_value(&limit)).ok());
-        let mut prepared = Prepared {
+        let template = Template {
             status,
             pieces: pieces.into_boxed_slice(),
             policy,
-            usual: None,
         };
         let mut usual = *denied;
         let second = Duration::from_secs(1);
@@ -290,27 +293,32 @@ impl Prepared {
                 reset: second,
             };
         }
-        let (parts, body) = prepared.render::<Bytes>(&usual).into_parts();
-        prepared.usual = Some(Usual {
-            shape: Shape::of(&usual),
-            headers: parts.headers,
-            body,
-        });
-        Some(prepared)
+        let (parts, body) = template.render::<Bytes>(&usual).into_parts();
+        Some(Prepared {
+            template,
+            usual: Usual {
+                shape: Shape::of(&usual),
+                headers: parts.headers,
+                body,
+            },
+        })
     }
 
     /// The answer to `denied`, which must be of the partner, class and reason this was
     /// prepared for: the same bytes [`Refusal::response`] gives.
     pub fn response<B: From<Bytes>>(&self, denied: &Denied) -> Response<B> {
-        if let Some(usual) = self.usual.as_ref().filter(|u| u.shape == Shape::of(denied)) {
-            let mut response = Response::new(B::from(usual.body.clone()));
-            *response.status_mut() = self.status;
-            *response.headers_mut() = usual.headers.clone();
-            return response;
+        let usual = &self.usual;
+        if usual.shape != Shape::of(denied) {
+            return self.template.render(denied);
         }
-        self.render(denied)
+        let mut response = Response::new(B::from(usual.body.clone()));
+        *response.status_mut() = self.template.status;
+        *response.headers_mut() = usual.headers.clone();
+        response
     }
+}
 
+impl Template {
     /// Writes the answer to `denied` from the pieces.
     fn render<B: From<Bytes>>(&self, denied: &Denied) -> Response<B> {
         let wait = denied.retry_after.map(|w| ceil_secs(w).max(1));
@@ -553,13 +561,12 @@ mod tests {
         let partner = Some("wallet-a");
         let class = template.class;
         let prepared = Prepared::new(&template, partner, class, "x-api-key").unwrap();
-        let usual = prepared.usual.as_ref().map(|u| u.shape);
         assert_eq!(
-            usual,
-            Some(Shape {
+            prepared.usual.shape,
+            Shape {
                 wait: Some(1),
                 state: Some((0, 1))
-            })
+            }
         );
         // The same one-second wait with another `RateLimit` state, and another wait with the
         // usual state: neither may get the usual answer's bytes.
