@@ -51,7 +51,12 @@ pub fn home(shards: usize) -> usize {
             cpu
         }
     });
-    cpu % shards
+    // Cores are usually fewer than the shards they index: no division for them.
+    if cpu < shards {
+        cpu
+    } else {
+        cpu % shards
+    }
 }
 
 /// The shards of `n` in the order a caller at `home` tries them: its own, then the next ones,
