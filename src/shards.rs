@@ -88,7 +88,14 @@ fn current_cpu() -> usize {
 #[inline]
 pub fn split(total: u64, shards: usize, k: usize) -> u64 {
     let n = shards.max(1) as u64;
-    total / n + u64::from((k as u64) < total % n)
+    // Shard counts are core counts, nearly always a power of two: shifts, not divisions, on
+    // the in-flight limit's path.
+    let (whole, rest) = if n.is_power_of_two() {
+        (total >> n.trailing_zeros(), total & (n - 1))
+    } else {
+        (total / n, total % n)
+    };
+    whole + u64::from((k as u64) < rest)
 }
 
 /// A value alone on its cache line (128 bytes: two 64-byte lines, as the adjacent-line
@@ -118,6 +125,11 @@ mod tests {
                 assert_eq!(sum, total, "{total} over {shards}");
                 let (lo, hi) = (split(total, shards, shards - 1), split(total, shards, 0));
                 assert!(hi - lo <= 1);
+                let n = shards as u64;
+                for k in 0..shards {
+                    let by_division = total / n + u64::from((k as u64) < total % n);
+                    assert_eq!(split(total, shards, k), by_division, "{total} {shards} {k}");
+                }
             }
         }
     }
