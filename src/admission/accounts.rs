@@ -20,8 +20,8 @@
 //! (a reload changed the partner's rate, or removed the partner) are evicted by a sweep that
 //! runs beside the request path, one shard at a time.
 //!
-//! The GCRA is governor's, step for step: emission interval `t = period / count`, tolerance
-//! `τ = t × (burst − 1)`; a request at `now` passes if `now ≥ tat − τ` and sets
+//! The GCRA is [`Gcra`], governor's step for step: emission interval `t = period / count`,
+//! tolerance `τ = t × (burst − 1)`; a request at `now` passes if `now ≥ tat − τ` and sets
 //! `tat = max(tat, now) + t`. An account with `tat ≤ now` would pass with `tat = now + t`,
 //! exactly as an untracked one does: that is when a sweep may forget it.
 
@@ -36,6 +36,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use governor::nanos::Nanos;
 
+use super::gcra::Gcra;
 use crate::clock::Clock;
 use crate::config::Rate;
 use table::{Entry, Slot, Slots, FROZEN};
@@ -136,9 +137,6 @@ impl AccountTable {
     /// A new limiter in this table: `rate` per account, at most `ceiling` accounts (at least 1),
     /// under a tag of its own. Its accounts are forgotten once it and every clone are dropped.
     pub fn limiter(self: &Arc<Self>, rate: Rate, ceiling: usize) -> AccountLimiter {
-        let t = u64::try_from(rate.replenish_interval().as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
         let tally = Arc::new(Tally {
             ceiling: ceiling.max(1),
             len: AtomicUsize::new(0),
@@ -150,8 +148,7 @@ impl AccountTable {
         owners.tallies.insert(tag, Arc::downgrade(&tally));
         AccountLimiter {
             tag,
-            t,
-            tau: t.saturating_mul(u64::from(rate.burst.get() - 1)),
+            gcra: Gcra::new(rate.replenish_interval(), rate.burst),
             table: Arc::clone(self),
             tally,
             rate,
@@ -260,9 +257,8 @@ impl AccountTable {
 #[derive(Clone)]
 pub struct AccountLimiter {
     tag: u32,
-    /// Emission interval and tolerance, in nanoseconds.
-    t: u64,
-    tau: u64,
+    /// Each account's emission interval and tolerance.
+    gcra: Gcra,
     table: Arc<AccountTable>,
     tally: Arc<Tally>,
     rate: Rate,
@@ -335,12 +331,12 @@ impl AccountLimiter {
             if seen & FROZEN != 0 {
                 return None;
             }
-            let earliest = seen.saturating_sub(self.tau);
+            let earliest = self.gcra.earliest(seen, 1);
             if now < earliest {
                 let wait = Duration::from_nanos(earliest - now);
                 return Some(Err(AccountDenial::TooOften(wait)));
             }
-            let next = seen.max(now).saturating_add(self.t).min(FROZEN - 1);
+            let next = self.gcra.next(seen, now, 1).min(FROZEN - 1);
             match slot
                 .tat
                 .compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Acquire)
@@ -381,7 +377,7 @@ impl AccountLimiter {
         slots.insert(Entry {
             key,
             owner: self.tag,
-            tat: now.saturating_add(self.t),
+            tat: self.gcra.next(0, now, 1),
         });
         *len += 1;
         Ok(())

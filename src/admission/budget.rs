@@ -4,7 +4,7 @@
 //!
 //! # Sharded by core
 //!
-//! Every level (total, inquiries, scheduled) is a GCRA — governor's, step for step — split over
+//! Every level (total, inquiries, scheduled) is a GCRA ([`Gcra`], governor's) split over
 //! the shards of [`crate::shards`]: shard `k` runs each level at rate `count / S` (emission
 //! interval `S × t`) with its part of the burst, the parts adding up to the whole. A request
 //! spends in its core's shard, and tries the other shards only when its own refuses, so two
@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use governor::nanos::Nanos;
 
+use super::gcra::Gcra;
 use crate::config::{Class, Rate};
 use crate::shards::{self, split, Padded};
 
@@ -40,8 +41,8 @@ enum Level {
     Absent,
     /// This shard's part of the burst is zero: it never admits at this level.
     Closed,
-    /// Emission interval `t`, tolerance `tau = t × (burst − 1)`.
-    Open { t: u64, tau: u64 },
+    /// This shard's part of the level's rate and burst.
+    Open(Gcra),
 }
 
 /// A shard: its arrival times and, beside them on the same line, its read-only parameters.
@@ -69,10 +70,6 @@ fn scaled(rate: Rate, share: f64) -> Rate {
         period: rate.period,
         burst: scale(rate.burst),
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Budget {
@@ -115,7 +112,7 @@ impl Budget {
             let fit = usize::try_from(smallest / MIN_SHARD_BURST).unwrap_or(usize::MAX);
             shards::count().min(fit).max(1)
         });
-        let scale = n as u64;
+        let scale = u32::try_from(n).unwrap_or(u32::MAX);
         let shard = |k: usize| Shard {
             tat: Default::default(),
             levels: rates.map(|rate| match rate {
@@ -123,11 +120,11 @@ impl Budget {
                 Some(rate) => match split(u64::from(rate.burst.get()), n, k) {
                     0 => Level::Closed,
                     burst => {
-                        let t = nanos(rate.replenish_interval()).saturating_mul(scale);
-                        Level::Open {
-                            t,
-                            tau: t.saturating_mul(burst - 1),
-                        }
+                        let burst = u32::try_from(burst).unwrap_or(u32::MAX);
+                        Level::Open(Gcra::new(
+                            rate.replenish_interval().saturating_mul(scale),
+                            NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
+                        ))
                     }
                 },
             }),
@@ -191,13 +188,13 @@ impl Shard {
             let mut seen = [0u64; 3];
             let mut wait = 0u64;
             for &level in levels {
-                let tau = match self.levels[level] {
+                let gcra = match self.levels[level] {
                     Level::Absent => continue,
                     Level::Closed => return Err(u64::MAX),
-                    Level::Open { tau, .. } => tau,
+                    Level::Open(gcra) => gcra,
                 };
                 let tat = self.tat[level].load(Ordering::Acquire);
-                let earliest = tat.saturating_sub(tau);
+                let earliest = gcra.earliest(tat, 1);
                 if now < earliest {
                     wait = wait.max(earliest - now);
                 }
@@ -207,11 +204,11 @@ impl Shard {
                 return Err(wait);
             }
             for &level in levels {
-                let Level::Open { t, .. } = self.levels[level] else {
+                let Level::Open(gcra) = self.levels[level] else {
                     continue;
                 };
                 let tat = seen[level];
-                let next = tat.max(now).saturating_add(t);
+                let next = gcra.next(tat, now, 1);
                 if self.tat[level]
                     .compare_exchange(tat, next, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()

@@ -14,6 +14,7 @@
 mod accounts;
 mod biller;
 mod budget;
+mod gcra;
 mod identify;
 mod quota;
 mod route;
@@ -303,7 +304,7 @@ impl Gate {
                         .and_then(|b| b.quotas[class.index()].as_ref())
                         .filter(|q| q.rate() == rate)
                         .cloned();
-                    Some(kept.unwrap_or_else(|| Quota::new(rate, clock.clone())))
+                    Some(kept.unwrap_or_else(|| Quota::new(rate)))
                 });
                 let accounts = p.per_account.map(|rate| {
                     before

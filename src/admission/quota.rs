@@ -1,31 +1,28 @@
-//! Direct (unkeyed) GCRA limiters on governor: a partner's quota for one class. Each answers
-//! with what the `RateLimit` fields need: remaining requests and time to refill.
+//! A partner's quota for one class: GCRA cells ([`Gcra`], governor's arithmetic) spent at the
+//! decision's own clock reading. Each answers with what the `RateLimit` fields need: remaining
+//! requests and time to refill.
 //!
 //! # Sharded by core
 //!
-//! A quota with a burst of at least [`MIN_SHARD_BURST`] per core is split into one governor
-//! limiter per core ([`crate::shards`]), each at `count / S` with its part of the burst, the
-//! parts adding up to the whole: one partner sending from several cores at once writes no
-//! common line. A request spends in its core's limiter, else in the first other one with room;
-//! a refusal waits for the soonest. No more than the rate and its burst pass in all, but a
-//! refusal may name a wait up to `S` emission intervals longer than one limiter would, and the
-//! remaining count is the serving limiter's share scaled up, an estimate. Smaller quotas are
-//! one limiter and answer exactly as governor does.
+//! A quota with a burst of at least [`MIN_SHARD_BURST`] per core is split into one cell per
+//! core ([`crate::shards`]), each at `count / S` with its part of the burst, the parts adding up
+//! to the whole: one partner sending from several cores at once writes no common line. A
+//! request spends in its core's cell, else in the first other one with room; a refusal waits
+//! for the soonest. No more than the rate and its burst pass in all, but a refusal may name a
+//! wait up to `S` emission intervals longer than one cell would, and the remaining count is the
+//! serving cell's share scaled up, an estimate. Smaller quotas are one cell and answer exactly
+//! as governor's direct limiter does.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{NotUntil, RateLimiter};
 
-use crate::clock::Clock;
+use super::gcra::{Gcra, Refused};
 use crate::config::Rate;
 use crate::shards::{self, split, Padded};
-
-type Direct = RateLimiter<NotKeyed, InMemoryState, Clock, StateInformationMiddleware>;
 
 /// A quota is split over several cores only when each gets at least this much burst.
 pub const MIN_SHARD_BURST: u32 = 16;
@@ -39,50 +36,48 @@ pub struct Remaining {
     pub reset: Duration,
 }
 
-/// One GCRA limiter (or one per core) enforcing a [`Rate`]. Cloning shares the state.
+/// One GCRA cell (or one per core) enforcing a [`Rate`]. Cloning shares the state.
 #[derive(Clone)]
 pub struct Quota {
     rate: Rate,
-    limiters: Arc<[Padded<Limiter>]>,
+    cells: Arc<[Padded<Cell>]>,
 }
 
-/// One core's limiter and the part of the burst it holds.
-struct Limiter {
-    limiter: Direct,
+/// One core's cell: its arrival time and, on the same line, its parameters and the part of the
+/// burst it holds.
+struct Cell {
+    tat: AtomicU64,
+    gcra: Gcra,
     burst: u32,
-    /// Its emission interval (the quota's, times the number of limiters).
+    /// Its emission interval (the quota's, times the number of cells).
     interval: Duration,
 }
 
 impl Quota {
-    pub fn new(rate: Rate, clock: Clock) -> Self {
+    pub fn new(rate: Rate) -> Self {
         let fit = (rate.burst.get() / MIN_SHARD_BURST) as usize;
-        Quota::split_over(rate, clock, shards::count().min(fit).max(1))
+        Quota::split_over(rate, shards::count().min(fit).max(1))
     }
 
-    /// A quota split over exactly `n` limiters (each must get some burst).
-    fn split_over(rate: Rate, clock: Clock, n: usize) -> Self {
-        let interval = rate.replenish_interval() * n as u32;
-        let limiter = |k: usize| {
+    /// A quota split over exactly `n` cells (each must get some burst).
+    fn split_over(rate: Rate, n: usize) -> Self {
+        let interval = rate
+            .replenish_interval()
+            .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+        let cell = |k: usize| {
             let part = split(u64::from(rate.burst.get()), n, k);
             let burst =
                 NonZeroU32::new(u32::try_from(part).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
-            let quota = match n {
-                1 => rate.quota(),
-                _ => governor::Quota::with_period(interval)
-                    .unwrap_or_else(|| rate.quota())
-                    .allow_burst(burst),
-            };
-            Padded(Limiter {
-                limiter: RateLimiter::direct_with_clock(quota, clock.clone())
-                    .with_middleware::<StateInformationMiddleware>(),
+            Padded(Cell {
+                tat: AtomicU64::new(0),
+                gcra: Gcra::new(interval, burst),
                 burst: burst.get(),
                 interval,
             })
         };
         Quota {
             rate,
-            limiters: (0..n).map(limiter).collect(),
+            cells: (0..n).map(cell).collect(),
         }
     }
 
@@ -91,28 +86,11 @@ impl Quota {
         self.rate
     }
 
-    /// The limiter this core spends in first.
-    #[inline]
-    fn home(&self) -> usize {
-        shards::home(self.limiters.len())
-    }
-
-    /// Where this quota's limiters are, for [`QuotaLines::prefetch`].
+    /// Where this quota's cells are, for [`QuotaLines::prefetch`].
     pub fn lines(&self) -> QuotaLines {
-        // Limiters are 128-byte aligned and at most MAX_SHARDS (16): the count fits below.
-        let first = crate::memory::address_of(&*self.limiters);
-        QuotaLines(first | (self.limiters.len().saturating_sub(1) & 0x7f))
-    }
-
-    /// What remains after a check passed in `limiter`: its share, scaled to the whole.
-    fn allowed(&self, limiter: &Limiter, snapshot: StateSnapshot) -> Remaining {
-        let left = snapshot.remaining_burst_capacity();
-        let spent = limiter.burst.saturating_sub(left);
-        let scale = self.limiters.len() as u32;
-        Remaining {
-            remaining: left.saturating_mul(scale).min(self.rate.burst.get()),
-            reset: limiter.interval * spent,
-        }
+        // Cells are 128-byte aligned and at most MAX_SHARDS (16): the count fits below.
+        let first = crate::memory::address_of(&*self.cells);
+        QuotaLines(first | (self.cells.len().saturating_sub(1) & 0x7f))
     }
 
     /// Spends one request: `Ok` with what remains, or `Err` with what the denial says.
@@ -132,57 +110,22 @@ impl Quota {
     /// if it is needed (a division: a request refused by a later check never needs it).
     #[inline]
     pub fn pass_n(&self, now: Nanos, n: u32) -> Result<Passed, Remaining> {
-        let Some(n) = NonZeroU32::new(n).filter(|n| n.get() > 1) else {
-            return self.spend(now, |l| l.check().map_err(Denial::NotUntil));
-        };
-        self.spend(now, |l| match l.check_n(n) {
-            Ok(Ok(snapshot)) => Ok(snapshot),
-            Ok(Err(not_until)) => Err(Denial::NotUntil(not_until)),
-            Err(_insufficient) => Err(Denial::TooMany),
-        })
-    }
-
-    /// What remains of this quota after `passed` (which it let through).
-    #[inline]
-    pub fn remaining(&self, passed: Passed) -> Remaining {
-        match self.limiters.get(passed.limiter) {
-            Some(limiter) => self.allowed(limiter, passed.snapshot),
-            None => Remaining {
-                remaining: 0,
-                reset: Duration::ZERO,
-            },
-        }
-    }
-
-    /// Tries this core's limiter, then the others; the soonest wait if none admits.
-    #[inline]
-    fn spend(
-        &self,
-        now: Nanos,
-        check: impl Fn(&Direct) -> Result<StateSnapshot, Denial>,
-    ) -> Result<Passed, Remaining> {
-        if let [only] = &*self.limiters {
-            return check(&only.limiter)
-                .map(|snapshot| Passed {
-                    limiter: 0,
-                    snapshot,
-                })
-                .map_err(|denial| Remaining {
+        let (now, n) = (now.as_u64(), n.max(1));
+        if let [only] = &*self.cells {
+            return match only.gcra.spend(&only.tat, now, n) {
+                Ok(tat) => Ok(Passed { cell: 0, now, tat }),
+                Err(refused) => Err(Remaining {
                     remaining: 0,
-                    reset: self.wait(denial, now),
-                });
+                    reset: self.wait(refused, now),
+                }),
+            };
         }
         let mut soonest: Option<Duration> = None;
-        for k in shards::from(self.home(), self.limiters.len()) {
-            let limiter = &self.limiters[k];
-            let wait = match check(&limiter.limiter) {
-                Ok(snapshot) => {
-                    return Ok(Passed {
-                        limiter: k,
-                        snapshot,
-                    })
-                }
-                Err(denial) => self.wait(denial, now),
+        for k in shards::from(shards::home(self.cells.len()), self.cells.len()) {
+            let cell = &self.cells[k];
+            let wait = match cell.gcra.spend(&cell.tat, now, n) {
+                Ok(tat) => return Ok(Passed { cell: k, now, tat }),
+                Err(refused) => self.wait(refused, now),
             };
             soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
         }
@@ -192,35 +135,54 @@ impl Quota {
         })
     }
 
-    /// How long one limiter's refusal says to wait.
-    fn wait(&self, denial: Denial, now: Nanos) -> Duration {
-        match denial {
-            Denial::NotUntil(not_until) => not_until.wait_time_from(now),
-            // More than a limiter's part of the burst at once: the wait for a whole burst.
-            Denial::TooMany => self.rate.replenish_interval() * self.rate.burst.get(),
+    /// What remains of this quota after `passed` (which it let through): the serving cell's
+    /// share, scaled to the whole.
+    #[inline]
+    pub fn remaining(&self, passed: Passed) -> Remaining {
+        let Some(cell) = self.cells.get(passed.cell) else {
+            return Remaining {
+                remaining: 0,
+                reset: Duration::ZERO,
+            };
+        };
+        let left = cell.gcra.remaining(passed.now, passed.tat);
+        let spent = cell.burst.saturating_sub(left);
+        let scale = self.cells.len() as u32;
+        Remaining {
+            remaining: left.saturating_mul(scale).min(self.rate.burst.get()),
+            reset: cell.interval * spent,
+        }
+    }
+
+    /// How long one cell's refusal says to wait.
+    fn wait(&self, refused: Refused, now: u64) -> Duration {
+        match refused {
+            Refused::Until(earliest) => Duration::from_nanos(earliest.saturating_sub(now)),
+            // More than a cell's part of the burst at once: the wait for a whole burst.
+            Refused::TooMany => self.rate.replenish_interval() * self.rate.burst.get(),
         }
     }
 
     /// True when two quotas share one state (a reload carried this one over).
     pub fn same_state(&self, other: &Quota) -> bool {
-        Arc::ptr_eq(&self.limiters, &other.limiters)
+        Arc::ptr_eq(&self.cells, &other.cells)
     }
 }
 
-/// Where a [`Quota`]'s limiters are, as a number (the first one's address, their count less
-/// one in the low bits): kept in a compact table so this core's limiter can be asked for before
-/// the quota itself is read (see [`crate::memory`]). The default is no quota.
+/// Where a [`Quota`]'s cells are, as a number (the first one's address, their count less one
+/// in the low bits): kept in a compact table so this core's cell can be asked for before the
+/// quota itself is read (see [`crate::memory`]). The default is no quota.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QuotaLines(pub(crate) usize);
 
 impl QuotaLines {
-    /// Asks for this core's limiter to be brought into cache.
+    /// Asks for this core's cell to be brought into cache.
     #[inline]
     pub fn prefetch(self) {
         if self.0 != 0 {
             let count = (self.0 & 0x7f) + 1;
             let first = self.0 & !0x7f;
-            let size = std::mem::size_of::<Padded<Limiter>>();
+            let size = std::mem::size_of::<Padded<Cell>>();
             crate::memory::prefetch_address(first.wrapping_add(shards::home(count) * size));
         }
     }
@@ -229,26 +191,22 @@ impl QuotaLines {
 /// A request a [`Quota`] let through, what remains not yet worked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passed {
-    limiter: usize,
-    snapshot: StateSnapshot,
-}
-
-/// Why one limiter refused.
-enum Denial {
-    NotUntil(NotUntil<Nanos>),
-    /// More than its burst at once.
-    TooMany,
+    cell: usize,
+    /// When it passed, and the serving cell's arrival time after it.
+    now: u64,
+    tat: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
     use crate::config::parse_rate;
 
     #[test]
     fn spends_the_burst_then_denies_with_the_wait() {
         let (clock, hand) = Clock::fake();
-        let q = Quota::new(parse_rate("2/s burst 3").unwrap(), clock.clone());
+        let q = Quota::new(parse_rate("2/s burst 3").unwrap());
         assert_eq!(
             q.check(clock.now()),
             Ok(Remaining {
@@ -278,7 +236,7 @@ mod tests {
     #[test]
     fn a_per_minute_rate_waits_the_full_interval() {
         let (clock, hand) = Clock::fake();
-        let q = Quota::new(parse_rate("2/min").unwrap(), clock.clone());
+        let q = Quota::new(parse_rate("2/min").unwrap());
         assert!(q.check(clock.now()).is_ok());
         assert!(q.check(clock.now()).is_ok());
         assert_eq!(
@@ -297,7 +255,7 @@ mod tests {
         let (clock, hand) = Clock::fake();
         let rate = parse_rate("100/s").unwrap();
         for n in 1..=4 {
-            let q = Quota::split_over(rate, clock.clone(), n);
+            let q = Quota::split_over(rate, n);
             let burst = std::iter::from_fn(|| q.check(clock.now()).ok()).count();
             assert_eq!(burst, 100, "{n} limiters");
             let mut later = 0;
@@ -308,12 +266,12 @@ mod tests {
             assert!((100 - n..=100).contains(&later), "{n} limiters: {later}");
             hand.advance(Duration::from_secs(5));
         }
-        let small = Quota::new(parse_rate("20/s").unwrap(), clock.clone());
-        assert_eq!(small.limiters.len(), 1);
+        let small = Quota::new(parse_rate("20/s").unwrap());
+        assert_eq!(small.cells.len(), 1);
         for n in [1, 2, 16] {
-            let q = Quota::split_over(rate, clock.clone(), n);
+            let q = Quota::split_over(rate, n);
             let lines = q.lines();
-            assert_eq!(lines.0 & !0x7f, crate::memory::address_of(&*q.limiters));
+            assert_eq!(lines.0 & !0x7f, crate::memory::address_of(&*q.cells));
             assert_eq!((lines.0 & 0x7f) + 1, n);
             lines.prefetch();
         }

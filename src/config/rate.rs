@@ -67,15 +67,6 @@ impl Rate {
     pub fn replenish_interval(&self) -> Duration {
         self.period.duration() / self.count.get()
     }
-
-    /// The governor quota enforcing this rate.
-    pub fn quota(&self) -> governor::Quota {
-        // `replenish_interval` is never zero: the longest period is an hour and count is a u32,
-        // so the interval is at least 3600s / 2^32 ≈ 838ns.
-        governor::Quota::with_period(self.replenish_interval())
-            .unwrap_or_else(|| governor::Quota::per_second(self.count))
-            .allow_burst(self.burst)
-    }
 }
 
 impl fmt::Display for Rate {
