@@ -345,6 +345,19 @@ spread() { # phase scenario column -> "min-max"
         sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) printf "%.0f-%.0f", lo, hi }'
 }
 
+# The billgate/nginx ratio of a column round by round (the two ran back to back in each round,
+# so a slow spell of the machine touches both), sorted, and their median.
+paired() { # phase billgate-scenario nginx-scenario column -> "×a ×b ×c, median ×m"
+    awk -F'\t' -v ph="$1" -v a="$2" -v b="$3" -v c="$4" '
+        $1 == ph && $3 == a { x[$2] = $c }
+        $1 == ph && $3 == b { y[$2] = $c }
+        END { for (r in x) if ((r in y) && y[r] + 0 != 0) print x[r] / y[r] }' "$RESULTS" |
+        sort -g | awk '{ v[NR] = $1; s = s sprintf(" ×%.2f", $1) } END {
+            if (NR == 0) { print "n/a"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%s, median ×%.2f\n", substr(s, 2), m }'
+}
+
 ratio() {
     if [[ $1 == nan || $2 == nan ]]; then echo n/a; return; fi
     awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
@@ -432,6 +445,7 @@ summary() {
     local bg ng
     bg=$(median throughput billgate-pass 13); ng=$(median throughput nginx-pass 13)
     echo "- pass-through 2xx/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.00): $(verdict "$(holds "$bg" ">=" "$ng")")"
+    echo "  - round by round: $(paired throughput billgate-pass nginx-pass 13)"
     if ((LOW_CONNECTIONS > 0)); then
         bg=$(median throughput "billgate-pass-c$LOW_CONNECTIONS" 13); ng=$(median throughput "nginx-pass-c$LOW_CONNECTIONS" 13)
         echo "  - with $LOW_CONNECTIONS connections (forwarding alone, if billgate refused nothing there): billgate/nginx = $(ratio "$bg" "$ng"), $(verdict "$(holds "$bg" ">=" "$ng")") at that concurrency"
@@ -446,9 +460,11 @@ summary() {
         fi
         bg=$(median latency billgate-pass 8); ng=$(median latency nginx-pass 8)
         echo "- pass-through p99 at $PASS_AT req/s: billgate $bg ms, nginx $ng ms (target billgate <= nginx): $(lat_verdict "$(holds "$bg" "<=" "$ng")" "$caveat")"
+        echo "  - round by round, p99 billgate/nginx: $(paired latency billgate-pass nginx-pass 8)"
     fi
     bg=$(median throughput billgate-reject 5); ng=$(median throughput nginx-reject 5)
     echo "- rejection refusals/s, billgate/nginx = $(ratio "$bg" "$ng") (target >= 1.10): $(verdict "$(holds "$bg" ">=" "$(awk -v x="$ng" 'BEGIN { print (x == "nan" ? "nan" : 1.1 * x) }')")")"
+    echo "  - round by round: $(paired throughput billgate-reject nginx-reject 5)"
     if ((have_lat)); then
         local d
         d=$(median latency direct 8)
