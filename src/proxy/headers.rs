@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use bytes::BytesMut;
+use http::header::Entry;
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRAILER, UPGRADE,
@@ -53,7 +54,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    // `Connection: keep-alive` or `close`, as nearly every peer sends it, names no other header:
+    // no need to take it apart.
+    let names_others = || {
+        headers.get_all(CONNECTION).iter().any(|v| {
+            let v = v.as_bytes();
+            !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close")
+        })
+    };
+    if present & 1 != 0 && names_others() {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
@@ -93,18 +102,27 @@ pub fn to_biller(
     // `insert` replaces every copy the partner may have sent.
     headers.insert(partner_header.clone(), partner.clone());
     headers.insert(HOST, host.clone());
-    let extended = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(before) if !before.trim_ascii().is_empty() => {
-            let mut value = BytesMut::with_capacity(before.len() + 2 + peer.len());
-            value.extend_from_slice(before);
-            value.extend_from_slice(b", ");
-            value.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_maybe_shared(value.freeze()).ok()
+    // One look-up for reading and writing it.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut sent) => {
+            let before = sent.get().as_bytes();
+            let value = if before.trim_ascii().is_empty() {
+                Some(peer.clone())
+            } else {
+                let mut value = BytesMut::with_capacity(before.len() + 2 + peer.len());
+                value.extend_from_slice(before);
+                value.extend_from_slice(b", ");
+                value.extend_from_slice(peer.as_bytes());
+                HeaderValue::from_maybe_shared(value.freeze()).ok()
+            };
+            // `insert` replaces every copy the partner may have sent.
+            if let Some(value) = value {
+                sent.insert(value);
+            }
         }
-        _ => Some(peer.clone()),
-    };
-    if let Some(value) = extended {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        Entry::Vacant(absent) => {
+            absent.insert(peer.clone());
+        }
     }
 }
 
@@ -119,6 +137,71 @@ mod tests {
         }
         assert_eq!(hop_by_hop(&HeaderName::from_static("x-api-key")), None);
         assert_eq!(hop_by_hop(&http::header::CONTENT_LENGTH), None);
+    }
+
+    #[test]
+    fn a_plain_connection_header_goes_and_names_nothing_else() {
+        for plain in ["keep-alive", "Keep-Alive", "close", "CLOSE"] {
+            let mut h = HeaderMap::new();
+            h.insert("connection", HeaderValue::from_static(plain));
+            h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            h.insert(
+                "close",
+                HeaderValue::from_static("a header named close stays"),
+            );
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            strip_hop_by_hop(&mut h);
+            assert!(h.get("connection").is_none(), "{plain}");
+            assert!(h.get("keep-alive").is_none(), "{plain}");
+            assert_eq!(h["close"], "a header named close stays", "{plain}");
+            assert_eq!(h["content-type"], "application/json", "{plain}");
+            assert_eq!(h.len(), 2, "{plain}");
+        }
+        // Two Connection headers, one plain: the other's names still go.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("keep-alive"));
+        h.append("connection", HeaderValue::from_static("x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-end", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-hop").is_none());
+        assert_eq!(h["x-end"], "2");
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn x_forwarded_for_is_the_peer_when_absent_or_blank() {
+        let peer = forwarded_for("10.0.0.7".parse().unwrap());
+        for sent in [None, Some(""), Some("  ")] {
+            let mut h = HeaderMap::new();
+            if let Some(sent) = sent {
+                h.insert("x-forwarded-for", HeaderValue::from_static(sent));
+            }
+            to_biller(
+                &mut h,
+                &HeaderName::from_static("x-api-key"),
+                &HeaderName::from_static("x-billgate-partner"),
+                &HeaderValue::from_static("wallet-a"),
+                &HeaderValue::from_static("biller:80"),
+                &peer,
+            );
+            let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+            assert_eq!(all, ["10.0.0.7"], "{sent:?}");
+        }
+        // Two copies sent: the first is extended, the second is gone.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        to_biller(
+            &mut h,
+            &HeaderName::from_static("x-api-key"),
+            &HeaderName::from_static("x-billgate-partner"),
+            &HeaderValue::from_static("wallet-a"),
+            &HeaderValue::from_static("biller:80"),
+            &peer,
+        );
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["1.1.1.1, 10.0.0.7"]);
     }
 
     #[test]
