@@ -169,22 +169,26 @@ mod tests {
         assert_eq!(h.len(), 1);
     }
 
+    /// [`to_biller`] for partner `wallet-a`, keyed by `x-api-key`, from `peer`.
+    fn to_biller_from(h: &mut HeaderMap, host: &'static str, peer: &str) {
+        to_biller(
+            h,
+            &HeaderName::from_static("x-api-key"),
+            &HeaderName::from_static("x-billgate-partner"),
+            &HeaderValue::from_static("wallet-a"),
+            &HeaderValue::from_static(host),
+            &forwarded_for(peer.parse().unwrap()),
+        );
+    }
+
     #[test]
     fn x_forwarded_for_is_the_peer_when_absent_or_blank() {
-        let peer = forwarded_for("10.0.0.7".parse().unwrap());
         for sent in [None, Some(""), Some("  ")] {
             let mut h = HeaderMap::new();
             if let Some(sent) = sent {
                 h.insert("x-forwarded-for", HeaderValue::from_static(sent));
             }
-            to_biller(
-                &mut h,
-                &HeaderName::from_static("x-api-key"),
-                &HeaderName::from_static("x-billgate-partner"),
-                &HeaderValue::from_static("wallet-a"),
-                &HeaderValue::from_static("biller:80"),
-                &peer,
-            );
+            to_biller_from(&mut h, "biller:80", "10.0.0.7");
             let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
             assert_eq!(all, ["10.0.0.7"], "{sent:?}");
         }
@@ -192,14 +196,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
-        to_biller(
-            &mut h,
-            &HeaderName::from_static("x-api-key"),
-            &HeaderName::from_static("x-billgate-partner"),
-            &HeaderValue::from_static("wallet-a"),
-            &HeaderValue::from_static("biller:80"),
-            &peer,
-        );
+        to_biller_from(&mut h, "biller:80", "10.0.0.7");
         let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["1.1.1.1, 10.0.0.7"]);
     }
@@ -218,14 +215,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
         h.insert("accept", HeaderValue::from_static("application/json"));
-        to_biller(
-            &mut h,
-            &HeaderName::from_static("x-api-key"),
-            &HeaderName::from_static("x-billgate-partner"),
-            &HeaderValue::from_static("wallet-a"),
-            &HeaderValue::from_static("127.0.0.1:9000"),
-            &forwarded_for("127.0.0.1".parse().unwrap()),
-        );
+        to_biller_from(&mut h, "127.0.0.1:9000", "127.0.0.1");
         assert!(h.get("x-api-key").is_none());
         assert_eq!(
             h.get_all("x-billgate-partner").iter().collect::<Vec<_>>(),
