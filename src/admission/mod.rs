@@ -403,35 +403,45 @@ impl Gate {
         let Some(key) = req.key else {
             return Err(deny(Reason::MissingKey, None, None, None));
         };
-        // The partner's lines are asked for as soon as a hint names it, while the key's entry
-        // is still on its way to be compared.
-        let mut told: Option<(usize, PartnerLines)> = None;
+        // Routing reads only the request and the router, so it comes first: then everything
+        // the decision will read of the partner (its lines, its quota for the class, the
+        // account's slot) is asked for the moment a hint names the partner, while the key's
+        // entry is still on its way to be compared.
+        let matched = self.router.find(req.method, req.path, req.query);
+        let class = matched.map(|m| match m.class {
+            RouteClass::Payment => Class::Payment,
+            RouteClass::Inquiry if req.origin_user => Class::InquiryUser,
+            RouteClass::Inquiry => Class::InquiryScheduled,
+        });
+        let account = matched.and_then(|m| match (m.class, m.account) {
+            (RouteClass::Inquiry, Some(account)) => Some(account),
+            _ => None,
+        });
+        let ask = |lines: &PartnerLines| {
+            if let Some(class) = class {
+                lines.quotas[class.index()].prefetch();
+            }
+            self.account_key(lines.account_tag, account)
+        };
+        let mut told: Option<(usize, PartnerLines, Option<u64>)> = None;
         let early = |p, card: &Card| {
             let lines = PartnerLines::from_card(card);
             lines.prefetch();
-            told = Some((p, lines));
+            told = Some((p, lines, ask(&lines)));
         };
         let Some(partner) = self.keys.find_with(key, early) else {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
-        let lines = match told {
-            Some((p, lines)) if p == partner => lines,
-            _ => PartnerLines::from_card(&self.keys.card(partner)),
+        let account_key = match told {
+            Some((p, _, account_key)) if p == partner => account_key,
+            _ => ask(&PartnerLines::from_card(&self.keys.card(partner))),
         };
-        // Routing reads only the request and the router: it runs while the partner's state
-        // is still on its way from memory.
-        let matched = self.router.find(req.method, req.path, req.query);
         let gate = &self.partners[partner];
         if gate.suspension.is_suspended() {
             return Err(deny(Reason::Suspended, Some(partner), None, None));
         }
-        let Some(matched) = matched else {
+        let (Some(matched), Some(class)) = (matched, class) else {
             return Err(deny(Reason::NoRoute, Some(partner), None, None));
-        };
-        let class = match matched.class {
-            RouteClass::Payment => Class::Payment,
-            RouteClass::Inquiry if req.origin_user => Class::InquiryUser,
-            RouteClass::Inquiry => Class::InquiryScheduled,
         };
         if gate.quotas[class.index()].is_none() {
             return Err(deny(
@@ -441,16 +451,6 @@ impl Gate {
                 Some(matched.route),
             ));
         }
-        lines.quotas[class.index()].prefetch();
-        // The account's slot is asked for now, so its miss overlaps the partner quota's.
-        let account_key = match (matched.class, matched.account) {
-            (RouteClass::Inquiry, Some(account)) if lines.account_tag != 0 => {
-                let key = self.accounts.key(lines.account_tag, account);
-                self.accounts.prefetch(key);
-                Some(key)
-            }
-            _ => None,
-        };
         Ok(Classified {
             partner,
             class,
@@ -459,6 +459,16 @@ impl Gate {
             account: matched.account,
             account_key,
         })
+    }
+
+    /// The key `account` is tracked under for the partner whose per-account limit has tag
+    /// `tag` (0: none), its slot asked for at once (see [`AccountTable::prefetch`]).
+    #[inline]
+    fn account_key(&self, tag: u32, account: Option<&str>) -> Option<u64> {
+        let account = account.filter(|_| tag != 0)?;
+        let key = self.accounts.key(tag, account);
+        self.accounts.prefetch(key);
+        Some(key)
     }
 
     /// Spends the partner's quota for the class, the per-account quota and the biller's
