@@ -11,10 +11,12 @@
 //! Beside each entry (128 bytes, so with thousands of partners rarely in cache) is a hint, one
 //! cache line: a fingerprint of the key's hash, the partner, and the partner's [`Card`] — a
 //! few words the caller gave for each partner (the gate puts there where that partner's state
-//! lives). A lookup probes the hints, hands the likely partner's card to its caller — who asks
-//! for that partner's state at once — and only then reads the entry to compare the key: the
-//! entry's miss and the partner state's overlap instead of following one another. Nothing is
-//! decided on a hint: a partner is returned only once its key compared equal.
+//! lives). A lookup starts by asking for its home slot's hint and entry together
+//! ([`KeyIndex::ask`]), so the caller can do other work while they come. It then probes the
+//! hints, hands the likely partner's card to its caller — who asks for that partner's state at
+//! once — and only then compares the key with the entry: the misses overlap instead of
+//! following one another. Nothing is decided on a hint: a partner is returned only once its
+//! key compared equal.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -51,6 +53,13 @@ struct Hint {
 struct Entry {
     head: AtomicU64,
     words: [AtomicU64; WORDS],
+}
+
+/// A look-up [`KeyIndex::ask`] has started: the key, and its hash when the cache may hold it.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'k> {
+    key: &'k [u8],
+    hash: Option<u64>,
 }
 
 /// Key digests → partner index, with a cache of presented keys. Keys are configured only as
@@ -169,12 +178,42 @@ impl KeyIndex {
     /// probed). For prefetching: the answer is still only the partner whose key compared equal,
     /// and a key found by its digest is told of no one ([`KeyIndex::card`] has its card).
     #[inline]
-    pub fn find_with(&self, key: &[u8], mut likely: impl FnMut(usize, &Card)) -> Option<usize> {
+    pub fn find_with(&self, key: &[u8], likely: impl FnMut(usize, &Card)) -> Option<usize> {
+        self.find_asked(self.ask(key), likely)
+    }
+
+    /// Starts a look-up of `key`: hashes it and asks for the lines it will read first, the
+    /// hint and the entry of its home slot, so that their misses run while the caller does
+    /// other work. Finish it with [`KeyIndex::find_asked`].
+    #[inline]
+    pub fn ask<'k>(&self, key: &'k [u8]) -> Asked<'k> {
         if key.len() > CACHED_KEY_BYTES {
-            return self.by_digest(key);
+            return Asked { key, hash: None };
         }
-        let want = READY | (key.len() as u64) << 32;
         let hash = self.seed.hash_one(key);
+        let home = hash as usize & (self.entries.len() - 1);
+        if let (Some(hint), Some(entry)) = (self.hints.get(home), self.entries.get(home)) {
+            crate::memory::prefetch_address(crate::memory::address_of(hint));
+            crate::memory::prefetch_address(crate::memory::address_of(entry));
+        }
+        Asked {
+            key,
+            hash: Some(hash),
+        }
+    }
+
+    /// [`KeyIndex::find_with`] for a key [`KeyIndex::ask`] has started.
+    #[inline]
+    pub fn find_asked(
+        &self,
+        asked: Asked<'_>,
+        mut likely: impl FnMut(usize, &Card),
+    ) -> Option<usize> {
+        let Asked { key, hash } = asked;
+        let Some(hash) = hash else {
+            return self.by_digest(key);
+        };
+        let want = READY | (key.len() as u64) << 32;
         let fingerprint = fingerprint(hash);
         let mask = self.entries.len() - 1;
         let mut i = hash as usize & mask;

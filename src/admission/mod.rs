@@ -32,7 +32,7 @@ use http::Method;
 pub use accounts::{AccountDenial, AccountLimiter, AccountTable};
 pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket, PAYMENT_FAILURE_RATE};
 pub use budget::Budget;
-pub use identify::{Card, KeyIndex};
+pub use identify::{Asked, Card, KeyIndex};
 pub use quota::{Passed, Quota, QuotaLines, Remaining};
 pub use route::{Matched, Router};
 pub use shed::Shedder;
@@ -403,10 +403,11 @@ impl Gate {
         let Some(key) = req.key else {
             return Err(deny(Reason::MissingKey, None, None, None));
         };
-        // Routing reads only the request and the router, so it comes first: then everything
-        // the decision will read of the partner (its lines, its quota for the class, the
-        // account's slot) is asked for the moment a hint names the partner, while the key's
-        // entry is still on its way to be compared.
+        // The key's hint and entry are asked for first. Routing reads only the request and
+        // the router, so it runs while they are on their way; then everything the decision
+        // will read of the partner (its lines, its quota for the class, the account's slot)
+        // is asked for the moment the hint names the partner.
+        let asked = self.keys.ask(key);
         let matched = self.router.find(req.method, req.path, req.query);
         let class = matched.map(|m| match m.class {
             RouteClass::Payment => Class::Payment,
@@ -429,7 +430,7 @@ impl Gate {
             lines.prefetch();
             told = Some((p, lines, ask(&lines)));
         };
-        let Some(partner) = self.keys.find_with(key, early) else {
+        let Some(partner) = self.keys.find_asked(asked, early) else {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
         let account_key = match told {
