@@ -91,6 +91,11 @@ impl FakeClock {
     }
 }
 
+/// `d` in whole nanoseconds, saturating (past 584 years).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Whole seconds in `d`, rounded up (what `Retry-After` and `RateLimit` `t=` carry).
 pub fn ceil_secs(d: Duration) -> u64 {
     let secs = d.as_secs();

@@ -14,6 +14,8 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::clock::nanos;
+
 /// One cell's parameters, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
@@ -30,10 +32,6 @@ pub enum Refused {
     Until(u64),
     /// More cells at once than the burst holds: never.
     TooMany,
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Gcra {

@@ -193,8 +193,8 @@ impl KeyIndex {
         let hash = self.seed.hash_one(key);
         let home = hash as usize & (self.entries.len() - 1);
         if let (Some(hint), Some(entry)) = (self.hints.get(home), self.entries.get(home)) {
-            crate::memory::prefetch_address(crate::memory::address_of(hint));
-            crate::memory::prefetch_address(crate::memory::address_of(entry));
+            crate::memory::prefetch(hint);
+            crate::memory::prefetch(entry);
         }
         Asked {
             key,

@@ -424,17 +424,17 @@ impl Gate {
             }
             self.account_key(lines.account_tag, account)
         };
-        let mut told: Option<(usize, PartnerLines, Option<u64>)> = None;
+        let mut told: Option<(usize, Option<u64>)> = None;
         let early = |p, card: &Card| {
             let lines = PartnerLines::from_card(card);
             lines.prefetch();
-            told = Some((p, lines, ask(&lines)));
+            told = Some((p, ask(&lines)));
         };
         let Some(partner) = self.keys.find_asked(asked, early) else {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
         let account_key = match told {
-            Some((p, _, account_key)) if p == partner => account_key,
+            Some((p, account_key)) if p == partner => account_key,
             _ => ask(&PartnerLines::from_card(&self.keys.card(partner))),
         };
         let gate = &self.partners[partner];

@@ -4,7 +4,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::clock::Clock;
+use crate::clock::{nanos, Clock};
 
 /// Width of one bucket of the arrival-rate window.
 const BUCKET_NANOS: u64 = 100_000_000;
@@ -300,10 +300,6 @@ fn take_share(debt: &mut u64, share: u64) -> bool {
 fn to_ppm(x: f64) -> u64 {
     // `as` saturates for floats: NaN → 0, huge → u64::MAX.
     (x * PPM as f64).round() as u64
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn cap_latency(latency_nanos: u128) -> Duration {

@@ -44,6 +44,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::nanos;
+
 pub use probe::Probe;
 pub use settings::{
     default_max_open_for, outcome_of_status, BreakerSettings, BreakerState, Outcome, Transition,
@@ -87,10 +89,6 @@ pub enum Admission {
     /// (no probe slot, or not probe-eligible): the time until the oldest probe in flight must
     /// have answered, or `probe_timeout` when none is.
     Reject { retry_after: Duration },
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Breaker {

@@ -172,7 +172,7 @@ impl CachedAnswer {
 
 /// `d` as [`Nanos`], saturating (governor's conversion panics past 584 years).
 pub(super) fn nanos(d: Duration) -> Nanos {
-    Nanos::from(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    Nanos::from(crate::clock::nanos(d))
 }
 
 /// `at + d`, saturating.
