@@ -3,15 +3,25 @@
 //!
 //! # Layout
 //!
-//! One [`AccountTable`] per gateway holds every partner's accounts, keyed by a 64-bit hash of
-//! the partner's tag and the account number (foldhash, seeded per table so a partner cannot
-//! aim collisions), so a lookup allocates nothing. The table is a fixed set of shards chosen by
-//! the hash's top bits; each shard is an open-addressing array of 16-byte slots (hash and
-//! theoretical arrival time side by side, one cache line read per lookup). The shard headers
-//! are few and shared by all partners, so they stay in cache: checking an account costs one
-//! read from memory, the slot, and its address is known as soon as the partner is — before the
-//! partner's own state has arrived. (A table per partner, as before, put three dependent
-//! misses — the partner's table, its shard, its array — in front of the slot.)
+//! One [`AccountTable`] per gateway holds every partner's accounts. The table is a fixed set of
+//! shards; each shard is an open-addressing array of 16-byte slots (key and theoretical arrival
+//! time side by side, one cache line read per lookup). The shard headers are few and shared by
+//! all partners, so they stay in cache: checking an account costs one read from memory, the
+//! slot.
+//!
+//! An account is tracked under a 64-bit key (foldhash, seeded per table so a partner cannot aim
+//! collisions) made in two steps, so that the slot can be asked for before the partner is
+//! known. The account number alone gives its [`Place`]: the key's top bits, which choose the
+//! shard, and its low bits, which choose the home slot. The partner's tag, hashed with the
+//! place, fills the middle 32 bits. A decision can thus ask for the slot as soon as it has
+//! routed the request, while the key's own look-up is still on its way, and the two misses
+//! overlap instead of following one another. (A table per partner, as at first, put three
+//! dependent misses — the partner's table, its shard, its array — in front of the slot; a key
+//! hashed from tag and account put the slot's miss behind the key's.) One account number asked
+//! about through several partners has its slots side by side, a probe apart; each partner
+//! tracks an account at most once, so that run is at most as long as the number of partners
+//! that track it. Two partners' entries for one account are confused only if the middle bits
+//! agree, one chance in 2^32 per pair; distinct accounts, one in 2^64.
 //!
 //! A known account is checked without a lock: a compare-and-swap on its arrival time. New
 //! accounts, growth and eviction take the shard's lock. Each partner has its own ceiling on
@@ -92,6 +102,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// headers (16 KiB, and as much again for the arrays' headers) stay in cache.
 const SHARD_BITS: u32 = 10;
 
+/// Home bits a [`Place`] fixes: a shard of up to 2^22 slots (four billion in the table) has
+/// every account's home known from its number alone. Past that, homes still hold, but depend
+/// on the partner too, and the early ask reads a nearby line instead.
+const HOME_BITS: u32 = 22;
+
+/// The bits of a key its [`Place`] gives: the shard's and the home slot's.
+const PLACE_BITS: u64 = !(u64::MAX >> SHARD_BITS) | ((1 << HOME_BITS) - 1);
+
+/// Where an account number's slots are, for every partner that tracks it: the number's keyed
+/// hash, whose top bits choose the shard and low bits the home slot. See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place(u64);
+
 /// One partner's count of accounts in the table, against its ceiling.
 struct Tally {
     ceiling: usize,
@@ -155,10 +178,24 @@ impl AccountTable {
         }
     }
 
+    /// Where `account` is tracked, whichever partner asks: see [`Place`].
+    #[inline]
+    pub fn place(&self, account: &str) -> Place {
+        Place(self.seed.hash_one(account.as_bytes()))
+    }
+
+    /// The key the account at `place` is tracked under for the partner tagged `tag`: the
+    /// place's bits, and the middle ones from the tag hashed with the place.
+    #[inline]
+    pub fn key_at(&self, place: Place, tag: u32) -> u64 {
+        let owner = self.seed.hash_one((place.0, tag));
+        Slots::key_of(place.0 & PLACE_BITS | owner & !PLACE_BITS)
+    }
+
     /// The key `account` of the partner tagged `tag` is tracked under.
     #[inline]
     pub fn key(&self, tag: u32, account: &str) -> u64 {
-        Slots::key_of(self.seed.hash_one((tag, account.as_bytes())))
+        self.key_at(self.place(account), tag)
     }
 
     #[inline]
@@ -168,15 +205,16 @@ impl AccountTable {
         &self.shards[index & (self.shards.len() - 1)]
     }
 
-    /// Asks for the slot `key` would be found in to be brought into cache (see
-    /// [`crate::memory`]). The shard headers are normally in cache already.
+    /// Asks for the slot an account at `place` would be found in to be brought into cache (see
+    /// [`crate::memory`]), for whichever partner. The shard headers are normally in cache
+    /// already.
     #[inline]
-    pub fn prefetch(&self, key: u64) {
-        let shard = self.shard(key);
+    pub fn prefetch(&self, place: Place) {
+        let shard = self.shard(place.0);
         let first = shard.first.load(Ordering::Relaxed);
         let mask = shard.mask.load(Ordering::Relaxed);
         // An empty array's mask is all ones: the address is then meaningless, and harmless.
-        let home = key as usize & mask;
+        let home = place.0 as usize & mask;
         let offset = home.wrapping_mul(std::mem::size_of::<Slot>());
         crate::memory::prefetch_address(first.wrapping_add(offset));
     }
@@ -304,10 +342,10 @@ impl AccountLimiter {
         self.check_key(self.key(account), now)
     }
 
-    /// Asks for the slot of the account tracked under `key` (see [`AccountTable::prefetch`]).
+    /// Asks for the slot `account` is tracked in (see [`AccountTable::prefetch`]).
     #[inline]
-    pub fn prefetch(&self, key: u64) {
-        self.table.prefetch(key);
+    pub fn prefetch(&self, account: &str) {
+        self.table.prefetch(self.table.place(account));
     }
 
     /// [`AccountLimiter::check`] for an account by its [`AccountLimiter::key`].
@@ -495,6 +533,45 @@ mod tests {
     }
 
     #[test]
+    fn an_accounts_place_is_the_same_for_every_partner_and_its_keys_are_not() {
+        let (clock, hand) = Clock::fake();
+        let table = Arc::new(AccountTable::new(clock.clone()));
+        let limiters: Vec<AccountLimiter> = (0..200)
+            .map(|_| table.limiter(parse_rate("1/min").unwrap(), 10))
+            .collect();
+        let place = table.place("000123456789");
+        assert_eq!(place, table.place("000123456789"));
+        assert_ne!(place, table.place("000123456788"));
+        let keys: Vec<u64> = limiters
+            .iter()
+            .map(|l| table.key_at(place, l.tag()))
+            .collect();
+        for (l, &key) in limiters.iter().zip(&keys) {
+            assert_eq!(key, l.key("000123456789"));
+            // Shard and home slot come from the account number alone...
+            assert_eq!(key & PLACE_BITS, place.0 & PLACE_BITS);
+            assert!(std::ptr::eq(table.shard(key), table.shard(place.0)));
+        }
+        // ...and the rest from the partner: 200 partners, 200 keys.
+        let distinct: std::collections::HashSet<u64> = keys.iter().copied().collect();
+        assert_eq!(distinct.len(), 200);
+        // All 200 share one home: each is still found, each with a quota of its own.
+        for l in &limiters {
+            assert_eq!(l.check("000123456789", clock.now()), Ok(()));
+        }
+        for l in &limiters {
+            assert_eq!(
+                l.check("000123456789", clock.now()),
+                Err(AccountDenial::TooOften(Duration::from_secs(60)))
+            );
+        }
+        assert_eq!(table.tracked(), 200);
+        hand.advance(Duration::from_secs(60));
+        table.sweep();
+        assert_eq!(table.tracked(), 0);
+    }
+
+    #[test]
     fn many_accounts_spread_over_shards_and_are_all_found_again() {
         let (l, hand, clock) = limiter("1/min", 100_000);
         assert_eq!(l.table.shards.len(), 1024);
@@ -568,9 +645,9 @@ mod tests {
         let shards = &l.table.shards;
         assert!(shards.iter().all(|s| s.slots.load().capacity() == 0));
         // Prefetching into an empty shard, or a grown one, reads nothing and cannot fail.
-        l.prefetch(l.key("one"));
+        l.prefetch("one");
         l.check("one", clock.now()).unwrap();
-        l.prefetch(l.key("one"));
+        l.prefetch("one");
         let shard = l.table.shard(l.key("one"));
         let (first, mask) = shard.slots.load().lines();
         assert_eq!(shard.first.load(Ordering::Relaxed), first);

@@ -29,7 +29,7 @@ use governor::nanos::Nanos;
 
 use http::Method;
 
-pub use accounts::{AccountDenial, AccountLimiter, AccountTable};
+pub use accounts::{AccountDenial, AccountLimiter, AccountTable, Place};
 pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket, PAYMENT_FAILURE_RATE};
 pub use budget::Budget;
 pub use identify::{Asked, Card, KeyIndex};
@@ -404,9 +404,10 @@ impl Gate {
             return Err(deny(Reason::MissingKey, None, None, None));
         };
         // The key's hint and entry are asked for first. Routing reads only the request and
-        // the router, so it runs while they are on their way; then everything the decision
-        // will read of the partner (its lines, its quota for the class, the account's slot)
-        // is asked for the moment the hint names the partner.
+        // the router, so it runs while they are on their way. The account's slot depends only
+        // on the account number, so it is asked for as soon as routing has found the number;
+        // then everything the decision will read of the partner (its lines, its quota for the
+        // class) is asked for the moment the key's hint names the partner.
         let asked = self.keys.ask(key);
         let matched = self.router.find(req.method, req.path, req.query);
         let class = matched.map(|m| match m.class {
@@ -418,11 +419,19 @@ impl Gate {
             (RouteClass::Inquiry, Some(account)) => Some(account),
             _ => None,
         });
+        let place = account.map(|account| {
+            let place = self.accounts.place(account);
+            self.accounts.prefetch(place);
+            place
+        });
         let ask = |lines: &PartnerLines| {
             if let Some(class) = class {
                 lines.quotas[class.index()].prefetch();
             }
-            self.account_key(lines.account_tag, account)
+            let tag = lines.account_tag;
+            place
+                .filter(|_| tag != 0)
+                .map(|place| self.accounts.key_at(place, tag))
         };
         let mut told: Option<(usize, Option<u64>)> = None;
         let early = |p, card: &Card| {
@@ -460,16 +469,6 @@ impl Gate {
             account: matched.account,
             account_key,
         })
-    }
-
-    /// The key `account` is tracked under for the partner whose per-account limit has tag
-    /// `tag` (0: none), its slot asked for at once (see [`AccountTable::prefetch`]).
-    #[inline]
-    fn account_key(&self, tag: u32, account: Option<&str>) -> Option<u64> {
-        let account = account.filter(|_| tag != 0)?;
-        let key = self.accounts.key(tag, account);
-        self.accounts.prefetch(key);
-        Some(key)
     }
 
     /// Spends the partner's quota for the class, the per-account quota and the biller's
