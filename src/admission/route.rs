@@ -120,7 +120,7 @@ impl<'r> Iterator for Parts<'r> {
     fn next(&mut self) -> Option<&'r str> {
         let start = self.next?;
         let tail = self.rest.as_bytes().get(start..)?;
-        match tail.iter().position(|&b| b == b'/') {
+        match find_slash(tail) {
             Some(len) => {
                 self.next = Some(start + len + 1);
                 self.rest.get(start..start + len)
@@ -133,10 +133,61 @@ impl<'r> Iterator for Parts<'r> {
     }
 }
 
-/// Byte equality without a call to `memcmp`: route segments are a few bytes long.
+/// Eight bytes of `bytes` from `at`, little-endian (0 past the end: callers stay inside).
+#[inline]
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    bytes
+        .get(at..at.wrapping_add(8))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Byte equality without a call to `memcmp` (route segments and prefixes are a few bytes
+/// long): eight bytes at a time, the last partial word read as the final eight bytes.
 #[inline]
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let Some(last) = a.len().checked_sub(8) else {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    };
+    let mut diff = word_at(a, last) ^ word_at(b, last);
+    let mut at = 0;
+    while at < last {
+        diff |= word_at(a, at) ^ word_at(b, at);
+        at += 8;
+    }
+    diff == 0
+}
+
+/// Where the first `/` in `bytes` is, eight bytes at a time: a word xor'ed with slashes has a
+/// zero byte where the slash was, and the classic zero-byte test flags it (it may also flag
+/// bytes above a true zero, never below, so the lowest flag is the first slash). The last
+/// partial word is read as the final eight bytes, whose earlier bytes are known not to be
+/// slashes.
+#[inline]
+fn find_slash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const SLASHES: u64 = ONES * b'/' as u64;
+    let first = |word: u64| {
+        let x = word ^ SLASHES;
+        let found = x.wrapping_sub(ONES) & !x & HIGHS;
+        (found != 0).then(|| found.trailing_zeros() as usize / 8)
+    };
+    let Some(last) = bytes.len().checked_sub(8) else {
+        return bytes.iter().position(|&b| b == b'/');
+    };
+    let mut at = 0;
+    while at < last {
+        if let Some(i) = first(word_at(bytes, at)) {
+            return Some(at + i);
+        }
+        at += 8;
+    }
+    first(word_at(bytes, last)).map(|i| last + i)
 }
 
 /// Matches `path` against a template; `Some(account segment)` on a match.
@@ -356,6 +407,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn word_wise_equality_and_slash_search_agree_with_the_byte_loops() {
+        let text: Vec<u8> = (0..40).map(|i| b'a' + (i % 26) as u8).collect();
+        for len in 0..=text.len() {
+            let a = std::str::from_utf8(&text[..len]).unwrap();
+            assert!(same(a, a));
+            assert_eq!(find_slash(a.as_bytes()), None, "{a}");
+            for at in 0..len {
+                let mut other = text[..len].to_vec();
+                other[at] ^= 0x20;
+                let b = std::str::from_utf8(&other).unwrap();
+                assert!(!same(a, b), "{a} {b}");
+                // A slash at `at`, and another later: the first is found.
+                let mut slashed = text[..len].to_vec();
+                slashed[at] = b'/';
+                if at + 3 < len {
+                    slashed[at + 3] = b'/';
+                }
+                assert_eq!(find_slash(&slashed), Some(at), "{slashed:?}");
+                // Bytes one off a slash, and bytes with the high bit, are not slashes.
+                slashed[at] = b'.';
+                assert_eq!(
+                    find_slash(&slashed),
+                    slashed.iter().position(|&b| b == b'/')
+                );
+                slashed[at] = 0xaf;
+                assert_eq!(
+                    find_slash(&slashed),
+                    slashed.iter().position(|&b| b == b'/')
+                );
+            }
+            assert!(!same(a, &format!("{a}x")));
+        }
+        // A byte just below a slash's value right before one: the borrow must not hide it.
+        assert_eq!(find_slash(b"abcdef\x2e/zz"), Some(7));
+        assert_eq!(find_slash(b"........./"), Some(9));
+        assert_eq!(find_slash(b"\x00/......"), Some(1));
     }
 
     #[test]
