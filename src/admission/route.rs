@@ -142,24 +142,13 @@ fn word_at(bytes: &[u8], at: usize) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
-/// Byte equality without a call to `memcmp` (route segments and prefixes are a few bytes
-/// long): eight bytes at a time, the last partial word read as the final eight bytes.
+/// Byte equality without a call to `memcmp`: route segments are a few bytes long. (Comparing
+/// eight bytes at a time, as [`find_slash`] searches, ran 66 instructions fewer per decision
+/// but measured 20 ns slower on an admitted one, in every interleaved round; the byte loop
+/// stays.)
 #[inline]
 fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let Some(last) = a.len().checked_sub(8) else {
-        return a.iter().zip(b).all(|(x, y)| x == y);
-    };
-    let mut diff = word_at(a, last) ^ word_at(b, last);
-    let mut at = 0;
-    while at < last {
-        diff |= word_at(a, at) ^ word_at(b, at);
-        at += 8;
-    }
-    diff == 0
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 /// Where the first `/` in `bytes` is, eight bytes at a time: a word xor'ed with slashes has a
@@ -410,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn word_wise_equality_and_slash_search_agree_with_the_byte_loops() {
+    fn equality_and_the_word_wise_slash_search_agree_with_the_byte_loops() {
         let text: Vec<u8> = (0..40).map(|i| b'a' + (i % 26) as u8).collect();
         for len in 0..=text.len() {
             let a = std::str::from_utf8(&text[..len]).unwrap();
