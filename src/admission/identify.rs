@@ -8,10 +8,12 @@
 //! allocation); keys are compared in full, in constant time. Keys longer than
 //! [`CACHED_KEY_BYTES`] are always hashed.
 //!
-//! Beside each entry (128 bytes, so with thousands of partners rarely in cache) is a hint, one
-//! cache line: a fingerprint of the key's hash, the partner, and the partner's [`Card`] — a
-//! few words the caller gave for each partner (the gate puts there where that partner's state
-//! lives). A lookup starts by asking for its home slot's hint and entry together
+//! Beside each entry (128 bytes, so with thousands of partners rarely in cache) is a hint of
+//! eight bytes: a fingerprint of the key's hash and the partner. Hints are packed eight to a
+//! line, so the table of hints is small (256 KiB for 10 000 keys) and, unlike the entries,
+//! tends to stay in cache. Each partner also has a [`Card`] — a few words the caller gave for
+//! it (the gate puts there where that partner's state lives), one line per partner in a dense
+//! array. A lookup starts by asking for its home slot's hint and entry together
 //! ([`KeyIndex::ask`]), so the caller can do other work while they come. It then probes the
 //! hints, hands the likely partner's card to its caller — who asks for that partner's state at
 //! once — and only then compares the key with the entry: the misses overlap instead of
@@ -39,13 +41,13 @@ pub const CARD_WORDS: usize = 7;
 pub type Card = [u64; CARD_WORDS];
 
 /// One remembered key's hint: 0 while empty or being written, else the high half of the key's
-/// hash (its lowest bit set) over the partner index; then the partner's card.
+/// hash (its lowest bit set) over the partner index. Eight to a cache line.
+type Hint = AtomicU64;
+
+/// A partner's card, alone on its cache line.
 #[repr(align(64))]
-#[derive(Default)]
-struct Hint {
-    head: AtomicU64,
-    card: [AtomicU64; CARD_WORDS],
-}
+#[derive(Clone, Copy, Default)]
+struct CardLine(Card);
 
 /// One remembered key: its head, then its bytes as little-endian words, zero-padded.
 #[repr(align(128))]
@@ -71,7 +73,7 @@ pub struct KeyIndex {
     /// `hints[i]` for `entries[i]`.
     hints: Box<[Hint]>,
     /// Each partner's card, by partner index.
-    cards: Box<[Card]>,
+    cards: Box<[CardLine]>,
     /// Entries written so far: kept at most half the table, so probes always end.
     filled: AtomicUsize,
 }
@@ -153,7 +155,7 @@ impl KeyIndex {
             for digest in keys {
                 by_digest.insert(*digest, partner);
             }
-            cards.push(card);
+            cards.push(CardLine(card));
         }
         // Room for every configured key at most half full.
         let slots = (2 * by_digest.len()).next_power_of_two().max(8);
@@ -161,7 +163,7 @@ impl KeyIndex {
             by_digest,
             seed: foldhash::quality::RandomState::default(),
             entries: (0..slots).map(|_| Entry::default()).collect(),
-            hints: (0..slots).map(|_| Hint::default()).collect(),
+            hints: (0..slots).map(|_| Hint::new(0)).collect(),
             cards: cards.into(),
             filled: AtomicUsize::new(0),
         }
@@ -218,16 +220,16 @@ impl KeyIndex {
         let mask = self.entries.len() - 1;
         let mut i = hash as usize & mask;
         for _ in 0..self.entries.len() {
-            let hint = self.hints.get(i)?;
-            let head = hint.head.load(Ordering::Acquire);
+            let head = self.hints.get(i)?.load(Ordering::Acquire);
             if head == 0 {
                 // Empty, or being written: either way the key is not known here yet.
                 break;
             }
             if head & !0xffff_ffff == fingerprint {
                 let partner = (head & 0xffff_ffff) as usize;
-                let card = hint.card.each_ref().map(|w| w.load(Ordering::Relaxed));
-                likely(partner, &card);
+                if let Some(CardLine(card)) = self.cards.get(partner) {
+                    likely(partner, card);
+                }
                 let entry = self.entries.get(i)?;
                 let head = entry.head.load(Ordering::Acquire);
                 if head == want | partner as u64 && entry.holds(key) {
@@ -243,7 +245,10 @@ impl KeyIndex {
 
     /// The card given for `partner` (zeros for an index out of range).
     pub fn card(&self, partner: usize) -> Card {
-        self.cards.get(partner).copied().unwrap_or_default()
+        self.cards
+            .get(partner)
+            .map(|line| line.0)
+            .unwrap_or_default()
     }
 
     fn by_digest(&self, key: &[u8]) -> Option<usize> {
@@ -285,13 +290,7 @@ impl KeyIndex {
                 }
                 let head = READY | (key.len() as u64) << 32 | u64::from(partner);
                 entry.head.store(head, Ordering::Release);
-                let card = self.card(partner as usize);
-                for (stored, word) in hint.card.iter().zip(card) {
-                    stored.store(word, Ordering::Relaxed);
-                }
-                // Publishes the card with the head: a reader seeing the head sees the card.
-                hint.head
-                    .store(fingerprint(hash) | u64::from(partner), Ordering::Release);
+                hint.store(fingerprint(hash) | u64::from(partner), Ordering::Release);
                 return;
             }
             i = (i + 1) & mask;
@@ -351,12 +350,10 @@ mod tests {
         // A hint that names the wrong partner is only a hint: the entry's partner and key
         // decide, and the key is proven again by its digest.
         let slot = (0..index.hints.len())
-            .find(|&i| index.hints[i].head.load(Ordering::Relaxed) != 0)
+            .find(|&i| index.hints[i].load(Ordering::Relaxed) != 0)
             .unwrap();
-        let head = index.hints[slot].head.load(Ordering::Relaxed);
-        index.hints[slot]
-            .head
-            .store(head & !0xffff_ffff, Ordering::Relaxed);
+        let head = index.hints[slot].load(Ordering::Relaxed);
+        index.hints[slot].store(head & !0xffff_ffff, Ordering::Relaxed);
         told.clear();
         assert_eq!(index.find_with(b"b", |p, c| told.push((p, *c))), Some(1));
         assert_eq!(told[0].0, 0);

@@ -203,8 +203,8 @@ pub struct PartnerGate {
 /// Where one partner's state lives, as numbers, for prefetching only (never read through): the
 /// lines a decision for the partner reads, so all of them can be asked for at once as soon as
 /// the key has named the partner, rather than each after the pointer leading to it has arrived
-/// (see [`crate::memory`]). It travels as the partner's [`Card`] in the key index, in the very
-/// line that names the partner.
+/// (see [`crate::memory`]). It travels as the partner's [`Card`] in the key index, handed over
+/// as soon as a hint names the partner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct PartnerLines {
     gate: usize,
