@@ -194,7 +194,7 @@ impl AccountTable {
     ///
     /// The mix is foldhash's own step, one folded multiply: the place, keyed by a secret, times
     /// `2 × tag + 1` spread by an odd constant (distinct tags, distinct odd factors), the product's
-    /// halves xor'ed. A second full hash here cost the per-account check 12% of its rate.
+    /// halves xor'ed. A second full hash here cost the per-account check 9–12% of its rate.
     #[inline]
     pub fn key_at(&self, place: Place, tag: u32) -> u64 {
         const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
