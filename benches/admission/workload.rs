@@ -76,7 +76,6 @@ impl Req {
     }
 
     /// The path, as the proxy hands it over: a `&str` already, nothing checked per request.
-    #[allow(unsafe_code)]
     pub fn path(&self) -> &str {
         let bytes = self
             .path
