@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end load comparison: billgate against nginx (limit_req), both in front of the same fast
-# backend (nginx `return 200` with a 190-byte bill), plus the backend alone as the ceiling.
+# backend (nginx `return 200` with a 190-byte bill), plus the backend alone as the ceiling and
+# hyper used the plain way (benches/e2e/bare.rs: a bare proxy and a static 429) as the floor a
+# hyper-based gateway starts from.
 #
 #   benches/e2e/run.sh            build release, run every scenario, print the table
 #   benches/e2e/run.sh profile    perf profile of billgate forwarding (or, with
@@ -17,6 +19,7 @@
 #   WORKERS=2        nginx worker_processes and billgate's [server] workers
 #   BACKEND_WORKERS=1  worker_processes of the backend nginx
 #   CACHE=1          also measure billgate with cache_for on the inquiry route
+#   BARE=1           also measure the bare hyper proxy and refuser (benches/e2e/bare.rs)
 #   LATENCY=1        the fixed-rate (oha) phase; 0 skips it
 #   THROUGHPUT=1     the maximum-throughput (wrk) phase; 0 skips it (then set RATE)
 #   RATE=            the fixed rate, req/s; by default half of nginx's pass-through maximum
@@ -39,6 +42,7 @@ WRK_THREADS=${WRK_THREADS:-2}
 WORKERS=${WORKERS:-2}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 CACHE=${CACHE:-1}
+BARE=${BARE:-1}
 LATENCY=${LATENCY:-1}
 THROUGHPUT=${THROUGHPUT:-1}
 OUT=${OUT:-$ROOT/target/e2e}
@@ -51,6 +55,8 @@ BILLGATE_ADDR=127.0.0.1:18002
 BILLGATE_ADMIN=127.0.0.1:18102
 CACHED_ADDR=127.0.0.1:18003
 CACHED_ADMIN=127.0.0.1:18103
+BARE_PROXY_ADDR=127.0.0.1:18005
+BARE_REFUSE_ADDR=127.0.0.1:18007
 PASS_KEY=bench-pass-key
 TINY_KEY=bench-tiny-key
 # The same quotas as billgate.toml: N/s with burst N.
@@ -158,6 +164,16 @@ start_billgate() { # name config addr
     wait_port "$3" "billgate ($name)"
 }
 
+start_bare() { # name mode addr args...
+    local name=$1 mode=$2 addr=$3
+    shift 3
+    port_free "$addr"
+    "$BARE_BIN" "$mode" --listen "$addr" --workers "$WORKERS" "$@" >"$RUN/$name.log" 2>&1 &
+    STARTED+=($!)
+    printf -v "PID_$name" %s $!
+    wait_port "$addr" "the bare hyper $mode"
+}
+
 start_servers() {
     rm -rf "$RUN"
     mkdir -p "$RUN/tmp"
@@ -171,6 +187,10 @@ start_servers() {
             "$HERE/billgate.toml" >"$RUN/billgate-cache.toml"
         grep -q '^cache_for = "60s"' "$RUN/billgate-cache.toml" || die "could not derive billgate-cache.toml"
         start_billgate cached "$RUN/billgate-cache.toml" "$CACHED_ADDR"
+    fi
+    if [[ $BARE == 1 && $MODE == run ]]; then
+        start_bare bareproxy proxy "$BARE_PROXY_ADDR" --backend "$BACKEND_ADDR"
+        start_bare barerefuse refuse "$BARE_REFUSE_ADDR" --partner bench-tiny --rate "$TINY_RATE"
     fi
 }
 
@@ -207,8 +227,10 @@ scenarios() {
     echo "nginx-pass $NGINX_ADDR $PASS_KEY proxy $CONNECTIONS"
     echo "billgate-pass $BILLGATE_ADDR $PASS_KEY billgate $CONNECTIONS"
     if [[ $CACHE == 1 ]]; then echo "billgate-cache $CACHED_ADDR $PASS_KEY cached $CONNECTIONS"; fi
+    if [[ $BARE == 1 ]]; then echo "hyper-pass $BARE_PROXY_ADDR $PASS_KEY bareproxy $CONNECTIONS"; fi
     echo "nginx-reject $NGINX_ADDR $TINY_KEY proxy $CONNECTIONS"
     echo "billgate-reject $BILLGATE_ADDR $TINY_KEY billgate $CONNECTIONS"
+    if [[ $BARE == 1 ]]; then echo "hyper-reject $BARE_REFUSE_ADDR $TINY_KEY barerefuse $CONNECTIONS"; fi
     # Pass-through again with few connections: few enough calls in flight that billgate's
     # adaptive in-flight limit (which settles near 8 here, 40% of it kept from polls) lets every
     # request through, so the pair compares forwarding itself. Maximum throughput only.
@@ -237,7 +259,7 @@ preflight() {
     local name addr key cpu s
     while read -r name addr key _ _; do
         s=$(status_of "$addr" "$PASS_KEY" /v1/bills/100234)
-        [[ $name == direct || $s == 200 ]] || die "$name: a pass-through inquiry got $s, not 200"
+        [[ $name == direct || $name == hyper-reject || $s == 200 ]] || die "$name: a pass-through inquiry got $s, not 200"
         if [[ $name == direct ]]; then
             curl -s --max-time 3 "http://$addr/v1/bills/100234" | jq -e '.bill_id' >/dev/null ||
                 die "the backend's bill is not JSON"
@@ -249,7 +271,8 @@ preflight() {
             done
             ((refused > 0)) || die "$name: 30 quick requests from $key were never refused"
         fi
-        if [[ $name != direct ]]; then
+        # The bare hyper baselines do no admission: they know no keys.
+        if [[ $name != direct && $name != hyper-* ]]; then
             s=$(status_of "$addr" not-a-key /v1/bills/100234)
             [[ $s == 401 ]] || die "$name: an unknown key got $s, not 401"
         fi
@@ -418,6 +441,12 @@ summary() {
                 if ((have_lat)); then vs="$vs, p99 ×$(ratio "$p99" "$(median latency nginx-reject 8)")"; fi
                 vs="$vs, CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)")"
                 ;;
+            hyper-pass)
+                vs="hyper/nginx: 2xx/s ×$(ratio "$ok" "$(median throughput nginx-pass 13)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-pass 10)"); billgate/hyper: 2xx/s ×$(ratio "$(median throughput billgate-pass 13)" "$ok"), CPU/answer ×$(ratio "$(median throughput billgate-pass 10)" "$cpu_max")"
+                ;;
+            hyper-reject)
+                vs="hyper/nginx: refusals/s ×$(ratio "$(median throughput "$name" 5)" "$(median throughput nginx-reject 5)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)"); billgate/hyper: refusals/s ×$(ratio "$(median throughput billgate-reject 5)" "$(median throughput "$name" 5)"), CPU/answer ×$(ratio "$(median throughput billgate-reject 10)" "$cpu_max")"
+                ;;
         esac
         if [[ $cpu_max == nan ]]; then cpu_max=-; fi
         if [[ $name == direct ]]; then cpu_rate="$cpu_rate (backend)"; fi
@@ -428,8 +457,9 @@ summary() {
     echo
     echo "Answers/s count every answer (2xx, and 429/503 refusals); 2xx/s only the bills. p50/p99/p99.9"
     echo "are from the fixed-rate runs and cover every answer, refusals included. CPU is utime+stime of"
-    echo "the proxy's processes (nginx master + workers; the billgate process) over the run divided by"
-    echo "the answers; for direct, the backend's. wrk's closed-loop percentiles are in results.tsv."
+    echo "the proxy's processes (nginx master + workers; the billgate process; the bare hyper process)"
+    echo "over the run divided by the answers; for direct, the backend's. wrk's closed-loop"
+    echo "percentiles are in results.tsv."
     echo
     echo "Where the CPU goes at maximum throughput, µs per answer (medians; user and system time of the"
     echo "same processes): a server's system time is mostly the loopback TCP stack both sides share."
@@ -472,6 +502,18 @@ summary() {
         ng=$(awk -v a="$(median latency nginx-pass 8)" -v d="$d" 'BEGIN { printf "%+.3f", a - d }')
         echo "- added p99 over direct ($d ms) at $PASS_AT req/s: billgate $bg ms, nginx $ng ms (target billgate <= nginx): $(lat_verdict "$(holds "$bg" "<=" "$ng")" "$caveat")"
     fi
+    if [[ $BARE == 1 ]]; then
+        echo "- reference, not a target: hyper used the plain way (\`benches/e2e/bare.rs\`, no admission at all)"
+        bg=$(median throughput hyper-pass 13); ng=$(median throughput nginx-pass 13)
+        echo "  - bare hyper proxy/nginx, 2xx/s = $(ratio "$bg" "$ng"); round by round: $(paired throughput hyper-pass nginx-pass 13)"
+        echo "  - billgate/bare hyper proxy, 2xx/s = $(ratio "$(median throughput billgate-pass 13)" "$bg"); round by round: $(paired throughput billgate-pass hyper-pass 13)"
+        bg=$(median throughput hyper-reject 5); ng=$(median throughput nginx-reject 5)
+        echo "  - bare hyper 429/nginx, refusals/s = $(ratio "$bg" "$ng"); round by round: $(paired throughput hyper-reject nginx-reject 5)"
+        echo "  - billgate/bare hyper 429, refusals/s = $(ratio "$(median throughput billgate-reject 5)" "$bg"); round by round: $(paired throughput billgate-reject hyper-reject 5)"
+        if ((have_lat)); then
+            echo "  - p99 at $PASS_AT req/s: bare hyper proxy $(median latency hyper-pass 8) ms"
+        fi
+    fi
     echo
     echo "### checks"
     local bad
@@ -507,6 +549,12 @@ summary() {
 build() {
     log "cargo build --release"
     (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+    if [[ $BARE == 1 && $MODE == run ]]; then
+        # The bare baselines are a bench target: cargo names its executable.
+        BARE_BIN=$(cd "$ROOT" && cargo bench --no-run --bench bare --message-format=json 2>"$OUT/bare-build.log" |
+            jq -r 'select(.executable != null and .target.name == "bare") | .executable' | tail -1)
+        [[ -x $BARE_BIN ]] || die "no bare hyper baseline after cargo bench --no-run --bench bare (see $OUT/bare-build.log)"
+    fi
 }
 
 measure() {
