@@ -5,12 +5,14 @@
 //! biller, and [`metrics`] counts it. [`biller`] is the stand-in EBPP biller; [`storm`] replays
 //! the 2014 polling storm against it, with and without the gateway, and [`storm::polls`] measures
 //! the answer cache under partners polling far past the biller's capacity.
-// Unsafe code is denied everywhere but in two small, documented places that a measured gain
-// needs: asking which core a thread runs on (`shards`) and prefetching (`memory`).
+// Unsafe code is denied everywhere but in three small, documented places that a measured gain
+// needs: asking which core a thread runs on (`shards`), prefetching (`memory`) and handing
+// allocations to mimalloc (`allocator`).
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod admission;
+pub mod allocator;
 pub mod biller;
 pub mod breaker;
 pub mod cache;

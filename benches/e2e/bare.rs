@@ -11,7 +11,8 @@
 //! Both serve on `--workers` threads, each a current-thread runtime with its own listener on a
 //! shared port (`SO_REUSEPORT`) and, for the proxy, its own client pool; `--flavor multi` runs
 //! one multi-thread runtime with `--workers` threads instead. Like billgate's partner
-//! connections, accepted connections have `TCP_NODELAY` and a 10 s header-read timeout.
+//! connections, accepted connections have `TCP_NODELAY` and a 10 s header-read timeout, and the
+//! process allocates with billgate's allocator: what differs between the two is billgate's work.
 //!
 //! This is a benchmark target (`cargo bench --no-run` keeps it compiling), not a criterion
 //! bench: `cargo bench` only prints where it is used.
@@ -33,6 +34,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
+
+#[global_allocator]
+static ALLOCATOR: billgate::allocator::Mimalloc = billgate::allocator::Mimalloc;
 
 #[derive(Parser)]
 #[command(about = "Bare hyper baselines for benches/e2e/run.sh")]
