@@ -4,6 +4,10 @@
 //! - `bare proxy`: a hyper server that forwards every request to the backend through
 //!   hyper-util's pooled legacy client, changing only the URI. No key check, no quota, no header
 //!   hygiene, no metrics: the floor a hyper-based gateway starts from.
+//! - `bare proxy --client conn`: the same, but on hyper's connection API, the way billgate's own
+//!   pool uses it: each worker keeps a stack of open connections' senders and sends the request
+//!   as it came (origin-form, the partner's `Host`). No pool key, no URI made per request, no
+//!   pool bookkeeping: about the least hyper does per forwarded request.
 //! - `bare refuse`: a hyper server that answers every request with the same 429 billgate and
 //!   nginx send for bench-tiny's quota (the same problem body, `Retry-After` and `RateLimit`
 //!   fields), built per request from static parts.
@@ -17,9 +21,10 @@
 //! This is a benchmark target (`cargo bench --no-run` keeps it compiling), not a criterion
 //! bench: `cargo bench` only prints where it is used.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,12 +33,13 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::{self as client_http1, SendRequest};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 #[global_allocator]
 static ALLOCATOR: billgate::allocator::Mimalloc = billgate::allocator::Mimalloc;
@@ -57,6 +63,9 @@ enum Mode {
         /// The backend, `host:port`.
         #[arg(long)]
         backend: String,
+        /// Which of hyper's clients forwards.
+        #[arg(long, value_enum, default_value_t = ClientKind::Legacy)]
+        client: ClientKind,
     },
     /// Answer every request with a static 429.
     Refuse {
@@ -81,6 +90,14 @@ struct Serve {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ClientKind {
+    /// hyper-util's pooled `legacy::Client`.
+    Legacy,
+    /// hyper's `client::conn::http1`, a stack of ready senders per worker.
+    Conn,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Flavor {
     /// One current-thread runtime per worker, each with its own `SO_REUSEPORT` listener.
     PerCore,
@@ -97,7 +114,51 @@ enum Work {
         client: Client<HttpConnector, Incoming>,
         backend: Arc<str>,
     },
+    Lean(Arc<Lean>),
     Refuse(Arc<Refusal>),
+}
+
+/// One worker's connections to the backend on hyper's connection API. The lock is the
+/// worker's own (uncontended, per-core flavor); each connection runs as a task of the worker.
+/// Senders go back first in, first out: the one put back longest ago has most likely finished
+/// its answer's body.
+struct Lean {
+    backend: Arc<str>,
+    idle: Mutex<VecDeque<SendRequest<Incoming>>>,
+}
+
+impl Lean {
+    /// A sender that can take a request now: an idle one, or a new connection.
+    async fn sender(&self) -> Result<SendRequest<Incoming>, ()> {
+        {
+            let mut idle = self.idle.lock().map_err(|_| ())?;
+            for _ in 0..idle.len() {
+                let Some(sender) = idle.pop_front() else {
+                    break;
+                };
+                if sender.is_ready() {
+                    return Ok(sender);
+                }
+                // Still answering (a partner has not taken the whole body yet): kept for later.
+                if !sender.is_closed() {
+                    idle.push_back(sender);
+                }
+            }
+        }
+        let stream = TcpStream::connect(&*self.backend).await.map_err(|_| ())?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = client_http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ())?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    fn put_back(&self, sender: SendRequest<Incoming>) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push_back(sender);
+        }
+    }
 }
 
 struct Refusal {
@@ -112,12 +173,24 @@ fn main() -> std::io::Result<()> {
         return Ok(());
     };
     let (serve, make) = match mode {
-        Mode::Proxy { serve, backend } => {
+        Mode::Proxy {
+            serve,
+            backend,
+            client,
+        } => {
             let backend: Arc<str> = backend.into();
-            let make: Box<dyn Fn() -> Work + Send + Sync> = Box::new(move || Work::Proxy {
-                client: Client::builder(TokioExecutor::new()).build_http(),
-                backend: Arc::clone(&backend),
-            });
+            let make: Box<dyn Fn() -> Work + Send + Sync> = match client {
+                ClientKind::Legacy => Box::new(move || Work::Proxy {
+                    client: Client::builder(TokioExecutor::new()).build_http(),
+                    backend: Arc::clone(&backend),
+                }),
+                ClientKind::Conn => Box::new(move || {
+                    Work::Lean(Arc::new(Lean {
+                        backend: Arc::clone(&backend),
+                        idle: Mutex::new(VecDeque::new()),
+                    }))
+                }),
+            };
             (serve, make)
         }
         Mode::Refuse {
@@ -219,6 +292,17 @@ async fn answer(work: Work, mut request: Request<Incoming>) -> Result<Answer, In
                 Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
             }
             Ok(match client.request(request).await {
+                Ok(response) => response.map(Either::Left),
+                Err(_) => status(StatusCode::BAD_GATEWAY),
+            })
+        }
+        Work::Lean(lean) => {
+            let Ok(mut sender) = lean.sender().await else {
+                return Ok(status(StatusCode::BAD_GATEWAY));
+            };
+            let answer = sender.send_request(request).await;
+            lean.put_back(sender);
+            Ok(match answer {
                 Ok(response) => response.map(Either::Left),
                 Err(_) => status(StatusCode::BAD_GATEWAY),
             })

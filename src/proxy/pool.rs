@@ -1,16 +1,21 @@
 //! A worker's own pool of HTTP/1.1 connections to the biller, on hyper's connection API.
 //!
 //! Each worker has one, used only by the tasks of its own runtime, so its lock is never
-//! contended. A connection has no task of its own: the request that holds it drives it — the
-//! call until the response head arrives, then the response body as the partner's connection
-//! reads it — so a forwarded request wakes no other task. A connection goes back to the pool
-//! when its response body has been read to the end (a body dropped half-read takes its
-//! connection with it); a pooled connection the biller has closed is found out when next
-//! driven and skipped, and a request a reused connection could not take is sent on another.
-//! Requests go out in origin-form (`/path?query`) with the `Host` the caller set.
+//! contended. Each connection runs as a task of that runtime (hyper's connection future,
+//! spawned once when it is opened), so a forwarded request wakes only tasks of its own thread:
+//! the connection's task when the biller answers, which hands the head to the request's task.
+//! A connection goes back to the pool when its response body has been read to the end (a body
+//! dropped half-read takes its connection with it, and hyper closes it); a pooled connection
+//! the biller has closed is found out when next asked to take a request and skipped, and a
+//! request a reused connection could not take is sent on another. Requests go out in
+//! origin-form (`/path?query`) with the `Host` the caller set.
+//!
+//! Until round seven the request drove its connection itself, with no task of its own. That
+//! cost more than it saved: the call was polled twice per wake-up and its futures were moved
+//! with the request's, about 8 000 instructions more per forwarded request than the same
+//! exchange on a spawned connection (`benches/README.md`, "Round seven").
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -28,7 +33,6 @@ use tokio::time::Instant;
 use super::upstream::UpstreamBody;
 
 type Sender = http1::SendRequest<UpstreamBody>;
-type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 
 /// Why a request found no answer.
 #[derive(Debug, thiserror::Error)]
@@ -56,74 +60,20 @@ impl PoolError {
     }
 }
 
-/// One connection: the handle requests are sent on, and the connection it drives.
+/// One connection: the handle requests are sent on (its connection runs as a task).
 struct Link {
     /// The `host:port` it is connected to.
     target: Arc<str>,
     sender: Sender,
-    connection: Connection,
-    /// The connection future has completed (closed or failed): it is never polled again.
-    ended: bool,
     /// When it last went back to the pool.
     since: Instant,
 }
 
 impl Link {
-    /// Drives the connection's reading and writing; true once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        drive(&mut self.connection, &mut self.ended, cx)
-    }
-
-    /// Waits until the connection can take a request, driving it; false when it has closed.
+    /// Waits until the connection can take a request; false when it has closed.
     async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            let ended = self.drive(cx);
-            match self.sender.poll_ready(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(true),
-                Poll::Ready(Err(_)) => Poll::Ready(false),
-                Poll::Pending if ended => Poll::Ready(false),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+        self.sender.ready().await.is_ok()
     }
-
-    /// Sends `request` and drives the connection until the response head arrives.
-    async fn send(
-        &mut self,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, http1_error::TrySend> {
-        let mut call = std::pin::pin!(self.sender.try_send_request(request));
-        let connection = &mut self.connection;
-        let ended = &mut self.ended;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(answer) = call.as_mut().poll(cx) {
-                return Poll::Ready(answer);
-            }
-            drive(connection, ended, cx);
-            // Driving the connection may have brought the head (or, if it ended, the error).
-            call.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
-/// Polls `connection` unless it has `ended`; true once it has.
-fn drive(connection: &mut Connection, ended: &mut bool, cx: &mut Context<'_>) -> bool {
-    if !*ended {
-        if let Poll::Ready(result) = Pin::new(connection).poll(cx) {
-            if let Err(error) = result {
-                tracing::debug!(%error, "biller connection ended with an error");
-            }
-            *ended = true;
-        }
-    }
-    *ended
-}
-
-mod http1_error {
-    use super::UpstreamBody;
-    pub type TrySend = hyper::client::conn::TrySendError<http::Request<UpstreamBody>>;
 }
 
 /// Where and how to reach the biller: read from the running configuration per request, so a
@@ -170,7 +120,7 @@ impl BillerPool {
         let now = Instant::now();
         let mut idle = self.lock();
         while let Some(link) = idle.pop() {
-            if !link.ended
+            if !link.sender.is_closed()
                 && now.duration_since(link.since) < self.idle_timeout
                 && &*link.target == address
             {
@@ -181,7 +131,7 @@ impl BillerPool {
     }
 
     fn checkin(&self, mut link: Box<Link>) {
-        if link.ended || link.sender.is_closed() {
+        if link.sender.is_closed() {
             return;
         }
         link.since = Instant::now();
@@ -208,12 +158,16 @@ impl BillerPool {
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
+        // On the caller's runtime: a worker's pool is used only by its own worker.
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "biller connection ended with an error");
+            }
+        });
         // Boxed once per connection, so the futures that hold it stay small.
         Ok(Box::new(Link {
             target: Arc::clone(target.address),
             sender,
-            connection,
-            ended: false,
             since: Instant::now(),
         }))
     }
@@ -229,7 +183,7 @@ impl BillerPool {
                 Some(link) => (link, true),
                 None => (self.connect(&target).await?, false),
             };
-            // A connection whose last body was just read may need driving to be ready again;
+            // A connection whose last body was just read may still be finishing that exchange;
             // one the biller closed meanwhile is dropped and the next one tried.
             if !link.ready().await {
                 if reused {
@@ -237,7 +191,7 @@ impl BillerPool {
                 }
                 return Err(PoolError::Closed);
             }
-            match link.send(request).await {
+            match link.sender.try_send_request(request).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     let body = PooledBody::new(body, link, Arc::downgrade(self));
@@ -254,8 +208,8 @@ impl BillerPool {
     }
 }
 
-/// The biller's response body. Reading it drives its connection, which returns to the pool
-/// when the body has been read to the end.
+/// The biller's response body. Its connection returns to the pool when the body has been read
+/// to the end.
 pub struct PooledBody {
     inner: Incoming,
     link: Option<(Box<Link>, Weak<BillerPool>)>,
@@ -292,14 +246,7 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending() {
-            // Asking for the body registered the want; now let the connection read it.
-            if let Some((link, _)) = &mut this.link {
-                link.drive(cx);
-                polled = Pin::new(&mut this.inner).poll_frame(cx);
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         // The reader may stop at the last frame without asking for the end: hand the
         // connection back as soon as the body is known to be over.
         match &polled {
