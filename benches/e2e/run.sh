@@ -57,6 +57,7 @@ CACHED_ADDR=127.0.0.1:18003
 CACHED_ADMIN=127.0.0.1:18103
 BARE_PROXY_ADDR=127.0.0.1:18005
 BARE_REFUSE_ADDR=127.0.0.1:18007
+BARE_LEAN_ADDR=127.0.0.1:18009
 PASS_KEY=bench-pass-key
 TINY_KEY=bench-tiny-key
 # The same quotas as billgate.toml: N/s with burst N.
@@ -190,6 +191,7 @@ start_servers() {
     fi
     if [[ $BARE == 1 && $MODE == run ]]; then
         start_bare bareproxy proxy "$BARE_PROXY_ADDR" --backend "$BACKEND_ADDR"
+        start_bare barelean proxy "$BARE_LEAN_ADDR" --backend "$BACKEND_ADDR" --client conn
         start_bare barerefuse refuse "$BARE_REFUSE_ADDR" --partner bench-tiny --rate "$TINY_RATE"
     fi
 }
@@ -227,7 +229,10 @@ scenarios() {
     echo "nginx-pass $NGINX_ADDR $PASS_KEY proxy $CONNECTIONS"
     echo "billgate-pass $BILLGATE_ADDR $PASS_KEY billgate $CONNECTIONS"
     if [[ $CACHE == 1 ]]; then echo "billgate-cache $CACHED_ADDR $PASS_KEY cached $CONNECTIONS"; fi
-    if [[ $BARE == 1 ]]; then echo "hyper-pass $BARE_PROXY_ADDR $PASS_KEY bareproxy $CONNECTIONS"; fi
+    if [[ $BARE == 1 ]]; then
+        echo "hyper-pass $BARE_PROXY_ADDR $PASS_KEY bareproxy $CONNECTIONS"
+        echo "hyper-lean $BARE_LEAN_ADDR $PASS_KEY barelean $CONNECTIONS"
+    fi
     echo "nginx-reject $NGINX_ADDR $TINY_KEY proxy $CONNECTIONS"
     echo "billgate-reject $BILLGATE_ADDR $TINY_KEY billgate $CONNECTIONS"
     if [[ $BARE == 1 ]]; then echo "hyper-reject $BARE_REFUSE_ADDR $TINY_KEY barerefuse $CONNECTIONS"; fi
@@ -441,7 +446,7 @@ summary() {
                 if ((have_lat)); then vs="$vs, p99 ×$(ratio "$p99" "$(median latency nginx-reject 8)")"; fi
                 vs="$vs, CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)")"
                 ;;
-            hyper-pass)
+            hyper-pass | hyper-lean)
                 vs="hyper/nginx: 2xx/s ×$(ratio "$ok" "$(median throughput nginx-pass 13)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-pass 10)"); billgate/hyper: 2xx/s ×$(ratio "$(median throughput billgate-pass 13)" "$ok"), CPU/answer ×$(ratio "$(median throughput billgate-pass 10)" "$cpu_max")"
                 ;;
             hyper-reject)
@@ -507,11 +512,14 @@ summary() {
         bg=$(median throughput hyper-pass 13); ng=$(median throughput nginx-pass 13)
         echo "  - bare hyper proxy/nginx, 2xx/s = $(ratio "$bg" "$ng"); round by round: $(paired throughput hyper-pass nginx-pass 13)"
         echo "  - billgate/bare hyper proxy, 2xx/s = $(ratio "$(median throughput billgate-pass 13)" "$bg"); round by round: $(paired throughput billgate-pass hyper-pass 13)"
+        bg=$(median throughput hyper-lean 13)
+        echo "  - lean hyper proxy (hyper's connection API)/nginx, 2xx/s = $(ratio "$bg" "$ng"); round by round: $(paired throughput hyper-lean nginx-pass 13)"
+        echo "  - billgate/lean hyper proxy, 2xx/s = $(ratio "$(median throughput billgate-pass 13)" "$bg"); round by round: $(paired throughput billgate-pass hyper-lean 13)"
         bg=$(median throughput hyper-reject 5); ng=$(median throughput nginx-reject 5)
         echo "  - bare hyper 429/nginx, refusals/s = $(ratio "$bg" "$ng"); round by round: $(paired throughput hyper-reject nginx-reject 5)"
         echo "  - billgate/bare hyper 429, refusals/s = $(ratio "$(median throughput billgate-reject 5)" "$bg"); round by round: $(paired throughput billgate-reject hyper-reject 5)"
         if ((have_lat)); then
-            echo "  - p99 at $PASS_AT req/s: bare hyper proxy $(median latency hyper-pass 8) ms"
+            echo "  - p99 at $PASS_AT req/s: bare hyper proxy $(median latency hyper-pass 8) ms, lean hyper proxy $(median latency hyper-lean 8) ms"
         fi
     fi
     echo
