@@ -16,21 +16,22 @@ use super::pool::PooledBody;
 /// The response body type of the gateway.
 pub type ProxyBody = Either<Full<Bytes>, Deadline<PooledBody>>;
 
-pin_project_lite::pin_project! {
-    /// A body that fails once its deadline passes. The timer lives inside it: no allocation
-    /// per answer.
-    pub struct Deadline<B> {
-        inner: B,
-        #[pin]
-        sleep: Sleep,
-    }
+/// A body that fails once its deadline passes. The timer is made only if the body ever has
+/// to wait: a bill-sized answer is complete when hyper first polls it, so most answers carry
+/// just the deadline (a timer inline would make every answer's body, which hyper moves several
+/// times, three times larger, and cost a timer set up and torn down per answer).
+pub struct Deadline<B> {
+    inner: B,
+    deadline: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Deadline<B> {
     pub fn new(inner: B, deadline: Instant) -> Self {
         Deadline {
             inner,
-            sleep: tokio::time::sleep_until(deadline),
+            deadline,
+            sleep: None,
         }
     }
 }
@@ -52,11 +53,15 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        if let Poll::Ready(frame) = Pin::new(this.inner).poll_frame(cx) {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        match this.sleep.poll(cx) {
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(Duration::ZERO))))),
             Poll::Pending => Poll::Pending,
         }
