@@ -5,7 +5,7 @@
 //!   hyper-util's pooled legacy client, changing only the URI. No key check, no quota, no header
 //!   hygiene, no metrics: the floor a hyper-based gateway starts from.
 //! - `bare proxy --client conn`: the same, but on hyper's connection API, the way billgate's own
-//!   pool uses it: each worker keeps a stack of open connections' senders and sends the request
+//!   pool uses it: each worker keeps a queue of open connections' senders and sends the request
 //!   as it came (origin-form, the partner's `Host`). No pool key, no URI made per request, no
 //!   pool bookkeeping: about the least hyper does per forwarded request.
 //! - `bare refuse`: a hyper server that answers every request with the same 429 billgate and
@@ -93,7 +93,7 @@ struct Serve {
 enum ClientKind {
     /// hyper-util's pooled `legacy::Client`.
     Legacy,
-    /// hyper's `client::conn::http1`, a stack of ready senders per worker.
+    /// hyper's `client::conn::http1`, a queue of senders per worker.
     Conn,
 }
 
