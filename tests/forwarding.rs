@@ -316,3 +316,29 @@ async fn a_biller_stalling_mid_body_cuts_the_answer_at_its_deadline() {
         "an answer cut short must not look complete"
     );
 }
+
+/// A partner that starts a request head and never finishes it (slow headers, one way to tie up
+/// a gateway's connections) is cut off once the header-read timeout, 10 s, has passed: the
+/// connection is closed without an answer, and the biller never hears of the request.
+#[tokio::test]
+async fn a_request_head_never_finished_is_cut_off_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let biller = TestBiller::roomy().await;
+    let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", Q, ""))).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /v1/bills/100234 HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-a\r\n")
+        .await
+        .expect("send half a head");
+    let mut answer = Vec::new();
+    // The bound only lets the test fail if the connection is never closed.
+    let closed = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer))
+        .await
+        .expect("a half-sent head kept its connection open for 60 s");
+    assert_eq!(closed.expect("read until closed"), 0);
+    assert!(answer.is_empty());
+    assert_eq!(biller.biller.stats().received, 0);
+}
