@@ -19,7 +19,7 @@ pub type ProxyBody = Either<Full<Bytes>, Deadline<PooledBody>>;
 /// A body that fails once its deadline passes. The timer is made only if the body ever has
 /// to wait: a bill-sized answer is complete when hyper first polls it, so most answers carry
 /// just the deadline (a timer inline would make every answer's body, which hyper moves several
-/// times, three times larger, and cost a timer set up and torn down per answer).
+/// times, 2.5 times larger, and cost a timer set up and torn down per answer).
 pub struct Deadline<B> {
     inner: B,
     deadline: Instant,
