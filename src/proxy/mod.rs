@@ -5,6 +5,7 @@ mod access;
 mod answer;
 mod body;
 mod cached;
+mod deadlines;
 mod handler;
 mod headers;
 mod pool;

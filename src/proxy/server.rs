@@ -12,11 +12,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::deadlines::{floor_period, Deadlines, HeadTimer};
 use super::{handler, headers, BillerClient, Shared, Snapshot};
 
 /// What one worker serves requests with: the shared state, its own biller client and its own
@@ -25,6 +26,8 @@ use super::{handler, headers, BillerClient, Shared, Snapshot};
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub client: BillerClient,
+    /// The worker's deadlines: request heads and biller calls. Its watcher runs on the worker.
+    pub deadlines: Deadlines,
     current: ArcSwap<Current>,
 }
 
@@ -37,6 +40,7 @@ impl Worker {
     pub fn new(shared: Arc<Shared>) -> Worker {
         Worker {
             client: shared.biller_client(),
+            deadlines: Deadlines::new(),
             current: ArcSwap::from_pointee(Current {
                 snapshot: shared.snapshot.load_full(),
             }),
@@ -180,7 +184,13 @@ async fn work(
 ) {
     let worker = Arc::new(Worker::new(shared));
     let graceful = GracefulShutdown::new();
-    let floor = tokio::spawn(timer_floor(Arc::clone(&worker)));
+    let watcher = {
+        let worker = Arc::clone(&worker);
+        let deadlines = worker.deadlines.clone();
+        tokio::spawn(
+            deadlines.watch(move || floor_period(worker.snapshot().snapshot.config.biller.timeout)),
+        )
+    };
     loop {
         tokio::select! {
             next = incoming.recv() => {
@@ -193,13 +203,14 @@ async fn work(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let timer = HeadTimer(worker.deadlines.clone());
                 let worker = Arc::clone(&worker);
                 let forwarded = headers::forwarded_for(peer.ip());
                 let service = service_fn(move |request| {
                     handler::handle(Arc::clone(&worker), forwarded.clone(), request)
                 });
                 let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
+                    .timer(timer)
                     .header_read_timeout(Duration::from_secs(10))
                     // Answers are small (a bill, a receipt, a refusal): copying the body after
                     // the head and writing once costs fewer instructions than hyper's queue of
@@ -223,50 +234,5 @@ async fn work(
             tracing::warn!("connections still open after {drain:?}; closing them");
         }
     }
-    floor.abort();
-}
-
-/// Keeps one of the worker's timers always due sooner than any timer a request sets.
-///
-/// Every forwarded request sets timers: hyper's for reading the head (10 s), the biller call's
-/// `[biller] timeout`, and its body's deadline (the same). tokio's timer driver wakes its
-/// thread (a write to an eventfd, and a spurious return from `epoll_wait` later) whenever a
-/// new timer is due before the earliest one it knew of when it last parked, and a worker that
-/// has just answered everything has no timer sooner than the next request's. On the
-/// end-to-end pass-through run that was one wake-up for every four requests. This task's
-/// timer is never more than half the biller timeout away, so no request's timer is ever the
-/// earliest; it costs one wake-up per period (1.5 s with the shipped configuration).
-async fn timer_floor(worker: Arc<Worker>) {
-    loop {
-        let period = floor_period(worker.snapshot().snapshot.config.biller.timeout);
-        tokio::time::sleep(period).await;
-    }
-}
-
-/// Half the biller timeout, between 50 ms and 5 s. A timeout under 100 ms is still kept
-/// exactly; its timers may just wake the driver.
-fn floor_period(timeout: Duration) -> Duration {
-    (timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_floor_is_due_before_any_request_timer() {
-        assert_eq!(
-            floor_period(Duration::from_secs(3)),
-            Duration::from_millis(1500)
-        );
-        assert_eq!(
-            floor_period(Duration::from_secs(60)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            floor_period(Duration::from_millis(20)),
-            Duration::from_millis(50)
-        );
-        assert_eq!(floor_period(Duration::ZERO), Duration::from_millis(50));
-    }
+    watcher.abort();
 }

@@ -84,11 +84,13 @@ pub async fn call(
 
     let timeout = config.biller.timeout;
     let started = tokio::time::Instant::now();
-    let result = tokio::time::timeout(
-        timeout,
-        worker.client.send(snapshot.upstream.target(), request),
-    )
-    .await;
+    let result = worker
+        .deadlines
+        .timeout_at(
+            started + timeout,
+            worker.client.send(snapshot.upstream.target(), request),
+        )
+        .await;
     let rtt = started.elapsed();
     match result {
         Err(_elapsed) => {

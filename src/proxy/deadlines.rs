@@ -1,0 +1,234 @@
+//! A worker's deadlines: the header-read timeout hyper sets for every request head, and the
+//! biller call's timeout. They are kept in one table per worker and watched by one task of that
+//! worker, which holds the only tokio timer among them.
+//!
+//! Each tokio timer is an entry in the runtime's timer wheel: made with a lookup of the
+//! runtime's handle, linked in under the wheel's lock on its first poll and unlinked under it
+//! again when dropped. hyper makes one, boxed, for every request head, and the biller call made
+//! another: 700 instructions of a 12 500-instruction refusal went to the head's alone
+//! (`benches/README.md`, "Round eight"). Here a deadline is a slot in the worker's table,
+//! taken on its first poll and given back when it is dropped; the watcher wakes the ones that
+//! are due. Most deadlines are dropped long before they are due (a request head arrives in
+//! one read; the biller answers in milliseconds), so the watcher rarely has one to fire.
+//!
+//! The watcher's timer is never further away than the worker's floor (half the biller
+//! timeout, see [`floor_period`]): a new deadline is then almost never due before it, so
+//! taking a slot never has to move the watcher's timer. A deadline due sooner than the
+//! watcher's timer (a biller timeout under the floor's 50 ms) wakes the watcher, which sets its
+//! timer again; nothing is ever fired late.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use slab::Slab;
+use tokio::time::Instant;
+
+/// One worker's deadlines. Cloning is cheap; clones share the table.
+#[derive(Clone, Default)]
+pub struct Deadlines {
+    table: Arc<Mutex<Table>>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Deadlines that have been polled and not dropped.
+    slots: Slab<Slot>,
+    /// When the watcher's timer is due; `None` before it first runs.
+    planned: Option<Instant>,
+    /// The watcher, while it waits for its timer.
+    watcher: Option<Waker>,
+    /// A deadline due before `planned` was taken since the watcher last looked.
+    sooner: bool,
+}
+
+struct Slot {
+    due: Instant,
+    /// `None` once the watcher has fired it.
+    waker: Option<Waker>,
+}
+
+/// A future that completes at its deadline, on a worker's [`Deadlines`].
+pub struct Sleep {
+    table: Arc<Mutex<Table>>,
+    due: Instant,
+    key: Option<usize>,
+}
+
+/// A future did not finish before its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+impl Deadlines {
+    pub fn new() -> Deadlines {
+        Deadlines::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        lock(&self.table)
+    }
+
+    /// A future completing at `due`. It takes no slot until first polled.
+    pub fn sleep_until(&self, due: Instant) -> Sleep {
+        Sleep {
+            table: Arc::clone(&self.table),
+            due,
+            key: None,
+        }
+    }
+
+    /// `future`'s output, or [`Elapsed`] if `due` comes first.
+    pub async fn timeout_at<F: Future>(
+        &self,
+        due: Instant,
+        future: F,
+    ) -> Result<F::Output, Elapsed> {
+        let mut future = pin!(future);
+        let mut sleep = self.sleep_until(due);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = future.as_mut().poll(cx) {
+                return Poll::Ready(Ok(output));
+            }
+            Pin::new(&mut sleep).poll(cx).map(|()| Err(Elapsed))
+        })
+        .await
+    }
+
+    /// Deadlines waiting (polled, not yet dropped), fired or not.
+    pub fn waiting(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Fires the deadlines that are due, for as long as it runs: spawn it once per worker, on
+    /// the worker's runtime. `floor` is how far away its own timer may be at most.
+    pub async fn watch(self, floor: impl Fn() -> Duration) {
+        let mut due = Vec::new();
+        loop {
+            let now = Instant::now();
+            let planned = {
+                let mut table = self.lock();
+                let mut next = now + floor();
+                for (_, slot) in table.slots.iter_mut() {
+                    if slot.waker.is_none() {
+                        continue;
+                    }
+                    if slot.due <= now {
+                        due.extend(slot.waker.take());
+                    } else if slot.due < next {
+                        next = slot.due;
+                    }
+                }
+                table.planned = Some(next);
+                table.sooner = false;
+                next
+            };
+            for waker in due.drain(..) {
+                waker.wake();
+            }
+            let mut timer = pin!(tokio::time::sleep_until(planned));
+            std::future::poll_fn(|cx| {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                let mut table = self.lock();
+                if table.sooner {
+                    return Poll::Ready(());
+                }
+                table.watcher = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+        }
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    // Nothing panics while holding it; a poisoned table is still a sound table.
+    table.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut table = lock(&this.table);
+        let Some(key) = this.key else {
+            let key = table.slots.insert(Slot {
+                due: this.due,
+                waker: Some(cx.waker().clone()),
+            });
+            this.key = Some(key);
+            // Due before the watcher looks again: have it look sooner.
+            if table.planned.is_none_or(|planned| this.due < planned) {
+                table.sooner = true;
+                let watcher = table.watcher.take();
+                drop(table);
+                if let Some(watcher) = watcher {
+                    watcher.wake();
+                }
+            }
+            return Poll::Pending;
+        };
+        match table.slots.get_mut(key) {
+            Some(Slot {
+                waker: Some(waker), ..
+            }) => {
+                if !waker.will_wake(cx.waker()) {
+                    waker.clone_from(cx.waker());
+                }
+                Poll::Pending
+            }
+            // Fired (a slot is only removed by its own `Sleep`).
+            _ => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            lock(&self.table).slots.try_remove(key);
+        }
+    }
+}
+
+/// hyper's header-read timeout on a worker's [`Deadlines`].
+#[derive(Clone)]
+pub struct HeadTimer(pub Deadlines);
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.0.sleep_until(Instant::now() + duration))
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.0.sleep_until(Instant::from_std(deadline)))
+    }
+
+    fn now(&self) -> std::time::Instant {
+        // tokio's clock, so that a test with paused time pauses hyper's deadlines too.
+        Instant::now().into_std()
+    }
+}
+
+impl hyper::rt::Sleep for Sleep {}
+
+/// How far away the watcher's timer may be at most: half the biller timeout, between 50 ms and
+/// 5 s. Every biller call's deadline is a whole timeout away when it is taken, and every
+/// request head's 10 s, so neither is ever due before the watcher's timer.
+///
+/// That also keeps tokio's timer driver from waking its own thread. The driver writes to an
+/// eventfd (and `epoll_wait` returns once more, for nothing) whenever a timer is due before the
+/// earliest one it knew of when it last parked; a worker whose only timer were due with the
+/// next request's deadline would do that once every few requests. The watcher's timer is
+/// always the earliest, and is set again only when it has fired.
+pub fn floor_period(timeout: Duration) -> Duration {
+    (timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+#[cfg(test)]
+#[path = "deadlines_tests.rs"]
+mod tests;
