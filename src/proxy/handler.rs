@@ -299,6 +299,6 @@ async fn forward(
     snapshot.partners[admitted.partner].insert_ratelimit(&mut parts.headers, &admitted.limit);
     // The body gets as long again as the head was allowed.
     let timeout = config.biller.timeout.max(Duration::from_millis(1));
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = answered.at + timeout;
     Response::from_parts(parts, Either::Right(Deadline::new(body, deadline)))
 }

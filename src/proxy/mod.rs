@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
@@ -211,7 +212,8 @@ impl Shared {
             let timeout = snapshot.config.biller.timeout;
             let outcome = match tokio::time::timeout(
                 timeout,
-                self.client.send(snapshot.upstream.target(), request),
+                self.client
+                    .send(snapshot.upstream.target(), request, Instant::now()),
             )
             .await
             {

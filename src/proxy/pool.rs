@@ -66,7 +66,8 @@ struct Link {
     /// The `host:port` it is connected to.
     target: Arc<str>,
     sender: Sender,
-    /// When it last went back to the pool.
+    /// When it was last taken for a request: its idle time is counted from there, a little
+    /// early, so that going back to the pool reads no clock.
     since: Instant,
 }
 
@@ -117,32 +118,31 @@ impl BillerPool {
 
     /// The most recently used connection to `address` not known to be closed; expired ones,
     /// and ones to an address the biller no longer has, are dropped on the way.
-    fn checkout(&self, address: &str) -> Option<Box<Link>> {
-        let now = Instant::now();
+    fn checkout(&self, address: &str, now: Instant) -> Option<Box<Link>> {
         let mut idle = self.lock();
-        while let Some(link) = idle.pop() {
+        while let Some(mut link) = idle.pop() {
             if !link.sender.is_closed()
-                && now.duration_since(link.since) < self.idle_timeout
+                && now.saturating_duration_since(link.since) < self.idle_timeout
                 && &*link.target == address
             {
+                link.since = now;
                 return Some(link);
             }
         }
         None
     }
 
-    fn checkin(&self, mut link: Box<Link>) {
+    fn checkin(&self, link: Box<Link>) {
         if link.sender.is_closed() {
             return;
         }
-        link.since = Instant::now();
         let mut idle = self.lock();
         if idle.len() < self.max_idle {
             idle.push(link);
         }
     }
 
-    async fn connect(&self, target: &Target<'_>) -> Result<Box<Link>, PoolError> {
+    async fn connect(&self, target: &Target<'_>, now: Instant) -> Result<Box<Link>, PoolError> {
         let address = &**target.address;
         let stream =
             match tokio::time::timeout(target.connect_timeout, TcpStream::connect(address)).await {
@@ -169,20 +169,22 @@ impl BillerPool {
         Ok(Box::new(Link {
             target: Arc::clone(target.address),
             sender,
-            since: Instant::now(),
+            since: now,
         }))
     }
 
-    /// Sends `request` on a pooled connection to `target`, or a new one.
+    /// Sends `request` on a pooled connection to `target`, or a new one. `now` is the time
+    /// the caller read as it started the call.
     pub async fn send(
         self: &Arc<Self>,
         target: Target<'_>,
         mut request: Request<UpstreamBody>,
+        now: Instant,
     ) -> Result<Response<PooledBody>, PoolError> {
         loop {
-            let (mut link, reused) = match self.checkout(target.address) {
+            let (mut link, reused) = match self.checkout(target.address, now) {
                 Some(link) => (link, true),
-                None => (self.connect(&target).await?, false),
+                None => (self.connect(&target, now).await?, false),
             };
             // A connection whose last body was just read may still be finishing that exchange;
             // one the biller closed meanwhile is dropped and the next one tried.

@@ -11,6 +11,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use super::headers;
 use super::pool::PooledBody;
@@ -39,6 +40,8 @@ pub struct Answered {
     pub response: Response<PooledBody>,
     /// Time to the response head.
     pub rtt: Duration,
+    /// When the response head came.
+    pub at: Instant,
 }
 
 /// Who a call is for, and its right to reach the biller.
@@ -82,16 +85,21 @@ pub async fn call(
     parts.version = Version::HTTP_11;
     let request = Request::from_parts(parts, body);
 
+    // The call reads the clock twice: here, for its deadline, the pool and the round trip;
+    // and at the answer, for the round trip and the body's deadline.
     let timeout = config.biller.timeout;
-    let started = tokio::time::Instant::now();
+    let started = Instant::now();
     let result = worker
         .deadlines
         .timeout_at(
             started + timeout,
-            worker.client.send(snapshot.upstream.target(), request),
+            worker
+                .client
+                .send(snapshot.upstream.target(), request, started),
         )
         .await;
-    let rtt = started.elapsed();
+    let at = Instant::now();
+    let rtt = at.saturating_duration_since(started);
     match result {
         Err(_elapsed) => {
             ticket.finish(BillerOutcome::TimedOut);
@@ -118,7 +126,7 @@ pub async fn call(
                 .metrics
                 .upstream_duration(class)
                 .observe(rtt.as_secs_f64());
-            Ok(Answered { response, rtt })
+            Ok(Answered { response, rtt, at })
         }
     }
 }
