@@ -318,8 +318,8 @@ async fn a_biller_stalling_mid_body_cuts_the_answer_at_its_deadline() {
 }
 
 /// A partner that starts a request head and never finishes it (slow headers, one way to tie up
-/// a gateway's connections) is cut off once the header-read timeout, 10 s, has passed: the
-/// connection is closed without an answer, and the biller never hears of the request.
+/// a gateway's connections) is cut off once the head timeout, 10 s, has passed: the connection
+/// is closed without an answer, and the biller never hears of the request.
 #[tokio::test]
 async fn a_request_head_never_finished_is_cut_off_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -341,4 +341,91 @@ async fn a_request_head_never_finished_is_cut_off_at_the_header_timeout() {
     assert_eq!(closed.expect("read until closed"), 0);
     assert!(answer.is_empty());
     assert_eq!(biller.biller.stats().received, 0);
+}
+
+/// Reads one answer (head and `content-length` body) from `stream`; returns it as text.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Bounded: an answer of a few hundred bytes comes in a handful of reads.
+    for _ in 0..1_000 {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("the answer has a content-length");
+            if seen.len() >= end + 4 + length {
+                assert_eq!(seen.len(), end + 4 + length, "nothing after the answer");
+                return text;
+            }
+        }
+        let n = stream.read(&mut chunk).await.expect("read the answer");
+        assert!(n > 0, "closed before the answer was complete");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    panic!("no complete answer in 1 000 reads");
+}
+
+/// A keep-alive connection left idle after its answer is closed once the head timeout, 10 s,
+/// has passed, so idle partners cannot hold the gateway's connections for ever.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_the_head_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let biller = TestBiller::roomy().await;
+    let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", Q, ""))).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /v1/bills/100234 HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-a\r\n\r\n")
+        .await
+        .expect("send a request");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(biller.biller.stats().received, 1);
+
+    let mut rest = Vec::new();
+    // The bound only lets the test fail if the connection is never closed.
+    let closed = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut rest))
+        .await
+        .expect("an idle connection stayed open for 60 s");
+    assert_eq!(closed.expect("read until closed"), 0);
+    assert!(rest.is_empty());
+}
+
+/// The head timeout runs only while a connection waits for a request: an answer that takes
+/// longer than it (here 11 s, within a 20 s biller timeout) still arrives, and the connection
+/// then serves the next request.
+#[tokio::test]
+async fn an_answer_slower_than_the_head_timeout_is_not_cut_off() {
+    use tokio::io::AsyncWriteExt;
+
+    let biller = TestBiller::slow(Duration::from_secs(11)).await;
+    let gw = TestGateway::start(config_with(
+        &biller.url(),
+        "20s",
+        "10000/s",
+        &partner("wallet-a", "key-a", Q, ""),
+    ))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr)
+        .await
+        .expect("connect");
+    let request = b"GET /v1/bills/100234 HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-a\r\n\r\n";
+    stream.write_all(request).await.expect("send a request");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+
+    // The same connection takes the next request.
+    stream.write_all(request).await.expect("send another");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(biller.biller.stats().received, 2);
 }

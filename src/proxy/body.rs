@@ -34,6 +34,11 @@ impl<B> Deadline<B> {
             sleep: None,
         }
     }
+
+    /// When the body fails if it has not finished.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 /// The biller's body did not finish in time.

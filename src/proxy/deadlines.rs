@@ -1,15 +1,14 @@
-//! A worker's deadlines: the header-read timeout hyper sets for every request head, and the
-//! biller call's timeout. They are kept in one table per worker and watched by one task of that
-//! worker, which holds the only tokio timer among them.
+//! A worker's deadlines for its biller calls, kept in one table per worker and watched by one
+//! task of that worker, which holds the only tokio timer among them.
 //!
 //! Each tokio timer is an entry in the runtime's timer wheel: made with a lookup of the
 //! runtime's handle, linked in under the wheel's lock on its first poll and unlinked under it
-//! again when dropped. hyper makes one, boxed, for every request head, and the biller call made
-//! another: 700 instructions of a 12 500-instruction refusal went to the head's alone
-//! (`benches/README.md`, "Round eight"). Here a deadline is a slot in the worker's table,
-//! taken on its first poll and given back when it is dropped; the watcher wakes the ones that
-//! are due. Most deadlines are dropped long before they are due (a request head arrives in
-//! one read; the biller answers in milliseconds), so the watcher rarely has one to fire.
+//! again when dropped. Here a deadline is a slot in the worker's table, taken on its first poll
+//! and given back when it is dropped; the watcher wakes the ones that are due. Most deadlines
+//! are dropped long before they are due (the biller answers in milliseconds), so the watcher
+//! rarely has one to fire. Measured on hyper's header-read timer, which used this table until
+//! the heads sweep (`heads.rs`) replaced it, a slot cost about 300 instructions less than a
+//! tokio timer (`benches/README.md`, "Round eight").
 //!
 //! The watcher's timer is never further away than the worker's floor (half the biller
 //! timeout, see [`floor_period`]): a new deadline is then almost never due before it, so
@@ -195,30 +194,9 @@ impl Drop for Sleep {
     }
 }
 
-/// hyper's header-read timeout on a worker's [`Deadlines`].
-#[derive(Clone)]
-pub struct HeadTimer(pub Deadlines);
-
-impl hyper::rt::Timer for HeadTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(self.0.sleep_until(Instant::now() + duration))
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(self.0.sleep_until(Instant::from_std(deadline)))
-    }
-
-    fn now(&self) -> std::time::Instant {
-        // tokio's clock, so that a test with paused time pauses hyper's deadlines too.
-        Instant::now().into_std()
-    }
-}
-
-impl hyper::rt::Sleep for Sleep {}
-
 /// How far away the watcher's timer may be at most: half the biller timeout, between 50 ms and
-/// 5 s. Every biller call's deadline is a whole timeout away when it is taken, and every
-/// request head's 10 s, so neither is ever due before the watcher's timer.
+/// 5 s. Every biller call's deadline is a whole timeout away when it is taken, so it is never
+/// due before the watcher's timer.
 ///
 /// That also keeps tokio's timer driver from waking its own thread. The driver writes to an
 /// eventfd (and `epoll_wait` returns once more, for nothing) whenever a timer is due before the

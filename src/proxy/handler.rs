@@ -15,6 +15,7 @@ use super::answer::Refusal;
 use super::body::{Deadline, ProxyBody};
 use super::cached;
 use super::headers;
+use super::heads::Watch;
 use super::snapshot::Snapshot;
 use super::upstream::{self, CallError, Caller, UpstreamBody};
 use super::{Shared, Worker};
@@ -26,8 +27,10 @@ use crate::metrics::{Outcome, RejectReason};
 pub async fn handle(
     worker: Arc<Worker>,
     peer: HeaderValue,
+    watch: Arc<Watch>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    watch.busy();
     // The snapshot is held for the whole request: a reload never changes a request midway.
     let current = worker.snapshot();
     let snapshot = &current.snapshot;
@@ -41,6 +44,12 @@ pub async fn handle(
     if let Some(started) = started {
         log.emit(snapshot, response.status(), started.elapsed());
     }
+    // The connection waits for its next head once this answer is out: a body streamed from
+    // the biller may take until its deadline.
+    watch.answered(match response.body() {
+        Either::Right(streamed) => Some(streamed.deadline()),
+        Either::Left(_) => None,
+    });
     Ok(response)
 }
 

@@ -8,6 +8,7 @@ mod cached;
 mod deadlines;
 mod handler;
 mod headers;
+mod heads;
 mod pool;
 mod server;
 mod snapshot;

@@ -17,7 +17,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::deadlines::{floor_period, Deadlines, HeadTimer};
+use super::deadlines::{floor_period, Deadlines};
+use super::heads::Heads;
 use super::{handler, headers, BillerClient, Shared, Snapshot};
 
 /// What one worker serves requests with: the shared state, its own biller client and its own
@@ -26,7 +27,7 @@ use super::{handler, headers, BillerClient, Shared, Snapshot};
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub client: BillerClient,
-    /// The worker's deadlines: request heads and biller calls. Its watcher runs on the worker.
+    /// The deadlines of the worker's biller calls. Its watcher runs on the worker.
     pub deadlines: Deadlines,
     current: ArcSwap<Current>,
 }
@@ -184,6 +185,8 @@ async fn work(
 ) {
     let worker = Arc::new(Worker::new(shared));
     let graceful = GracefulShutdown::new();
+    let heads = Heads::new();
+    let sweeper = tokio::spawn(Arc::clone(&heads).run());
     let watcher = {
         let worker = Arc::clone(&worker);
         let deadlines = worker.deadlines.clone();
@@ -203,15 +206,21 @@ async fn work(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let timer = HeadTimer(worker.deadlines.clone());
+                let (stream, watch) = heads.watch(stream);
                 let worker = Arc::clone(&worker);
                 let forwarded = headers::forwarded_for(peer.ip());
                 let service = service_fn(move |request| {
-                    handler::handle(Arc::clone(&worker), forwarded.clone(), request)
+                    handler::handle(
+                        Arc::clone(&worker),
+                        forwarded.clone(),
+                        Arc::clone(&watch),
+                        request,
+                    )
                 });
                 let connection = http1::Builder::new()
-                    .timer(timer)
-                    .header_read_timeout(Duration::from_secs(10))
+                    // Slow and idle heads are cut off by the worker's sweep (`heads`), for
+                    // less than hyper's timer per request head costs.
+                    .header_read_timeout(None::<Duration>)
                     // Answers are small (a bill, a receipt, a refusal): copying the body after
                     // the head and writing once costs fewer instructions than hyper's queue of
                     // buffers for `writev` (−1.2% per forwarded request, −2.8% per refusal).
@@ -235,4 +244,5 @@ async fn work(
         }
     }
     watcher.abort();
+    sweeper.abort();
 }

@@ -1,0 +1,257 @@
+//! Partner connections that go too long without a request: a head begun and never finished
+//! (the slow-header attack), or a keep-alive connection left idle. Each is cut off, without an
+//! answer, once [`HEAD_TIMEOUT`] has passed since it last came to wait for a request head.
+//!
+//! hyper has this built in (`header_read_timeout`), but arms a timer for every request head
+//! and, while the timeout is set, polls the connection once more after each head: about 1 000
+//! instructions of a 12 100-instruction refusal (`benches/README.md`, "Round eight"). Here a
+//! request costs two stores to an atomic: the request marks its connection busy when its head
+//! has arrived, and waiting again when its answer is handed over (or, for an answer streamed
+//! from the biller, from the moment that body's own deadline passes). One sweep per worker,
+//! every [`TICK`], cuts off the connections that have waited past the timeout: their next read
+//! fails, and hyper closes them.
+//!
+//! Times are kept in milliseconds on a per-worker clock that the sweep advances, so marking a
+//! request reads no clock. A connection is therefore cut off between `HEAD_TIMEOUT - TICK` and
+//! `HEAD_TIMEOUT + TICK` after it began to wait.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use slab::Slab;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// How long a connection may wait for a request head: for the rest of a head it has begun,
+/// or for a first byte when idle.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a worker sweeps its connections.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// `since` of a connection serving a request.
+const BUSY: u64 = u64::MAX;
+
+/// The worker's clock, as of its last sweep.
+struct Coarse {
+    origin: Instant,
+    /// Milliseconds since `origin`.
+    now: AtomicU64,
+}
+
+impl Coarse {
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One worker's partner connections.
+pub struct Heads {
+    clock: Arc<Coarse>,
+    watched: Mutex<Slab<Arc<Watch>>>,
+}
+
+/// One connection's state, shared by its I/O, its requests and the sweep.
+pub struct Watch {
+    clock: Arc<Coarse>,
+    /// When the connection began to wait for a head (the worker's milliseconds), or [`BUSY`].
+    since: AtomicU64,
+    /// Set by the sweep: the connection has waited too long.
+    cut: AtomicBool,
+    /// The connection's task, as of its last read that had to wait.
+    reader: Mutex<Option<Waker>>,
+}
+
+/// A partner's connection, watched: once cut off, its reads fail.
+pub struct Watched<T> {
+    io: T,
+    watch: Arc<Watch>,
+    heads: Arc<Heads>,
+    key: usize,
+}
+
+impl Heads {
+    pub fn new() -> Arc<Heads> {
+        Arc::new(Heads {
+            clock: Arc::new(Coarse {
+                origin: Instant::now(),
+                now: AtomicU64::new(0),
+            }),
+            watched: Mutex::new(Slab::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slab<Arc<Watch>>> {
+        // Nothing panics while holding it; a poisoned table is still a sound table.
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Watches `io`, a connection just accepted: it begins waiting for its first head now.
+    pub fn watch<T>(self: &Arc<Self>, io: T) -> (Watched<T>, Arc<Watch>) {
+        let watch = Arc::new(Watch {
+            clock: Arc::clone(&self.clock),
+            since: AtomicU64::new(self.clock.now.load(Ordering::Relaxed)),
+            cut: AtomicBool::new(false),
+            reader: Mutex::new(None),
+        });
+        let key = self.lock().insert(Arc::clone(&watch));
+        let watched = Watched {
+            io,
+            watch: Arc::clone(&watch),
+            heads: Arc::clone(self),
+            key,
+        };
+        (watched, watch)
+    }
+
+    /// Connections watched (open).
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Advances the worker's clock to `now` and cuts off every connection that has waited for
+    /// a head for [`HEAD_TIMEOUT`] or longer. Returns how many are cut off (newly or still
+    /// open).
+    pub fn sweep(&self, now: Instant) -> usize {
+        let now = self.clock.millis(now);
+        self.clock.now.fetch_max(now, Ordering::Relaxed);
+        let timeout = u64::try_from(HEAD_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+        let mut wake = Vec::new();
+        let mut cut = 0;
+        {
+            let watched = self.lock();
+            for (_, watch) in watched.iter() {
+                let since = watch.since.load(Ordering::Relaxed);
+                if since == BUSY || now.saturating_sub(since) < timeout {
+                    continue;
+                }
+                watch.cut.store(true, Ordering::Relaxed);
+                cut += 1;
+                // Woken on every sweep until it has closed: a read that began to wait after
+                // this sweep looked would otherwise never hear of it.
+                if let Some(reader) = watch.lock_reader().as_ref() {
+                    wake.push(reader.clone());
+                }
+            }
+        }
+        for reader in wake {
+            reader.wake();
+        }
+        cut
+    }
+
+    /// Sweeps every [`TICK`] for as long as it runs: spawn it once per worker, on the worker's
+    /// runtime.
+    pub async fn run(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = ticks.tick().await;
+            let cut = self.sweep(now);
+            if cut > 0 {
+                tracing::debug!(
+                    cut,
+                    "connections cut off: no request head within the timeout"
+                );
+            }
+        }
+    }
+}
+
+impl Watch {
+    /// A request head has arrived: the connection is serving it.
+    pub fn busy(&self) {
+        self.since.store(BUSY, Ordering::Relaxed);
+    }
+
+    /// The answer has been handed over: the connection waits for its next head from now, or,
+    /// if the answer's body may stream until `until`, from then.
+    pub fn answered(&self, until: Option<Instant>) {
+        let now = self.clock.now.load(Ordering::Relaxed);
+        let since = until.map_or(now, |until| self.clock.millis(until).max(now));
+        self.since.store(since, Ordering::Relaxed);
+    }
+
+    fn lock_reader(&self) -> MutexGuard<'_, Option<Waker>> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+}
+
+impl<T> Drop for Watched<T> {
+    fn drop(&mut self) {
+        self.heads.lock().try_remove(self.key);
+    }
+}
+
+fn cut_off() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no request head within {HEAD_TIMEOUT:?}"),
+    )
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.watch.is_cut() {
+            return Poll::Ready(Err(cut_off()));
+        }
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if polled.is_pending() {
+            let mut reader = this.watch.lock_reader();
+            match reader.as_mut() {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                Some(waker) => waker.clone_from(cx.waker()),
+                None => *reader = Some(cx.waker().clone()),
+            }
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[path = "heads_tests.rs"]
+mod tests;
