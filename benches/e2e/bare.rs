@@ -15,8 +15,10 @@
 //! Both serve on `--workers` threads, each a current-thread runtime with its own listener on a
 //! shared port (`SO_REUSEPORT`) and, for the proxy, its own client pool; `--flavor multi` runs
 //! one multi-thread runtime with `--workers` threads instead. Like billgate's partner
-//! connections, accepted connections have `TCP_NODELAY` and a 10 s header-read timeout, and the
-//! process allocates with billgate's allocator: what differs between the two is billgate's work.
+//! connections, accepted connections have `TCP_NODELAY` and a 10 s limit on reading a request
+//! head (here hyper's own header-read timeout, the plain way; billgate watches its heads with a
+//! sweep per worker), and the process allocates with billgate's allocator: what differs between
+//! the two is billgate's work.
 //!
 //! This is a benchmark target (`cargo bench --no-run` keeps it compiling), not a criterion
 //! bench: `cargo bench` only prints where it is used.
