@@ -145,8 +145,19 @@ pub struct Metrics {
     cache_evictions: IntCounter,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
+    /// Partner connections: open, and cut off for want of a request head.
+    pub connections: ConnectionCounts,
     /// Handles for requests whose partner is unknown.
     pub anonymous: ClassMetrics,
+}
+
+/// Partner connections, counted as they open and close (never per request).
+#[derive(Clone)]
+pub struct ConnectionCounts {
+    /// Open now.
+    pub open: IntGauge,
+    /// Closed without an answer for sending no complete request head within the head timeout.
+    pub cut: IntCounter,
 }
 
 /// The families every [`ClassMetrics`] binds from.
@@ -321,6 +332,18 @@ impl Metrics {
         registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
+        let connections = ConnectionCounts {
+            open: IntGauge::new(
+                "billgate_partner_connections",
+                "Partner connections open now.",
+            )?,
+            cut: IntCounter::new(
+                "billgate_partner_connections_cut_total",
+                "Partner connections closed without an answer for sending no complete request head within 10 s (a head left unfinished, or idle between requests).",
+            )?,
+        };
+        registry.register(Box::new(connections.open.clone()))?;
+        registry.register(Box::new(connections.cut.clone()))?;
         let upstream_duration = Class::ALL.map(|c| duration.with_label_values(&[c.as_str()]));
         let upstream_errors = ["connect", "timeout"].map(|k| errors.with_label_values(&[k]));
         let families = Families {
@@ -346,6 +369,7 @@ impl Metrics {
             cache_evictions,
             cache_entries,
             cache_bytes,
+            connections,
         })
     }
 

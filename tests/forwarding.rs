@@ -341,6 +341,12 @@ async fn a_request_head_never_finished_is_cut_off_at_the_header_timeout() {
     assert_eq!(closed.expect("read until closed"), 0);
     assert!(answer.is_empty());
     assert_eq!(biller.biller.stats().received, 0);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(&metrics, "billgate_partner_connections_cut_total"),
+        1.0
+    );
+    assert_eq!(sample(&metrics, "billgate_partner_connections"), 0.0);
 }
 
 /// Reads one answer (head and `content-length` body) from `stream`; returns it as text.
@@ -398,6 +404,12 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_head_timeout() {
         .expect("an idle connection stayed open for 60 s");
     assert_eq!(closed.expect("read until closed"), 0);
     assert!(rest.is_empty());
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(&metrics, "billgate_partner_connections_cut_total"),
+        1.0
+    );
+    assert_eq!(sample(&metrics, "billgate_partner_connections"), 0.0);
 }
 
 /// The head timeout runs only while a connection waits for a request: an answer that takes
@@ -428,4 +440,10 @@ async fn an_answer_slower_than_the_head_timeout_is_not_cut_off() {
     let answer = read_answer(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert_eq!(biller.biller.stats().received, 2);
+    let metrics = gw.metrics().await;
+    assert_eq!(sample(&metrics, "billgate_partner_connections"), 1.0);
+    assert_eq!(
+        sample(&metrics, "billgate_partner_connections_cut_total"),
+        0.0
+    );
 }

@@ -26,6 +26,8 @@ use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::metrics::ConnectionCounts;
+
 /// How long a connection may wait for a request head: for the rest of a head it has begun,
 /// or for a first byte when idle.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +55,7 @@ impl Coarse {
 pub struct Heads {
     clock: Arc<Coarse>,
     watched: Mutex<Slab<Arc<Watch>>>,
+    counts: ConnectionCounts,
 }
 
 /// One connection's state, shared by its I/O, its requests and the sweep.
@@ -75,13 +78,15 @@ pub struct Watched<T> {
 }
 
 impl Heads {
-    pub fn new() -> Arc<Heads> {
+    /// The worker's connections, counted in `counts` (shared by every worker).
+    pub fn new(counts: ConnectionCounts) -> Arc<Heads> {
         Arc::new(Heads {
             clock: Arc::new(Coarse {
                 origin: Instant::now(),
                 now: AtomicU64::new(0),
             }),
             watched: Mutex::new(Slab::new()),
+            counts,
         })
     }
 
@@ -99,6 +104,7 @@ impl Heads {
             reader: Mutex::new(None),
         });
         let key = self.lock().insert(Arc::clone(&watch));
+        self.counts.open.inc();
         let watched = Watched {
             io,
             watch: Arc::clone(&watch),
@@ -130,7 +136,9 @@ impl Heads {
                 if since == BUSY || now.saturating_sub(since) < timeout {
                     continue;
                 }
-                watch.cut.store(true, Ordering::Relaxed);
+                if !watch.cut.swap(true, Ordering::Relaxed) {
+                    self.counts.cut.inc();
+                }
                 cut += 1;
                 // Woken on every sweep until it has closed: a read that began to wait after
                 // this sweep looked would otherwise never hear of it.
@@ -188,7 +196,11 @@ impl Watch {
 
 impl<T> Drop for Watched<T> {
     fn drop(&mut self) {
-        self.heads.lock().try_remove(self.key);
+        // Before the connection itself closes (fields drop after this): whoever sees it closed
+        // sees it counted.
+        if self.heads.lock().try_remove(self.key).is_some() {
+            self.heads.counts.open.dec();
+        }
     }
 }
 

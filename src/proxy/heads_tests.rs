@@ -6,20 +6,33 @@ fn at(start: Instant, millis: u64) -> Instant {
     start + Duration::from_millis(millis)
 }
 
+/// A worker's heads, with the counts it keeps.
+fn heads() -> (Arc<Heads>, ConnectionCounts) {
+    let counts = ConnectionCounts {
+        open: prometheus::IntGauge::new("open", "open").expect("gauge"),
+        cut: prometheus::IntCounter::new("cut", "cut").expect("counter"),
+    };
+    (Heads::new(counts.clone()), counts)
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_is_cut_off_at_the_timeout_and_not_before() {
-    let heads = Heads::new();
+    let (heads, counts) = heads();
     let start = Instant::now();
     let (_io, watch) = heads.watch(());
     assert_eq!(heads.sweep(at(start, 9_999)), 0);
     assert!(!watch.is_cut());
     assert_eq!(heads.sweep(at(start, 10_000)), 1);
     assert!(watch.is_cut());
+    // Swept again while still open, it is woken again but counted once.
+    assert_eq!(heads.sweep(at(start, 10_500)), 1);
+    assert_eq!(counts.cut.get(), 1);
+    assert_eq!(counts.open.get(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_serving_a_request_is_never_cut_off() {
-    let heads = Heads::new();
+    let (heads, _) = heads();
     let start = Instant::now();
     let (_io, watch) = heads.watch(());
     watch.busy();
@@ -29,7 +42,7 @@ async fn a_connection_serving_a_request_is_never_cut_off() {
 
 #[tokio::test(start_paused = true)]
 async fn an_answer_restarts_the_wait_for_the_next_head() {
-    let heads = Heads::new();
+    let (heads, _) = heads();
     let start = Instant::now();
     let (_io, watch) = heads.watch(());
     watch.busy();
@@ -41,7 +54,7 @@ async fn an_answer_restarts_the_wait_for_the_next_head() {
 
 #[tokio::test(start_paused = true)]
 async fn a_streamed_answer_starts_the_wait_when_its_body_may_last_no_longer() {
-    let heads = Heads::new();
+    let (heads, _) = heads();
     let start = Instant::now();
     let (_io, watch) = heads.watch(());
     watch.busy();
@@ -52,22 +65,26 @@ async fn a_streamed_answer_starts_the_wait_when_its_body_may_last_no_longer() {
 
 #[tokio::test(start_paused = true)]
 async fn a_closed_connection_is_no_longer_watched() {
-    let heads = Heads::new();
+    let (heads, counts) = heads();
     let start = Instant::now();
     let (first, _) = heads.watch(());
     let (second, _) = heads.watch(());
     assert_eq!(heads.open(), 2);
+    assert_eq!(counts.open.get(), 2);
     drop(first);
     assert_eq!(heads.open(), 1);
+    assert_eq!(counts.open.get(), 1);
     assert_eq!(heads.sweep(at(start, 10_000)), 1);
     drop(second);
     assert_eq!(heads.open(), 0);
+    assert_eq!(counts.open.get(), 0);
     assert_eq!(heads.sweep(at(start, 20_000)), 0);
+    assert_eq!(counts.cut.get(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn reads_pass_through_until_the_cut_then_a_waiting_read_fails() {
-    let heads = Heads::new();
+    let (heads, counts) = heads();
     let start = Instant::now();
     let (mut partner, gateway) = tokio::io::duplex(64);
     let (mut watched, _watch) = heads.watch(gateway);
@@ -91,4 +108,5 @@ async fn reads_pass_through_until_the_cut_then_a_waiting_read_fails() {
         .expect_err("a read after the cut fails");
     assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     assert_eq!(heads.open(), 0, "the cut connection was dropped");
+    assert_eq!((counts.open.get(), counts.cut.get()), (0, 1));
 }

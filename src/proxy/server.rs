@@ -185,7 +185,7 @@ async fn work(
 ) {
     let worker = Arc::new(Worker::new(shared));
     let graceful = GracefulShutdown::new();
-    let heads = Heads::new();
+    let heads = Heads::new(worker.shared.metrics.connections.clone());
     let sweeper = tokio::spawn(Arc::clone(&heads).run());
     let watcher = {
         let worker = Arc::clone(&worker);
