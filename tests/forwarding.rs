@@ -317,36 +317,49 @@ async fn a_biller_stalling_mid_body_cuts_the_answer_at_its_deadline() {
     );
 }
 
-/// A partner that starts a request head and never finishes it (slow headers, one way to tie up
-/// a gateway's connections) is cut off once the head timeout, 10 s, has passed: the connection
-/// is closed without an answer, and the biller never hears of the request.
-#[tokio::test]
-async fn a_request_head_never_finished_is_cut_off_at_the_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+/// A gateway for wallet-a (key `key-a`) in front of a roomy biller, and a raw connection to it.
+async fn raw_connection() -> (TestBiller, TestGateway, tokio::net::TcpStream) {
     let biller = TestBiller::roomy().await;
     let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", Q, ""))).await;
-    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr)
+    let stream = tokio::net::TcpStream::connect(gw.gateway.addr)
         .await
         .expect("connect");
-    stream
-        .write_all(b"GET /v1/bills/100234 HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-a\r\n")
-        .await
-        .expect("send half a head");
-    let mut answer = Vec::new();
+    (biller, gw, stream)
+}
+
+/// Waits for the gateway to close `stream` without sending anything more, and checks that the
+/// close was counted as a connection cut off. `what` says what kept the connection waiting.
+async fn assert_cut_off(gw: &TestGateway, stream: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
     // The bound only lets the test fail if the connection is never closed.
-    let closed = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer))
+    let closed = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut rest))
         .await
-        .expect("a half-sent head kept its connection open for 60 s");
+        .unwrap_or_else(|_| panic!("{what} kept its connection open for 60 s"));
     assert_eq!(closed.expect("read until closed"), 0);
-    assert!(answer.is_empty());
-    assert_eq!(biller.biller.stats().received, 0);
+    assert!(rest.is_empty(), "{what}: closed without an answer");
     let metrics = gw.metrics().await;
     assert_eq!(
         sample(&metrics, "billgate_partner_connections_cut_total"),
         1.0
     );
     assert_eq!(sample(&metrics, "billgate_partner_connections"), 0.0);
+}
+
+/// A partner that starts a request head and never finishes it (slow headers, one way to tie up
+/// a gateway's connections) is cut off once the head timeout, 10 s, has passed: the connection
+/// is closed without an answer, and the biller never hears of the request.
+#[tokio::test]
+async fn a_request_head_never_finished_is_cut_off_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+
+    let (biller, gw, mut stream) = raw_connection().await;
+    stream
+        .write_all(b"GET /v1/bills/100234 HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-a\r\n")
+        .await
+        .expect("send half a head");
+    assert_cut_off(&gw, &mut stream, "a half-sent head").await;
+    assert_eq!(biller.biller.stats().received, 0);
 }
 
 /// Reads one answer (head and `content-length` body) from `stream`; returns it as text.
@@ -382,13 +395,9 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
 /// has passed, so idle partners cannot hold the gateway's connections for ever.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_head_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
-    let biller = TestBiller::roomy().await;
-    let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", Q, ""))).await;
-    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr)
-        .await
-        .expect("connect");
+    let (biller, gw, mut stream) = raw_connection().await;
     stream
         .write_all(b"GET /v1/bills/100234 HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-a\r\n\r\n")
         .await
@@ -396,20 +405,7 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_head_timeout() {
     let answer = read_answer(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert_eq!(biller.biller.stats().received, 1);
-
-    let mut rest = Vec::new();
-    // The bound only lets the test fail if the connection is never closed.
-    let closed = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut rest))
-        .await
-        .expect("an idle connection stayed open for 60 s");
-    assert_eq!(closed.expect("read until closed"), 0);
-    assert!(rest.is_empty());
-    let metrics = gw.metrics().await;
-    assert_eq!(
-        sample(&metrics, "billgate_partner_connections_cut_total"),
-        1.0
-    );
-    assert_eq!(sample(&metrics, "billgate_partner_connections"), 0.0);
+    assert_cut_off(&gw, &mut stream, "an idle connection").await;
 }
 
 /// The head timeout runs only while a connection waits for a request: an answer that takes
