@@ -13,7 +13,12 @@
 //!
 //! Times are kept in milliseconds on a per-worker clock that the sweep advances, so marking a
 //! request reads no clock. A connection is therefore cut off between `HEAD_TIMEOUT - TICK` and
-//! `HEAD_TIMEOUT + TICK` after it began to wait.
+//! `HEAD_TIMEOUT + TICK` after it began to wait. The wait begins when the answer is handed to
+//! hyper, not when hyper has finished writing it: answers are small and the socket takes them
+//! at once, and a streamed answer starts the wait only at its body's deadline.
+//!
+//! Connections open and cut off are counted in `billgate_partner_connections` and
+//! `billgate_partner_connections_cut_total`, as connections open and close, never per request.
 
 use std::io;
 use std::pin::Pin;
@@ -159,8 +164,9 @@ impl Heads {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let now = ticks.tick().await;
-            let cut = self.sweep(now);
+            ticks.tick().await;
+            // The time now, not the tick's: a busy worker may come to its tick late.
+            let cut = self.sweep(Instant::now());
             if cut > 0 {
                 tracing::debug!(
                     cut,
