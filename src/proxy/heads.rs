@@ -79,7 +79,8 @@ pub struct Watched<T> {
     io: T,
     watch: Arc<Watch>,
     heads: Arc<Heads>,
-    key: usize,
+    /// Its place among the worker's connections, until it closes.
+    key: Option<usize>,
 }
 
 impl Heads {
@@ -114,7 +115,7 @@ impl Heads {
             io,
             watch: Arc::clone(&watch),
             heads: Arc::clone(self),
-            key,
+            key: Some(key),
         };
         (watched, watch)
     }
@@ -200,13 +201,23 @@ impl Watch {
     }
 }
 
+impl<T> Watched<T> {
+    /// The connection is closing: no longer watched, nor counted open. Done before its end is
+    /// sent (a shutdown, or the socket closed when dropped), so whoever sees it closed sees it
+    /// counted.
+    fn release(&mut self) {
+        if let Some(key) = self.key.take() {
+            if self.heads.lock().try_remove(key).is_some() {
+                self.heads.counts.open.dec();
+            }
+        }
+    }
+}
+
 impl<T> Drop for Watched<T> {
     fn drop(&mut self) {
-        // Before the connection itself closes (fields drop after this): whoever sees it closed
-        // sees it counted.
-        if self.heads.lock().try_remove(self.key).is_some() {
-            self.heads.counts.open.dec();
-        }
+        // Before the fields drop, the socket among them.
+        self.release();
     }
 }
 
@@ -266,7 +277,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        this.release();
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 

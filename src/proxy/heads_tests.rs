@@ -110,3 +110,16 @@ async fn reads_pass_through_until_the_cut_then_a_waiting_read_fails() {
     assert_eq!(heads.open(), 0, "the cut connection was dropped");
     assert_eq!((counts.open.get(), counts.cut.get()), (0, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_shutting_down_is_no_longer_counted_open() {
+    let (heads, counts) = heads();
+    let (_partner, gateway) = tokio::io::duplex(64);
+    let (mut watched, _watch) = heads.watch(gateway);
+    assert_eq!((heads.open(), counts.open.get()), (1, 1));
+    // hyper shuts a connection down before dropping it; the partner may see its end first.
+    watched.shutdown().await.expect("shutdown");
+    assert_eq!((heads.open(), counts.open.get()), (0, 0));
+    drop(watched);
+    assert_eq!(counts.open.get(), 0, "counted closed once");
+}
