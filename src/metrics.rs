@@ -45,6 +45,8 @@ impl Outcome {
 pub enum RejectReason {
     Admission(Reason),
     BodyTooLarge,
+    BodyTimeout,
+    BodyIncomplete,
 }
 
 impl RejectReason {
@@ -52,6 +54,8 @@ impl RejectReason {
         match self {
             RejectReason::Admission(reason) => reason.as_str(),
             RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::BodyTimeout => "body_timeout",
+            RejectReason::BodyIncomplete => "body_incomplete",
         }
     }
 
@@ -59,14 +63,17 @@ impl RejectReason {
         match self {
             RejectReason::Admission(reason) => reason.index(),
             RejectReason::BodyTooLarge => Reason::ALL.len(),
+            RejectReason::BodyTimeout => Reason::ALL.len() + 1,
+            RejectReason::BodyIncomplete => Reason::ALL.len() + 2,
         }
     }
 
     fn all() -> impl Iterator<Item = RejectReason> {
-        Reason::ALL
-            .into_iter()
-            .map(RejectReason::Admission)
-            .chain([RejectReason::BodyTooLarge])
+        Reason::ALL.into_iter().map(RejectReason::Admission).chain([
+            RejectReason::BodyTooLarge,
+            RejectReason::BodyTimeout,
+            RejectReason::BodyIncomplete,
+        ])
     }
 }
 

@@ -111,6 +111,64 @@ async fn an_oversize_body_gets_413_whether_declared_or_streamed() {
     assert_problem(&reply, 413, "body_too_large");
 }
 
+/// A body that does not arrive whole within the biller timeout is the partner's 408: the
+/// biller never hears of the request, and nothing is counted against the biller (no biller
+/// timeout, which the breaker would count as the biller failing).
+#[tokio::test]
+async fn a_body_sent_too_slowly_gets_408_and_never_reaches_the_biller() {
+    use tokio::io::AsyncWriteExt;
+
+    let biller = TestBiller::roomy().await;
+    let gw = TestGateway::start(config_with(
+        &biller.url(),
+        "300ms",
+        "10000/s",
+        &partner("wallet-a", "key-a", A, ""),
+    ))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr)
+        .await
+        .expect("connect");
+    // A head promising 60 bytes, then 11 of them, then nothing.
+    stream
+        .write_all(
+            b"POST /v1/payments HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-a\r\n\
+              content-type: application/json\r\ncontent-length: 60\r\n\r\n{\"account\":",
+        )
+        .await
+        .expect("send the head and part of the body");
+    let answer = read_answer(&mut stream).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("content-type: application/problem+json\r\n"),
+        "{answer}"
+    );
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let problem: serde_json::Value = serde_json::from_str(body).expect("a problem body");
+    assert_eq!(problem["reason"], "body_timeout");
+    assert_eq!(problem["status"], 408);
+    assert_eq!(problem["partner"], "wallet-a");
+    assert_eq!(biller.biller.stats().received, 0);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"billgate_rejections_total{class="payment",partner="wallet-a",reason="body_timeout"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"billgate_upstream_errors_total{kind="timeout"}"#
+        ),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn over_quota_gets_429_with_retry_after_and_ratelimit_fields() {
     let biller = TestBiller::roomy().await;

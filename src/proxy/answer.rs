@@ -27,6 +27,10 @@ pub enum Refusal {
     Suspended(Arc<Suspension>),
     /// The request body is larger than `max_body_bytes`.
     BodyTooLarge { limit: u64 },
+    /// The request body did not arrive whole within `[biller] timeout`.
+    BodyTimeout { timeout: Duration },
+    /// The request body broke off before its end.
+    BodyIncomplete,
     /// The biller could not be connected to, or broke the exchange.
     BillerUnreachable,
     /// The biller did not answer within `[biller] timeout`.
@@ -59,6 +63,8 @@ impl Refusal {
             Refusal::Denied(d) => d.reason.as_str(),
             Refusal::Suspended(_) => "suspended",
             Refusal::BodyTooLarge { .. } => "body_too_large",
+            Refusal::BodyTimeout { .. } => "body_timeout",
+            Refusal::BodyIncomplete => "body_incomplete",
             Refusal::BillerUnreachable => "biller_unreachable",
             Refusal::BillerTimeout { .. } => "biller_timeout",
         }
@@ -81,6 +87,8 @@ impl Refusal {
             },
             Refusal::Suspended(_) => StatusCode::FORBIDDEN,
             Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyIncomplete => StatusCode::BAD_REQUEST,
             Refusal::BillerUnreachable => StatusCode::BAD_GATEWAY,
             Refusal::BillerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -105,6 +113,8 @@ impl Refusal {
             },
             Refusal::Suspended(_) => "Partner suspended",
             Refusal::BodyTooLarge { .. } => "Request body too large",
+            Refusal::BodyTimeout { .. } => "Request body too slow",
+            Refusal::BodyIncomplete => "Request body incomplete",
             Refusal::BillerUnreachable => "Biller unreachable",
             Refusal::BillerTimeout { .. } => "Biller timed out",
         }
@@ -135,6 +145,8 @@ impl Refusal {
             }
             Refusal::Suspended(s) => format!("{who} is suspended by the biller's operators: {}", s.reason),
             Refusal::BodyTooLarge { limit } => format!("request bodies are limited to {limit} bytes"),
+            Refusal::BodyTimeout { timeout } => format!("the request body did not arrive within {}ms; nothing was sent to the biller", timeout.as_millis()),
+            Refusal::BodyIncomplete => "the request body ended before its declared end; nothing was sent to the biller".into(),
             Refusal::BillerUnreachable => "the gateway could not reach the biller; nothing was delivered if the connection failed".into(),
             Refusal::BillerTimeout { timeout } => format!("the biller did not answer within {}ms; the outcome is unknown", timeout.as_millis()),
         }

@@ -260,7 +260,7 @@ impl Leader {
         // shared or stored.
         parts.headers.remove(IF_NONE_MATCH);
         parts.headers.remove(IF_MODIFIED_SINCE);
-        let body = Either::Right(Full::new(Bytes::new()));
+        let body = Full::new(Bytes::new());
         let caller = Caller {
             partner,
             class,

@@ -7,13 +7,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::access::AccessLog;
 use super::answer::Refusal;
 use super::body::{Deadline, ProxyBody};
 use super::cached;
+use super::deadlines::Elapsed;
 use super::headers;
 use super::heads::Watch;
 use super::snapshot::Snapshot;
@@ -229,15 +231,17 @@ async fn forward(
     if let Some(reason) = admitted.shadow {
         metrics.shadow_rejected(reason);
     }
+    let refuse_body = |log: &mut AccessLog, refusal: Refusal, reason: RejectReason| {
+        metrics.rejected(reason);
+        log.outcome = reason.as_str();
+        refuse(refusal, Some(partner_id), Some(class), snapshot)
+    };
     let too_large = |log: &mut AccessLog| {
-        metrics.rejected(RejectReason::BodyTooLarge);
-        log.outcome = "body_too_large";
         let limit = config.server.max_body_bytes;
-        refuse(
+        refuse_body(
+            log,
             Refusal::BodyTooLarge { limit },
-            Some(partner_id),
-            Some(class),
-            snapshot,
+            RejectReason::BodyTooLarge,
         )
     };
 
@@ -250,27 +254,51 @@ async fn forward(
     if declared.is_some_and(|len| len > max_body) {
         return too_large(log);
     }
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    // The body is read whole (capped, and within the biller timeout) before the biller is
+    // called, so a partner sending it slowly holds neither the biller nor its call's timeout:
+    // a slow body is the partner's 408, never a biller timeout counted against the breaker.
+    let body = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+        let timeout = config.biller.timeout;
+        let due = tokio::time::Instant::now() + timeout;
+        let read = worker
+            .deadlines
+            .timeout_at(due, Limited::new(body, limit).collect())
+            .await;
+        match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) if error.is::<LengthLimitError>() => return too_large(log),
+            Ok(Err(_)) => {
+                return refuse_body(log, Refusal::BodyIncomplete, RejectReason::BodyIncomplete)
+            }
+            Err(Elapsed) => {
+                return refuse_body(
+                    log,
+                    Refusal::BodyTimeout { timeout },
+                    RejectReason::BodyTimeout,
+                )
+            }
+        }
+    };
+    // A payment naming its account in its JSON body: the account's cached inquiry answers are
+    // dropped once the biller has it.
     let route = &config.routes[admitted.route];
-    // A payment naming its account in its JSON body is read whole (it is small and capped), so
-    // the account's cached inquiry answers can be dropped once the biller has it.
-    let (body, account): (UpstreamBody, Option<String>) = match &route.account_field {
+    let account = match &route.account_field {
         Some(field) if route.class == RouteClass::Payment => {
-            let Ok(collected) = Limited::new(body, limit).collect().await else {
-                return too_large(log);
-            };
-            let bytes = collected.to_bytes();
-            let named = serde_json::from_slice::<serde_json::Value>(&bytes)
+            serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| {
                     v.get(field.as_str())
                         .and_then(|a| a.as_str())
                         .map(str::to_owned)
-                });
-            (Either::Right(Full::new(bytes)), named.or(account))
+                })
+                .or(account)
         }
-        _ => (Either::Left(Limited::new(body, limit)), account),
+        _ => account,
     };
+    let body: UpstreamBody = Full::new(body);
 
     let caller = Caller {
         partner: admitted.partner,
@@ -288,7 +316,6 @@ async fn forward(
     }
     let answered = match result {
         Ok(answered) => answered,
-        Err(CallError::BodyTooLarge) => return too_large(log),
         Err(error) => {
             metrics.outcome(Outcome::Failed);
             log.outcome = "failed";

@@ -203,9 +203,7 @@ impl Shared {
             let Ok(uri) = http::Uri::try_from(path) else {
                 continue;
             };
-            let mut request = http::Request::new(http_body_util::Either::Right(
-                http_body_util::Full::new(bytes::Bytes::new()),
-            ));
+            let mut request = http::Request::new(http_body_util::Full::new(bytes::Bytes::new()));
             *request.uri_mut() = uri;
             request
                 .headers_mut()

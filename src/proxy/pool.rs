@@ -16,7 +16,6 @@
 //! exchange on a spawned connection (40 487 against 37 416; `benches/README.md`, "Round
 //! seven").
 
-use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -49,16 +48,6 @@ pub enum PoolError {
     Http(#[from] hyper::Error),
     #[error("the biller closed a new connection before it took the request")]
     Closed,
-}
-
-impl PoolError {
-    /// The underlying error chain, for telling a partner's oversize body from a broken biller.
-    pub fn source_chain(&self) -> Option<&(dyn StdError + 'static)> {
-        match self {
-            PoolError::Http(error) => Some(error),
-            _ => None,
-        }
-    }
 }
 
 /// One connection: the handle requests are sent on (its connection runs as a task).

@@ -3,14 +3,12 @@
 //! pauses and the metrics. Used by forwarding and by the cache's leader alike.
 
 use http::HeaderValue;
-use std::error::Error as StdError;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use http_body_util::{Either, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::headers;
@@ -21,8 +19,9 @@ use crate::admission::{BillerOutcome, Ticket};
 use crate::config::Class;
 use crate::metrics::UpstreamError;
 
-/// What the gateway sends the biller: the partner's body, capped, or one it holds.
-pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
+/// What the gateway sends the biller: a body it holds whole (the partner's, read before the
+/// call, or its own).
+pub type UpstreamBody = Full<Bytes>;
 
 /// Why a call brought no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +30,6 @@ pub enum CallError {
     Timeout(Duration),
     /// No connection, or the exchange broke.
     Unreachable,
-    /// The partner's body passed `max_body_bytes` while streaming.
-    BodyTooLarge,
 }
 
 /// An answered call.
@@ -105,10 +102,6 @@ pub async fn call(
             ticket.finish(BillerOutcome::TimedOut);
             shared.metrics.upstream_error(UpstreamError::Timeout);
             Err(CallError::Timeout(timeout))
-        }
-        Ok(Err(error)) if error.source_chain().is_some_and(is_body_too_large) => {
-            ticket.finish(BillerOutcome::NotSent);
-            Err(CallError::BodyTooLarge)
         }
         Ok(Err(error)) => {
             ticket.finish(BillerOutcome::Unreachable);
@@ -186,16 +179,4 @@ fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
     let joined =
         PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{pq}", upstream.base_path)));
     joined.ok().map(Uri::from)
-}
-
-/// Whether a client error was caused by the request body passing its limit.
-fn is_body_too_large(error: &(dyn StdError + 'static)) -> bool {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }

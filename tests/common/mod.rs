@@ -382,3 +382,32 @@ impl FixedUpstream {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// Reads one answer (head and `content-length` body) from `stream`; returns it as text.
+pub async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Bounded: an answer of a few hundred bytes comes in a handful of reads.
+    for _ in 0..1_000 {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("the answer has a content-length");
+            if seen.len() >= end + 4 + length {
+                assert_eq!(seen.len(), end + 4 + length, "nothing after the answer");
+                return text;
+            }
+        }
+        let n = stream.read(&mut chunk).await.expect("read the answer");
+        assert!(n > 0, "closed before the answer was complete");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    panic!("no complete answer in 1 000 reads");
+}
