@@ -321,9 +321,7 @@ async fn a_biller_stalling_mid_body_cuts_the_answer_at_its_deadline() {
 async fn raw_connection() -> (TestBiller, TestGateway, tokio::net::TcpStream) {
     let biller = TestBiller::roomy().await;
     let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", Q, ""))).await;
-    let stream = tokio::net::TcpStream::connect(gw.gateway.addr)
-        .await
-        .expect("connect");
+    let stream = connect(&gw).await;
     (biller, gw, stream)
 }
 
@@ -394,9 +392,7 @@ async fn an_answer_slower_than_the_head_timeout_is_not_cut_off() {
         &partner("wallet-a", "key-a", Q, ""),
     ))
     .await;
-    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr)
-        .await
-        .expect("connect");
+    let mut stream = connect(&gw).await;
     let request = b"GET /v1/bills/100234 HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-a\r\n\r\n";
     stream.write_all(request).await.expect("send a request");
     let answer = read_answer(&mut stream).await;

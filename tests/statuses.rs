@@ -126,9 +126,7 @@ async fn a_body_sent_too_slowly_gets_408_and_never_reaches_the_biller() {
         &partner("wallet-a", "key-a", A, ""),
     ))
     .await;
-    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr)
-        .await
-        .expect("connect");
+    let mut stream = connect(&gw).await;
     // A head promising 60 bytes, then 11 of them, then nothing.
     stream
         .write_all(

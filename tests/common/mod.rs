@@ -411,3 +411,10 @@ pub async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
     }
     panic!("no complete answer in 1 000 reads");
 }
+
+/// A raw TCP connection to the gateway's partner listener, for tests that write HTTP by hand.
+pub async fn connect(gw: &TestGateway) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(gw.gateway.addr)
+        .await
+        .expect("connect to the gateway")
+}
