@@ -7,8 +7,8 @@
 //! and given back when it is dropped; the watcher wakes the ones that are due. Most deadlines
 //! are dropped long before they are due (the biller answers in milliseconds), so the watcher
 //! rarely has one to fire. Measured on hyper's header-read timer, which used this table until
-//! the heads sweep (`heads.rs`) replaced it, a slot cost about 300 instructions less than a
-//! tokio timer (`benches/README.md`, "Round eight").
+//! the heads sweep (`heads.rs`) replaced it, a slot cost about 400 instructions less than a
+//! tokio timer: 12 525 → 12 104 per refusal (`benches/README.md`, "Round eight").
 //!
 //! The watcher's timer is never further away than the worker's floor (half the biller
 //! timeout, see [`floor_period`]): a new deadline is then almost never due before it, so
