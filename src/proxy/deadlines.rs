@@ -96,6 +96,7 @@ impl Deadlines {
     }
 
     /// Deadlines waiting (polled, not yet dropped), fired or not.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.lock().slots.len()
     }

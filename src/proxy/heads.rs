@@ -81,6 +81,9 @@ pub struct Watched<T> {
     heads: Arc<Heads>,
     /// Its place among the worker's connections, until it closes.
     key: Option<usize>,
+    /// The waker last left in `watch.reader`: the connection's task is always the same, so
+    /// its reads take the lock only the first time they wait.
+    registered: Option<Waker>,
 }
 
 impl Heads {
@@ -116,6 +119,7 @@ impl Heads {
             watch: Arc::clone(&watch),
             heads: Arc::clone(self),
             key: Some(key),
+            registered: None,
         };
         (watched, watch)
     }
@@ -239,13 +243,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             return Poll::Ready(Err(cut_off()));
         }
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if polled.is_pending() {
-            let mut reader = this.watch.lock_reader();
-            match reader.as_mut() {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                Some(waker) => waker.clone_from(cx.waker()),
-                None => *reader = Some(cx.waker().clone()),
-            }
+        let known = this
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if polled.is_pending() && !known {
+            // The sweep only clones the waker it finds, so what is left there stays current.
+            let waker = cx.waker().clone();
+            *this.watch.lock_reader() = Some(waker.clone());
+            this.registered = Some(waker);
         }
         polled
     }
