@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -42,6 +42,21 @@ impl Default for Options {
     }
 }
 
+/// The partners' listener, its accept queue `backlog` long. The standard library and tokio
+/// both listen with 128: a reconnect storm of a few hundred partner connections overflows that
+/// while the acceptor is busy, and the kernel drops the overflow's handshakes, each retried by
+/// its client only a second or more later.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted gateway rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// A started gateway.
 pub struct Gateway {
     /// Where partners connect.
@@ -58,8 +73,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds both listeners (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config, options: Options) -> anyhow::Result<Gateway> {
-        let listener = TcpListener::bind(config.server.listen)
-            .await
+        let listener = listen(config.server.listen, config.server.listen_backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let admin = TcpListener::bind(config.server.admin_listen)
             .await

@@ -52,6 +52,7 @@ const CASES: &[(&str, &[Expected])] = &[
     )]),
     ("bad_mode.toml", &[("partner[0].mode", 9, 8, &["expected \"enforce\"", "or \"shadow\"", "\"strict\" is neither"])]),
     ("zero_workers.toml", &[("server.workers", 3, 11, &["expected a number of worker threads from 1 to 256, like 2", "0 is not between 1 and 256"])]),
+    ("huge_backlog.toml", &[("server.listen_backlog", 3, 18, &["expected a number of connections from 1 to 65535, like 4096", "100000 is not between 1 and 65535"])]),
     ("wrong_type.toml", &[("biller.max_in_flight", 5, 17, &["expected a whole number above 0, like 128, found a string (\"128\")"])]),
     ("missing_required_key.toml", &[(
         "biller.capacity", 2, 1,

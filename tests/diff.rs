@@ -443,9 +443,10 @@ fn server_and_biller_settings_changed() {
         &[
             "partners: unchanged",
             "routes: unchanged",
-            "server: 2 changed",
+            "server: 3 changed",
             "  listen  127.0.0.1:8080 → 127.0.0.1:8081  (the listener is bound at start: takes effect on restart)",
             "  key_header  x-api-key → x-partner-key",
+            "  listen_backlog  4096 → 1024  (the listener is bound at start: takes effect on restart)",
             "biller: 5 changed",
             "  url  http://127.0.0.1:9000 → http://bills.internal:9000/ebpp",
             "  timeout  3s → 5s",
@@ -513,7 +514,7 @@ fn summaries_fit_one_line_of_the_reload_log() {
             ("key_rotated", "2 partners changed, 0 added, 0 removed, routes unchanged, server and biller unchanged".to_owned()),
             ("routes_reordered", "partners unchanged, 0 routes changed, 0 added, 0 removed, reordered, server and biller unchanged".to_owned()),
             ("route_changed", "partners unchanged, 1 route changed, 0 added, 0 removed, server and biller unchanged".to_owned()),
-            ("settings_changed", "partners unchanged, routes unchanged, settings changed: server.listen, server.key_header, biller.url, biller.timeout, biller.max_in_flight, biller.breaker.failure_rate, biller.breaker.window".to_owned()),
+            ("settings_changed", "partners unchanged, routes unchanged, settings changed: server.listen, server.key_header, server.listen_backlog, biller.url, biller.timeout, biller.max_in_flight, biller.breaker.failure_rate, biller.breaker.window".to_owned()),
         ]
     );
 }

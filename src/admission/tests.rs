@@ -40,6 +40,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             admin_token_file: None,
             state_file: None,
             workers: None,
+            listen_backlog: 4096,
         },
         biller: Biller {
             url: BillerUrl {

@@ -45,6 +45,10 @@ pub struct Server {
     /// Threads serving partner connections, each with its own runtime and its own connections
     /// to the biller. Default: one per CPU.
     pub workers: Option<usize>,
+    /// Connections the kernel may hold ready for the acceptor to take: a reconnect storm past
+    /// it has its handshakes dropped, and those partners retry a second or more later. Default
+    /// 4096; Linux caps it at `net.core.somaxconn`.
+    pub listen_backlog: u32,
 }
 
 impl Server {

@@ -24,6 +24,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "admin_token_file",
     "state_file",
     "workers",
+    "listen_backlog",
 ];
 pub(crate) const BILLER_KEYS: &[&str] = &[
     "url",
@@ -40,6 +41,9 @@ pub(crate) const BREAKER_KEYS: &[&str] = &["failure_rate", "window", "min_calls"
 
 /// The most worker threads `[server] workers` may ask for.
 const MAX_WORKERS: u64 = 256;
+
+/// The default `[server] listen_backlog`: Linux's default `net.core.somaxconn`, which caps it.
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
 
 const ADDR: &str = "an address like \"127.0.0.1:8080\"";
 const HEADER: &str = "a header name like \"x-api-key\"";
@@ -93,6 +97,16 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         Some(at) => Some(usize::try_from(at.value).ok()),
         None if t.get("workers").is_some() => None,
         None => Some(None),
+    };
+    let listen_backlog = match t.integer(
+        errors,
+        "listen_backlog",
+        (1, 65_535),
+        "a number of connections from 1 to 65535, like 4096",
+    ) {
+        Some(at) => u32::try_from(at.value).ok(),
+        None if t.get("listen_backlog").is_some() => None,
+        None => Some(LISTEN_BACKLOG),
     };
     let path = |errors: &mut Errors<'_>, key: &str, expected: &str| -> Option<Option<PathBuf>> {
         match t.string(errors, key, expected) {
@@ -161,6 +175,7 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         admin_token_file: admin_token_file?,
         state_file: state_file?,
         workers: workers?,
+        listen_backlog: listen_backlog?,
     })
 }
 

@@ -233,6 +233,13 @@ pub(super) fn server(old: &Config, new: &Config) -> Vec<SettingChange> {
         "workers",
         "worker threads start with the process: takes effect on restart".to_owned(),
     );
+    s.compare("listen_backlog", o.listen_backlog, n.listen_backlog, |b| {
+        b.to_string()
+    });
+    s.note(
+        "listen_backlog",
+        "the listener is bound at start: takes effect on restart".to_owned(),
+    );
     let path = |p: &Option<std::path::PathBuf>| {
         p.as_ref()
             .map_or("none".to_owned(), |p| p.display().to_string())
