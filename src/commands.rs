@@ -23,6 +23,7 @@ pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::R
             return Ok(ExitCode::FAILURE);
         }
     };
+    raise_open_files();
     let signals = Signals::register()?;
     let clock = Clock::real();
     let (biller_stop, biller_task) = if with_biller {
@@ -61,6 +62,28 @@ pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::R
         let _ = task.await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lets `serve` hold as many connections as the hard open-file limit allows, and says so.
+fn raise_open_files() {
+    match crate::limits::raise_open_files() {
+        Ok(files) => {
+            if files.soft > files.before {
+                tracing::info!(
+                    from = files.before,
+                    to = files.soft,
+                    "open-file limit raised to the hard limit"
+                );
+            }
+            if files.soft < crate::limits::FEW_OPEN_FILES {
+                tracing::warn!(
+                    limit = files.soft,
+                    "partner and biller connections together cannot exceed the open-file limit; raise the hard limit (systemd: LimitNOFILE=) to hold more"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
 }
 
 /// The signals `serve` answers, registered before the listeners open so that a signal sent as

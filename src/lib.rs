@@ -5,9 +5,9 @@
 //! biller, and [`metrics`] counts it. [`biller`] is the stand-in EBPP biller; [`storm`] replays
 //! the 2014 polling storm against it, with and without the gateway, and [`storm::polls`] measures
 //! the answer cache under partners polling far past the biller's capacity.
-// Unsafe code is denied everywhere but in three small, documented places that a measured gain
-// needs: asking which core a thread runs on (`shards`), prefetching (`memory`) and handing
-// allocations to mimalloc (`allocator`).
+// Unsafe code is denied everywhere but in four small, documented places: three that a measured
+// gain needs — asking which core a thread runs on (`shards`), prefetching (`memory`) and handing
+// allocations to mimalloc (`allocator`) — and the open-file limit's two system calls (`limits`).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -23,6 +23,7 @@ pub mod concurrency;
 pub mod config;
 pub mod control;
 pub mod gateway;
+pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod proxy;

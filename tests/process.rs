@@ -17,14 +17,35 @@ struct Process {
     child: Child,
     addr: String,
     admin: String,
+    /// What it logged up to and including "billgate listening".
+    startup: Vec<String>,
     lines: mpsc::Receiver<String>,
 }
 
 impl Process {
     fn start(config: &std::path::Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_billgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_billgate"));
+        command
             .args(["--log-format", "json", "serve", "--config"])
-            .arg(config)
+            .arg(config);
+        Process::spawn(command)
+    }
+
+    /// [`Process::start`] with its soft open-file limit at half its hard one, as a shell's
+    /// `ulimit -Sn` sets it before `exec`ing billgate (so the child's id is billgate's).
+    fn start_with_half_the_open_files(config: &std::path::Path) -> Process {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(r#"ulimit -Sn $(( $(ulimit -Hn) / 2 )) && exec "$0" "$@""#)
+            .arg(env!("CARGO_BIN_EXE_billgate"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config);
+        Process::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Process {
+        let mut child = command
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -38,12 +59,20 @@ impl Process {
                 }
             }
         });
-        let listening = wait_for(&lines, "billgate listening");
+        let mut startup = Vec::new();
+        let listening = loop {
+            let line = wait_for(&lines, "");
+            startup.push(line.clone());
+            if line.contains("billgate listening") {
+                break line;
+            }
+        };
         let json: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
         let field = |name: &str| json["fields"][name].as_str().expect(name).to_owned();
         Process {
             addr: field("addr"),
             admin: field("admin_addr"),
+            startup,
             child,
             lines,
         }
@@ -247,5 +276,43 @@ async fn the_access_log_names_the_partner_and_never_the_key() {
     assert!(
         line.contains("unknown_key") && !line.contains("wrong-key"),
         "{line}"
+    );
+}
+
+/// The soft and hard "Max open files" of process `pid`.
+fn open_files(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-file limit in:\n{limits}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("nofile");
+    let path = write_config(&dir, &biller.url(), "10/s");
+    let process = Process::start_with_half_the_open_files(&path);
+    let (soft, hard) = open_files(process.child.id());
+    assert_eq!(soft, hard, "the soft limit was left below the hard one");
+    let raised = process
+        .startup
+        .iter()
+        .find(|l| l.contains("open-file limit raised to the hard limit"))
+        .unwrap_or_else(|| panic!("no line says the limit was raised: {:?}", process.startup));
+    let json: serde_json::Value = serde_json::from_str(raised).unwrap();
+    assert_eq!(json["fields"]["from"], hard / 2);
+    assert_eq!(json["fields"]["to"], hard);
+    assert_eq!(
+        get(&process.url("/v1/bills/77"), &[("x-api-key", "key-b")])
+            .await
+            .status,
+        StatusCode::OK
     );
 }
