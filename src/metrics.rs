@@ -82,6 +82,8 @@ impl RejectReason {
 pub enum UpstreamError {
     Connect,
     Timeout,
+    /// The gateway had no socket to call with: not the biller's failure.
+    NoSocket,
 }
 
 /// Handles bound for one partner (or for the unidentified) and one class (or none).
@@ -140,7 +142,7 @@ pub struct Metrics {
     accounts_evicted: IntCounterVec,
     upstream_duration: [Histogram; 3],
     pub upstream_in_flight: IntGauge,
-    upstream_errors: [IntCounter; 2],
+    upstream_errors: [IntCounter; 3],
     config_info: IntGaugeVec,
     config_reloads: IntCounterVec,
     /// By breaker (`inquiry`, `payment`): 0 closed, 1 open, 2 half-open.
@@ -253,7 +255,7 @@ impl Metrics {
         let errors = IntCounterVec::new(
             Opts::new(
                 "billgate_upstream_errors_total",
-                "Forwarded requests the biller did not answer, by kind.",
+                "Forwarded requests the biller did not answer, by kind (no_socket: the gateway had no socket to call with, nothing was sent).",
             ),
             &["kind"],
         )?;
@@ -352,7 +354,8 @@ impl Metrics {
         registry.register(Box::new(connections.open.clone()))?;
         registry.register(Box::new(connections.cut.clone()))?;
         let upstream_duration = Class::ALL.map(|c| duration.with_label_values(&[c.as_str()]));
-        let upstream_errors = ["connect", "timeout"].map(|k| errors.with_label_values(&[k]));
+        let upstream_errors =
+            ["connect", "timeout", "no_socket"].map(|k| errors.with_label_values(&[k]));
         let families = Families {
             requests,
             rejections,

@@ -44,6 +44,20 @@ impl Process {
         Process::spawn(command)
     }
 
+    /// [`Process::start`] with soft and hard open-file limits of `files`: it cannot raise them.
+    fn start_with_open_files(config: &std::path::Path, files: u32) -> Process {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                r#"ulimit -Sn {files} && ulimit -Hn {files} && exec "$0" "$@""#
+            ))
+            .arg(env!("CARGO_BIN_EXE_billgate"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config);
+        Process::spawn(command)
+    }
+
     fn spawn(mut command: Command) -> Process {
         let mut child = command
             .stderr(Stdio::piped())
@@ -311,6 +325,100 @@ async fn serve_raises_its_open_file_limit_to_the_hard_limit() {
     assert_eq!(json["fields"]["to"], hard);
     assert_eq!(
         get(&process.url("/v1/bills/77"), &[("x-api-key", "key-b")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+/// `/metrics` asked on `admin`, a connection kept open, so that asking frees no file of the
+/// gateway's.
+async fn metrics_on(admin: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncWriteExt;
+    admin
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: billgate\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(admin).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_sockets_is_the_gateways_503_and_never_the_billers_failure() {
+    use tokio::io::AsyncWriteExt;
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("sockets");
+    let path = write_config(&dir, &biller.url(), "10/s");
+    let process = Process::start_with_open_files(&path, 64);
+    assert!(
+        process
+            .startup
+            .iter()
+            .any(|l| l.contains("cannot exceed the open-file limit")),
+        "no warning about 64 open files: {:?}",
+        process.startup
+    );
+    let mut admin = tokio::net::TcpStream::connect(&process.admin)
+        .await
+        .unwrap();
+    let limit_before = sample(
+        &metrics_on(&mut admin).await,
+        "billgate_upstream_concurrency_limit",
+    );
+
+    // A connection to ask on, taken while files are to spare; then more connections than the
+    // gateway has files for, so that it accepts until it has none left. Nothing of the
+    // gateway's closes meanwhile: every connection it holds stays open.
+    let mut asking = tokio::net::TcpStream::connect(&process.addr).await.unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(tokio::net::TcpStream::connect(&process.addr).await.unwrap());
+    }
+    wait_for(&process.lines, "accept failed");
+
+    // Its first call to the biller needs a connection it has no file for.
+    asking
+        .write_all(b"GET /v1/bills/77 HTTP/1.1\r\nhost: billgate\r\nx-api-key: key-b\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut asking).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(
+        answer.contains("\"reason\":\"gateway_out_of_sockets\""),
+        "{answer}"
+    );
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1\r\n"),
+        "{answer}"
+    );
+    assert_eq!(biller.biller.stats().received, 0);
+
+    // It blamed the biller for nothing; with the flood gone, it has files again.
+    let metrics = metrics_on(&mut admin).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"billgate_upstream_errors_total{kind="no_socket"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"billgate_upstream_errors_total{kind="connect"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(&metrics, "billgate_upstream_concurrency_limit"),
+        limit_before
+    );
+    drop(flood);
+    assert_eq!(
+        get(&process.url("/v1/bills/78"), &[("x-api-key", "key-b")])
             .await
             .status,
         StatusCode::OK

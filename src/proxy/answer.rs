@@ -35,6 +35,9 @@ pub enum Refusal {
     BillerUnreachable,
     /// The biller did not answer within `[biller] timeout`.
     BillerTimeout { timeout: Duration },
+    /// The gateway had no socket left to call the biller with (file descriptors or local
+    /// ports all in use): nothing was sent.
+    NoSocket,
 }
 
 #[derive(Serialize)]
@@ -67,6 +70,7 @@ impl Refusal {
             Refusal::BodyIncomplete => "body_incomplete",
             Refusal::BillerUnreachable => "biller_unreachable",
             Refusal::BillerTimeout { .. } => "biller_timeout",
+            Refusal::NoSocket => "gateway_out_of_sockets",
         }
     }
 
@@ -91,6 +95,7 @@ impl Refusal {
             Refusal::BodyIncomplete => StatusCode::BAD_REQUEST,
             Refusal::BillerUnreachable => StatusCode::BAD_GATEWAY,
             Refusal::BillerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::NoSocket => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -117,6 +122,7 @@ impl Refusal {
             Refusal::BodyIncomplete => "Request body incomplete",
             Refusal::BillerUnreachable => "Biller unreachable",
             Refusal::BillerTimeout { .. } => "Biller timed out",
+            Refusal::NoSocket => "Gateway out of connections",
         }
     }
 
@@ -149,6 +155,7 @@ impl Refusal {
             Refusal::BodyIncomplete => "the request body ended before its declared end; nothing was sent to the biller".into(),
             Refusal::BillerUnreachable => "the gateway could not reach the biller; nothing was delivered if the connection failed".into(),
             Refusal::BillerTimeout { timeout } => format!("the biller did not answer within {}ms; the outcome is unknown", timeout.as_millis()),
+            Refusal::NoSocket => "the gateway has no connection free to reach the biller with; nothing was sent; retry in 1s".into(),
         }
     }
 
@@ -156,6 +163,7 @@ impl Refusal {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Refusal::Denied(d) => d.retry_after.map(|w| ceil_secs(w).max(1)),
+            Refusal::NoSocket => Some(1),
             _ => None,
         }
     }
@@ -508,6 +516,7 @@ mod tests {
         assert_eq!(s(Reason::BillerCapacity), 503);
         assert_eq!(Refusal::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(Refusal::BillerUnreachable.status(), 502);
+        assert_eq!(Refusal::NoSocket.status(), 503);
         assert_eq!(
             Refusal::BillerTimeout {
                 timeout: Duration::from_secs(1)

@@ -34,6 +34,8 @@ pub type Fetched = Result<Arc<CachedAnswer>, FetchFailure>;
 pub enum FetchFailure {
     Timeout(Duration),
     Unreachable,
+    /// The gateway had no socket to call with.
+    NoSocket,
 }
 
 /// Answers larger than this are not held in memory for sharing; the leader's partner gets a
@@ -208,6 +210,7 @@ fn failed(
     let refusal = match failure {
         FetchFailure::Timeout(timeout) => Refusal::BillerTimeout { timeout },
         FetchFailure::Unreachable => Refusal::BillerUnreachable,
+        FetchFailure::NoSocket => Refusal::NoSocket,
     };
     let partner = &*snapshot.gate.partners()[c.partner].id;
     refuse(refusal, Some(partner), Some(c.class), snapshot)
@@ -270,7 +273,8 @@ impl Leader {
         let answered = match upstream::call(&worker, &snapshot, caller, parts, body).await {
             Ok(answered) => answered,
             Err(CallError::Timeout(timeout)) => return (Err(FetchFailure::Timeout(timeout)), None),
-            Err(_) => return (Err(FetchFailure::Unreachable), None),
+            Err(CallError::NoSocket) => return (Err(FetchFailure::NoSocket), None),
+            Err(CallError::Unreachable) => return (Err(FetchFailure::Unreachable), None),
         };
         let rtt = Some(answered.rtt);
         let (mut head, body) = answered.response.into_parts();

@@ -321,7 +321,8 @@ async fn forward(
             log.outcome = "failed";
             let refusal = match error {
                 CallError::Timeout(timeout) => Refusal::BillerTimeout { timeout },
-                _ => Refusal::BillerUnreachable,
+                CallError::NoSocket => Refusal::NoSocket,
+                CallError::Unreachable => Refusal::BillerUnreachable,
             };
             return refuse(refusal, Some(partner_id), Some(class), snapshot);
         }

@@ -172,10 +172,15 @@ impl Shared {
                 snapshot.config.biller.connect_timeout,
             )
         };
-        let reachable = matches!(
-            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await,
-            Ok(Ok(_))
-        );
+        let reachable =
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
+                Ok(Ok(_)) => true,
+                // The gateway had no socket to try with: that says nothing about the biller.
+                Ok(Err(error)) if pool::is_gateway_exhausted(&error) => {
+                    return self.biller_reachable.load(Ordering::Relaxed);
+                }
+                _ => false,
+            };
         if reachable != self.biller_reachable.swap(reachable, Ordering::Relaxed) {
             tracing::info!(biller = %target, reachable, "biller reachability changed");
         }

@@ -60,6 +60,27 @@ struct Link {
     since: Instant,
 }
 
+impl PoolError {
+    /// Whether the gateway itself had nothing to connect with — no file descriptor, no local
+    /// port, no kernel memory for a socket — rather than the biller failing to answer. Such a
+    /// failure says nothing about the biller: it must not count against it.
+    pub fn is_gateway_exhausted(&self) -> bool {
+        match self {
+            PoolError::Connect { source, .. } => is_gateway_exhausted(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a failure to connect was the gateway's own want of a file descriptor, a local port
+/// or kernel memory (see [`PoolError::is_gateway_exhausted`]).
+pub fn is_gateway_exhausted(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
 impl Link {
     /// Waits until the connection can take a request; false when it has closed.
     async fn ready(&mut self) -> bool {

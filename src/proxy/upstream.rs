@@ -30,6 +30,9 @@ pub enum CallError {
     Timeout(Duration),
     /// No connection, or the exchange broke.
     Unreachable,
+    /// The gateway had no socket to call with (out of file descriptors or local ports):
+    /// nothing was sent, and the biller is not blamed.
+    NoSocket,
 }
 
 /// An answered call.
@@ -102,6 +105,12 @@ pub async fn call(
             ticket.finish(BillerOutcome::TimedOut);
             shared.metrics.upstream_error(UpstreamError::Timeout);
             Err(CallError::Timeout(timeout))
+        }
+        Ok(Err(error)) if error.is_gateway_exhausted() => {
+            ticket.finish(BillerOutcome::NotSent);
+            tracing::warn!(error = %error, "no socket for a call to the biller");
+            shared.metrics.upstream_error(UpstreamError::NoSocket);
+            Err(CallError::NoSocket)
         }
         Ok(Err(error)) => {
             ticket.finish(BillerOutcome::Unreachable);
