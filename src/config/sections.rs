@@ -76,16 +76,14 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         header("x-billgate-partner"),
         header_name,
     );
-    let max_body_bytes = match t.integer(
+    let max_body_bytes = integer_in(
         errors,
+        &t,
         "max_body_bytes",
         (1, u64::MAX),
         "a number of bytes above 0, like 1048576",
-    ) {
-        Some(at) => Some(at.value),
-        None if t.get("max_body_bytes").is_some() => None,
-        None => Some(1_048_576),
-    };
+        1_048_576,
+    );
 
     let access_log = t.boolean_or(errors, "access_log", true);
     let workers = match t.integer(
@@ -98,16 +96,15 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         None if t.get("workers").is_some() => None,
         None => Some(None),
     };
-    let listen_backlog = match t.integer(
+    let listen_backlog = integer_in(
         errors,
+        &t,
         "listen_backlog",
         (1, 65_535),
         "a number of connections from 1 to 65535, like 4096",
-    ) {
-        Some(at) => u32::try_from(at.value).ok(),
-        None if t.get("listen_backlog").is_some() => None,
-        None => Some(LISTEN_BACKLOG),
-    };
+        LISTEN_BACKLOG.into(),
+    )
+    .and_then(|n| u32::try_from(n).ok());
     let path = |errors: &mut Errors<'_>, key: &str, expected: &str| -> Option<Option<PathBuf>> {
         match t.string(errors, key, expected) {
             Some(at) if at.value.trim().is_empty() => {
@@ -263,16 +260,15 @@ pub(crate) fn cache(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Cac
         defaults.max_entries as u64,
     );
     let max_bytes = integer_or(errors, &t, "max_bytes", 1 << 40, defaults.max_bytes);
-    let hit_cost = match t.integer(
+    let hit_cost = integer_in(
         errors,
+        &t,
         "hit_cost",
         (0, 1000),
         "a number of quota tokens from 0 to 1000, like 1",
-    ) {
-        Some(at) => u32::try_from(at.value).ok(),
-        None if t.get("hit_cost").is_some() => None,
-        None => Some(defaults.hit_cost),
-    };
+        defaults.hit_cost.into(),
+    )
+    .and_then(|n| u32::try_from(n).ok());
     Some(Cache {
         max_entries: usize::try_from(max_entries?).ok()?,
         max_bytes: max_bytes?,
@@ -327,7 +323,20 @@ fn integer_or(
     default: u64,
 ) -> Option<u64> {
     let expected = format!("a whole number above 0, like {default}");
-    match t.integer(errors, key, (1, max), &expected) {
+    integer_in(errors, t, key, (1, max), &expected, default)
+}
+
+/// The whole number at `key` within `range`, `default` when absent; `None` (and an error) when
+/// present but not a whole number in range.
+fn integer_in(
+    errors: &mut Errors<'_>,
+    t: &Table<'_, '_>,
+    key: &str,
+    range: (u64, u64),
+    expected: &str,
+    default: u64,
+) -> Option<u64> {
+    match t.integer(errors, key, range, expected) {
         Some(at) => Some(at.value),
         None if t.get(key).is_some() => None,
         None => Some(default),
