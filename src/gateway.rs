@@ -54,7 +54,23 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     // As `TcpListener::bind` does: a restarted gateway rebinds at once.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(backlog)
+    let listener = socket.listen(backlog)?;
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok();
+    if let Some(granted) = capped_backlog(backlog, somaxconn.as_deref()) {
+        tracing::warn!(
+            listen_backlog = backlog,
+            granted,
+            "the kernel caps the accept queue at net.core.somaxconn; raise it (sysctl -w net.core.somaxconn={backlog}) to hold a reconnect storm"
+        );
+    }
+    Ok(listener)
+}
+
+/// The accept queue Linux grants instead of `backlog`, when `somaxconn` (the text of
+/// `/proc/sys/net/core/somaxconn`) caps it.
+fn capped_backlog(backlog: u32, somaxconn: Option<&str>) -> Option<u32> {
+    let cap: u32 = somaxconn?.trim().parse().ok()?;
+    (cap < backlog).then_some(cap)
 }
 
 /// A started gateway.
@@ -143,5 +159,20 @@ impl Gateway {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::capped_backlog;
+
+    #[test]
+    fn somaxconn_below_the_backlog_caps_it() {
+        assert_eq!(capped_backlog(4096, Some("128\n")), Some(128));
+        assert_eq!(capped_backlog(4096, Some("4096\n")), None);
+        assert_eq!(capped_backlog(1000, Some("4096")), None);
+        // Not Linux, or not readable: nothing to say.
+        assert_eq!(capped_backlog(4096, None), None);
+        assert_eq!(capped_backlog(4096, Some("many")), None);
     }
 }
