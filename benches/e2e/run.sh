@@ -22,6 +22,8 @@
 #   BARE=1           also measure the bare hyper proxy and refuser (benches/e2e/bare.rs)
 #   LATENCY=1        the fixed-rate (oha) phase; 0 skips it
 #   THROUGHPUT=1     the maximum-throughput (wrk) phase; 0 skips it (then set RATE)
+#   STORM=1          the reconnect-storm phase (storm.py, STORM_CONNECTIONS=3000 at once,
+#                    ROUNDS rounds against nginx and billgate); 0 skips it
 #   RATE=            the fixed rate, req/s; by default half of nginx's pass-through maximum
 #                    as oha reaches it (measured first, ROUNDS runs, median)
 #   OUT=target/e2e   where results, logs and the servers' run files go
@@ -45,6 +47,8 @@ CACHE=${CACHE:-1}
 BARE=${BARE:-1}
 LATENCY=${LATENCY:-1}
 THROUGHPUT=${THROUGHPUT:-1}
+STORM=${STORM:-1}
+STORM_CONNECTIONS=${STORM_CONNECTIONS:-3000}
 OUT=${OUT:-$ROOT/target/e2e}
 NICE=${NICE:-0}
 RUN=$OUT/run
@@ -81,6 +85,7 @@ need_tools() {
     command -v jq >/dev/null || missing+=(jq)
     command -v curl >/dev/null || missing+=(curl)
     if [[ $MODE == profile ]] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
+    if [[ $MODE == run && $STORM == 1 ]] && ! command -v python3 >/dev/null; then missing+=(python3); fi
     if ((${#missing[@]})); then
         [[ $(id -u) == 0 ]] || die "missing ${missing[*]}: install them (apt-get install -y ${missing[*]})"
         log "installing ${missing[*]} (apt-get)"
@@ -522,6 +527,12 @@ summary() {
             echo "  - p99 at $PASS_AT req/s: bare hyper proxy $(median latency hyper-pass 8) ms, lean hyper proxy $(median latency hyper-lean 8) ms"
         fi
     fi
+    if [[ -s $OUT/storm.txt ]]; then
+        echo
+        echo "### reconnect storm ($STORM_CONNECTIONS connections at once, \`storm.py\`, $TINY_KEY)"
+        echo "No target: answers over 1 s and dropped handshakes (listen overflows) should be 0 for both."
+        sed 's/^/- /' "$OUT/storm.txt"
+    fi
     echo
     echo "### checks"
     local bad
@@ -614,9 +625,30 @@ measure() {
             done < <(rotated "$round")
         done
     fi
+    : >"$OUT/storm.txt"
+    if [[ $STORM == 1 ]]; then storm; fi
     LOAD_AFTER=$(uptime | sed 's/.*load average: //')
     summary | tee "$OUT/summary.md"
     log "rows: $RESULTS (phase round scenario req/s refused/s refused-share p50 p99 p99.9 cpu-us/req socket-errors load1 2xx/s user-us/req sys-us/req)"
+}
+
+# A reconnect storm (storm.py): STORM_CONNECTIONS connections opened at once, one bill asked on
+# each as bench-tiny (so nearly every answer is the gateway's own 429 and the biller's protection
+# stays out of it), against nginx and billgate in turn, ROUNDS rounds. Each line says how long
+# the answers took and how many handshakes the kernel dropped for a full accept queue.
+storm() {
+    local round name addr
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "storm round $round/$ROUNDS: $STORM_CONNECTIONS connections at once"
+        for target in "nginx $NGINX_ADDR" "billgate $BILLGATE_ADDR"; do
+            read -r name addr <<<"$target"
+            sleep 1.1 # the tiny quota starts full, and the last storm's connections are closed
+            timeout 120 python3 "$HERE/storm.py" "$addr" --connections "$STORM_CONNECTIONS" \
+                --key "$TINY_KEY" --rounds 1 --name "$name, round $round" >>"$OUT/storm.txt" 2>&1 ||
+                log "  the storm against $name failed (see $OUT/storm.txt)"
+            log "  $(tail -1 "$OUT/storm.txt")"
+        done
+    done
 }
 
 # perf (software cpu-clock sampling: this machine exposes no hardware counters; DWARF call

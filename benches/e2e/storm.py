@@ -105,14 +105,16 @@ def main():
     for round_ in range(1, args.rounds + 1):
         r = asyncio.run(storm(host, int(port), args.connections, request))
         print(
-            f"{args.name or args.addr} round {round_}: {r['answered']}/{args.connections} answered; "
+            f"{args.name or args.addr}{f' round {round_}' if args.rounds > 1 else ''}: "
+            f"{r['answered']}/{args.connections} answered; "
             f"connect p50 {r['connect_p50_ms']:.0f} p99 {r['connect_p99_ms']:.0f} ms; "
             f"answer p50 {r['answer_p50_ms']:.0f} p99 {r['answer_p99_ms']:.0f} "
             f"max {r['answer_max_ms']:.0f} ms; over 1 s: {r['over_1s']}; "
             f"listen overflows: {r['listen_overflows']}; {r['statuses']}",
             flush=True,
         )
-        time.sleep(2)  # the previous round's connections close before the next round opens its own
+        if round_ < args.rounds:
+            time.sleep(2)  # the previous round's connections close before the next opens its own
 
 
 if __name__ == "__main__":
