@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::config::Class;
 use crate::control::{Control, ControlError, ReloadError, TOKEN_ENV};
 use crate::metrics::Outcome;
+use crate::proxy::Acceptor;
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const PROMETHEUS: HeaderValue =
@@ -36,18 +37,10 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut acceptor = Acceptor::new(listener, "admin");
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, _) = acceptor.accept() => {
                 let control = Arc::clone(&control);
                 let service = service_fn(move |request| answer(Arc::clone(&control), request));
                 let connection = http1::Builder::new()

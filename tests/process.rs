@@ -375,7 +375,8 @@ async fn out_of_sockets_is_the_gateways_503_and_never_the_billers_failure() {
     for _ in 0..100 {
         flood.push(tokio::net::TcpStream::connect(&process.addr).await.unwrap());
     }
-    wait_for(&process.lines, "accept failed");
+    let failing = wait_for(&process.lines, "cannot accept connections");
+    assert!(failing.contains("\"listener\":\"partner\""), "{failing}");
 
     // Its first call to the biller needs a connection it has no file for.
     asking
@@ -417,6 +418,10 @@ async fn out_of_sockets_is_the_gateways_503_and_never_the_billers_failure() {
         limit_before
     );
     drop(flood);
+    let again = wait_for(&process.lines, "accepting connections again");
+    let json: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(json["fields"]["listener"], "partner");
+    assert!(json["fields"]["failed"].as_u64().unwrap() >= 1, "{again}");
     assert_eq!(
         get(&process.url("/v1/bills/78"), &[("x-api-key", "key-b")])
             .await

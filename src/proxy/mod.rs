@@ -1,6 +1,7 @@
 //! The partner-facing HTTP server and the pooled client to the biller: the only place that
 //! serves partner traffic. Admission, metrics and answers are used from here, never the reverse.
 
+mod accept;
 mod access;
 mod answer;
 mod body;
@@ -22,6 +23,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use accept::Acceptor;
 pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
 pub use pool::{BillerPool, PoolError, PooledBody, Target};

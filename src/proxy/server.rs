@@ -17,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::accept::Acceptor;
 use super::deadlines::{floor_period, Deadlines};
 use super::heads::Heads;
 use super::{handler, headers, BillerClient, Shared, Snapshot};
@@ -121,18 +122,10 @@ pub async fn serve(workers: Workers, listener: TcpListener, mut shutdown: watch:
         threads,
     } = workers;
     let mut next = 0usize;
+    let mut acceptor = Acceptor::new(listener, "partner");
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = acceptor.accept() => {
                 let stream = match stream.into_std() {
                     Ok(stream) => stream,
                     Err(error) => {
@@ -148,7 +141,7 @@ pub async fn serve(workers: Workers, listener: TcpListener, mut shutdown: watch:
             _ = shutdown.changed() => break,
         }
     }
-    drop(listener);
+    drop(acceptor);
     drop(inboxes);
     for worker in finished {
         let _ = worker.await;
