@@ -74,11 +74,18 @@ impl PoolError {
 
 /// Whether a failure to connect was the gateway's own want of a file descriptor, a local port
 /// or kernel memory (see [`PoolError::is_gateway_exhausted`]).
+#[cfg(unix)]
 pub fn is_gateway_exhausted(error: &std::io::Error) -> bool {
     matches!(
         error.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
     )
+}
+
+/// See the Unix version: elsewhere every failure to connect counts as the biller's.
+#[cfg(not(unix))]
+pub fn is_gateway_exhausted(_error: &std::io::Error) -> bool {
+    false
 }
 
 impl Link {
@@ -276,5 +283,46 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    fn connect_failed(errno: i32) -> PoolError {
+        PoolError::Connect {
+            target: "127.0.0.1:9".to_owned(),
+            source: std::io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    #[test]
+    fn only_the_gateways_own_want_of_a_socket_spares_the_biller() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(
+                connect_failed(errno).is_gateway_exhausted(),
+                "errno {errno}"
+            );
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ETIMEDOUT,
+        ] {
+            assert!(
+                !connect_failed(errno).is_gateway_exhausted(),
+                "errno {errno}"
+            );
+        }
+        assert!(!PoolError::Closed.is_gateway_exhausted());
+        assert!(!PoolError::ConnectTimeout("127.0.0.1:9".to_owned()).is_gateway_exhausted());
     }
 }
