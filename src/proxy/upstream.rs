@@ -108,7 +108,8 @@ pub async fn call(
         }
         Ok(Err(error)) if error.is_gateway_exhausted() => {
             ticket.finish(BillerOutcome::NotSent);
-            // Counted, not logged per call: the acceptor says when the gateway runs out.
+            // Counted (`billgate_upstream_errors_total{kind="no_socket"}`), not warned of per call:
+            // out of files, the acceptor warns once as well.
             tracing::debug!(error = %error, "no socket for a call to the biller");
             shared.metrics.upstream_error(UpstreamError::NoSocket);
             Err(CallError::NoSocket)
