@@ -17,6 +17,7 @@
 //! seven").
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -111,6 +112,9 @@ pub struct BillerPool {
     // Links move in and out of request futures; boxed, they move as one pointer.
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<Link>>>,
+    /// Whether the last attempt to connect failed for want of a socket of the gateway's: a
+    /// run of such failures is warned of once, and its end told.
+    out_of_sockets: AtomicBool,
 }
 
 impl BillerPool {
@@ -119,6 +123,7 @@ impl BillerPool {
             idle_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
+            out_of_sockets: AtomicBool::new(false),
         })
     }
 
@@ -161,17 +166,30 @@ impl BillerPool {
 
     async fn connect(&self, target: &Target<'_>, now: Instant) -> Result<Box<Link>, PoolError> {
         let address = &**target.address;
-        let stream =
-            match tokio::time::timeout(target.connect_timeout, TcpStream::connect(address)).await {
-                Err(_elapsed) => return Err(PoolError::ConnectTimeout(address.to_owned())),
-                Ok(Err(source)) => {
-                    return Err(PoolError::Connect {
-                        target: address.to_owned(),
-                        source,
-                    })
+        let stream = match tokio::time::timeout(target.connect_timeout, TcpStream::connect(address))
+            .await
+        {
+            Err(_elapsed) => return Err(PoolError::ConnectTimeout(address.to_owned())),
+            Ok(Err(source)) => {
+                if is_gateway_exhausted(&source)
+                    && !self.out_of_sockets.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        biller = address,
+                        error = %source,
+                        "no socket for a connection to the biller: calls that need one are answered 503 gateway_out_of_sockets until one opens"
+                    );
                 }
-                Ok(Ok(stream)) => stream,
-            };
+                return Err(PoolError::Connect {
+                    target: address.to_owned(),
+                    source,
+                });
+            }
+            Ok(Ok(stream)) => stream,
+        };
+        if self.out_of_sockets.swap(false, Ordering::Relaxed) {
+            tracing::info!(biller = address, "connections to the biller open again");
+        }
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))

@@ -108,8 +108,8 @@ pub async fn call(
         }
         Ok(Err(error)) if error.is_gateway_exhausted() => {
             ticket.finish(BillerOutcome::NotSent);
-            // Counted (`billgate_upstream_errors_total{kind="no_socket"}`), not warned of per call:
-            // out of files, the acceptor warns once as well.
+            // Counted (`billgate_upstream_errors_total{kind="no_socket"}`); the pool warns once
+            // per run of such failures, not per call.
             tracing::debug!(error = %error, "no socket for a call to the biller");
             shared.metrics.upstream_error(UpstreamError::NoSocket);
             Err(CallError::NoSocket)
