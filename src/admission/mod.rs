@@ -185,19 +185,23 @@ pub enum Decision<'r, 'g> {
     Deny(Denied),
 }
 
-/// One partner's admission state: three cache lines, all of which a decision reads.
-#[repr(align(64))]
+/// One partner's admission state: three cache lines, laid out in this order (`repr(C)`) so
+/// that a scheduled poll — the class a polling storm is made of — finds its quota, the
+/// suspension flag's cell, the pause's and the mode on one line: a poll refused at the partner
+/// quota reads one line of the gate, not two. The payment and user-inquiry quotas share the
+/// line before it; the per-account limit and the id come last.
+#[repr(C, align(64))]
 pub struct PartnerGate {
-    pub id: Arc<str>,
-    pub mode: Mode,
     /// One limiter per class, `None` for a closed class.
     pub quotas: [Option<Quota>; 3],
-    /// The per-account limit, its accounts kept in the gate's [`AccountTable`].
-    pub accounts: Option<AccountLimiter>,
     /// Shared with the suspension registry, so suspending takes effect at once.
     pub suspension: Arc<SuspensionCell>,
     /// A pause the biller asked for, naming this partner.
     pub pause: Arc<Pause>,
+    pub mode: Mode,
+    /// The per-account limit, its accounts kept in the gate's [`AccountTable`].
+    pub accounts: Option<AccountLimiter>,
+    pub id: Arc<str>,
 }
 
 /// Where one partner's state lives, as numbers, for prefetching only (never read through): the

@@ -528,3 +528,20 @@ fn the_key_index_carries_where_each_partners_state_lives() {
     // Three whole lines, all prefetched together.
     assert_eq!(std::mem::size_of::<super::PartnerGate>(), 192);
 }
+
+#[test]
+fn a_scheduled_poll_reads_one_line_of_its_partners_gate() {
+    use std::mem::{offset_of, size_of};
+    let line = |offset: usize, len: usize| {
+        let (first, last) = (offset / 64, (offset + len - 1) / 64);
+        assert_eq!(first, last, "{offset}+{len} straddles a line");
+        first
+    };
+    let scheduled = offset_of!(super::PartnerGate, quotas)
+        + Class::InquiryScheduled.index() * size_of::<Option<super::Quota>>();
+    let at = line(scheduled, size_of::<Option<super::Quota>>());
+    assert_eq!(line(offset_of!(super::PartnerGate, suspension), 8), at);
+    assert_eq!(line(offset_of!(super::PartnerGate, pause), 8), at);
+    assert_eq!(line(offset_of!(super::PartnerGate, mode), 1), at);
+    assert_eq!(size_of::<super::PartnerGate>(), 192, "three lines");
+}
