@@ -195,7 +195,7 @@ fn quota_path(c: &mut Criterion) {
 fn protection_job(fixture: &Fixture) -> Job {
     let gate = Arc::clone(&fixture.gate);
     Arc::new(move |worker, iters, _| {
-        let pause = &gate.partners()[worker % 2].pause;
+        let pause = gate.partners()[worker % 2].suspension.pause();
         for _ in 0..iters {
             let now = gate.clock().now();
             let class = billgate::config::Class::InquiryScheduled;

@@ -36,7 +36,7 @@ const CLAIMED: u64 = 1 << 63;
 const READY: u64 = 1 << 62;
 
 /// Words a caller keeps per partner in the index, handed back with each lookup.
-pub const CARD_WORDS: usize = 7;
+pub const CARD_WORDS: usize = 6;
 /// A partner's card: see the module docs.
 pub type Card = [u64; CARD_WORDS];
 
@@ -338,7 +338,7 @@ mod tests {
     fn names_the_likely_partner_early_but_answers_only_on_the_key() {
         let a = [digest("a")];
         let b = [digest("b")];
-        let (card_a, card_b) = ([1; CARD_WORDS], [2, 3, 4, 5, 6, 7, 8]);
+        let (card_a, card_b) = ([1; CARD_WORDS], [2, 3, 4, 5, 6, 7]);
         let index = KeyIndex::with_cards([(&a[..], card_a), (&b[..], card_b)]);
         let mut told: Vec<(usize, Card)> = Vec::new();
         // Not remembered yet: proven by digest, nothing to tell early.

@@ -186,18 +186,17 @@ pub enum Decision<'r, 'g> {
 }
 
 /// One partner's admission state: three cache lines, laid out in this order (`repr(C)`) so
-/// that a scheduled poll — the class a polling storm is made of — finds its quota, the
-/// suspension flag's cell, the pause's and the mode on one line: a poll refused at the partner
-/// quota reads one line of the gate, not two. The payment and user-inquiry quotas share the
-/// line before it; the per-account limit and the id come last.
+/// that a scheduled poll — the class a polling storm is made of — finds its quota, the cell of
+/// its suspension and pause, and the mode on one line: a poll refused at the partner quota
+/// reads one line of the gate, not two. The payment and user-inquiry quotas share the line
+/// before it; the per-account limit and the id come last.
 #[repr(C, align(64))]
 pub struct PartnerGate {
     /// One limiter per class, `None` for a closed class.
     pub quotas: [Option<Quota>; 3],
-    /// Shared with the suspension registry, so suspending takes effect at once.
+    /// Shared with the suspension registry, so suspending takes effect at once; it also holds
+    /// the pause the biller asked for naming this partner.
     pub suspension: Arc<SuspensionCell>,
-    /// A pause the biller asked for, naming this partner.
-    pub pause: Arc<Pause>,
     pub mode: Mode,
     /// The per-account limit, its accounts kept in the gate's [`AccountTable`].
     pub accounts: Option<AccountLimiter>,
@@ -212,8 +211,8 @@ pub struct PartnerGate {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct PartnerLines {
     gate: usize,
+    /// The suspension's cell, which holds the pause too.
     suspension: usize,
-    pause: usize,
     quotas: [QuotaLines; 3],
     /// The partner's tag in the account table (0: no per-account limit).
     account_tag: u32,
@@ -225,7 +224,6 @@ impl PartnerLines {
         PartnerLines {
             gate: address_of(gate),
             suspension: address_of(&*gate.suspension),
-            pause: address_of(&*gate.pause),
             quotas: gate
                 .quotas
                 .each_ref()
@@ -239,7 +237,6 @@ impl PartnerLines {
         [
             self.gate as u64,
             self.suspension as u64,
-            self.pause as u64,
             q0,
             q1,
             q2,
@@ -249,17 +246,16 @@ impl PartnerLines {
 
     #[inline]
     fn from_card(card: &Card) -> Self {
-        let [gate, suspension, pause, q0, q1, q2, tag] = *card;
+        let [gate, suspension, q0, q1, q2, tag] = *card;
         PartnerLines {
             gate: gate as usize,
             suspension: suspension as usize,
-            pause: pause as usize,
             quotas: [q0, q1, q2].map(|q| QuotaLines(q as usize)),
             account_tag: tag as u32,
         }
     }
 
-    /// Asks for the partner's own lines: its gate, its suspension and its pause.
+    /// Asks for the partner's own lines: its gate, and the cell of its suspension and pause.
     #[inline]
     fn prefetch(&self) {
         use crate::memory::prefetch_address;
@@ -267,7 +263,6 @@ impl PartnerLines {
             prefetch_address(self.gate.wrapping_add(64 * line));
         }
         prefetch_address(self.suspension);
-        prefetch_address(self.pause);
     }
 }
 
@@ -323,7 +318,6 @@ impl Gate {
                     quotas,
                     accounts,
                     suspension: suspensions.cell(&p.id),
-                    pause: before.map(|b| Arc::clone(&b.pause)).unwrap_or_default(),
                 }
             })
             .collect::<Vec<_>>();
@@ -369,7 +363,7 @@ impl Gate {
     pub fn pause(&self, class: Class, partner: Option<usize>, wait: Duration) {
         let until = governor::nanos::Nanos::from(self.clock.elapsed() + wait);
         match partner.and_then(|i| self.partners.get(i)) {
-            Some(p) => p.pause.until(until),
+            Some(p) => p.suspension.pause().until(until),
             None => self.protection.pauses[class.index()].until(until),
         }
     }
@@ -536,7 +530,10 @@ impl Gate {
             }
         }
 
-        let ticket = match self.protection.admit(c.class, &partner.pause, now) {
+        let ticket = match self
+            .protection
+            .admit(c.class, partner.suspension.pause(), now)
+        {
             Ok(ticket) => ticket,
             Err(shed) => {
                 let (reason, wait) = match shed {

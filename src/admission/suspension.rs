@@ -1,10 +1,15 @@
 //! Suspended partners: a partner the operators cut off gets 403 with their reason at once.
 //! Suspensions are runtime state, kept apart from the configuration so they survive reloads.
+//! The pause the biller may ask for, naming a partner, is runtime state of the same kind: it is
+//! kept in the same cell, on the same cache line as the suspension flag, which every decision
+//! reads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+
+use super::biller::Pause;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
@@ -16,10 +21,13 @@ pub struct Suspension {
     pub since_unix: u64,
 }
 
-/// One partner's suspension state, read on every request with one atomic load.
+/// One partner's suspension state, read on every request with one atomic load, and the pause
+/// the biller asked for naming it. Alone on its cache line.
 #[derive(Default)]
+#[repr(align(64))]
 pub struct SuspensionCell {
     suspended: AtomicBool,
+    pause: Pause,
     detail: ArcSwapOption<Suspension>,
 }
 
@@ -31,6 +39,12 @@ impl SuspensionCell {
 
     pub fn get(&self) -> Option<Arc<Suspension>> {
         self.detail.load_full()
+    }
+
+    /// The pause the biller asked for, naming this partner.
+    #[inline]
+    pub fn pause(&self) -> &Pause {
+        &self.pause
     }
 
     fn set(&self, suspension: Option<Suspension>) {

@@ -541,7 +541,6 @@ fn a_scheduled_poll_reads_one_line_of_its_partners_gate() {
         + Class::InquiryScheduled.index() * size_of::<Option<super::Quota>>();
     let at = line(scheduled, size_of::<Option<super::Quota>>());
     assert_eq!(line(offset_of!(super::PartnerGate, suspension), 8), at);
-    assert_eq!(line(offset_of!(super::PartnerGate, pause), 8), at);
     assert_eq!(line(offset_of!(super::PartnerGate, mode), 1), at);
     assert_eq!(size_of::<super::PartnerGate>(), 192, "three lines");
 }
