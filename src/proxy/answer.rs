@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
+use super::upstream::CallError;
 use crate::admission::{Denied, Limit, Reason, Remaining, Suspension};
 use crate::clock::ceil_secs;
 use crate::config::Class;
@@ -38,6 +39,17 @@ pub enum Refusal {
     /// The gateway had no socket left to call the biller with (file descriptors or local
     /// ports all in use): nothing was sent.
     NoSocket,
+}
+
+impl From<CallError> for Refusal {
+    /// What the partner is told when its call brought no answer.
+    fn from(error: CallError) -> Refusal {
+        match error {
+            CallError::Timeout(timeout) => Refusal::BillerTimeout { timeout },
+            CallError::Unreachable => Refusal::BillerUnreachable,
+            CallError::NoSocket => Refusal::NoSocket,
+        }
+    }
 }
 
 #[derive(Serialize)]

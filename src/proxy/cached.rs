@@ -14,7 +14,6 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
 use super::access::AccessLog;
-use super::answer::Refusal;
 use super::body::ProxyBody;
 use super::handler::{deny, refuse};
 use super::headers;
@@ -26,17 +25,9 @@ use crate::cache::{CacheKey, CacheStatus, CachedAnswer, Joined, KeyRef, Sharing}
 use crate::config::{CacheScope, Class};
 use crate::metrics::Outcome;
 
-/// What a flight's waiters share: the biller's answer, or why there was none.
-pub type Fetched = Result<Arc<CachedAnswer>, FetchFailure>;
-
-/// Why a flight brought no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchFailure {
-    Timeout(Duration),
-    Unreachable,
-    /// The gateway had no socket to call with.
-    NoSocket,
-}
+/// What a flight's waiters share: the biller's answer, or why there was none (a body that
+/// broke off or a leader that died counts as the biller unreachable).
+pub type Fetched = Result<Arc<CachedAnswer>, CallError>;
 
 /// Answers larger than this are not held in memory for sharing; the leader's partner gets a
 /// 502 (a bill answer is a few hundred bytes).
@@ -123,7 +114,7 @@ pub async fn serve(
                     flight.complete(fetched.clone());
                     (fetched, rtt)
                 });
-                let (fetched, rtt) = task.await.unwrap_or((Err(FetchFailure::Unreachable), None));
+                let (fetched, rtt) = task.await.unwrap_or((Err(CallError::Unreachable), None));
                 log.upstream = rtt;
                 return match fetched {
                     Ok(answer) => {
@@ -140,7 +131,7 @@ pub async fn serve(
             }
         }
     }
-    failed(snapshot, &c, FetchFailure::Unreachable, log)
+    failed(snapshot, &c, CallError::Unreachable, log)
 }
 
 /// A hit or a coalesced answer: spends the hit's cost of the class quota, then serves the
@@ -199,7 +190,7 @@ fn full(
 fn failed(
     snapshot: &Snapshot,
     c: &Classified<'_>,
-    failure: FetchFailure,
+    failure: CallError,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
     snapshot.partners[c.partner]
@@ -207,13 +198,8 @@ fn failed(
         .class(c.class)
         .outcome(Outcome::Failed);
     log.outcome = "failed";
-    let refusal = match failure {
-        FetchFailure::Timeout(timeout) => Refusal::BillerTimeout { timeout },
-        FetchFailure::Unreachable => Refusal::BillerUnreachable,
-        FetchFailure::NoSocket => Refusal::NoSocket,
-    };
     let partner = &*snapshot.gate.partners()[c.partner].id;
-    refuse(refusal, Some(partner), Some(c.class), snapshot)
+    refuse(failure.into(), Some(partner), Some(c.class), snapshot)
 }
 
 /// The request head, for the leader's own task.
@@ -272,9 +258,7 @@ impl Leader {
         };
         let answered = match upstream::call(&worker, &snapshot, caller, parts, body).await {
             Ok(answered) => answered,
-            Err(CallError::Timeout(timeout)) => return (Err(FetchFailure::Timeout(timeout)), None),
-            Err(CallError::NoSocket) => return (Err(FetchFailure::NoSocket), None),
-            Err(CallError::Unreachable) => return (Err(FetchFailure::Unreachable), None),
+            Err(error) => return (Err(error), None),
         };
         let rtt = Some(answered.rtt);
         let (mut head, body) = answered.response.into_parts();
@@ -283,7 +267,7 @@ impl Leader {
         let read =
             tokio::time::timeout(timeout, Limited::new(body, MAX_SHARED_BODY).collect()).await;
         let Ok(Ok(collected)) = read else {
-            return (Err(FetchFailure::Unreachable), rtt);
+            return (Err(CallError::Unreachable), rtt);
         };
         let body = collected.to_bytes();
         let answer = match shared.cache.store(

@@ -19,7 +19,7 @@ use super::deadlines::Elapsed;
 use super::headers;
 use super::heads::Watch;
 use super::snapshot::Snapshot;
-use super::upstream::{self, CallError, Caller, UpstreamBody};
+use super::upstream::{self, Caller, UpstreamBody};
 use super::{Shared, Worker};
 use crate::admission::{Admitted, Classified, Decision, Denied, Reason, RequestParts};
 use crate::config::{AccountSource, Class, RouteClass};
@@ -319,12 +319,7 @@ async fn forward(
         Err(error) => {
             metrics.outcome(Outcome::Failed);
             log.outcome = "failed";
-            let refusal = match error {
-                CallError::Timeout(timeout) => Refusal::BillerTimeout { timeout },
-                CallError::NoSocket => Refusal::NoSocket,
-                CallError::Unreachable => Refusal::BillerUnreachable,
-            };
-            return refuse(refusal, Some(partner_id), Some(class), snapshot);
+            return refuse(error.into(), Some(partner_id), Some(class), snapshot);
         }
     };
     log.upstream = Some(answered.rtt);
