@@ -96,7 +96,8 @@ fn quota_path_job(fixture: &Fixture, lists: Arc<Vec<Vec<Req>>>) -> Job {
                 let partner = &gate.partners()[keys.find(req.key())?];
                 let matched = gate.router().find(&Method::GET, req.path(), None)?;
                 let now = gate.clock().now();
-                partner.quotas[2].as_ref()?.check(now).ok()?;
+                let (quota, own) = partner.quota(billgate::config::Class::InquiryScheduled)?;
+                quota.check(own, now).ok()?;
                 let accounts = partner.accounts.as_ref()?;
                 accounts.check(matched.account?, now).ok()
             })();
@@ -195,7 +196,7 @@ fn quota_path(c: &mut Criterion) {
 fn protection_job(fixture: &Fixture) -> Job {
     let gate = Arc::clone(&fixture.gate);
     Arc::new(move |worker, iters, _| {
-        let pause = gate.partners()[worker % 2].suspension.pause();
+        let pause = gate.partners()[worker % 2].cell.pause();
         for _ in 0..iters {
             let now = gate.clock().now();
             let class = billgate::config::Class::InquiryScheduled;

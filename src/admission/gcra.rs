@@ -37,11 +37,23 @@ pub enum Refused {
 impl Gcra {
     /// One request per `interval` (at least a nanosecond), `burst` at once.
     pub fn new(interval: Duration, burst: NonZeroU32) -> Gcra {
-        let t = nanos(interval).max(1);
+        Gcra::from_nanos(nanos(interval).max(1), burst)
+    }
+
+    /// [`Gcra::new`] for an interval already in nanoseconds (as [`Gcra::t`] gives it back):
+    /// a multiplication, cheap enough to redo per request where a word of room counts.
+    #[inline]
+    pub fn from_nanos(t: u64, burst: NonZeroU32) -> Gcra {
         Gcra {
             t,
             tau: t.saturating_mul(u64::from(burst.get() - 1)),
         }
+    }
+
+    /// The emission interval in nanoseconds.
+    #[inline]
+    pub fn t(&self) -> u64 {
+        self.t
     }
 
     /// The earliest time `n` more cells may pass, given arrival time `tat`.

@@ -11,9 +11,9 @@
 //! Beside each entry (128 bytes, so with thousands of partners rarely in cache) is a hint of
 //! eight bytes: a fingerprint of the key's hash and the partner. Hints are packed eight to a
 //! line, so the table of hints is small (256 KiB for 10 000 keys) and, unlike the entries,
-//! tends to stay in cache. Each partner also has a [`Card`] — a few words the caller gave for
-//! it (the gate puts there where that partner's state lives), one line per partner in a dense
-//! array. A lookup starts by asking for its home slot's hint and entry together
+//! tends to stay in cache. Each partner also has a [`Card`] — a word the caller gave for it
+//! (the gate puts there where that partner's cell is), eight to a line in a dense array, small
+//! enough to stay in cache too (80 KiB for 10 000 partners). A lookup starts by asking for its home slot's hint and entry together
 //! ([`KeyIndex::ask`]), so the caller can do other work while they come. It then probes the
 //! hints, hands the likely partner's card to its caller — who asks for that partner's state at
 //! once — and only then compares the key with the entry: the misses overlap instead of
@@ -36,18 +36,13 @@ const CLAIMED: u64 = 1 << 63;
 const READY: u64 = 1 << 62;
 
 /// Words a caller keeps per partner in the index, handed back with each lookup.
-pub const CARD_WORDS: usize = 6;
+pub const CARD_WORDS: usize = 1;
 /// A partner's card: see the module docs.
 pub type Card = [u64; CARD_WORDS];
 
 /// One remembered key's hint: 0 while empty or being written, else the high half of the key's
 /// hash (its lowest bit set) over the partner index. Eight to a cache line.
 type Hint = AtomicU64;
-
-/// A partner's card, alone on its cache line.
-#[repr(align(64))]
-#[derive(Clone, Copy, Default)]
-struct CardLine(Card);
 
 /// One remembered key: its head, then its bytes as little-endian words, zero-padded.
 #[repr(align(128))]
@@ -73,7 +68,7 @@ pub struct KeyIndex {
     /// `hints[i]` for `entries[i]`.
     hints: Box<[Hint]>,
     /// Each partner's card, by partner index.
-    cards: Box<[CardLine]>,
+    cards: Box<[Card]>,
     /// Entries written so far: kept at most half the table, so probes always end.
     filled: AtomicUsize,
 }
@@ -155,7 +150,7 @@ impl KeyIndex {
             for digest in keys {
                 by_digest.insert(*digest, partner);
             }
-            cards.push(CardLine(card));
+            cards.push(card);
         }
         // Room for every configured key at most half full.
         let slots = (2 * by_digest.len()).next_power_of_two().max(8);
@@ -227,7 +222,7 @@ impl KeyIndex {
             }
             if head & !0xffff_ffff == fingerprint {
                 let partner = (head & 0xffff_ffff) as usize;
-                if let Some(CardLine(card)) = self.cards.get(partner) {
+                if let Some(card) = self.cards.get(partner) {
                     likely(partner, card);
                 }
                 let entry = self.entries.get(i)?;
@@ -245,10 +240,7 @@ impl KeyIndex {
 
     /// The card given for `partner` (zeros for an index out of range).
     pub fn card(&self, partner: usize) -> Card {
-        self.cards
-            .get(partner)
-            .map(|line| line.0)
-            .unwrap_or_default()
+        self.cards.get(partner).copied().unwrap_or_default()
     }
 
     fn by_digest(&self, key: &[u8]) -> Option<usize> {
@@ -338,7 +330,7 @@ mod tests {
     fn names_the_likely_partner_early_but_answers_only_on_the_key() {
         let a = [digest("a")];
         let b = [digest("b")];
-        let (card_a, card_b) = ([1; CARD_WORDS], [2, 3, 4, 5, 6, 7]);
+        let (card_a, card_b) = ([1; CARD_WORDS], [2; CARD_WORDS]);
         let index = KeyIndex::with_cards([(&a[..], card_a), (&b[..], card_b)]);
         let mut told: Vec<(usize, Card)> = Vec::new();
         // Not remembered yet: proven by digest, nothing to tell early.

@@ -7,9 +7,12 @@
 //! quota for the class, per-account quota, biller budget — and the first refusal answers.
 //!
 //! With thousands of partners and a million accounts, a decision's state is mostly not in
-//! cache; the layout keeps the misses to two rounds: the key's hint line names the partner and
-//! where all its state lives (see [`KeyIndex`]), and that state, the key's entry and the
-//! account's slot (see [`AccountTable`]) are then asked for together.
+//! cache. The layout keeps a refusal at the partner's quota to one round of misses: the key's
+//! hint (a compact table that stays in cache) names the partner, whose gate is then found by
+//! its index and whose cell by one word of a compact table (see [`KeyIndex`]); the gate, the
+//! cell — which holds the suspension and the one-cell quotas' arrival times — and the key's
+//! entry are then asked for together. The account's slot (see [`AccountTable`]) is asked for
+//! as soon as routing has found the account.
 
 mod accounts;
 mod biller;
@@ -22,6 +25,7 @@ mod shed;
 mod suspension;
 
 use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +40,7 @@ pub use identify::{Asked, Card, KeyIndex};
 pub use quota::{Passed, Quota, QuotaLines, Remaining};
 pub use route::{Matched, Router};
 pub use shed::Shedder;
-pub use suspension::{Suspension, SuspensionCell, Suspensions};
+pub use suspension::{PartnerCell, Suspension, Suspensions};
 
 use crate::clock::Clock;
 use crate::config::{Class, Config, Mode, Rate, RouteClass};
@@ -186,84 +190,49 @@ pub enum Decision<'r, 'g> {
 }
 
 /// One partner's admission state: three cache lines, laid out in this order (`repr(C)`) so
-/// that a scheduled poll — the class a polling storm is made of — finds its quota, the cell of
-/// its suspension and pause, and the mode on one line: a poll refused at the partner quota
-/// reads one line of the gate, not two. The payment and user-inquiry quotas share the line
-/// before it; the per-account limit and the id come last.
+/// that a scheduled poll — the class a polling storm is made of — finds its quota and the
+/// pointer to the partner's cell on one line. The payment and user-inquiry quotas come before
+/// it; the mode, the per-account limit and the id after.
 #[repr(C, align(64))]
 pub struct PartnerGate {
-    /// One limiter per class, `None` for a closed class.
+    /// One limiter per class, `None` for a closed class. A one-cell quota's arrival time is
+    /// in the partner's cell.
     pub quotas: [Option<Quota>; 3],
-    /// Shared with the suspension registry, so suspending takes effect at once; it also holds
-    /// the pause the biller asked for naming this partner.
-    pub suspension: Arc<SuspensionCell>,
+    /// The partner's runtime state, shared with the registry and every snapshot: its
+    /// suspension (so suspending takes effect at once), the pause the biller asked for naming
+    /// it, and its one-cell quotas' arrival times.
+    pub cell: Arc<PartnerCell>,
     pub mode: Mode,
     /// The per-account limit, its accounts kept in the gate's [`AccountTable`].
     pub accounts: Option<AccountLimiter>,
     pub id: Arc<str>,
 }
 
-/// Where one partner's state lives, as numbers, for prefetching only (never read through): the
-/// lines a decision for the partner reads, so all of them can be asked for at once as soon as
-/// the key has named the partner, rather than each after the pointer leading to it has arrived
-/// (see [`crate::memory`]). It travels as the partner's [`Card`] in the key index, handed over
-/// as soon as a hint names the partner.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct PartnerLines {
-    gate: usize,
-    /// The suspension's cell, which holds the pause too.
-    suspension: usize,
-    quotas: [QuotaLines; 3],
-    /// The partner's tag in the account table (0: no per-account limit).
-    account_tag: u32,
-}
-
-impl PartnerLines {
-    fn of(gate: &PartnerGate) -> Self {
-        use crate::memory::address_of;
-        PartnerLines {
-            gate: address_of(gate),
-            suspension: address_of(&*gate.suspension),
-            quotas: gate
-                .quotas
-                .each_ref()
-                .map(|q| q.as_ref().map(Quota::lines).unwrap_or_default()),
-            account_tag: gate.accounts.as_ref().map_or(0, AccountLimiter::tag),
-        }
-    }
-
-    fn card(&self) -> Card {
-        let [q0, q1, q2] = self.quotas.map(|q| q.0 as u64);
-        [
-            self.gate as u64,
-            self.suspension as u64,
-            q0,
-            q1,
-            q2,
-            u64::from(self.account_tag),
-        ]
-    }
-
+impl PartnerGate {
+    /// The partner's quota for `class` with the arrival time it spends, `None` when the class
+    /// is closed.
     #[inline]
-    fn from_card(card: &Card) -> Self {
-        let [gate, suspension, q0, q1, q2, tag] = *card;
-        PartnerLines {
-            gate: gate as usize,
-            suspension: suspension as usize,
-            quotas: [q0, q1, q2].map(|q| QuotaLines(q as usize)),
-            account_tag: tag as u32,
-        }
+    pub fn quota(&self, class: Class) -> Option<(&Quota, &AtomicU64)> {
+        let quota = self.quotas[class.index()].as_ref()?;
+        Some((quota, self.cell.arrival(class)))
     }
 
-    /// Asks for the partner's own lines: its gate, and the cell of its suspension and pause.
+    /// Asks for the gate's lines (see [`crate::memory`]).
     #[inline]
     fn prefetch(&self) {
-        use crate::memory::prefetch_address;
+        let at = crate::memory::address_of(self);
         for line in 0..std::mem::size_of::<PartnerGate>().div_ceil(64) {
-            prefetch_address(self.gate.wrapping_add(64 * line));
+            crate::memory::prefetch_address(at.wrapping_add(64 * line));
         }
-        prefetch_address(self.suspension);
     }
+}
+
+/// A partner's card in the key index: where its cell is, as a number, for prefetching only
+/// (never read through). The gate is found by the partner's index; the cell, shared by every
+/// snapshot, by this word, which the key index keeps in a compact table (eight to a line) so
+/// that it is usually in cache when the key's hint names the partner.
+fn card_of(gate: &PartnerGate) -> Card {
+    [crate::memory::address_of(&*gate.cell) as u64]
 }
 
 /// Everything the decision needs, built from one configuration.
@@ -297,13 +266,23 @@ impl Gate {
             .iter()
             .map(|p| {
                 let before = old(&p.id);
+                let cell = suspensions.cell(&p.id);
                 let quotas = Class::ALL.map(|class| {
                     let rate = p.quota.get(class)?;
                     let kept = before
                         .and_then(|b| b.quotas[class.index()].as_ref())
                         .filter(|q| q.rate() == rate)
                         .cloned();
-                    Some(kept.unwrap_or_else(|| Quota::new(rate)))
+                    Some(kept.unwrap_or_else(|| {
+                        // A new rate, or a partner new to this gate: a fresh quota. A one-cell
+                        // one spends the arrival time in the partner's cell, which outlives
+                        // gates (and a partner removed and added again): it starts afresh.
+                        let quota = Quota::new(rate);
+                        if quota.is_one_cell() {
+                            cell.restart(class);
+                        }
+                        quota
+                    }))
                 });
                 let accounts = p.per_account.map(|rate| {
                     before
@@ -317,7 +296,7 @@ impl Gate {
                     mode: p.mode,
                     quotas,
                     accounts,
-                    suspension: suspensions.cell(&p.id),
+                    cell,
                 }
             })
             .collect::<Vec<_>>();
@@ -332,7 +311,7 @@ impl Gate {
                     .partners
                     .iter()
                     .zip(&partners)
-                    .map(|(p, gate)| (&p.keys_sha256[..], PartnerLines::of(gate).card())),
+                    .map(|(p, gate)| (&p.keys_sha256[..], card_of(gate))),
             ),
             router: Router::new(config.routes.clone()),
             accounts: table,
@@ -363,7 +342,7 @@ impl Gate {
     pub fn pause(&self, class: Class, partner: Option<usize>, wait: Duration) {
         let until = governor::nanos::Nanos::from(self.clock.elapsed() + wait);
         match partner.and_then(|i| self.partners.get(i)) {
-            Some(p) => p.suspension.pause().until(until),
+            Some(p) => p.cell.pause().until(until),
             None => self.protection.pauses[class.index()].until(until),
         }
     }
@@ -404,8 +383,8 @@ impl Gate {
         // The key's hint and entry are asked for first. Routing reads only the request and
         // the router, so it runs while they are on their way. The account's slot depends only
         // on the account number, so it is asked for as soon as routing has found the number;
-        // then everything the decision will read of the partner (its lines, its quota for the
-        // class) is asked for the moment the key's hint names the partner.
+        // then the partner's gate and cell are asked for the moment the key's hint names the
+        // partner.
         let asked = self.keys.ask(key);
         let matched = self.router.find(req.method, req.path, req.query);
         let class = matched.map(|m| match m.class {
@@ -422,30 +401,27 @@ impl Gate {
             self.accounts.prefetch(place);
             place
         });
-        let ask = |lines: &PartnerLines| {
-            if let Some(class) = class {
-                lines.quotas[class.index()].prefetch();
+        let early = |p: usize, card: &Card| {
+            if let Some(gate) = self.partners.get(p) {
+                gate.prefetch();
             }
-            let tag = lines.account_tag;
-            place
-                .filter(|_| tag != 0)
-                .map(|place| self.accounts.key_at(place, tag))
-        };
-        let mut told: Option<(usize, Option<u64>)> = None;
-        let early = |p, card: &Card| {
-            let lines = PartnerLines::from_card(card);
-            lines.prefetch();
-            told = Some((p, ask(&lines)));
+            crate::memory::prefetch_address(card[0] as usize);
         };
         let Some(partner) = self.keys.find_asked(asked, early) else {
             return Err(deny(Reason::UnknownKey, None, None, None));
         };
-        let account_key = match told {
-            Some((p, account_key)) if p == partner => account_key,
-            _ => ask(&PartnerLines::from_card(&self.keys.card(partner))),
-        };
         let gate = &self.partners[partner];
-        if gate.suspension.is_suspended() {
+        if let Some(class) = class {
+            // A sharded quota's cells, found from the gate.
+            if let Some(quota) = &gate.quotas[class.index()] {
+                quota.lines().prefetch();
+            }
+        }
+        let account_key = place.and_then(|place| {
+            let tag = gate.accounts.as_ref()?.tag();
+            Some(self.accounts.key_at(place, tag))
+        });
+        if gate.cell.is_suspended() {
             return Err(deny(Reason::Suspended, Some(partner), None, None));
         }
         let (Some(matched), Some(class)) = (matched, class) else {
@@ -486,7 +462,7 @@ impl Gate {
         let now = self.clock.now();
         let shadow = partner.mode == Mode::Shadow;
         let mut would_refuse = None;
-        let Some(quota) = &partner.quotas[c.class.index()] else {
+        let Some((quota, own)) = partner.quota(c.class) else {
             return deny(Reason::ClassClosed, None);
         };
         let class_limit = |remaining| Limit {
@@ -495,7 +471,7 @@ impl Gate {
             remaining,
         };
         // What remains of the quota is worked out only once the request is admitted.
-        let spent = match quota.pass_n(now, 1) {
+        let spent = match quota.pass_n(own, now, 1) {
             Ok(passed) => Ok(passed),
             Err(remaining) if shadow => {
                 would_refuse = Some(Reason::PartnerQuota);
@@ -530,10 +506,7 @@ impl Gate {
             }
         }
 
-        let ticket = match self
-            .protection
-            .admit(c.class, partner.suspension.pause(), now)
-        {
+        let ticket = match self.protection.admit(c.class, partner.cell.pause(), now) {
             Ok(ticket) => ticket,
             Err(shed) => {
                 let (reason, wait) = match shed {
@@ -615,13 +588,13 @@ impl Gate {
         cost: u32,
         now: Nanos,
     ) -> Option<Result<Limit, Limit>> {
-        let quota = self.partners[partner].quotas[class.index()].as_ref()?;
+        let (quota, own) = self.partners[partner].quota(class)?;
         let limit = |remaining| Limit {
             policy: Policy::Class(class),
             rate: quota.rate(),
             remaining,
         };
-        Some(quota.check_n(now, cost).map(limit).map_err(limit))
+        Some(quota.check_n(own, now, cost).map(limit).map_err(limit))
     }
 }
 

@@ -37,10 +37,25 @@ pub struct Remaining {
 }
 
 /// One GCRA cell (or one per core) enforcing a [`Rate`]. Cloning shares the state.
+///
+/// A quota of one cell keeps only its parameters: its arrival time is the partner's, in the
+/// partner's cell ([`crate::admission::PartnerCell`]), which every decision for the partner
+/// reads anyway and which is shared by every snapshot. Every check is handed that arrival time
+/// (`own`); a sharded quota keeps its cells itself and ignores it.
 #[derive(Clone)]
 pub struct Quota {
     rate: Rate,
-    cells: Arc<[Padded<Cell>]>,
+    cells: Cells,
+}
+
+#[derive(Clone)]
+enum Cells {
+    /// One cell, its arrival time kept by the caller: its emission interval in nanoseconds
+    /// (the rest of its parameters follow from the rate's burst). One word, so that a quota
+    /// stays half a line.
+    One(u64),
+    /// One cell per core.
+    Sharded(Arc<[Padded<Cell>]>),
 }
 
 /// One core's cell: its arrival time and, on the same line, its parameters and the part of the
@@ -75,10 +90,21 @@ impl Quota {
                 interval,
             })
         };
+        if n == 1 {
+            return Quota {
+                rate,
+                cells: Cells::One(Gcra::new(interval, rate.burst).t()),
+            };
+        }
         Quota {
             rate,
-            cells: (0..n).map(cell).collect(),
+            cells: Cells::Sharded((0..n).map(cell).collect()),
         }
+    }
+
+    /// Whether its arrival time is the caller's (`own`): one cell, not sharded.
+    pub fn is_one_cell(&self) -> bool {
+        matches!(self.cells, Cells::One(_))
     }
 
     /// The rate this quota enforces.
@@ -86,43 +112,53 @@ impl Quota {
         self.rate
     }
 
-    /// Where this quota's cells are, for [`QuotaLines::prefetch`].
+    /// Where a sharded quota's cells are, for [`QuotaLines::prefetch`] (none for one cell:
+    /// its arrival time is in the partner's cell).
     pub fn lines(&self) -> QuotaLines {
-        // Cells are 128-byte aligned and at most MAX_SHARDS (16): the count fits below.
-        let first = crate::memory::address_of(&*self.cells);
-        QuotaLines(first | (self.cells.len().saturating_sub(1) & 0x7f))
+        match &self.cells {
+            Cells::One(_) => QuotaLines::default(),
+            // Cells are 128-byte aligned and at most MAX_SHARDS (16): the count fits below.
+            Cells::Sharded(cells) => QuotaLines(
+                crate::memory::address_of(&**cells) | (cells.len().saturating_sub(1) & 0x7f),
+            ),
+        }
     }
 
-    /// Spends one request: `Ok` with what remains, or `Err` with what the denial says.
+    /// Spends one request: `Ok` with what remains, or `Err` with what the denial says. `own`
+    /// is the arrival time of a one-cell quota (see [`Quota`]).
     #[inline]
-    pub fn check(&self, now: Nanos) -> Result<Remaining, Remaining> {
-        self.check_n(now, 1)
+    pub fn check(&self, own: &AtomicU64, now: Nanos) -> Result<Remaining, Remaining> {
+        self.check_n(own, now, 1)
     }
 
     /// Spends `n` requests at once (`n` ≥ 1; more than the burst is always refused, with the
     /// wait for a whole burst).
     #[inline]
-    pub fn check_n(&self, now: Nanos, n: u32) -> Result<Remaining, Remaining> {
-        self.pass_n(now, n).map(|passed| self.remaining(passed))
+    pub fn check_n(&self, own: &AtomicU64, now: Nanos, n: u32) -> Result<Remaining, Remaining> {
+        self.pass_n(own, now, n)
+            .map(|passed| self.remaining(passed))
     }
 
     /// [`Quota::check_n`], leaving what remains to be worked out by [`Quota::remaining`] only
     /// if it is needed (a division: a request refused by a later check never needs it).
     #[inline]
-    pub fn pass_n(&self, now: Nanos, n: u32) -> Result<Passed, Remaining> {
+    pub fn pass_n(&self, own: &AtomicU64, now: Nanos, n: u32) -> Result<Passed, Remaining> {
         let (now, n) = (now.as_u64(), n.max(1));
-        if let [only] = &*self.cells {
-            return match only.gcra.spend(&only.tat, now, n) {
-                Ok(tat) => Ok(Passed { cell: 0, now, tat }),
-                Err(refused) => Err(Remaining {
-                    remaining: 0,
-                    reset: self.wait(refused, now),
-                }),
-            };
-        }
+        let cells = match &self.cells {
+            Cells::One(t) => {
+                return match Gcra::from_nanos(*t, self.rate.burst).spend(own, now, n) {
+                    Ok(tat) => Ok(Passed { cell: 0, now, tat }),
+                    Err(refused) => Err(Remaining {
+                        remaining: 0,
+                        reset: self.wait(refused, now),
+                    }),
+                };
+            }
+            Cells::Sharded(cells) => cells,
+        };
         let mut soonest: Option<Duration> = None;
-        for k in shards::from(shards::home(self.cells.len()), self.cells.len()) {
-            let cell = &self.cells[k];
+        for k in shards::from(shards::home(cells.len()), cells.len()) {
+            let cell = &cells[k];
             let wait = match cell.gcra.spend(&cell.tat, now, n) {
                 Ok(tat) => return Ok(Passed { cell: k, now, tat }),
                 Err(refused) => self.wait(refused, now),
@@ -139,18 +175,28 @@ impl Quota {
     /// share, scaled to the whole.
     #[inline]
     pub fn remaining(&self, passed: Passed) -> Remaining {
-        let Some(cell) = self.cells.get(passed.cell) else {
-            return Remaining {
-                remaining: 0,
-                reset: Duration::ZERO,
-            };
+        let (gcra, burst, interval, scale) = match &self.cells {
+            Cells::One(t) => (
+                Gcra::from_nanos(*t, self.rate.burst),
+                self.rate.burst.get(),
+                Duration::from_nanos(*t),
+                1,
+            ),
+            Cells::Sharded(cells) => {
+                let Some(cell) = cells.get(passed.cell) else {
+                    return Remaining {
+                        remaining: 0,
+                        reset: Duration::ZERO,
+                    };
+                };
+                (cell.gcra, cell.burst, cell.interval, cells.len() as u32)
+            }
         };
-        let left = cell.gcra.remaining(passed.now, passed.tat);
-        let spent = cell.burst.saturating_sub(left);
-        let scale = self.cells.len() as u32;
+        let left = gcra.remaining(passed.now, passed.tat);
+        let spent = burst.saturating_sub(left);
         Remaining {
             remaining: left.saturating_mul(scale).min(self.rate.burst.get()),
-            reset: cell.interval * spent,
+            reset: interval * spent,
         }
     }
 
@@ -163,9 +209,13 @@ impl Quota {
         }
     }
 
-    /// True when two quotas share one state (a reload carried this one over).
+    /// True when two sharded quotas share their cells (a reload carried this one over). A
+    /// one-cell quota's state is its partner's: carried with the partner's cell.
     pub fn same_state(&self, other: &Quota) -> bool {
-        Arc::ptr_eq(&self.cells, &other.cells)
+        match (&self.cells, &other.cells) {
+            (Cells::Sharded(a), Cells::Sharded(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 }
 
@@ -207,16 +257,17 @@ mod tests {
     fn spends_the_burst_then_denies_with_the_wait() {
         let (clock, hand) = Clock::fake();
         let q = Quota::new(parse_rate("2/s burst 3").unwrap());
+        let own = AtomicU64::new(0);
         assert_eq!(
-            q.check(clock.now()),
+            q.check(&own, clock.now()),
             Ok(Remaining {
                 remaining: 2,
                 reset: Duration::from_millis(500)
             })
         );
-        assert_eq!(q.check(clock.now()).unwrap().remaining, 1);
-        assert_eq!(q.check(clock.now()).unwrap().remaining, 0);
-        let denied = q.check(clock.now()).unwrap_err();
+        assert_eq!(q.check(&own, clock.now()).unwrap().remaining, 1);
+        assert_eq!(q.check(&own, clock.now()).unwrap().remaining, 0);
+        let denied = q.check(&own, clock.now()).unwrap_err();
         assert_eq!(
             denied,
             Remaining {
@@ -226,26 +277,27 @@ mod tests {
         );
         hand.advance(Duration::from_millis(499));
         assert_eq!(
-            q.check(clock.now()).unwrap_err().reset,
+            q.check(&own, clock.now()).unwrap_err().reset,
             Duration::from_millis(1)
         );
         hand.advance(Duration::from_millis(1));
-        assert_eq!(q.check(clock.now()).unwrap().remaining, 0);
+        assert_eq!(q.check(&own, clock.now()).unwrap().remaining, 0);
     }
 
     #[test]
     fn a_per_minute_rate_waits_the_full_interval() {
         let (clock, hand) = Clock::fake();
         let q = Quota::new(parse_rate("2/min").unwrap());
-        assert!(q.check(clock.now()).is_ok());
-        assert!(q.check(clock.now()).is_ok());
+        let own = AtomicU64::new(0);
+        assert!(q.check(&own, clock.now()).is_ok());
+        assert!(q.check(&own, clock.now()).is_ok());
         assert_eq!(
-            q.check(clock.now()).unwrap_err().reset,
+            q.check(&own, clock.now()).unwrap_err().reset,
             Duration::from_secs(30)
         );
         hand.advance(Duration::from_secs(10));
         assert_eq!(
-            q.check(clock.now()).unwrap_err().reset,
+            q.check(&own, clock.now()).unwrap_err().reset,
             Duration::from_secs(20)
         );
     }
@@ -256,22 +308,29 @@ mod tests {
         let rate = parse_rate("100/s").unwrap();
         for n in 1..=4 {
             let q = Quota::split_over(rate, n);
-            let burst = std::iter::from_fn(|| q.check(clock.now()).ok()).count();
+            let own = AtomicU64::new(0);
+            let burst = std::iter::from_fn(|| q.check(&own, clock.now()).ok()).count();
             assert_eq!(burst, 100, "{n} limiters");
             let mut later = 0;
             for _ in 0..1000 {
                 hand.advance(Duration::from_millis(1));
-                later += usize::from(q.check(clock.now()).is_ok());
+                later += usize::from(q.check(&own, clock.now()).is_ok());
             }
             assert!((100 - n..=100).contains(&later), "{n} limiters: {later}");
             hand.advance(Duration::from_secs(5));
+            // One cell spends only the arrival time it is handed.
+            assert_eq!(own.load(std::sync::atomic::Ordering::Relaxed) != 0, n == 1);
         }
         let small = Quota::new(parse_rate("20/s").unwrap());
-        assert_eq!(small.cells.len(), 1);
-        for n in [1, 2, 16] {
+        assert!(small.is_one_cell());
+        assert_eq!(small.lines(), QuotaLines::default());
+        for n in [2, 16] {
             let q = Quota::split_over(rate, n);
+            let Cells::Sharded(cells) = &q.cells else {
+                panic!("{n} cells are sharded");
+            };
             let lines = q.lines();
-            assert_eq!(lines.0 & !0x7f, crate::memory::address_of(&*q.cells));
+            assert_eq!(lines.0 & !0x7f, crate::memory::address_of(&**cells));
             assert_eq!((lines.0 & 0x7f) + 1, n);
             lines.prefetch();
         }

@@ -1,15 +1,18 @@
 //! Suspended partners: a partner the operators cut off gets 403 with their reason at once.
 //! Suspensions are runtime state, kept apart from the configuration so they survive reloads.
-//! The pause the biller may ask for, naming a partner, is runtime state of the same kind: it is
-//! kept in the same cell, on the same cache line as the suspension flag, which every decision
-//! reads.
+//! Each partner has one such cell of runtime state, on one cache line that every decision for
+//! the partner reads: its suspension flag, the pause the biller may ask for naming it, and the
+//! arrival times of its one-cell class quotas (see [`crate::admission::Quota`]). A decision
+//! refused at a partner's quota so reads the quota's arrival time on the same line as the
+//! suspension flag, and every snapshot a reload builds shares it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
 use super::biller::Pause;
+use crate::config::Class;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
@@ -21,17 +24,33 @@ pub struct Suspension {
     pub since_unix: u64,
 }
 
-/// One partner's suspension state, read on every request with one atomic load, and the pause
-/// the biller asked for naming it. Alone on its cache line.
+/// One partner's runtime state: its suspension, read on every request with one atomic load,
+/// the pause the biller asked for naming it, and its one-cell quotas' arrival times. Alone on
+/// its cache line.
 #[derive(Default)]
 #[repr(align(64))]
-pub struct SuspensionCell {
+pub struct PartnerCell {
     suspended: AtomicBool,
     pause: Pause,
+    /// Per class (by [`Class::index`]): the arrival time of the partner's quota for it, when
+    /// that quota is one cell.
+    arrivals: [AtomicU64; 3],
     detail: ArcSwapOption<Suspension>,
 }
 
-impl SuspensionCell {
+impl PartnerCell {
+    /// The arrival time the partner's one-cell quota for `class` spends.
+    #[inline]
+    pub fn arrival(&self, class: Class) -> &AtomicU64 {
+        &self.arrivals[class.index()]
+    }
+
+    /// Starts the partner's quota for `class` afresh: a reload gave it a new rate, or the
+    /// partner is new.
+    pub fn restart(&self, class: Class) {
+        self.arrival(class).store(0, Ordering::Release);
+    }
+
     #[inline]
     pub fn is_suspended(&self) -> bool {
         self.suspended.load(Ordering::Acquire)
@@ -54,13 +73,13 @@ impl SuspensionCell {
     }
 }
 
-/// Every partner's suspension cell, by partner id. Cloning shares the registry.
+/// Every partner's cell, by partner id. Cloning shares the registry.
 #[derive(Default, Clone)]
-pub struct Suspensions(Arc<DashMap<String, Arc<SuspensionCell>>>);
+pub struct Suspensions(Arc<DashMap<String, Arc<PartnerCell>>>);
 
 impl Suspensions {
     /// The cell for `id`, created (not suspended) if new.
-    pub fn cell(&self, id: &str) -> Arc<SuspensionCell> {
+    pub fn cell(&self, id: &str) -> Arc<PartnerCell> {
         if let Some(cell) = self.0.get(id) {
             return Arc::clone(&cell);
         }

@@ -359,6 +359,8 @@ fn biller_budget_is_shared_by_all_partners() {
 #[test]
 fn a_rebuild_carries_over_unchanged_quotas_only() {
     let (clock, _) = Clock::fake();
+    // One registry of partner cells for every gate, as the proxy keeps it.
+    let cells = Suspensions::default();
     let q = [Some("10/s"), None, Some("1/s")];
     let old = Gate::build(
         &config(
@@ -370,7 +372,7 @@ fn a_rebuild_carries_over_unchanged_quotas_only() {
         ),
         None,
         &clock,
-        &Suspensions::default(),
+        &cells,
     );
     assert_eq!(
         reason(old.decide(&inquiry("ka", "/v1/bills/1", false))),
@@ -380,39 +382,77 @@ fn a_rebuild_carries_over_unchanged_quotas_only() {
         reason(old.decide(&inquiry("ka", "/v1/bills/1", false))),
         Some(Reason::PartnerQuota)
     );
+    // b spends its whole payment burst and its one scheduled poll.
+    let payments = |gate: &Gate| {
+        std::iter::from_fn(|| reason(gate.decide(&payment("kb"))).is_none().then_some(()))
+            .take(100)
+            .count()
+    };
+    assert_eq!(payments(&old), 10);
+    assert_eq!(
+        reason(old.decide(&inquiry("kb", "/v1/bills/1", false))),
+        None
+    );
     let mut b = partner("b", "kb", q, None);
     b.quota.0[Class::Payment.index()] = Some(rate("20/s"));
     let new = Gate::build(
         &config("100/s", vec![partner("a", "ka", q, Some("1/s")), b]),
         Some(&old),
         &clock,
-        &Suspensions::default(),
+        &cells,
     );
-    // a's spent scheduled quota is still spent after the rebuild.
+    // a's spent scheduled quota is still spent after the rebuild: the same cell.
     assert_eq!(
         reason(new.decide(&inquiry("ka", "/v1/bills/2", false))),
         Some(Reason::PartnerQuota)
     );
     let (a_old, a_new) = (&old.partners()[0], &new.partners()[0]);
-    assert!(a_old.quotas[2]
-        .as_ref()
-        .unwrap()
-        .same_state(a_new.quotas[2].as_ref().unwrap()));
+    assert!(Arc::ptr_eq(&a_old.cell, &a_new.cell));
     assert!(a_old
         .accounts
         .as_ref()
         .unwrap()
         .same_state(a_new.accounts.as_ref().unwrap()));
     assert!(Arc::ptr_eq(old.accounts(), new.accounts()));
-    let (b_old, b_new) = (&old.partners()[1], &new.partners()[1]);
-    assert!(!b_old.quotas[0]
-        .as_ref()
-        .unwrap()
-        .same_state(b_new.quotas[0].as_ref().unwrap()));
-    assert!(b_old.quotas[2]
-        .as_ref()
-        .unwrap()
-        .same_state(b_new.quotas[2].as_ref().unwrap()));
+    // b's payment rate changed: a fresh quota of 20. Its scheduled one did not: still spent.
+    assert_eq!(payments(&new), 20);
+    assert_eq!(
+        reason(new.decide(&inquiry("kb", "/v1/bills/2", false))),
+        Some(Reason::PartnerQuota)
+    );
+    // Back on the old snapshot (a decision racing the reload): the arrival times are the
+    // new gate's too, so nothing is spent twice over.
+    assert_eq!(
+        reason(old.decide(&inquiry("kb", "/v1/bills/3", false))),
+        Some(Reason::PartnerQuota)
+    );
+}
+
+/// A sharded quota (a burst of 16 per core or more) keeps its own cells, carried over by
+/// sharing them when its rate did not change.
+#[test]
+fn a_rebuild_shares_an_unchanged_sharded_quota() {
+    let (clock, _) = Clock::fake();
+    let cells = Suspensions::default();
+    let q = [Some("10000/s"), None, Some("1/s")];
+    let build = |payment: &str, previous: Option<&Gate>| {
+        let mut p = partner("a", "ka", q, None);
+        p.quota.0[Class::Payment.index()] = Some(rate(payment));
+        Gate::build(&config("100000/s", vec![p]), previous, &clock, &cells)
+    };
+    let old = build("10000/s", None);
+    let same = build("10000/s", Some(&old));
+    let changed = build("20000/s", Some(&same));
+    let quota = |g: &Gate| {
+        g.partners()[0].quotas[Class::Payment.index()]
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(quota(&old).is_one_cell(), crate::shards::count() == 1);
+    if !quota(&old).is_one_cell() {
+        assert!(quota(&old).same_state(&quota(&same)));
+        assert!(!quota(&same).same_state(&quota(&changed)));
+    }
 }
 
 #[test]
@@ -497,7 +537,7 @@ fn a_rebuild_keeps_the_biller_budget_while_its_settings_stay() {
 }
 
 #[test]
-fn the_key_index_carries_where_each_partners_state_lives() {
+fn the_key_index_carries_where_each_partners_cell_is() {
     let (clock, _) = Clock::fake();
     let cfg = config(
         "1000/s",
@@ -508,23 +548,22 @@ fn the_key_index_carries_where_each_partners_state_lives() {
     );
     let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
     for (n, key) in ["ka", "kb"].into_iter().enumerate() {
-        let lines = super::PartnerLines::of(&gate.partners()[n]);
-        assert_eq!(super::PartnerLines::from_card(&lines.card()), lines);
-        assert_eq!(lines.gate, crate::memory::address_of(&gate.partners()[n]));
+        let card = [crate::memory::address_of(&*gate.partners()[n].cell) as u64];
+        assert_eq!(super::card_of(&gate.partners()[n]), card);
         // By digest the first time, from the remembered entry after.
         for _ in 0..2 {
             let partner = gate.keys.find_with(key.as_bytes(), |_, _| {}).unwrap();
-            assert_eq!((partner, gate.keys.card(partner)), (n, lines.card()));
+            assert_eq!((partner, gate.keys.card(partner)), (n, card));
         }
     }
-    let (a, b) = (
-        super::PartnerLines::of(&gate.partners()[0]),
-        super::PartnerLines::of(&gate.partners()[1]),
+    // a's 500/s is sharded when there are cores to shard it over; b's 5/s is one cell, kept in
+    // b's cell.
+    let (a, b) = (&gate.partners()[0], &gate.partners()[1]);
+    assert_eq!(
+        a.quotas[2].as_ref().unwrap().is_one_cell(),
+        crate::shards::count() == 1
     );
-    assert_ne!(a.account_tag, 0);
-    assert_eq!(b.account_tag, 0);
-    assert_eq!(a.quotas[0], Default::default());
-    assert_ne!(b.quotas[0], Default::default());
+    assert!(b.quotas[0].as_ref().unwrap().is_one_cell());
     // Three whole lines, all prefetched together.
     assert_eq!(std::mem::size_of::<super::PartnerGate>(), 192);
 }
@@ -540,7 +579,9 @@ fn a_scheduled_poll_reads_one_line_of_its_partners_gate() {
     let scheduled = offset_of!(super::PartnerGate, quotas)
         + Class::InquiryScheduled.index() * size_of::<Option<super::Quota>>();
     let at = line(scheduled, size_of::<Option<super::Quota>>());
-    assert_eq!(line(offset_of!(super::PartnerGate, suspension), 8), at);
+    assert_eq!(line(offset_of!(super::PartnerGate, cell), 8), at);
     assert_eq!(line(offset_of!(super::PartnerGate, mode), 1), at);
     assert_eq!(size_of::<super::PartnerGate>(), 192, "three lines");
+    // The partner's cell: its suspension, pause and arrival times on one line.
+    assert_eq!(size_of::<super::PartnerCell>(), 64);
 }

@@ -158,7 +158,7 @@ pub(super) fn deny(
     metrics.rejected(RejectReason::Admission(denied.reason));
     let gate_partner = denied.partner.and_then(|i| snapshot.gate.partners().get(i));
     let id = gate_partner.map(|p| &*p.id);
-    if let Some(suspension) = gate_partner.and_then(|p| p.suspension.get()) {
+    if let Some(suspension) = gate_partner.and_then(|p| p.cell.get()) {
         if denied.reason == Reason::Suspended {
             return refuse(Refusal::Suspended(suspension), id, denied.class, snapshot);
         }
