@@ -9,11 +9,10 @@
 //! [`CACHED_KEY_BYTES`] are always hashed.
 //!
 //! Beside each entry (128 bytes, so with thousands of partners rarely in cache) is a hint of
-//! eight bytes: a fingerprint of the key's hash and the partner. Hints are packed eight to a
-//! line, so the table of hints is small (256 KiB for 10 000 keys) and, unlike the entries,
-//! tends to stay in cache. Each partner also has a [`Card`] — a word the caller gave for it
-//! (the gate puts there where that partner's cell is), eight to a line in a dense array, small
-//! enough to stay in cache too (80 KiB for 10 000 partners). A lookup starts by asking for its home slot's hint and entry together
+//! eight bytes: a fingerprint of the key's hash, the partner and the partner's [`Card`] — a
+//! number the caller gave for the partner (the gate puts there where the partner's cell is).
+//! Hints are packed eight to a line, so the table of hints is small (256 KiB for 10 000 keys)
+//! and, unlike the entries, tends to stay in cache. A lookup starts by asking for its home slot's hint and entry together
 //! ([`KeyIndex::ask`]), so the caller can do other work while they come. It then probes the
 //! hints, hands the likely partner's card to its caller — who asks for that partner's state at
 //! once — and only then compares the key with the entry: the misses overlap instead of
@@ -35,13 +34,17 @@ const WORDS: usize = 15;
 const CLAIMED: u64 = 1 << 63;
 const READY: u64 = 1 << 62;
 
-/// Words a caller keeps per partner in the index, handed back with each lookup.
-pub const CARD_WORDS: usize = 1;
-/// A partner's card: see the module docs.
-pub type Card = [u64; CARD_WORDS];
+/// A partner's card: see the module docs. Below [`CARD_LIMIT`] for the partner's keys to be
+/// remembered.
+pub type Card = u32;
+/// Cards, and partner indexes, fit a hint's 20 bits each: a partner beyond them has its keys
+/// hashed every time.
+pub const CARD_LIMIT: u32 = 1 << FIELD;
+const FIELD: u32 = 20;
 
-/// One remembered key's hint: 0 while empty or being written, else the high half of the key's
-/// hash (its lowest bit set) over the partner index. Eight to a cache line.
+/// One remembered key's hint: 0 while empty or being written, else the top 24 bits of the
+/// key's hash (the lowest of them set), the partner index and the partner's card, 20 bits
+/// each. Eight to a cache line.
 type Hint = AtomicU64;
 
 /// One remembered key: its head, then its bytes as little-endian words, zero-padded.
@@ -110,10 +113,17 @@ fn tail_word(key: &[u8]) -> u64 {
     }
 }
 
-/// The high half of a key's hash, its lowest bit set so a hint is never 0.
+/// The top 24 bits of a key's hash, the lowest of them set so a hint is never 0.
 #[inline]
 fn fingerprint(hash: u64) -> u64 {
-    (hash | 1 << 32) & !0xffff_ffff
+    (hash | 1 << (2 * FIELD)) & !((1 << (2 * FIELD)) - 1)
+}
+
+/// A hint's partner and card.
+#[inline]
+fn hinted(hint: u64) -> (usize, Card) {
+    let mask = u64::from(CARD_LIMIT - 1);
+    ((hint >> FIELD & mask) as usize, (hint & mask) as Card)
 }
 
 impl Entry {
@@ -175,7 +185,7 @@ impl KeyIndex {
     /// probed). For prefetching: the answer is still only the partner whose key compared equal,
     /// and a key found by its digest is told of no one ([`KeyIndex::card`] has its card).
     #[inline]
-    pub fn find_with(&self, key: &[u8], likely: impl FnMut(usize, &Card)) -> Option<usize> {
+    pub fn find_with(&self, key: &[u8], likely: impl FnMut(usize, Card)) -> Option<usize> {
         self.find_asked(self.ask(key), likely)
     }
 
@@ -204,7 +214,7 @@ impl KeyIndex {
     pub fn find_asked(
         &self,
         asked: Asked<'_>,
-        mut likely: impl FnMut(usize, &Card),
+        mut likely: impl FnMut(usize, Card),
     ) -> Option<usize> {
         let Asked { key, hash } = asked;
         let Some(hash) = hash else {
@@ -220,11 +230,9 @@ impl KeyIndex {
                 // Empty, or being written: either way the key is not known here yet.
                 break;
             }
-            if head & !0xffff_ffff == fingerprint {
-                let partner = (head & 0xffff_ffff) as usize;
-                if let Some(card) = self.cards.get(partner) {
-                    likely(partner, card);
-                }
+            if head & !((1 << (2 * FIELD)) - 1) == fingerprint {
+                let (partner, card) = hinted(head);
+                likely(partner, card);
                 let entry = self.entries.get(i)?;
                 let head = entry.head.load(Ordering::Acquire);
                 if head == want | partner as u64 && entry.holds(key) {
@@ -255,6 +263,10 @@ impl KeyIndex {
         let Ok(partner) = u32::try_from(partner) else {
             return;
         };
+        let card = self.card(partner as usize);
+        if partner >= CARD_LIMIT || card >= CARD_LIMIT {
+            return;
+        }
         let room = self.entries.len() / 2;
         if self
             .filled
@@ -282,7 +294,8 @@ impl KeyIndex {
                 }
                 let head = READY | (key.len() as u64) << 32 | u64::from(partner);
                 entry.head.store(head, Ordering::Release);
-                hint.store(fingerprint(hash) | u64::from(partner), Ordering::Release);
+                let hinted = u64::from(partner) << FIELD | u64::from(card);
+                hint.store(fingerprint(hash) | hinted, Ordering::Release);
                 return;
             }
             i = (i + 1) & mask;
@@ -330,14 +343,14 @@ mod tests {
     fn names_the_likely_partner_early_but_answers_only_on_the_key() {
         let a = [digest("a")];
         let b = [digest("b")];
-        let (card_a, card_b) = ([1; CARD_WORDS], [2; CARD_WORDS]);
+        let (card_a, card_b) = (1, CARD_LIMIT - 1);
         let index = KeyIndex::with_cards([(&a[..], card_a), (&b[..], card_b)]);
         let mut told: Vec<(usize, Card)> = Vec::new();
         // Not remembered yet: proven by digest, nothing to tell early.
-        assert_eq!(index.find_with(b"b", |p, c| told.push((p, *c))), Some(1));
+        assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
         assert!(told.is_empty());
         assert_eq!(index.card(1), card_b);
-        assert_eq!(index.find_with(b"b", |p, c| told.push((p, *c))), Some(1));
+        assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
         assert_eq!(told, [(1, card_b)]);
         // A hint that names the wrong partner is only a hint: the entry's partner and key
         // decide, and the key is proven again by its digest.
@@ -345,9 +358,9 @@ mod tests {
             .find(|&i| index.hints[i].load(Ordering::Relaxed) != 0)
             .unwrap();
         let head = index.hints[slot].load(Ordering::Relaxed);
-        index.hints[slot].store(head & !0xffff_ffff, Ordering::Relaxed);
+        index.hints[slot].store(head & !((1 << (2 * FIELD)) - 1), Ordering::Relaxed);
         told.clear();
-        assert_eq!(index.find_with(b"b", |p, c| told.push((p, *c))), Some(1));
+        assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
         assert_eq!(told[0].0, 0);
         assert_eq!(index.find(b"c"), None);
         assert_eq!(index.find(b"a"), Some(0));

@@ -8,10 +8,10 @@
 //!
 //! With thousands of partners and a million accounts, a decision's state is mostly not in
 //! cache. The layout keeps a refusal at the partner's quota to one round of misses: the key's
-//! hint (a compact table that stays in cache) names the partner, whose gate is then found by
-//! its index and whose cell by one word of a compact table (see [`KeyIndex`]); the gate, the
-//! cell — which holds the suspension and the one-cell quotas' arrival times — and the key's
-//! entry are then asked for together. The account's slot (see [`AccountTable`]) is asked for
+//! hint (a compact table that stays in cache) names the partner and the slot of its cell (see
+//! [`KeyIndex`]), so the gate is found by the partner's index and the cell by its slot, with
+//! no pointer read first; the gate, the cell — which holds the suspension and the one-cell
+//! quotas' arrival times — and the key's entry are then asked for together. The account's slot (see [`AccountTable`]) is asked for
 //! as soon as routing has found the account.
 
 mod accounts;
@@ -40,7 +40,7 @@ pub use identify::{Asked, Card, KeyIndex};
 pub use quota::{Passed, Quota, QuotaLines, Remaining};
 pub use route::{Matched, Router};
 pub use shed::Shedder;
-pub use suspension::{PartnerCell, Suspension, Suspensions};
+pub use suspension::{CellRef, PartnerCell, Suspension, Suspensions, CHUNK};
 
 use crate::clock::Clock;
 use crate::config::{Class, Config, Mode, Rate, RouteClass};
@@ -201,7 +201,7 @@ pub struct PartnerGate {
     /// The partner's runtime state, shared with the registry and every snapshot: its
     /// suspension (so suspending takes effect at once), the pause the biller asked for naming
     /// it, and its one-cell quotas' arrival times.
-    pub cell: Arc<PartnerCell>,
+    pub cell: CellRef,
     pub mode: Mode,
     /// The per-account limit, its accounts kept in the gate's [`AccountTable`].
     pub accounts: Option<AccountLimiter>,
@@ -227,12 +227,11 @@ impl PartnerGate {
     }
 }
 
-/// A partner's card in the key index: where its cell is, as a number, for prefetching only
-/// (never read through). The gate is found by the partner's index; the cell, shared by every
-/// snapshot, by this word, which the key index keeps in a compact table (eight to a line) so
-/// that it is usually in cache when the key's hint names the partner.
+/// A partner's card in the key index: the slot of its cell, which the key's hint carries. The
+/// gate is found by the partner's index; the cell, shared by every snapshot, by this slot and
+/// the address of its chunk (see [`Gate::cell_address`]).
 fn card_of(gate: &PartnerGate) -> Card {
-    [crate::memory::address_of(&*gate.cell) as u64]
+    gate.cell.slot()
 }
 
 /// Everything the decision needs, built from one configuration.
@@ -242,6 +241,8 @@ pub struct Gate {
     /// Every partner's per-account state; carried from one gate to the next.
     accounts: Arc<AccountTable>,
     partners: Vec<PartnerGate>,
+    /// The address of each chunk of partner cells, by chunk, for [`Gate::cell_address`].
+    cell_chunks: Box<[usize]>,
     protection: Arc<Protection>,
     clock: Clock,
 }
@@ -316,6 +317,8 @@ impl Gate {
             router: Router::new(config.routes.clone()),
             accounts: table,
             partners,
+            // After every partner has its cell: each one's chunk is listed.
+            cell_chunks: suspensions.chunk_addresses(),
             protection,
             clock: clock.clone(),
         }
@@ -323,6 +326,15 @@ impl Gate {
 
     pub fn partners(&self) -> &[PartnerGate] {
         &self.partners
+    }
+
+    /// Where the partner cell of `slot` is, as a number, for prefetching only (0 if unknown).
+    #[inline]
+    fn cell_address(&self, slot: Card) -> usize {
+        let (chunk, place) = (slot as usize / CHUNK, slot as usize % CHUNK);
+        self.cell_chunks.get(chunk).map_or(0, |first| {
+            first.wrapping_add(place * std::mem::size_of::<PartnerCell>())
+        })
     }
 
     pub fn router(&self) -> &Router {
@@ -401,11 +413,11 @@ impl Gate {
             self.accounts.prefetch(place);
             place
         });
-        let early = |p: usize, card: &Card| {
+        let early = |p: usize, slot: Card| {
             if let Some(gate) = self.partners.get(p) {
                 gate.prefetch();
             }
-            crate::memory::prefetch_address(card[0] as usize);
+            crate::memory::prefetch_address(self.cell_address(slot));
         };
         let Some(partner) = self.keys.find_asked(asked, early) else {
             return Err(deny(Reason::UnknownKey, None, None, None));

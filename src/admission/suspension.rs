@@ -5,9 +5,15 @@
 //! arrival times of its one-cell class quotas (see [`crate::admission::Quota`]). A decision
 //! refused at a partner's quota so reads the quota's arrival time on the same line as the
 //! suspension flag, and every snapshot a reload builds shares it.
+//!
+//! Cells are kept in chunks of [`CHUNK`] that never move, each partner id at a slot of its own
+//! for the life of the process: a cell's address follows from its slot and its chunk's
+//! address, so a decision can ask for the cell as soon as the key's hint gives the slot,
+//! without first reading a pointer to it.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 
@@ -73,17 +79,109 @@ impl PartnerCell {
     }
 }
 
+/// Cells in a chunk of the registry.
+pub const CHUNK: usize = 1024;
+
+/// A partner's cell in the registry, and its slot there (chunk × [`CHUNK`] + place).
+#[derive(Clone)]
+pub struct CellRef {
+    chunk: Arc<Chunk>,
+    slot: u32,
+}
+
+/// [`CHUNK`] cells, allocated together.
+type Chunk = [PartnerCell; CHUNK];
+
+fn new_chunk() -> Arc<Chunk> {
+    let cells: Arc<[PartnerCell]> = (0..CHUNK).map(|_| PartnerCell::default()).collect();
+    // The length is CHUNK by construction; the fallback is never taken.
+    cells
+        .try_into()
+        .unwrap_or_else(|_| Arc::new(std::array::from_fn(|_| PartnerCell::default())))
+}
+
+impl CellRef {
+    /// Where the cell is kept for the life of the process.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+impl Deref for CellRef {
+    type Target = PartnerCell;
+
+    #[inline]
+    fn deref(&self) -> &PartnerCell {
+        &self.chunk[self.slot as usize % CHUNK]
+    }
+}
+
 /// Every partner's cell, by partner id. Cloning shares the registry.
 #[derive(Default, Clone)]
-pub struct Suspensions(Arc<DashMap<String, Arc<PartnerCell>>>);
+pub struct Suspensions(Arc<Registry>);
+
+#[derive(Default)]
+struct Registry {
+    slots: DashMap<String, u32>,
+    /// Every chunk so far, in slot order; a slot is taken by appending.
+    chunks: Mutex<Chunks>,
+}
+
+#[derive(Default)]
+struct Chunks {
+    all: Vec<Arc<Chunk>>,
+    taken: u32,
+}
 
 impl Suspensions {
     /// The cell for `id`, created (not suspended) if new.
-    pub fn cell(&self, id: &str) -> Arc<PartnerCell> {
-        if let Some(cell) = self.0.get(id) {
-            return Arc::clone(&cell);
+    pub fn cell(&self, id: &str) -> CellRef {
+        let known = self.0.slots.get(id).map(|slot| *slot);
+        let slot = match known {
+            Some(slot) => slot,
+            None => *self
+                .0
+                .slots
+                .entry(id.to_owned())
+                .or_insert_with(|| self.take_slot()),
+        };
+        self.at(slot)
+    }
+
+    fn chunks(&self) -> std::sync::MutexGuard<'_, Chunks> {
+        // Nothing panics while holding it; a poisoned list is still a sound list.
+        self.0.chunks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_slot(&self) -> u32 {
+        let mut chunks = self.chunks();
+        let slot = chunks.taken;
+        if slot as usize / CHUNK == chunks.all.len() {
+            chunks.all.push(new_chunk());
         }
-        Arc::clone(&self.0.entry(id.to_owned()).or_default())
+        chunks.taken = slot.saturating_add(1);
+        slot
+    }
+
+    /// The cell at `slot`, which has been taken (so its chunk is in the list).
+    fn at(&self, slot: u32) -> CellRef {
+        let chunk = self.chunks().all.get(slot as usize / CHUNK).map(Arc::clone);
+        CellRef {
+            // Never a new chunk: a slot is handed out only after its chunk is listed. Cells of
+            // their own rather than a panic.
+            chunk: chunk.unwrap_or_else(new_chunk),
+            slot,
+        }
+    }
+
+    /// Each chunk's address, by chunk: a cell's is its chunk's plus its place times the size
+    /// of a cell.
+    pub fn chunk_addresses(&self) -> Box<[usize]> {
+        self.chunks()
+            .all
+            .iter()
+            .map(|chunk| crate::memory::address_of(&**chunk))
+            .collect()
     }
 
     pub fn suspend(&self, id: &str, suspension: Suspension) {
@@ -92,8 +190,11 @@ impl Suspensions {
 
     /// Lifts a suspension; false if the partner was not suspended.
     pub fn resume(&self, id: &str) -> bool {
-        match self.0.get(id) {
-            Some(cell) if cell.is_suspended() => {
+        let Some(slot) = self.0.slots.get(id).map(|slot| *slot) else {
+            return false;
+        };
+        match self.at(slot) {
+            cell if cell.is_suspended() => {
                 cell.set(None);
                 true
             }
@@ -102,15 +203,21 @@ impl Suspensions {
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Suspension>> {
-        self.0.get(id).and_then(|cell| cell.get())
+        let slot = self.0.slots.get(id).map(|slot| *slot)?;
+        self.at(slot).get()
     }
 
     /// Every current suspension, sorted by partner id.
     pub fn list(&self) -> Vec<(String, Suspension)> {
-        let mut all: Vec<_> = self
+        let slots: Vec<(String, u32)> = self
             .0
+            .slots
             .iter()
-            .filter_map(|e| e.value().get().map(|s| (e.key().clone(), (*s).clone())))
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        let mut all: Vec<_> = slots
+            .into_iter()
+            .filter_map(|(id, slot)| self.at(slot).get().map(|s| (id, (*s).clone())))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
