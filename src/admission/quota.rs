@@ -219,9 +219,9 @@ impl Quota {
     }
 }
 
-/// Where a [`Quota`]'s cells are, as a number (the first one's address, their count less one
-/// in the low bits): kept in a compact table so this core's cell can be asked for before the
-/// quota itself is read (see [`crate::memory`]). The default is no quota.
+/// Where a sharded [`Quota`]'s cells are, as a number (the first one's address, their count
+/// less one in the low bits), so this core's cell can be asked for (see [`crate::memory`]).
+/// The default is none: no quota, or one whose arrival time is in the partner's cell.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QuotaLines(pub(crate) usize);
 
