@@ -340,6 +340,24 @@ mod tests {
     }
 
     #[test]
+    fn a_card_too_large_for_a_hint_is_answered_by_digest_every_time() {
+        let (a, b) = ([digest("a")], [digest("b")]);
+        let index = KeyIndex::with_cards([(&a[..], CARD_LIMIT), (&b[..], CARD_LIMIT - 1)]);
+        let mut told = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(index.find_with(b"a", |p, c| told.push((p, c))), Some(0));
+        }
+        // Never remembered, so never hinted: each look-up hashed the key.
+        assert!(told.is_empty());
+        assert_eq!(index.filled.load(Ordering::Relaxed), 0);
+        for _ in 0..2 {
+            assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
+        }
+        assert_eq!(told, [(1, CARD_LIMIT - 1)]);
+        assert_eq!(index.filled.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn names_the_likely_partner_early_but_answers_only_on_the_key() {
         let a = [digest("a")];
         let b = [digest("b")];
