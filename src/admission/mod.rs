@@ -429,10 +429,6 @@ impl Gate {
                 quota.lines().prefetch();
             }
         }
-        let account_key = place.and_then(|place| {
-            let tag = gate.accounts.as_ref()?.tag();
-            Some(self.accounts.key_at(place, tag))
-        });
         if gate.cell.is_suspended() {
             return Err(deny(Reason::Suspended, Some(partner), None, None));
         }
@@ -453,7 +449,7 @@ impl Gate {
             route: matched.route,
             route_class: matched.class,
             account: matched.account,
-            account_key,
+            account_place: place,
         })
     }
 
@@ -492,7 +488,10 @@ impl Gate {
             Err(remaining) => return deny(Reason::PartnerQuota, Some(class_limit(remaining))),
         };
 
-        if let (Some(accounts), Some(key)) = (&partner.accounts, c.account_key) {
+        // The account's key is worked out only now: a refusal at the partner's quota never
+        // reads the per-account limit's line.
+        if let (Some(accounts), Some(place)) = (&partner.accounts, c.account_place) {
+            let key = self.accounts.key_at(place, accounts.tag());
             if let Err(denial) = accounts.check_key(key, now) {
                 let (reason, wait) = match denial {
                     AccountDenial::TooOften(wait) => (Reason::AccountQuota, wait),
@@ -618,9 +617,9 @@ pub struct Classified<'r> {
     pub route: usize,
     pub route_class: RouteClass,
     pub account: Option<&'r str>,
-    /// For an inquiry naming an account of a partner with a per-account limit: the key the
-    /// account is tracked under.
-    pub account_key: Option<u64>,
+    /// For an inquiry naming an account: where the account is in the account table (already
+    /// asked for), for the per-account limit if the partner has one.
+    pub account_place: Option<Place>,
 }
 
 /// What a cache hit spent of the partner's quota.
