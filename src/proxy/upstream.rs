@@ -69,10 +69,10 @@ pub async fn call(
     } = caller;
     let shared = &worker.shared;
     let config = &snapshot.config;
-    let Some(uri) = upstream_uri(&snapshot.upstream, &parts.uri) else {
+    if !to_upstream_uri(&snapshot.upstream, &mut parts.uri) {
         ticket.finish(BillerOutcome::NotSent);
         return Err(CallError::Unreachable);
-    };
+    }
     headers::to_biller(
         &mut parts.headers,
         &config.server.key_header,
@@ -81,7 +81,6 @@ pub async fn call(
         &snapshot.upstream.host,
         &peer,
     );
-    parts.uri = uri;
     parts.version = Version::HTTP_11;
     let request = Request::from_parts(parts, body);
 
@@ -173,21 +172,81 @@ fn honour_pause(snapshot: &Snapshot, class: Class, headers: &http::HeaderMap) {
     snapshot.gate.pause(class, named, wait);
 }
 
-/// The request's path and query in origin-form, under the biller's base path. The partner's
-/// own origin-form target is sent as it is, without a copy.
-fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
+/// Turns the request's target into its path and query in origin-form, under the biller's base
+/// path; false when that is not a valid target. The partner's own origin-form target is left
+/// as it is: no copy, no reference count touched.
+fn to_upstream_uri(upstream: &Upstream, uri: &mut Uri) -> bool {
     let pq = uri.path_and_query();
     if upstream.base_path.is_empty() {
         if uri.scheme().is_none() && uri.authority().is_none() {
-            return Some(uri.clone());
+            return true;
         }
         let pq = pq
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        return Some(Uri::from(pq));
+        *uri = Uri::from(pq);
+        return true;
     }
     let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
     let joined =
         PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{pq}", upstream.base_path)));
-    joined.ok().map(Uri::from)
+    match joined {
+        Ok(joined) => {
+            *uri = Uri::from(joined);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::uri::{Authority, Scheme};
+
+    fn upstream(base_path: &str) -> Upstream {
+        Upstream {
+            address: "127.0.0.1:9".into(),
+            connect_timeout: Duration::from_secs(1),
+            scheme: Scheme::HTTP,
+            authority: Authority::from_static("127.0.0.1:9"),
+            base_path: base_path.to_owned(),
+            host: HeaderValue::from_static("127.0.0.1:9"),
+        }
+    }
+
+    fn sent(base_path: &str, target: &str) -> Option<String> {
+        let mut uri: Uri = target.parse().ok()?;
+        to_upstream_uri(&upstream(base_path), &mut uri).then(|| uri.to_string())
+    }
+
+    #[test]
+    fn the_target_goes_in_origin_form_under_the_base_path() {
+        assert_eq!(
+            sent("", "/v1/bills/7?x=1").as_deref(),
+            Some("/v1/bills/7?x=1")
+        );
+        assert_eq!(
+            sent("/ebpp/v2", "/v1/bills/7?x=1").as_deref(),
+            Some("/ebpp/v2/v1/bills/7?x=1")
+        );
+        // An absolute-form target loses its scheme and authority: the biller gets the path.
+        assert_eq!(
+            sent("", "http://gateway.example/v1/bills/7").as_deref(),
+            Some("/v1/bills/7")
+        );
+        assert_eq!(
+            sent("/ebpp", "http://gateway.example/v1/payments").as_deref(),
+            Some("/ebpp/v1/payments")
+        );
+    }
+
+    #[test]
+    fn an_origin_form_target_is_sent_as_it_came() {
+        let mut uri: Uri = "/v1/bills/7".parse().unwrap();
+        let before = uri.path().as_ptr();
+        assert!(to_upstream_uri(&upstream(""), &mut uri));
+        // The same bytes: neither copied nor rebuilt.
+        assert_eq!(uri.path().as_ptr(), before);
+    }
 }
