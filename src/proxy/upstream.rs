@@ -222,23 +222,25 @@ mod tests {
 
     #[test]
     fn the_target_goes_in_origin_form_under_the_base_path() {
-        assert_eq!(
-            sent("", "/v1/bills/7?x=1").as_deref(),
-            Some("/v1/bills/7?x=1")
-        );
-        assert_eq!(
-            sent("/ebpp/v2", "/v1/bills/7?x=1").as_deref(),
-            Some("/ebpp/v2/v1/bills/7?x=1")
-        );
-        // An absolute-form target loses its scheme and authority: the biller gets the path.
-        assert_eq!(
-            sent("", "http://gateway.example/v1/bills/7").as_deref(),
-            Some("/v1/bills/7")
-        );
-        assert_eq!(
-            sent("/ebpp", "http://gateway.example/v1/payments").as_deref(),
-            Some("/ebpp/v1/payments")
-        );
+        // (base path, the partner's target, what the biller gets). An absolute-form target
+        // loses its scheme and authority: the biller gets the path.
+        let cases = [
+            ("", "/v1/bills/7?x=1", "/v1/bills/7?x=1"),
+            ("/ebpp/v2", "/v1/bills/7?x=1", "/ebpp/v2/v1/bills/7?x=1"),
+            ("", "http://gateway.example/v1/bills/7", "/v1/bills/7"),
+            (
+                "/ebpp",
+                "http://gateway.example/v1/payments",
+                "/ebpp/v1/payments",
+            ),
+        ];
+        for (base, target, expected) in cases {
+            assert_eq!(
+                sent(base, target).as_deref(),
+                Some(expected),
+                "{base} {target}"
+            );
+        }
     }
 
     #[test]
