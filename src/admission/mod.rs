@@ -11,8 +11,8 @@
 //! hint (a compact table that stays in cache) names the partner and the slot of its cell (see
 //! [`KeyIndex`]), so the gate is found by the partner's index and the cell by its slot, with
 //! no pointer read first; the gate, the cell — which holds the suspension and the one-cell
-//! quotas' arrival times — and the key's entry are then asked for together. The account's slot (see [`AccountTable`]) is asked for
-//! as soon as routing has found the account.
+//! quotas' arrival times — and the key's entry are then asked for together. The account's
+//! slot (see [`AccountTable`]) is asked for as soon as routing has found the account.
 
 mod accounts;
 mod biller;
@@ -190,9 +190,9 @@ pub enum Decision<'r, 'g> {
 }
 
 /// One partner's admission state: three cache lines, laid out in this order (`repr(C)`) so
-/// that a scheduled poll — the class a polling storm is made of — finds its quota and the
-/// pointer to the partner's cell on one line. The payment and user-inquiry quotas come before
-/// it; the mode, the per-account limit and the id after.
+/// that a scheduled poll — the class a polling storm is made of — finds its quota, the
+/// pointer to the partner's cell and the mode on one line. The payment and user-inquiry
+/// quotas come before it; the per-account limit and the id after.
 #[repr(C, align(64))]
 pub struct PartnerGate {
     /// One limiter per class, `None` for a closed class. A one-cell quota's arrival time is

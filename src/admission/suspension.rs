@@ -193,13 +193,12 @@ impl Suspensions {
         let Some(slot) = self.0.slots.get(id).map(|slot| *slot) else {
             return false;
         };
-        match self.at(slot) {
-            cell if cell.is_suspended() => {
-                cell.set(None);
-                true
-            }
-            _ => false,
+        let cell = self.at(slot);
+        if !cell.is_suspended() {
+            return false;
         }
+        cell.set(None);
+        true
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Suspension>> {
