@@ -12,12 +12,12 @@
 //! eight bytes: a fingerprint of the key's hash, the partner and the partner's [`Card`] — a
 //! number the caller gave for the partner (the gate puts there where the partner's cell is).
 //! Hints are packed eight to a line, so the table of hints is small (256 KiB for 10 000 keys)
-//! and, unlike the entries, tends to stay in cache. A lookup starts by asking for its home slot's hint and entry together
-//! ([`KeyIndex::ask`]), so the caller can do other work while they come. It then probes the
-//! hints, hands the likely partner's card to its caller — who asks for that partner's state at
-//! once — and only then compares the key with the entry: the misses overlap instead of
-//! following one another. Nothing is decided on a hint: a partner is returned only once its
-//! key compared equal.
+//! and, unlike the entries, tends to stay in cache. A lookup starts by asking for its home
+//! slot's hint and entry together ([`KeyIndex::ask`]), so the caller can do other work while
+//! they come. It then probes the hints, hands the likely partner's card to its caller — who
+//! asks for that partner's state at once — and only then compares the key with the entry: the
+//! misses overlap instead of following one another. Nothing is decided on a hint: a partner is
+//! returned only once its key compared equal.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -41,6 +41,8 @@ pub type Card = u32;
 /// hashed every time.
 pub const CARD_LIMIT: u32 = 1 << FIELD;
 const FIELD: u32 = 20;
+/// The bits of a hint that hold the key's fingerprint: those above the partner and the card.
+const FINGERPRINT: u64 = !((1 << (2 * FIELD)) - 1);
 
 /// One remembered key's hint: 0 while empty or being written, else the top 24 bits of the
 /// key's hash (the lowest of them set), the partner index and the partner's card, 20 bits
@@ -116,7 +118,7 @@ fn tail_word(key: &[u8]) -> u64 {
 /// The top 24 bits of a key's hash, the lowest of them set so a hint is never 0.
 #[inline]
 fn fingerprint(hash: u64) -> u64 {
-    (hash | 1 << (2 * FIELD)) & !((1 << (2 * FIELD)) - 1)
+    (hash | 1 << (2 * FIELD)) & FINGERPRINT
 }
 
 /// A hint's partner and card.
@@ -230,7 +232,7 @@ impl KeyIndex {
                 // Empty, or being written: either way the key is not known here yet.
                 break;
             }
-            if head & !((1 << (2 * FIELD)) - 1) == fingerprint {
+            if head & FINGERPRINT == fingerprint {
                 let (partner, card) = hinted(head);
                 likely(partner, card);
                 let entry = self.entries.get(i)?;
@@ -376,7 +378,7 @@ mod tests {
             .find(|&i| index.hints[i].load(Ordering::Relaxed) != 0)
             .unwrap();
         let head = index.hints[slot].load(Ordering::Relaxed);
-        index.hints[slot].store(head & !((1 << (2 * FIELD)) - 1), Ordering::Relaxed);
+        index.hints[slot].store(head & FINGERPRINT, Ordering::Relaxed);
         told.clear();
         assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
         assert_eq!(told[0].0, 0);
