@@ -158,8 +158,9 @@ pub(super) fn deny(
     metrics.rejected(RejectReason::Admission(denied.reason));
     let gate_partner = denied.partner.and_then(|i| snapshot.gate.partners().get(i));
     let id = gate_partner.map(|p| &*p.id);
-    if let Some(suspension) = gate_partner.and_then(|p| p.cell.get()) {
-        if denied.reason == Reason::Suspended {
+    // Only a suspension's refusal reads its detail (a reference count taken and dropped).
+    if denied.reason == Reason::Suspended {
+        if let Some(suspension) = gate_partner.and_then(|p| p.cell.get()) {
             return refuse(Refusal::Suspended(suspension), id, denied.class, snapshot);
         }
     }
