@@ -56,6 +56,32 @@ pub struct Sleep {
     key: Option<usize>,
 }
 
+pin_project_lite::pin_project! {
+    /// [`Deadlines::timeout_at`]'s future: the inner future's output, or [`Elapsed`].
+    ///
+    /// A named future rather than an `async fn`: an `async fn` keeps its argument, the inner
+    /// future, twice (as it was handed over and where it is polled), and every future that
+    /// awaits it is as large again. A biller call's future went from 2 080 bytes to the size
+    /// of the pool's send plus the deadline.
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        sleep: Sleep,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        Pin::new(this.sleep).poll(cx).map(|()| Err(Elapsed))
+    }
+}
+
 /// A future did not finish before its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
@@ -79,20 +105,11 @@ impl Deadlines {
     }
 
     /// `future`'s output, or [`Elapsed`] if `due` comes first.
-    pub async fn timeout_at<F: Future>(
-        &self,
-        due: Instant,
-        future: F,
-    ) -> Result<F::Output, Elapsed> {
-        let mut future = pin!(future);
-        let mut sleep = self.sleep_until(due);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(output) = future.as_mut().poll(cx) {
-                return Poll::Ready(Ok(output));
-            }
-            Pin::new(&mut sleep).poll(cx).map(|()| Err(Elapsed))
-        })
-        .await
+    pub fn timeout_at<F: Future>(&self, due: Instant, future: F) -> Timeout<F> {
+        Timeout {
+            future,
+            sleep: self.sleep_until(due),
+        }
     }
 
     /// Deadlines waiting (polled, not yet dropped), fired or not.

@@ -1,6 +1,7 @@
 //! One partner request, start to finish: classify, then answer from memory, refuse, or forward.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,87 +27,95 @@ use crate::config::{AccountSource, Class, RouteClass};
 use crate::metrics::{Outcome, RejectReason};
 
 /// Serves one request. Never fails: every problem becomes an answer.
-pub async fn handle(
+///
+/// Hyper keeps one place per connection for this future and builds each request's future in
+/// it. The forwarding and cache paths are part of it, not boxed: no allocation, and no copy of
+/// the future into a box, per request. None of the futures here is an `async fn`, which would
+/// keep each argument twice.
+// Written out: an `async fn` keeps each argument twice in its future.
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
     worker: Arc<Worker>,
     peer: HeaderValue,
     watch: Arc<Watch>,
     request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    watch.busy();
-    // The snapshot is held for the whole request: a reload never changes a request midway.
-    let current = worker.snapshot();
-    let snapshot = &current.snapshot;
-    let started = snapshot
-        .config
-        .server
-        .access_log
-        .then(tokio::time::Instant::now);
-    let mut log = AccessLog::default();
-    let response = serve(&worker, snapshot, peer, request, &mut log).await;
-    if let Some(started) = started {
-        log.emit(snapshot, response.status(), started.elapsed());
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
+    async move {
+        watch.busy();
+        // The snapshot is held for the whole request: a reload never changes a request midway.
+        let current = worker.snapshot();
+        let snapshot = &current.snapshot;
+        let started = snapshot
+            .config
+            .server
+            .access_log
+            .then(tokio::time::Instant::now);
+        let mut log = AccessLog::default();
+        let response = serve(&worker, snapshot, peer, request, &mut log).await;
+        if let Some(started) = started {
+            log.emit(snapshot, response.status(), started.elapsed());
+        }
+        // The connection waits for its next head once this answer is out: a body streamed from
+        // the biller may take until its deadline.
+        watch.answered(match response.body() {
+            Either::Right(streamed) => Some(streamed.deadline()),
+            Either::Left(_) => None,
+        });
+        Ok(response)
     }
-    // The connection waits for its next head once this answer is out: a body streamed from
-    // the biller may take until its deadline.
-    watch.answered(match response.body() {
-        Either::Right(streamed) => Some(streamed.deadline()),
-        Either::Left(_) => None,
-    });
-    Ok(response)
 }
 
-async fn serve(
-    worker: &Arc<Worker>,
-    snapshot: &Arc<Snapshot>,
+// Written out: an `async fn` keeps each argument twice in its future.
+#[allow(clippy::manual_async_fn)]
+fn serve<'a>(
+    worker: &'a Arc<Worker>,
+    snapshot: &'a Arc<Snapshot>,
     peer: HeaderValue,
     request: Request<Incoming>,
-    log: &mut AccessLog,
-) -> Response<ProxyBody> {
-    let shared = &worker.shared;
-    let server = &snapshot.config.server;
-    let (parts, body) = request.into_parts();
-    let classified = snapshot.gate.classify(&RequestParts {
-        method: &parts.method,
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        key: parts.headers.get(&server.key_header).map(|v| v.as_bytes()),
-        origin_user: parts
-            .headers
-            .get(&server.origin_header)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"user")),
-    });
-    let classified = match classified {
-        Ok(classified) => classified,
-        Err(denied) => return deny(shared, snapshot, denied, log),
-    };
-    log.partner = Some(classified.partner);
-    log.class = Some(classified.class);
-    log.route = Some(classified.route);
-    if let Some(cache_for) = cacheable(snapshot, &classified, &parts) {
-        let request = cached::Inquiry {
-            account: classified.account.unwrap_or_default(),
-            classified,
-            cache_for,
-            peer,
-            parts: &parts,
+    log: &'a mut AccessLog,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        let shared = &worker.shared;
+        let server = &snapshot.config.server;
+        let (parts, body) = request.into_parts();
+        let classified = snapshot.gate.classify(&RequestParts {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            key: parts.headers.get(&server.key_header).map(|v| v.as_bytes()),
+            origin_user: parts
+                .headers
+                .get(&server.origin_header)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"user")),
+        });
+        let classified = match classified {
+            Ok(classified) => classified,
+            Err(denied) => return deny(shared, snapshot, denied, log),
         };
-        // The cache and forwarding paths are boxed: the request's future stays small (hyper moves
-        // it into place per request), and a refusal pays for neither.
-        return Box::pin(cached::serve(worker, snapshot, request, log)).await;
-    }
-    // Only a payment needs its account after the request has moved on: to invalidate answers.
-    let account = classified
-        .account
-        .filter(|_| classified.class == Class::Payment)
-        .map(str::to_owned);
-    match snapshot.gate.admit(classified) {
-        Decision::Deny(denied) => deny(shared, snapshot, denied, log),
-        Decision::Admit(admitted) => {
-            let forwarding = Forwarding::new(admitted, account);
-            Box::pin(forward(
-                worker, snapshot, forwarding, peer, parts, body, log,
-            ))
-            .await
+        log.partner = Some(classified.partner);
+        log.class = Some(classified.class);
+        log.route = Some(classified.route);
+        if let Some(cache_for) = cacheable(snapshot, &classified, &parts) {
+            let request = cached::Inquiry {
+                account: classified.account.unwrap_or_default(),
+                classified,
+                cache_for,
+                peer,
+                parts: &parts,
+            };
+            return cached::serve(worker, snapshot, request, log).await;
+        }
+        // Only a payment needs its account after the request has moved on: to invalidate answers.
+        let account = classified
+            .account
+            .filter(|_| classified.class == Class::Payment)
+            .map(str::to_owned);
+        match snapshot.gate.admit(classified) {
+            Decision::Deny(denied) => deny(shared, snapshot, denied, log),
+            Decision::Admit(admitted) => {
+                let forwarding = Forwarding::new(admitted, account);
+                forward(worker, snapshot, forwarding, peer, parts, body, log).await
+            }
         }
     }
 }
@@ -215,123 +224,135 @@ pub(super) fn refuse(
         .map(Either::Left)
 }
 
-async fn forward(
-    worker: &Worker,
-    snapshot: &Snapshot,
-    forwarding: Forwarding<'_>,
+/// Forwards an admitted request and answers with the biller's response.
+///
+/// Reading a body, which inquiries do not have, is boxed: the request's future stays no larger
+/// than an inquiry needs.
+// Written out: an `async fn` keeps each argument twice in its future.
+#[allow(clippy::manual_async_fn)]
+fn forward<'a>(
+    worker: &'a Worker,
+    snapshot: &'a Snapshot,
+    forwarding: Forwarding<'a>,
     peer: HeaderValue,
     parts: http::request::Parts,
     body: Incoming,
-    log: &mut AccessLog,
-) -> Response<ProxyBody> {
-    let Forwarding { admitted, account } = forwarding;
-    let config = &snapshot.config;
-    let partner_id = &*snapshot.gate.partners()[admitted.partner].id;
-    let class = admitted.class;
-    let metrics = snapshot.partners[admitted.partner].metrics.class(class);
-    if let Some(reason) = admitted.shadow {
-        metrics.shadow_rejected(reason);
-    }
-    let refuse_body = |log: &mut AccessLog, refusal: Refusal, reason: RejectReason| {
-        metrics.rejected(reason);
-        log.outcome = reason.as_str();
-        refuse(refusal, Some(partner_id), Some(class), snapshot)
-    };
-    let too_large = |log: &mut AccessLog| {
-        let limit = config.server.max_body_bytes;
-        refuse_body(
-            log,
-            Refusal::BodyTooLarge { limit },
-            RejectReason::BodyTooLarge,
-        )
-    };
+    log: &'a mut AccessLog,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        let admitted = &forwarding.admitted;
+        let config = &snapshot.config;
+        let partner_id = &*snapshot.gate.partners()[admitted.partner].id;
+        let class = admitted.class;
+        let metrics = snapshot.partners[admitted.partner].metrics.class(class);
+        if let Some(reason) = admitted.shadow {
+            metrics.shadow_rejected(reason);
+        }
+        let refuse_body = |log: &mut AccessLog, refusal: Refusal, reason: RejectReason| {
+            metrics.rejected(reason);
+            log.outcome = reason.as_str();
+            refuse(refusal, Some(partner_id), Some(class), snapshot)
+        };
+        let too_large = |log: &mut AccessLog| {
+            let limit = config.server.max_body_bytes;
+            refuse_body(
+                log,
+                Refusal::BodyTooLarge { limit },
+                RejectReason::BodyTooLarge,
+            )
+        };
 
-    let max_body = config.server.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body) {
-        return too_large(log);
-    }
-    // The body is read whole (capped, and within the biller timeout) before the biller is
-    // called, so a partner sending it slowly holds neither the biller nor its call's timeout:
-    // a slow body is the partner's 408, never a biller timeout counted against the breaker.
-    let body = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-        let timeout = config.biller.timeout;
-        let due = tokio::time::Instant::now() + timeout;
-        let read = worker
-            .deadlines
-            .timeout_at(due, Limited::new(body, limit).collect())
+        let max_body = config.server.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max_body) {
+            return too_large(log);
+        }
+        // The body is read whole (capped, and within the biller timeout) before the biller is
+        // called, so a partner sending it slowly holds neither the biller nor its call's timeout:
+        // a slow body is the partner's 408, never a biller timeout counted against the breaker.
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+            let timeout = config.biller.timeout;
+            let due = tokio::time::Instant::now() + timeout;
+            let read = Box::pin(
+                worker
+                    .deadlines
+                    .timeout_at(due, Limited::new(body, limit).collect()),
+            )
             .await;
-        match read {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(error)) if error.is::<LengthLimitError>() => return too_large(log),
-            Ok(Err(_)) => {
-                return refuse_body(log, Refusal::BodyIncomplete, RejectReason::BodyIncomplete)
+            match read {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(error)) if error.is::<LengthLimitError>() => return too_large(log),
+                Ok(Err(_)) => {
+                    return refuse_body(log, Refusal::BodyIncomplete, RejectReason::BodyIncomplete)
+                }
+                Err(Elapsed) => {
+                    return refuse_body(
+                        log,
+                        Refusal::BodyTimeout { timeout },
+                        RejectReason::BodyTimeout,
+                    )
+                }
             }
-            Err(Elapsed) => {
-                return refuse_body(
-                    log,
-                    Refusal::BodyTimeout { timeout },
-                    RejectReason::BodyTimeout,
-                )
+        };
+        // A payment naming its account in its JSON body: the account's cached inquiry answers are
+        // dropped once the biller has it.
+        let route = &config.routes[admitted.route];
+        let account = match &route.account_field {
+            Some(field) if route.class == RouteClass::Payment => {
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        v.get(field.as_str())
+                            .and_then(|a| a.as_str())
+                            .map(str::to_owned)
+                    })
+                    .or(forwarding.account)
             }
-        }
-    };
-    // A payment naming its account in its JSON body: the account's cached inquiry answers are
-    // dropped once the biller has it.
-    let route = &config.routes[admitted.route];
-    let account = match &route.account_field {
-        Some(field) if route.class == RouteClass::Payment => {
-            serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.get(field.as_str())
-                        .and_then(|a| a.as_str())
-                        .map(str::to_owned)
-                })
-                .or(account)
-        }
-        _ => account,
-    };
-    let body: UpstreamBody = Full::new(body);
+            _ => forwarding.account,
+        };
+        let body: UpstreamBody = Full::new(body);
 
-    let caller = Caller {
-        partner: admitted.partner,
-        class,
-        ticket: admitted.ticket,
-        peer,
-    };
-    let result = upstream::call(worker, snapshot, caller, parts, body).await;
-    if class == Class::Payment {
-        // Answered or not, the payment may have reached the biller: its account's bill may
-        // have changed.
-        if let Some(account) = &account {
-            worker.shared.cache.invalidate_account(account);
+        let partner = admitted.partner;
+        let limit = admitted.limit;
+        let caller = Caller {
+            partner,
+            class,
+            ticket: forwarding.admitted.ticket,
+            peer,
+        };
+        let result = upstream::call(worker, snapshot, caller, parts, body).await;
+        if class == Class::Payment {
+            // Answered or not, the payment may have reached the biller: its account's bill may
+            // have changed.
+            if let Some(account) = &account {
+                worker.shared.cache.invalidate_account(account);
+            }
         }
+        let answered = match result {
+            Ok(answered) => answered,
+            Err(error) => {
+                metrics.outcome(Outcome::Failed);
+                log.outcome = "failed";
+                return refuse(error.into(), Some(partner_id), Some(class), snapshot);
+            }
+        };
+        log.upstream = Some(answered.rtt);
+        metrics.outcome(Outcome::Forwarded);
+        log.outcome = "forwarded";
+
+        let (mut parts, body) = answered.response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        snapshot.partners[partner].insert_ratelimit(&mut parts.headers, &limit);
+        // The body gets as long again as the head was allowed.
+        let timeout = config.biller.timeout.max(Duration::from_millis(1));
+        let deadline = answered.at + timeout;
+        Response::from_parts(parts, Either::Right(Deadline::new(body, deadline)))
     }
-    let answered = match result {
-        Ok(answered) => answered,
-        Err(error) => {
-            metrics.outcome(Outcome::Failed);
-            log.outcome = "failed";
-            return refuse(error.into(), Some(partner_id), Some(class), snapshot);
-        }
-    };
-    log.upstream = Some(answered.rtt);
-    metrics.outcome(Outcome::Forwarded);
-    log.outcome = "forwarded";
-
-    let (mut parts, body) = answered.response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    snapshot.partners[admitted.partner].insert_ratelimit(&mut parts.headers, &admitted.limit);
-    // The body gets as long again as the head was allowed.
-    let timeout = config.biller.timeout.max(Duration::from_millis(1));
-    let deadline = answered.at + timeout;
-    Response::from_parts(parts, Either::Right(Deadline::new(body, deadline)))
 }

@@ -16,6 +16,7 @@
 //! exchange on a spawned connection (40 487 against 37 416; `benches/README.md`, "Round
 //! seven").
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -210,37 +211,44 @@ impl BillerPool {
 
     /// Sends `request` on a pooled connection to `target`, or a new one. `now` is the time
     /// the caller read as it started the call.
-    pub async fn send(
-        self: &Arc<Self>,
-        target: Target<'_>,
+    ///
+    /// Not an `async fn`, which would keep each argument twice in its future; and connecting,
+    /// rare, is boxed. This future is part of every forwarded request's.
+    // Written out: an `async fn` keeps each argument twice in its future.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
+        target: Target<'a>,
         mut request: Request<UpstreamBody>,
         now: Instant,
-    ) -> Result<Response<PooledBody>, PoolError> {
-        loop {
-            let (mut link, reused) = match self.checkout(target.address, now) {
-                Some(link) => (link, true),
-                None => (self.connect(&target, now).await?, false),
-            };
-            // A connection whose last body was just read may still be finishing that exchange;
-            // one the biller closed meanwhile is dropped and the next one tried.
-            if !link.ready().await {
-                if reused {
-                    continue;
+    ) -> impl Future<Output = Result<Response<PooledBody>, PoolError>> + Send + 'a {
+        async move {
+            loop {
+                let (mut link, reused) = match self.checkout(target.address, now) {
+                    Some(link) => (link, true),
+                    None => (Box::pin(self.connect(&target, now)).await?, false),
+                };
+                // A connection whose last body was just read may still be finishing that
+                // exchange; one the biller closed meanwhile is dropped and the next one tried.
+                if !link.ready().await {
+                    if reused {
+                        continue;
+                    }
+                    return Err(PoolError::Closed);
                 }
-                return Err(PoolError::Closed);
-            }
-            match link.sender.try_send_request(request).await {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    let body = PooledBody::new(body, link, Arc::downgrade(self));
-                    return Ok(Response::from_parts(parts, body));
+                match link.sender.try_send_request(request).await {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        let body = PooledBody::new(body, link, Arc::downgrade(self));
+                        return Ok(Response::from_parts(parts, body));
+                    }
+                    Err(mut failed) => match failed.take_message() {
+                        // Never written: a reused connection closing under us. Another one
+                        // may take it; a fresh one that cannot is a failure.
+                        Some(unsent) if reused => request = unsent,
+                        _ => return Err(failed.into_error().into()),
+                    },
                 }
-                Err(mut failed) => match failed.take_message() {
-                    // Never written: a reused connection closing under us. Another one may
-                    // take it; a fresh one that cannot is a failure.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(failed.into_error().into()),
-                },
             }
         }
     }

@@ -3,6 +3,7 @@
 //! pauses and the metrics. Used by forwarding and by the cache's leader alike.
 
 use http::HeaderValue;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,82 +55,91 @@ pub struct Caller<'g> {
 }
 
 /// Sends `parts` + `body` to the biller for `caller`.
-pub async fn call(
-    worker: &Worker,
-    snapshot: &Snapshot,
-    caller: Caller<'_>,
+///
+/// Not an `async fn`, which would keep each argument twice in the future (and in every future
+/// awaiting it).
+// Written out: an `async fn` keeps each argument twice in its future.
+#[allow(clippy::manual_async_fn)]
+pub fn call<'a>(
+    worker: &'a Worker,
+    snapshot: &'a Snapshot,
+    caller: Caller<'a>,
     mut parts: http::request::Parts,
     body: UpstreamBody,
-) -> Result<Answered, CallError> {
-    let Caller {
-        partner,
-        class,
-        ticket,
-        peer,
-    } = caller;
-    let shared = &worker.shared;
-    let config = &snapshot.config;
-    if !to_upstream_uri(&snapshot.upstream, &mut parts.uri) {
-        ticket.finish(BillerOutcome::NotSent);
-        return Err(CallError::Unreachable);
-    }
-    headers::to_biller(
-        &mut parts.headers,
-        &config.server.key_header,
-        &config.server.partner_header,
-        &snapshot.partners[partner].header_value,
-        &snapshot.upstream.host,
-        &peer,
-    );
-    parts.version = Version::HTTP_11;
-    let request = Request::from_parts(parts, body);
+) -> impl Future<Output = Result<Answered, CallError>> + Send + 'a {
+    async move {
+        let Caller {
+            partner,
+            class,
+            ref peer,
+            ..
+        } = caller;
+        let shared = &worker.shared;
+        let config = &snapshot.config;
+        if !to_upstream_uri(&snapshot.upstream, &mut parts.uri) {
+            caller.ticket.finish(BillerOutcome::NotSent);
+            return Err(CallError::Unreachable);
+        }
+        headers::to_biller(
+            &mut parts.headers,
+            &config.server.key_header,
+            &config.server.partner_header,
+            &snapshot.partners[partner].header_value,
+            &snapshot.upstream.host,
+            peer,
+        );
+        parts.version = Version::HTTP_11;
+        let request = Request::from_parts(parts, body);
 
-    // The call reads the clock twice: here, for its deadline, the pool and the round trip;
-    // and at the answer, for the round trip and the body's deadline.
-    let timeout = config.biller.timeout;
-    let started = Instant::now();
-    let result = worker
-        .deadlines
-        .timeout_at(
-            started + timeout,
-            worker
-                .client
-                .send(snapshot.upstream.target(), request, started),
-        )
-        .await;
-    let at = Instant::now();
-    let rtt = at.saturating_duration_since(started);
-    match result {
-        Err(_elapsed) => {
-            ticket.finish(BillerOutcome::TimedOut);
-            shared.metrics.upstream_error(UpstreamError::Timeout);
-            Err(CallError::Timeout(timeout))
-        }
-        Ok(Err(error)) if error.is_gateway_exhausted() => {
-            ticket.finish(BillerOutcome::NotSent);
-            // Counted (`billgate_upstream_errors_total{kind="no_socket"}`); the pool warns once
-            // per run of such failures, not per call.
-            tracing::debug!(error = %error, "no socket for a call to the biller");
-            shared.metrics.upstream_error(UpstreamError::NoSocket);
-            Err(CallError::NoSocket)
-        }
-        Ok(Err(error)) => {
-            ticket.finish(BillerOutcome::Unreachable);
-            tracing::debug!(error = %error, "biller unreachable");
-            shared.metrics.upstream_error(UpstreamError::Connect);
-            Err(CallError::Unreachable)
-        }
-        Ok(Ok(response)) => {
-            let status = response.status().as_u16();
-            ticket.finish(BillerOutcome::Answered { status, rtt });
-            if status == 429 || status == 503 {
-                honour_pause(snapshot, class, response.headers());
+        // The call reads the clock twice: here, for its deadline, the pool and the round trip;
+        // and at the answer, for the round trip and the body's deadline.
+        let timeout = config.biller.timeout;
+        let started = Instant::now();
+        let result = worker
+            .deadlines
+            .timeout_at(
+                started + timeout,
+                worker
+                    .client
+                    .send(snapshot.upstream.target(), request, started),
+            )
+            .await;
+        let at = Instant::now();
+        let rtt = at.saturating_duration_since(started);
+        match result {
+            Err(_elapsed) => {
+                caller.ticket.finish(BillerOutcome::TimedOut);
+                shared.metrics.upstream_error(UpstreamError::Timeout);
+                Err(CallError::Timeout(timeout))
             }
-            shared
-                .metrics
-                .upstream_duration(class)
-                .observe(rtt.as_secs_f64());
-            Ok(Answered { response, rtt, at })
+            Ok(Err(error)) if error.is_gateway_exhausted() => {
+                caller.ticket.finish(BillerOutcome::NotSent);
+                // Counted (`billgate_upstream_errors_total{kind="no_socket"}`); the pool warns once
+                // per run of such failures, not per call.
+                tracing::debug!(error = %error, "no socket for a call to the biller");
+                shared.metrics.upstream_error(UpstreamError::NoSocket);
+                Err(CallError::NoSocket)
+            }
+            Ok(Err(error)) => {
+                caller.ticket.finish(BillerOutcome::Unreachable);
+                tracing::debug!(error = %error, "biller unreachable");
+                shared.metrics.upstream_error(UpstreamError::Connect);
+                Err(CallError::Unreachable)
+            }
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                caller
+                    .ticket
+                    .finish(BillerOutcome::Answered { status, rtt });
+                if status == 429 || status == 503 {
+                    honour_pause(snapshot, class, response.headers());
+                }
+                shared
+                    .metrics
+                    .upstream_duration(class)
+                    .observe(rtt.as_secs_f64());
+                Ok(Answered { response, rtt, at })
+            }
         }
     }
 }
