@@ -30,8 +30,7 @@ use crate::metrics::{Outcome, RejectReason};
 ///
 /// Hyper keeps one place per connection for this future and builds each request's future in
 /// it. The forwarding and cache paths are part of it, not boxed: no allocation, and no copy of
-/// the future into a box, per request. None of the futures here is an `async fn`, which would
-/// keep each argument twice.
+/// the future into a box, per request.
 // Written out: an `async fn` keeps each argument twice in its future.
 #[allow(clippy::manual_async_fn)]
 pub fn handle(

@@ -212,8 +212,7 @@ impl BillerPool {
     /// Sends `request` on a pooled connection to `target`, or a new one. `now` is the time
     /// the caller read as it started the call.
     ///
-    /// Not an `async fn`, which would keep each argument twice in its future; and connecting,
-    /// rare, is boxed. This future is part of every forwarded request's.
+    /// Connecting, rare, is boxed: this future is part of every forwarded request's.
     // Written out: an `async fn` keeps each argument twice in its future.
     #[allow(clippy::manual_async_fn)]
     pub fn send<'a>(

@@ -55,9 +55,6 @@ pub struct Caller<'g> {
 }
 
 /// Sends `parts` + `body` to the biller for `caller`.
-///
-/// Not an `async fn`, which would keep each argument twice in the future (and in every future
-/// awaiting it).
 // Written out: an `async fn` keeps each argument twice in its future.
 #[allow(clippy::manual_async_fn)]
 pub fn call<'a>(
