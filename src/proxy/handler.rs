@@ -32,90 +32,82 @@ use crate::metrics::{Outcome, RejectReason};
 /// builds each request's future in it. The forwarding and cache paths are part of it, not
 /// boxed: no allocation and no copy per request, for about 2 KB more per connection
 /// (`benches/README.md`, "Round eleven").
-// Written out: an `async fn` keeps each argument twice in its future.
-#[allow(clippy::manual_async_fn)]
-pub fn handle(
+pub async fn handle(
     worker: Arc<Worker>,
     peer: HeaderValue,
     watch: Arc<Watch>,
     request: Request<Incoming>,
-) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
-    async move {
-        watch.busy();
-        // The snapshot is held for the whole request: a reload never changes a request midway.
-        let current = worker.snapshot();
-        let snapshot = &current.snapshot;
-        let started = snapshot
-            .config
-            .server
-            .access_log
-            .then(tokio::time::Instant::now);
-        let mut log = AccessLog::default();
-        let response = serve(&worker, snapshot, peer, request, &mut log).await;
-        if let Some(started) = started {
-            log.emit(snapshot, response.status(), started.elapsed());
-        }
-        // The connection waits for its next head once this answer is out: a body streamed from
-        // the biller may take until its deadline.
-        watch.answered(match response.body() {
-            Either::Right(streamed) => Some(streamed.deadline()),
-            Either::Left(_) => None,
-        });
-        Ok(response)
+) -> Result<Response<ProxyBody>, Infallible> {
+    watch.busy();
+    // The snapshot is held for the whole request: a reload never changes a request midway.
+    let current = worker.snapshot();
+    let snapshot = &current.snapshot;
+    let started = snapshot
+        .config
+        .server
+        .access_log
+        .then(tokio::time::Instant::now);
+    let mut log = AccessLog::default();
+    let response = serve(&worker, snapshot, peer, request, &mut log).await;
+    if let Some(started) = started {
+        log.emit(snapshot, response.status(), started.elapsed());
     }
+    // The connection waits for its next head once this answer is out: a body streamed from
+    // the biller may take until its deadline.
+    watch.answered(match response.body() {
+        Either::Right(streamed) => Some(streamed.deadline()),
+        Either::Left(_) => None,
+    });
+    Ok(response)
 }
 
-// Written out: an `async fn` keeps each argument twice in its future.
-#[allow(clippy::manual_async_fn)]
-fn serve<'a>(
-    worker: &'a Arc<Worker>,
-    snapshot: &'a Arc<Snapshot>,
+async fn serve(
+    worker: &Arc<Worker>,
+    snapshot: &Arc<Snapshot>,
     peer: HeaderValue,
     request: Request<Incoming>,
-    log: &'a mut AccessLog,
-) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
-    async move {
-        let shared = &worker.shared;
-        let server = &snapshot.config.server;
-        let (parts, body) = request.into_parts();
-        let classified = snapshot.gate.classify(&RequestParts {
-            method: &parts.method,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            key: parts.headers.get(&server.key_header).map(|v| v.as_bytes()),
-            origin_user: parts
-                .headers
-                .get(&server.origin_header)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"user")),
-        });
-        let classified = match classified {
-            Ok(classified) => classified,
-            Err(denied) => return deny(shared, snapshot, denied, log),
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
+    let shared = &worker.shared;
+    let server = &snapshot.config.server;
+    let (parts, body) = request.into_parts();
+    let classified = snapshot.gate.classify(&RequestParts {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        key: parts.headers.get(&server.key_header).map(|v| v.as_bytes()),
+        origin_user: parts
+            .headers
+            .get(&server.origin_header)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"user")),
+    });
+    let classified = match classified {
+        Ok(classified) => classified,
+        Err(denied) => return deny(shared, snapshot, denied, log),
+    };
+    log.partner = Some(classified.partner);
+    log.class = Some(classified.class);
+    log.route = Some(classified.route);
+    if let Some(cache_for) = cacheable(snapshot, &classified, &parts) {
+        let request = cached::Inquiry {
+            account: classified.account.unwrap_or_default(),
+            classified,
+            cache_for,
+            peer,
+            parts: &parts,
         };
-        log.partner = Some(classified.partner);
-        log.class = Some(classified.class);
-        log.route = Some(classified.route);
-        if let Some(cache_for) = cacheable(snapshot, &classified, &parts) {
-            let request = cached::Inquiry {
-                account: classified.account.unwrap_or_default(),
-                classified,
-                cache_for,
-                peer,
-                parts: &parts,
-            };
-            return cached::serve(worker, snapshot, request, log).await;
-        }
-        // Only a payment needs its account after the request has moved on: to invalidate answers.
-        let account = classified
-            .account
-            .filter(|_| classified.class == Class::Payment)
-            .map(str::to_owned);
-        match snapshot.gate.admit(classified) {
-            Decision::Deny(denied) => deny(shared, snapshot, denied, log),
-            Decision::Admit(admitted) => {
-                let forwarding = Forwarding::new(admitted, account);
-                forward(worker, snapshot, forwarding, peer, parts, body, log).await
-            }
+        return cached::serve(worker, snapshot, request, log).await;
+    }
+    // Only a payment needs its account after the request has moved on: to invalidate answers.
+    let account = classified
+        .account
+        .filter(|_| classified.class == Class::Payment)
+        .map(str::to_owned);
+    match snapshot.gate.admit(classified) {
+        Decision::Deny(denied) => deny(shared, snapshot, denied, log),
+        Decision::Admit(admitted) => {
+            let forwarding = Forwarding::new(admitted, account);
+            forward(worker, snapshot, forwarding, peer, parts, body, log).await
         }
     }
 }
