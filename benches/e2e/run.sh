@@ -20,6 +20,9 @@
 #   BACKEND_WORKERS=1  worker_processes of the backend nginx
 #   CACHE=1          also measure billgate with cache_for on the inquiry route
 #   BARE=1           also measure the bare hyper proxy and refuser (benches/e2e/bare.rs)
+#   FLOOR=1          also measure floor.c, the least a server can do per refusal (one recv, one
+#                    send, no parsing): what this harness allows any server in the rejection
+#                    scenario (needs cc)
 #   LATENCY=1        the fixed-rate (oha) phase; 0 skips it
 #   THROUGHPUT=1     the maximum-throughput (wrk) phase; 0 skips it (then set RATE)
 #   STORM=1          the reconnect-storm phase (storm.py, STORM_CONNECTIONS=3000 at once,
@@ -45,6 +48,7 @@ WORKERS=${WORKERS:-2}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 CACHE=${CACHE:-1}
 BARE=${BARE:-1}
+FLOOR=${FLOOR:-1}
 LATENCY=${LATENCY:-1}
 THROUGHPUT=${THROUGHPUT:-1}
 STORM=${STORM:-1}
@@ -62,6 +66,7 @@ CACHED_ADMIN=127.0.0.1:18103
 BARE_PROXY_ADDR=127.0.0.1:18005
 BARE_REFUSE_ADDR=127.0.0.1:18007
 BARE_LEAN_ADDR=127.0.0.1:18009
+FLOOR_ADDR=127.0.0.1:18011
 PASS_KEY=bench-pass-key
 TINY_KEY=bench-tiny-key
 # The same quotas as billgate.toml: N/s with burst N.
@@ -86,6 +91,7 @@ need_tools() {
     command -v curl >/dev/null || missing+=(curl)
     if [[ $MODE == profile ]] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
     if [[ $MODE == run && $STORM == 1 ]] && ! command -v python3 >/dev/null; then missing+=(python3); fi
+    if [[ $MODE == run && $FLOOR == 1 ]] && ! command -v cc >/dev/null; then missing+=(gcc); fi
     if ((${#missing[@]})); then
         [[ $(id -u) == 0 ]] || die "missing ${missing[*]}: install them (apt-get install -y ${missing[*]})"
         log "installing ${missing[*]} (apt-get)"
@@ -180,6 +186,17 @@ start_bare() { # name mode addr args...
     wait_port "$addr" "the bare hyper $mode"
 }
 
+start_floor() { # name addr
+    local name=$1 addr=$2
+    port_free "$addr"
+    cc -O2 -pthread -o "$RUN/floor" "$HERE/floor.c" 2>"$RUN/$name-build.log" ||
+        die "floor.c does not build: $(cat "$RUN/$name-build.log")"
+    "$RUN/floor" "${addr%:*}" "${addr##*:}" "$WORKERS" >"$RUN/$name.log" 2>&1 &
+    STARTED+=($!)
+    printf -v "PID_$name" %s $!
+    wait_port "$addr" "floor.c"
+}
+
 start_servers() {
     rm -rf "$RUN"
     mkdir -p "$RUN/tmp"
@@ -199,6 +216,7 @@ start_servers() {
         start_bare barelean proxy "$BARE_LEAN_ADDR" --backend "$BACKEND_ADDR" --client conn
         start_bare barerefuse refuse "$BARE_REFUSE_ADDR" --partner bench-tiny --rate "$TINY_RATE"
     fi
+    if [[ $FLOOR == 1 && $MODE == run ]]; then start_floor floor "$FLOOR_ADDR"; fi
 }
 
 # Every process of a server: nginx's master and its workers, billgate's one process.
@@ -241,6 +259,7 @@ scenarios() {
     echo "nginx-reject $NGINX_ADDR $TINY_KEY proxy $CONNECTIONS"
     echo "billgate-reject $BILLGATE_ADDR $TINY_KEY billgate $CONNECTIONS"
     if [[ $BARE == 1 ]]; then echo "hyper-reject $BARE_REFUSE_ADDR $TINY_KEY barerefuse $CONNECTIONS"; fi
+    if [[ $FLOOR == 1 ]]; then echo "floor-reject $FLOOR_ADDR $TINY_KEY floor $CONNECTIONS"; fi
     # Pass-through again with few connections: few enough calls in flight that billgate's
     # adaptive in-flight limit (which settles near 8 here, 40% of it kept from polls) lets every
     # request through, so the pair compares forwarding itself. Maximum throughput only.
@@ -269,7 +288,7 @@ preflight() {
     local name addr key cpu s
     while read -r name addr key _ _; do
         s=$(status_of "$addr" "$PASS_KEY" /v1/bills/100234)
-        [[ $name == direct || $name == hyper-reject || $s == 200 ]] || die "$name: a pass-through inquiry got $s, not 200"
+        [[ $name == direct || $name == hyper-reject || $name == floor-reject || $s == 200 ]] || die "$name: a pass-through inquiry got $s, not 200"
         if [[ $name == direct ]]; then
             curl -s --max-time 3 "http://$addr/v1/bills/100234" | jq -e '.bill_id' >/dev/null ||
                 die "the backend's bill is not JSON"
@@ -281,8 +300,8 @@ preflight() {
             done
             ((refused > 0)) || die "$name: 30 quick requests from $key were never refused"
         fi
-        # The bare hyper baselines do no admission: they know no keys.
-        if [[ $name != direct && $name != hyper-* ]]; then
+        # The bare hyper baselines and the floor do no admission: they know no keys.
+        if [[ $name != direct && $name != hyper-* && $name != floor-* ]]; then
             s=$(status_of "$addr" not-a-key /v1/bills/100234)
             [[ $s == 401 ]] || die "$name: an unknown key got $s, not 401"
         fi
@@ -454,6 +473,9 @@ summary() {
             hyper-pass | hyper-lean)
                 vs="hyper/nginx: 2xx/s ×$(ratio "$ok" "$(median throughput nginx-pass 13)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-pass 10)"); billgate/hyper: 2xx/s ×$(ratio "$(median throughput billgate-pass 13)" "$ok"), CPU/answer ×$(ratio "$(median throughput billgate-pass 10)" "$cpu_max")"
                 ;;
+            floor-reject)
+                vs="floor/nginx: refusals/s ×$(ratio "$(median throughput "$name" 5)" "$(median throughput nginx-reject 5)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)")"
+                ;;
             hyper-reject)
                 vs="hyper/nginx: refusals/s ×$(ratio "$(median throughput "$name" 5)" "$(median throughput nginx-reject 5)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)"); billgate/hyper: refusals/s ×$(ratio "$(median throughput billgate-reject 5)" "$(median throughput "$name" 5)"), CPU/answer ×$(ratio "$(median throughput billgate-reject 10)" "$cpu_max")"
                 ;;
@@ -467,7 +489,7 @@ summary() {
     echo
     echo "Answers/s count every answer (2xx, and 429/503 refusals); 2xx/s only the bills. p50/p99/p99.9"
     echo "are from the fixed-rate runs and cover every answer, refusals included. CPU is utime+stime of"
-    echo "the proxy's processes (nginx master + workers; the billgate process; the bare hyper process)"
+    echo "the proxy's processes (nginx master + workers; the billgate process; the bare hyper process; floor.c)"
     echo "over the run divided by the answers; for direct, the backend's. wrk's closed-loop"
     echo "percentiles are in results.tsv."
     echo
@@ -526,6 +548,12 @@ summary() {
         if ((have_lat)); then
             echo "  - p99 at $PASS_AT req/s: bare hyper proxy $(median latency hyper-pass 8) ms, lean hyper proxy $(median latency hyper-lean 8) ms"
         fi
+    fi
+    if [[ $FLOOR == 1 ]]; then
+        bg=$(median throughput floor-reject 5); ng=$(median throughput nginx-reject 5)
+        echo "- reference, not a target: the harness's own ceiling for refusals (\`benches/e2e/floor.c\`: one recv and one send per answer, no parsing, billgate's 429 bytes)"
+        echo "  - floor/nginx, refusals/s = $(ratio "$bg" "$ng"); round by round: $(paired throughput floor-reject nginx-reject 5)"
+        echo "  - billgate/floor, refusals/s = $(ratio "$(median throughput billgate-reject 5)" "$bg"); round by round: $(paired throughput billgate-reject floor-reject 5)"
     fi
     if [[ -s $OUT/storm.txt ]]; then
         echo
