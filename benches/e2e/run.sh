@@ -20,9 +20,9 @@
 #   BACKEND_WORKERS=1  worker_processes of the backend nginx
 #   CACHE=1          also measure billgate with cache_for on the inquiry route
 #   BARE=1           also measure the bare hyper proxy and refuser (benches/e2e/bare.rs)
-#   FLOOR=1          also measure floor.c, the least a server can do per refusal (one recv, one
-#                    send, no parsing): what this harness allows any server in the rejection
-#                    scenario (needs cc)
+#   FLOOR=1          also measure floor.c, the least a server can do per answer (one recv and
+#                    one send per leg, no parsing): what this harness allows any server, refusing
+#                    and relaying to the backend (needs cc)
 #   LATENCY=1        the fixed-rate (oha) phase; 0 skips it
 #   THROUGHPUT=1     the maximum-throughput (wrk) phase; 0 skips it (then set RATE)
 #   STORM=1          the reconnect-storm phase (storm.py, STORM_CONNECTIONS=3000 at once,
@@ -67,6 +67,7 @@ BARE_PROXY_ADDR=127.0.0.1:18005
 BARE_REFUSE_ADDR=127.0.0.1:18007
 BARE_LEAN_ADDR=127.0.0.1:18009
 FLOOR_ADDR=127.0.0.1:18011
+FLOOR_RELAY_ADDR=127.0.0.1:18013
 PASS_KEY=bench-pass-key
 TINY_KEY=bench-tiny-key
 # The same quotas as billgate.toml: N/s with burst N.
@@ -186,12 +187,13 @@ start_bare() { # name mode addr args...
     wait_port "$addr" "the bare hyper $mode"
 }
 
-start_floor() { # name addr
-    local name=$1 addr=$2
+start_floor() { # name addr [backend]
+    local name=$1 addr=$2 backend=()
+    [[ -n ${3:-} ]] && backend=("${3%:*}" "${3##*:}")
     port_free "$addr"
-    cc -O2 -pthread -o "$RUN/floor" "$HERE/floor.c" 2>"$RUN/$name-build.log" ||
+    [[ -x $RUN/floor ]] || cc -O2 -pthread -o "$RUN/floor" "$HERE/floor.c" 2>"$RUN/$name-build.log" ||
         die "floor.c does not build: $(cat "$RUN/$name-build.log")"
-    "$RUN/floor" "${addr%:*}" "${addr##*:}" "$WORKERS" >"$RUN/$name.log" 2>&1 &
+    "$RUN/floor" "${addr%:*}" "${addr##*:}" "$WORKERS" "${backend[@]}" >"$RUN/$name.log" 2>&1 &
     STARTED+=($!)
     printf -v "PID_$name" %s $!
     wait_port "$addr" "floor.c"
@@ -216,7 +218,10 @@ start_servers() {
         start_bare barelean proxy "$BARE_LEAN_ADDR" --backend "$BACKEND_ADDR" --client conn
         start_bare barerefuse refuse "$BARE_REFUSE_ADDR" --partner bench-tiny --rate "$TINY_RATE"
     fi
-    if [[ $FLOOR == 1 && $MODE == run ]]; then start_floor floor "$FLOOR_ADDR"; fi
+    if [[ $FLOOR == 1 && $MODE == run ]]; then
+        start_floor floor "$FLOOR_ADDR"
+        start_floor floorrelay "$FLOOR_RELAY_ADDR" "$BACKEND_ADDR"
+    fi
 }
 
 # Every process of a server: nginx's master and its workers, billgate's one process.
@@ -256,6 +261,7 @@ scenarios() {
         echo "hyper-pass $BARE_PROXY_ADDR $PASS_KEY bareproxy $CONNECTIONS"
         echo "hyper-lean $BARE_LEAN_ADDR $PASS_KEY barelean $CONNECTIONS"
     fi
+    if [[ $FLOOR == 1 ]]; then echo "floor-pass $FLOOR_RELAY_ADDR $PASS_KEY floorrelay $CONNECTIONS"; fi
     echo "nginx-reject $NGINX_ADDR $TINY_KEY proxy $CONNECTIONS"
     echo "billgate-reject $BILLGATE_ADDR $TINY_KEY billgate $CONNECTIONS"
     if [[ $BARE == 1 ]]; then echo "hyper-reject $BARE_REFUSE_ADDR $TINY_KEY barerefuse $CONNECTIONS"; fi
@@ -473,6 +479,9 @@ summary() {
             hyper-pass | hyper-lean)
                 vs="hyper/nginx: 2xx/s ×$(ratio "$ok" "$(median throughput nginx-pass 13)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-pass 10)"); billgate/hyper: 2xx/s ×$(ratio "$(median throughput billgate-pass 13)" "$ok"), CPU/answer ×$(ratio "$(median throughput billgate-pass 10)" "$cpu_max")"
                 ;;
+            floor-pass)
+                vs="floor/nginx: 2xx/s ×$(ratio "$ok" "$(median throughput nginx-pass 13)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-pass 10)")"
+                ;;
             floor-reject)
                 vs="floor/nginx: refusals/s ×$(ratio "$(median throughput "$name" 5)" "$(median throughput nginx-reject 5)"), CPU/answer ×$(ratio "$cpu_max" "$(median throughput nginx-reject 10)")"
                 ;;
@@ -550,8 +559,11 @@ summary() {
         fi
     fi
     if [[ $FLOOR == 1 ]]; then
+        echo "- reference, not a target: the harness's own ceiling (\`benches/e2e/floor.c\`: one recv and one send per answer and leg, nothing parsed; billgate's 429 bytes, or the backend's bytes relayed)"
+        bg=$(median throughput floor-pass 13); ng=$(median throughput nginx-pass 13)
+        echo "  - floor relay/nginx, 2xx/s = $(ratio "$bg" "$ng"); round by round: $(paired throughput floor-pass nginx-pass 13)"
+        echo "  - billgate/floor relay, 2xx/s = $(ratio "$(median throughput billgate-pass 13)" "$bg"); round by round: $(paired throughput billgate-pass floor-pass 13)"
         bg=$(median throughput floor-reject 5); ng=$(median throughput nginx-reject 5)
-        echo "- reference, not a target: the harness's own ceiling for refusals (\`benches/e2e/floor.c\`: one recv and one send per answer, no parsing, billgate's 429 bytes)"
         echo "  - floor/nginx, refusals/s = $(ratio "$bg" "$ng"); round by round: $(paired throughput floor-reject nginx-reject 5)"
         echo "  - billgate/floor, refusals/s = $(ratio "$(median throughput billgate-reject 5)" "$bg"); round by round: $(paired throughput billgate-reject floor-reject 5)"
     fi
