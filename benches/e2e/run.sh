@@ -177,26 +177,30 @@ start_billgate() { # name config addr
     wait_port "$3" "billgate ($name)"
 }
 
+# Starts a reference server that logs to $RUN/NAME.log, and waits for it to listen.
+start_process() { # name addr what command...
+    local name=$1 addr=$2 what=$3
+    shift 3
+    port_free "$addr"
+    "$@" >"$RUN/$name.log" 2>&1 &
+    STARTED+=($!)
+    printf -v "PID_$name" %s $!
+    wait_port "$addr" "$what"
+}
+
 start_bare() { # name mode addr args...
     local name=$1 mode=$2 addr=$3
     shift 3
-    port_free "$addr"
-    "$BARE_BIN" "$mode" --listen "$addr" --workers "$WORKERS" "$@" >"$RUN/$name.log" 2>&1 &
-    STARTED+=($!)
-    printf -v "PID_$name" %s $!
-    wait_port "$addr" "the bare hyper $mode"
+    start_process "$name" "$addr" "the bare hyper $mode" \
+        "$BARE_BIN" "$mode" --listen "$addr" --workers "$WORKERS" "$@"
 }
 
 start_floor() { # name addr [backend]
     local name=$1 addr=$2 backend=()
     [[ -n ${3:-} ]] && backend=("${3%:*}" "${3##*:}")
-    port_free "$addr"
     [[ -x $RUN/floor ]] || cc -O2 -pthread -o "$RUN/floor" "$HERE/floor.c" 2>"$RUN/$name-build.log" ||
         die "floor.c does not build: $(cat "$RUN/$name-build.log")"
-    "$RUN/floor" "${addr%:*}" "${addr##*:}" "$WORKERS" "${backend[@]}" >"$RUN/$name.log" 2>&1 &
-    STARTED+=($!)
-    printf -v "PID_$name" %s $!
-    wait_port "$addr" "floor.c"
+    start_process "$name" "$addr" "floor.c" "$RUN/floor" "${addr%:*}" "${addr##*:}" "$WORKERS" "${backend[@]}"
 }
 
 start_servers() {
