@@ -5,14 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use billgate_sim::biller::{Biller, BillerOptions};
+use billgate_sim::storm::polls::PollsOptions;
+use billgate_sim::storm::StormOptions;
 
-use crate::biller::{Biller, BillerOptions};
 use crate::cli::{PollsArgs, StormArgs};
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigErrors};
 use crate::gateway::{self, Gateway};
-use crate::storm::polls::{self, PollsOptions};
-use crate::storm::{self, StormOptions};
+use crate::replay;
 
 /// `billgate serve`
 pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::Result<ExitCode> {
@@ -247,7 +248,7 @@ pub async fn biller(
 /// failed.
 pub async fn storm(args: StormArgs) -> anyhow::Result<ExitCode> {
     let options = storm_options(&args)?;
-    let report = storm::run(options).await?;
+    let report = replay::storm(options).await?;
     print_report(&report, args.json, report.passed())
 }
 
@@ -316,7 +317,7 @@ pub fn storm_options(args: &StormArgs) -> anyhow::Result<StormOptions> {
 /// failed.
 pub async fn polls(args: PollsArgs) -> anyhow::Result<ExitCode> {
     let options = polls_options(&args)?;
-    let report = polls::run(options).await?;
+    let report = replay::polls(options).await?;
     print_report(&report, args.json, report.passed())
 }
 

@@ -1,34 +1,29 @@
 //! billgate: a reverse proxy that protects a utility-bill (EBPP) API from the partners that call it.
 //!
-//! A request's path: [`proxy`] serves it, [`admission`] decides it (a pure function of the
-//! request, the [`config`] snapshot and the [`clock`]), the pooled client forwards it to the
-//! biller, and [`metrics`] counts it. [`biller`] is the stand-in EBPP biller; [`storm`] replays
-//! the 2014 polling storm against it, with and without the gateway, and [`storm::polls`] measures
-//! the answer cache under partners polling far past the biller's capacity.
-// Unsafe code is denied everywhere but in four small, documented places: three that a measured
-// gain needs — asking which core a thread runs on (`shards`), prefetching (`memory`) and handing
-// allocations to mimalloc (`allocator`) — and the open-file limit's two system calls (`limits`).
+//! This crate is the I/O shell: [`proxy`] serves partners and calls the biller, [`gateway`]
+//! starts and stops the listeners and the background work beside them, [`admin`] and
+//! [`metrics`] are the operators' side, [`cli`] and [`run`] the command line. Every decision is
+//! made in `billgate-core` (re-exported here as [`admission`], [`config`], [`breaker`],
+//! [`concurrency`], [`cache`] and [`clock`]) as a pure function of the request, the
+//! configuration snapshot and the clock. The stand-in biller and the replays live in
+//! `billgate-sim`; only [`commands`](crate::run) and [`replay`] use it.
+// Unsafe code is denied everywhere but in two small, documented places: handing allocations to
+// mimalloc (`allocator`) and the open-file limit's two system calls (`limits`).
 #![deny(unsafe_code)]
 
+pub use billgate_core::{admission, breaker, cache, clock, concurrency, config, memory, shards};
+
 pub mod admin;
-pub mod admission;
 pub mod allocator;
-pub mod biller;
-pub mod breaker;
-pub mod cache;
 pub mod cli;
-pub mod clock;
+pub mod coalesce;
 mod commands;
-pub mod concurrency;
-pub mod config;
 pub mod control;
 pub mod gateway;
 pub mod limits;
-pub mod memory;
 pub mod metrics;
 pub mod proxy;
-pub mod shards;
-pub mod storm;
+pub mod replay;
 
 use std::process::ExitCode;
 

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use billgate::biller::{Biller, BillerOptions};
 use billgate::clock::{Clock, FakeClock};
+use billgate_sim::biller::{Biller, BillerOptions};
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -2,13 +2,14 @@
 //! reaching the biller to about two per account while three partners poll far past its
 //! capacity. Assertions are on counts, never on timings, so a busy machine cannot fail them.
 
-use billgate::storm::polls::{self, PollsOptions};
+use billgate::replay;
+use billgate_sim::storm::polls::PollsOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_keeps_the_biller_to_about_two_calls_per_account() {
     let options = PollsOptions::short();
     let accounts = u64::from(options.accounts);
-    let report = polls::run(options).await.expect("the run goes");
+    let report = replay::polls(options).await.expect("the run goes");
 
     let bound = (2 * accounts) + (2 * accounts) / 100;
     assert!(report.distinct_accounts > 0 && report.distinct_accounts <= accounts);

@@ -2,7 +2,8 @@
 //! it. Assertions are on counts, never on timings, so a busy machine cannot fail them.
 
 use billgate::config::Class;
-use billgate::storm::{self, Mode, Phase, StormOptions, StormReport};
+use billgate::replay;
+use billgate_sim::storm::{self, Mode, Phase, StormOptions, StormReport};
 
 const WELL_BEHAVED: [&str; 2] = ["wallet", "bank"];
 
@@ -21,7 +22,7 @@ async fn the_storm_replayed_with_and_without_the_gateway() {
 async fn through_the_gateway_the_biller_never_sees_more_than_its_capacity() {
     let options = StormOptions::short();
     let c = u64::from(options.capacity_per_sec);
-    let report = storm::run(options).await.expect("the replay runs");
+    let report = replay::storm(options).await.expect("the replay runs");
     assert_eq!(report.mode, Mode::Gateway);
     assert_eq!(report.phases.len(), 4);
 
@@ -115,7 +116,7 @@ async fn without_the_gateway_the_storm_takes_the_biller_down() {
         ..StormOptions::short()
     };
     let c = u64::from(options.capacity_per_sec);
-    let report = storm::run(options).await.expect("the replay runs");
+    let report = replay::storm(options).await.expect("the replay runs");
     assert_eq!(report.mode, Mode::Bypass);
     let b = &report.biller;
     assert!(b.failed() > 0, "{b:?}");

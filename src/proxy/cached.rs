@@ -21,7 +21,8 @@ use super::snapshot::Snapshot;
 use super::upstream::{self, CallError, Caller};
 use super::{Shared, Worker};
 use crate::admission::{Classified, Decision, Ticket};
-use crate::cache::{CacheKey, CacheStatus, CachedAnswer, Joined, KeyRef, Sharing};
+use crate::cache::{CacheKey, CacheStatus, CachedAnswer, KeyRef, Sharing};
+use crate::coalesce::Joined;
 use crate::config::{CacheScope, Class};
 use crate::metrics::Outcome;
 

@@ -32,8 +32,9 @@ pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
 use crate::admission::Suspensions;
 use crate::breaker::{outcome_of_status, Admission, BreakerState, Outcome as BreakerOutcome};
-use crate::cache::{AnswerCache, CacheSettings, Coalescer};
+use crate::cache::{AnswerCache, CacheSettings};
 use crate::clock::Clock;
+use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -75,7 +76,7 @@ impl Shared {
             },
             clock.clone(),
         );
-        let coalescer = cache.coalescer();
+        let coalescer = Coalescer::for_cache(&cache);
         let snapshot = Snapshot::build(config, None, &clock, &metrics, &suspensions);
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),

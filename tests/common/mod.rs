@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use billgate::biller::{Biller, BillerOptions};
 use billgate::clock::{Clock, FakeClock};
 use billgate::config::{hash_key, load_str, Config};
 use billgate::gateway::{self, Gateway};
+use billgate_sim::biller::{Biller, BillerOptions};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -1,0 +1,249 @@
+//! One replay start to finish: start the biller and the gateway on loopback, play the phases,
+//! stop everything, and turn what was counted into a [`StormReport`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use super::breaker::BreakerTrace;
+use super::checks::checks;
+use super::report::{
+    BillerReport, BreakerReport, LoadReport, Mode, PhaseReport, StormReport, StreamReport,
+};
+use super::scenario::{self, Phase, Stream};
+use super::traffic::{Recorder, Traffic};
+use super::watch::{self, Watched};
+use super::windows::{self, ShareRule, BUCKET_MS, PER_SECOND};
+use super::StormOptions;
+use crate::biller::{Arrivals, Biller, BillerOptions, BillerStats};
+use crate::clock::Clock;
+use crate::launch::Launch;
+
+const BUCKET_NANOS: u64 = BUCKET_MS * 1_000_000;
+
+/// Replay the storm as `options` say, through a gateway `gateways` starts, and report what
+/// happened. Takes the phases' total plus a
+/// few seconds; needs a multi-threaded Tokio runtime to keep to its schedule.
+///
+/// # Errors
+/// Options out of range, a loopback port that cannot be bound, or a gateway that cannot start.
+/// What the replay measures is never an error: it is in the report's checks.
+pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result<StormReport> {
+    options.validate()?;
+    let clock = Clock::real();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let biller_addr = listener.local_addr()?;
+    let biller = Biller::new(
+        BillerOptions {
+            capacity_per_sec: f64::from(options.capacity_per_sec),
+            overload_grace: options.overload_grace,
+            down_for: options.down_for,
+            ..BillerOptions::default()
+        },
+        clock.clone(),
+    );
+    let (stop_biller, biller_stopped) = tokio::sync::oneshot::channel::<()>();
+    let biller_task = tokio::spawn(biller.clone().serve(listener, async move {
+        let _ = biller_stopped.await;
+    }));
+    let gateway = if options.bypass {
+        None
+    } else {
+        let config = scenario::gateway_config(&options, biller_addr)?;
+        Some(gateways.launch(config, clock.clone()).await?)
+    };
+    let target = gateway.as_ref().map_or(biller_addr, |g| g.addr());
+    let admin = gateway.as_ref().map(|g| g.admin_addr());
+
+    // Start on a 100 ms boundary of the biller's clock, so phases and its arrival buckets align.
+    let now = clock.now().as_u64();
+    let first_bucket = now / BUCKET_NANOS + 3;
+    let start = Instant::now() + Duration::from_nanos(first_bucket * BUCKET_NANOS - now);
+    let lengths = Phase::ALL.map(|p| options.length(p));
+    let streams = scenario::streams(&options);
+    let traffic = Arc::new(Traffic::new(
+        target,
+        start,
+        lengths,
+        streams.len(),
+        &options,
+    ));
+    let end = start + options.total();
+    let sampler = tokio::spawn(watch::sample(
+        biller.clone(),
+        admin,
+        start,
+        end + Duration::from_millis(500),
+        options.sample_every,
+    ));
+    let script = tokio::spawn(watch::script(biller.clone(), options.clone(), start));
+    let recorder = traffic.run(streams.clone()).await;
+    let readings = script.await?;
+    let watched = sampler.await?;
+    let arrivals = biller.arrivals();
+
+    if let Some(gateway) = gateway {
+        gateway.shutdown().await;
+    }
+    let _ = stop_biller.send(());
+    if let Ok(Err(error)) = biller_task.await {
+        tracing::warn!(%error, "storm: the stand-in biller stopped with an error");
+    }
+
+    let mut report = StormReport {
+        mode: if options.bypass {
+            Mode::Bypass
+        } else {
+            Mode::Gateway
+        },
+        capacity_per_sec: options.capacity_per_sec,
+        seed: options.seed,
+        brownout_latency_factor: options.brownout_latency_factor,
+        brownout_failure_share: options.brownout_failure_share,
+        phases: phases(
+            &options,
+            &streams,
+            &recorder,
+            &arrivals,
+            first_bucket,
+            &readings,
+        ),
+        storm_load_max_per_sec: {
+            let from = first_bucket + bucket_count(options.start_of(Phase::Storm));
+            let to = first_bucket + bucket_count(options.total());
+            windows::max_window(&arrivals.range(from, to), PER_SECOND)
+        },
+        biller: delta(readings.first(), readings.last()),
+        biller_down_at: watched.down_at.clone(),
+        biller_up_at: watched.up_at.clone(),
+        breaker: breaker(&options, &recorder, &watched),
+        checks: Vec::new(),
+    };
+    report.checks = checks(&report);
+    Ok(report)
+}
+
+fn bucket_count(d: Duration) -> u64 {
+    u64::try_from(d.as_millis() / u128::from(BUCKET_MS)).unwrap_or(u64::MAX)
+}
+
+fn delta(from: Option<&BillerStats>, to: Option<&BillerStats>) -> BillerReport {
+    let (Some(a), Some(b)) = (from, to) else {
+        return BillerReport::default();
+    };
+    BillerReport {
+        received: b.received.saturating_sub(a.received),
+        served: b.served.saturating_sub(a.served),
+        failed_overload: b.failed_overload.saturating_sub(a.failed_overload),
+        failed_down: b.failed_down.saturating_sub(a.failed_down),
+        failed_brownout: b.failed_brownout.saturating_sub(a.failed_brownout),
+        times_down: b.times_down.saturating_sub(a.times_down),
+    }
+}
+
+fn phases(
+    options: &StormOptions,
+    streams: &[Stream],
+    recorder: &Recorder,
+    arrivals: &Arrivals,
+    first_bucket: u64,
+    readings: &[BillerStats],
+) -> Vec<PhaseReport> {
+    Phase::ALL
+        .into_iter()
+        .map(|phase| {
+            let start = options.start_of(phase);
+            let length = options.length(phase);
+            let from = first_bucket + bucket_count(start);
+            let counts = arrivals.range(from, from + bucket_count(length));
+            let total: u64 = counts.iter().sum();
+            let i = phase.index();
+            PhaseReport {
+                phase,
+                start_secs: start.as_secs_f64(),
+                secs: length.as_secs_f64(),
+                load: LoadReport {
+                    max_per_sec: windows::max_window(&counts, PER_SECOND),
+                    mean_per_sec: total as f64 / length.as_secs_f64(),
+                    per_second: windows::tumbling(&counts, PER_SECOND),
+                },
+                biller: delta(readings.get(i), readings.get(i + 1)),
+                streams: streams
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.from.index() <= i)
+                    .map(|(index, s)| stream_report(s, recorder, phase, index))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn stream_report(stream: &Stream, recorder: &Recorder, phase: Phase, index: usize) -> StreamReport {
+    let t = recorder.tally(phase, index);
+    let sent = t.ok + t.rejected + t.failed + t.other + t.unsent;
+    let ms = |q: f64| t.latency.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
+    StreamReport {
+        partner: stream.partner,
+        class: stream.class.as_str(),
+        sent,
+        admitted: t.ok + t.failed + t.other,
+        ok: t.ok,
+        rejected: t.rejected,
+        failed: t.failed,
+        other: t.other,
+        unsent: t.unsent,
+        success_share: if sent == 0 {
+            0.0
+        } else {
+            t.ok as f64 / sent as f64
+        },
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        latency: t.latency.clone(),
+    }
+}
+
+fn breaker(options: &StormOptions, recorder: &Recorder, watched: &Watched) -> BreakerReport {
+    let settings = &options.breaker;
+    let rule = ShareRule {
+        width: usize::try_from(bucket_count(settings.window))
+            .unwrap_or(usize::MAX)
+            .max(1),
+        min_calls: u64::from(settings.min_calls),
+        threshold: settings.failure_rate,
+    };
+    let bucket_secs = BUCKET_MS as f64 / 1000.0;
+    let crossed_at =
+        windows::first_crossing(&recorder.forwarded_ok, &recorder.forwarded_failed, 0, rule)
+            .map(|end| (end + 1) as f64 * bucket_secs);
+    let trace: &BreakerTrace = &watched.breaker;
+    let brownout_at = options.start_of(Phase::Brownout).as_secs_f64();
+    let open_from = crossed_at.map_or(brownout_at, |c| c.min(brownout_at));
+    let recovery_at = options.start_of(Phase::Recovery).as_secs_f64();
+    let end = options.total().as_secs_f64() + 0.5;
+    BreakerReport {
+        exported: trace.exported,
+        failure_rate: settings.failure_rate,
+        window_secs: settings.window.as_secs_f64(),
+        min_calls: settings.min_calls,
+        open_for_secs: settings.open_for.as_secs_f64(),
+        transitions: trace.transitions.clone(),
+        crossed_at,
+        opened_at: trace
+            .transitions
+            .iter()
+            .find(|t| t.to == "open" && t.at_secs >= open_from)
+            .map(|t| t.at_secs),
+        recovery_at,
+        state_at_recovery: trace.state_at(recovery_at).to_owned(),
+        closed_at: trace
+            .transitions
+            .iter()
+            .find(|t| t.to == "closed" && t.at_secs >= recovery_at)
+            .map(|t| t.at_secs),
+        state_at_end: trace.state_at(end).to_owned(),
+    }
+}
