@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use billgate_sim::biller::{Biller, BillerOptions};
+use billgate_sim::biller::{BillerOptions, StandInBiller};
 use billgate_sim::storm::polls::PollsOptions;
 use billgate_sim::storm::StormOptions;
 
@@ -33,7 +33,7 @@ pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::R
             .await
             .with_context(|| format!("cannot start the stand-in biller on {target}"))?;
         let capacity = config.biller.capacity.per_second();
-        let biller = Biller::new(
+        let biller = StandInBiller::new(
             BillerOptions {
                 capacity_per_sec: capacity,
                 ..BillerOptions::default()
@@ -236,7 +236,7 @@ pub async fn biller(
         ..BillerOptions::default()
     };
     tracing::info!(%listen, capacity = %capacity, "stand-in biller listening");
-    Biller::new(options, Clock::real())
+    StandInBiller::new(options, Clock::real())
         .serve(listener, async {
             let _ = tokio::signal::ctrl_c().await;
         })

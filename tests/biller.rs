@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use billgate::clock::{Clock, FakeClock};
-use billgate_sim::biller::{Biller, BillerOptions};
+use billgate_sim::biller::{BillerOptions, StandInBiller};
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 struct Running {
-    biller: Biller,
+    biller: StandInBiller,
     hand: FakeClock,
     addr: SocketAddr,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -45,7 +45,7 @@ impl Answer {
 /// A biller on 127.0.0.1:0 with a fake clock, so its load model moves only when told.
 async fn start(options: BillerOptions) -> Running {
     let (clock, hand) = Clock::fake();
-    let biller = Biller::new(options, clock);
+    let biller = StandInBiller::new(options, clock);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

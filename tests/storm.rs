@@ -3,7 +3,7 @@
 
 use billgate::config::Class;
 use billgate::replay;
-use billgate_sim::storm::{self, Mode, Phase, StormOptions, StormReport};
+use billgate_sim::storm::{self, Phase, ReplayMode, StormOptions, StormReport};
 
 const WELL_BEHAVED: [&str; 2] = ["wallet", "bank"];
 
@@ -23,7 +23,7 @@ async fn through_the_gateway_the_biller_never_sees_more_than_its_capacity() {
     let options = StormOptions::short();
     let c = u64::from(options.capacity_per_sec);
     let report = replay::storm(options).await.expect("the replay runs");
-    assert_eq!(report.mode, Mode::Gateway);
+    assert_eq!(report.mode, ReplayMode::Gateway);
     assert_eq!(report.phases.len(), 4);
 
     // No allowance is needed over C: the quotas admit at most the well-behaved 0.23 C plus
@@ -117,7 +117,7 @@ async fn without_the_gateway_the_storm_takes_the_biller_down() {
     };
     let c = u64::from(options.capacity_per_sec);
     let report = replay::storm(options).await.expect("the replay runs");
-    assert_eq!(report.mode, Mode::Bypass);
+    assert_eq!(report.mode, ReplayMode::Bypass);
     let b = &report.biller;
     assert!(b.failed() > 0, "{b:?}");
     assert!(b.times_down >= 1, "{b:?}");

@@ -31,7 +31,7 @@ pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
 use crate::admission::Suspensions;
-use crate::breaker::{outcome_of_status, Admission, BreakerState, Outcome as BreakerOutcome};
+use crate::breaker::{outcome_of_status, Admission, BreakerState, CallOutcome};
 use crate::cache::{AnswerCache, CacheSettings};
 use crate::clock::Clock;
 use crate::coalesce::Coalescer;
@@ -225,7 +225,7 @@ impl Shared {
             .await
             {
                 Ok(Ok(response)) => outcome_of_status(response.status().as_u16()),
-                _ => BreakerOutcome::Failure,
+                _ => CallOutcome::Failure,
             };
             tracing::info!(outcome = ?outcome, "gateway probe of a half-open breaker");
             probe.record(outcome);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use billgate::clock::{Clock, FakeClock};
 use billgate::config::{hash_key, load_str, Config};
 use billgate::gateway::{self, Gateway};
-use billgate_sim::biller::{Biller, BillerOptions};
+use billgate_sim::biller::{BillerOptions, StandInBiller};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 /// A running stand-in biller.
 pub struct TestBiller {
-    pub biller: Biller,
+    pub biller: StandInBiller,
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -28,7 +28,7 @@ impl TestBiller {
     pub async fn start(options: BillerOptions) -> TestBiller {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind biller");
         let addr = listener.local_addr().expect("biller addr");
-        let biller = Biller::new(options, Clock::real());
+        let biller = StandInBiller::new(options, Clock::real());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(biller.clone().serve(listener, async move {
             let _ = stopped.await;

@@ -56,7 +56,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             payment_reserve: 0.2,
             user_reserve: 0.2,
             pause_partner_header: None,
-            breaker: Breaker {
+            breaker: BreakerConfig {
                 failure_rate: 0.5,
                 window: Duration::from_secs(10),
                 min_calls: 20,

@@ -26,7 +26,7 @@ fn small() -> BreakerSettings {
 
 fn trip(b: &Breaker) {
     for _ in 0..4 {
-        b.record(Outcome::Failure);
+        b.record(CallOutcome::Failure);
     }
     assert_eq!(b.state(), BreakerState::Open);
 }
@@ -48,16 +48,16 @@ fn probe(a: Admission) -> Probe {
 #[test]
 fn outcomes_of_statuses() {
     for status in [100, 200, 204, 304, 400, 404, 429, 499] {
-        assert_eq!(outcome_of_status(status), Outcome::Success, "{status}");
+        assert_eq!(outcome_of_status(status), CallOutcome::Success, "{status}");
     }
     for status in [500, 502, 503, 504, 599] {
-        assert_eq!(outcome_of_status(status), Outcome::Failure, "{status}");
+        assert_eq!(outcome_of_status(status), CallOutcome::Failure, "{status}");
     }
 }
 
 #[test]
 fn settings_from_config_fill_the_defaults() {
-    let c = billgate_core::config::Breaker {
+    let c = billgate_core::config::BreakerConfig {
         failure_rate: 0.25,
         window: 30 * S,
         min_calls: 7,
@@ -81,11 +81,11 @@ fn settings_from_config_fill_the_defaults() {
 fn stays_closed_below_min_calls() {
     let (b, _hand) = breaker(BreakerSettings::default());
     for _ in 0..19 {
-        b.record(Outcome::Failure);
+        b.record(CallOutcome::Failure);
     }
     assert_eq!(b.state(), BreakerState::Closed);
     assert!(matches!(b.admit(false), Admission::Allow));
-    b.record(Outcome::Failure);
+    b.record(CallOutcome::Failure);
     assert_eq!(b.state(), BreakerState::Open);
 }
 
@@ -96,13 +96,13 @@ fn opens_on_the_call_that_reaches_the_rate() {
         ..BreakerSettings::default()
     });
     for _ in 0..10 {
-        b.record(Outcome::Success);
+        b.record(CallOutcome::Success);
     }
     for _ in 0..9 {
-        b.record(Outcome::Failure);
+        b.record(CallOutcome::Failure);
     }
     assert_eq!(b.state(), BreakerState::Closed, "9 of 19 is under half");
-    b.record(Outcome::Failure);
+    b.record(CallOutcome::Failure);
     assert_eq!(b.state(), BreakerState::Open, "10 of 20 is half");
 
     // A rate that is not exact in binary floating point still opens exactly: 3 of 30 is 0.1.
@@ -112,12 +112,12 @@ fn opens_on_the_call_that_reaches_the_rate() {
         ..BreakerSettings::default()
     });
     for _ in 0..27 {
-        b.record(Outcome::Success);
+        b.record(CallOutcome::Success);
     }
-    b.record(Outcome::Failure);
-    b.record(Outcome::Failure);
+    b.record(CallOutcome::Failure);
+    b.record(CallOutcome::Failure);
     assert_eq!(b.state(), BreakerState::Closed);
-    b.record(Outcome::Failure);
+    b.record(CallOutcome::Failure);
     assert_eq!(b.state(), BreakerState::Open);
 }
 
@@ -125,10 +125,10 @@ fn opens_on_the_call_that_reaches_the_rate() {
 fn reaching_min_calls_with_a_success_opens_too() {
     let (b, _hand) = breaker(small());
     for _ in 0..3 {
-        b.record(Outcome::Failure);
+        b.record(CallOutcome::Failure);
     }
     assert_eq!(b.state(), BreakerState::Closed);
-    b.record(Outcome::Success);
+    b.record(CallOutcome::Success);
     assert_eq!(b.state(), BreakerState::Open, "3 of 4 failed");
 }
 
@@ -170,7 +170,7 @@ fn half_open_lets_only_a_few_eligible_probes_through() {
     assert_eq!(retry_after(b.admit(false)), 4 * S);
     // Calls admitted before it opened do not decide a half-open breaker.
     for _ in 0..10 {
-        b.record(Outcome::Success);
+        b.record(CallOutcome::Success);
     }
     assert_eq!(b.state(), BreakerState::HalfOpen);
     drop(probes);
@@ -186,21 +186,21 @@ fn enough_successful_probes_close_it_and_reset_the_window() {
         probe(b.admit(true)),
         probe(b.admit(true)),
     );
-    p1.record(Outcome::Success);
-    p2.record(Outcome::Success);
+    p1.record(CallOutcome::Success);
+    p2.record(CallOutcome::Success);
     assert_eq!(b.state(), BreakerState::HalfOpen);
     // A freed slot takes the next probe.
     let p4 = probe(b.admit(true));
-    p3.record(Outcome::Success);
+    p3.record(CallOutcome::Success);
     assert_eq!(b.state(), BreakerState::Closed);
     assert!(matches!(b.admit(false), Admission::Allow));
     // Its answer arrives after the spell is over: ignored.
-    p4.record(Outcome::Failure);
+    p4.record(CallOutcome::Failure);
     assert_eq!(b.state(), BreakerState::Closed);
     // The four failures that opened it are forgotten: three new ones (of four calls needed)
     // do not reopen it.
     for _ in 0..3 {
-        b.record(Outcome::Failure);
+        b.record(CallOutcome::Failure);
     }
     assert_eq!(b.state(), BreakerState::Closed);
 }
@@ -215,14 +215,14 @@ fn failed_probes_reopen_it_for_twice_as_long_up_to_the_cap() {
     assert_eq!(b.next_open_for(), 10 * S);
     for expected in [10, 20, 20] {
         hand.advance(retry_after(b.admit(true)));
-        probe(b.admit(true)).record(Outcome::Failure);
+        probe(b.admit(true)).record(CallOutcome::Failure);
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(retry_after(b.admit(true)), expected * S);
     }
     // Closing resets the open time.
     hand.advance(20 * S);
     for _ in 0..3 {
-        probe(b.admit(true)).record(Outcome::Success);
+        probe(b.admit(true)).record(CallOutcome::Success);
     }
     assert_eq!(b.state(), BreakerState::Closed);
     assert_eq!(b.next_open_for(), 5 * S);
@@ -247,14 +247,14 @@ fn a_probe_that_never_answers_loses_its_slot_after_probe_timeout() {
     hand.advance(MS);
     let fresh = probe(b.admit(true));
     // The lost probe's late answer no longer counts, and dropping it leaves the new one alone.
-    lost.record(Outcome::Success);
+    lost.record(CallOutcome::Success);
     assert_eq!(b.state(), BreakerState::HalfOpen);
     assert_eq!(
         retry_after(b.admit(true)),
         2 * S,
         "the fresh probe still holds the slot"
     );
-    fresh.record(Outcome::Success);
+    fresh.record(CallOutcome::Success);
     assert_eq!(b.state(), BreakerState::Closed);
 }
 
@@ -270,7 +270,7 @@ fn a_dropped_probe_frees_its_slot_and_decides_nothing() {
     assert!(matches!(b.admit(true), Admission::Reject { .. }));
     drop(p);
     assert_eq!(b.state(), BreakerState::HalfOpen);
-    probe(b.admit(true)).record(Outcome::Success);
+    probe(b.admit(true)).record(CallOutcome::Success);
     assert_eq!(b.state(), BreakerState::HalfOpen, "one success of three");
 }
 
@@ -280,13 +280,13 @@ fn a_probe_from_an_earlier_half_open_spell_is_ignored() {
     trip(&b);
     hand.advance(5 * S);
     let old = probe(b.admit(true));
-    probe(b.admit(true)).record(Outcome::Failure);
+    probe(b.admit(true)).record(CallOutcome::Failure);
     hand.advance(10 * S);
     assert_eq!(b.state(), BreakerState::HalfOpen);
     let new = probe(b.admit(true));
-    old.record(Outcome::Failure);
+    old.record(CallOutcome::Failure);
     assert_eq!(b.state(), BreakerState::HalfOpen);
-    new.record(Outcome::Success);
+    new.record(CallOutcome::Success);
     assert_eq!(b.state(), BreakerState::HalfOpen);
 }
 
@@ -294,12 +294,12 @@ fn a_probe_from_an_earlier_half_open_spell_is_ignored() {
 fn the_rolling_window_forgets_old_failures() {
     let (b, hand) = breaker(small());
     for _ in 0..3 {
-        b.record(Outcome::Failure);
+        b.record(CallOutcome::Failure);
     }
     hand.advance(10 * S);
-    b.record(Outcome::Failure);
+    b.record(CallOutcome::Failure);
     for _ in 0..3 {
-        b.record(Outcome::Success);
+        b.record(CallOutcome::Success);
     }
     assert_eq!(
         b.state(),
@@ -308,9 +308,9 @@ fn the_rolling_window_forgets_old_failures() {
     );
     // Inside the window they add up.
     hand.advance(5 * S);
-    b.record(Outcome::Failure);
-    b.record(Outcome::Failure);
-    b.record(Outcome::Failure);
+    b.record(CallOutcome::Failure);
+    b.record(CallOutcome::Failure);
+    b.record(CallOutcome::Failure);
     assert_eq!(b.state(), BreakerState::Open, "4 of 7 in the window");
 }
 
@@ -336,7 +336,7 @@ fn transitions_are_counted_and_the_last_one_is_kept() {
         Some((BreakerState::HalfOpen, 6 * S))
     );
     for _ in 0..3 {
-        probe(b.admit(true)).record(Outcome::Success);
+        probe(b.admit(true)).record(CallOutcome::Success);
     }
     assert_eq!(b.transitions(), 3);
     for (from, to, n) in [

@@ -10,7 +10,7 @@ use governor::nanos::Nanos;
 
 use super::budget::Budget;
 use super::shed::Shedder;
-use crate::breaker::{outcome_of_status, Admission, Breaker, BreakerSettings, Outcome, Probe};
+use crate::breaker::{outcome_of_status, Admission, Breaker, BreakerSettings, CallOutcome, Probe};
 use crate::clock::Clock;
 use crate::concurrency::{AdaptiveLimit, ConcurrencySettings, Slot};
 use crate::config::{self, Class};
@@ -51,7 +51,7 @@ pub struct Protection {
     pub pauses: Arc<[Pause; 3]>,
     /// Cuts inquiries while the biller fails or slows.
     pub shedder: Arc<Shedder>,
-    breaker_settings: config::Breaker,
+    breaker_settings: config::BreakerConfig,
     max_in_flight: u32,
     reserves: (f64, f64),
 }
@@ -240,10 +240,10 @@ impl Ticket<'_> {
     pub fn finish(mut self, outcome: BillerOutcome) {
         let breaker_outcome = match outcome {
             BillerOutcome::Answered { status, rtt } if self.slow(rtt) && status < 500 => {
-                Some(Outcome::Failure)
+                Some(CallOutcome::Failure)
             }
             BillerOutcome::Answered { status, .. } => Some(outcome_of_status(status)),
-            BillerOutcome::TimedOut | BillerOutcome::Unreachable => Some(Outcome::Failure),
+            BillerOutcome::TimedOut | BillerOutcome::Unreachable => Some(CallOutcome::Failure),
             BillerOutcome::NotSent => None,
         };
         // A payment's own breaker counts only real failures: a slow payment still completed.
@@ -278,7 +278,7 @@ impl Ticket<'_> {
             p.breaker.record(o);
         }
         if let Some(o) = struggled {
-            p.shedder.record(o == Outcome::Failure, fast);
+            p.shedder.record(o == CallOutcome::Failure, fast);
         }
         let Some(slot) = slot else { return };
         match outcome {

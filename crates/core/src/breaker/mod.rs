@@ -13,15 +13,15 @@
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
-//! use billgate_core::breaker::{Admission, Breaker, BreakerSettings, BreakerState, Outcome};
+//! use billgate_core::breaker::{Admission, Breaker, BreakerSettings, BreakerState, CallOutcome};
 //! use billgate_core::clock::Clock;
 //!
 //! let (clock, hand) = Clock::fake();
 //! let settings = BreakerSettings { min_calls: 2, ..BreakerSettings::default() };
 //! let breaker = Arc::new(Breaker::new(settings, clock));
 //! assert!(matches!(breaker.admit(true), Admission::Allow));
-//! breaker.record(Outcome::Failure);
-//! breaker.record(Outcome::Failure);
+//! breaker.record(CallOutcome::Failure);
+//! breaker.record(CallOutcome::Failure);
 //! hand.advance(Duration::from_secs(2));
 //! assert!(matches!(
 //!     breaker.admit(true),
@@ -29,7 +29,7 @@
 //! ));
 //! hand.advance(Duration::from_secs(3));
 //! let Admission::Probe(probe) = breaker.admit(true) else { unreachable!() };
-//! probe.record(Outcome::Failure); // open again, for twice as long
+//! probe.record(CallOutcome::Failure); // open again, for twice as long
 //! assert_eq!(breaker.state(), BreakerState::Open);
 //! ```
 
@@ -46,7 +46,7 @@ use crate::clock::nanos;
 
 pub use probe::Probe;
 pub use settings::{
-    default_max_open_for, outcome_of_status, BreakerSettings, BreakerState, Outcome, Transition,
+    default_max_open_for, outcome_of_status, BreakerSettings, BreakerState, CallOutcome, Transition,
 };
 
 use crate::clock::Clock;
@@ -180,9 +180,9 @@ impl Breaker {
     /// Reports the outcome of a call admitted with [`Admission::Allow`]. While closed, this is
     /// where the breaker opens: on the call that brings the failure share in the window to
     /// `failure_rate`, once the window holds `min_calls` calls.
-    pub fn record(&self, outcome: Outcome) {
+    pub fn record(&self, outcome: CallOutcome) {
         let now = self.clock.now().as_u64();
-        self.window.add(now, outcome == Outcome::Failure);
+        self.window.add(now, outcome == CallOutcome::Failure);
         let word = self.current();
         if word.state != BreakerState::Closed {
             return;

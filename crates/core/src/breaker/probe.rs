@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::word::{self, ceil_ms, floor_ms, ms_to_nanos};
-use super::{Admission, Breaker, BreakerState, Outcome};
+use super::{Admission, Breaker, BreakerState, CallOutcome};
 
 /// A half-open probe's hold on one probe slot. Record its outcome with [`Probe::record`];
 /// dropping it unrecorded frees the slot and decides nothing.
@@ -70,17 +70,17 @@ impl Breaker {
         })
     }
 
-    fn probe_answered(&self, generation: u16, outcome: Outcome) {
+    fn probe_answered(&self, generation: u16, outcome: CallOutcome) {
         let word = self.current();
         if word.state != BreakerState::HalfOpen || word.generation != generation {
             return;
         }
         let now = self.clock.now().as_u64();
         match outcome {
-            Outcome::Failure => {
+            CallOutcome::Failure => {
                 self.open(word, self.next_level(word.level), now);
             }
-            Outcome::Success => {
+            CallOutcome::Success => {
                 let before = self
                     .successes
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
@@ -102,7 +102,7 @@ impl Probe {
     /// Reports the probe's outcome: a success counts towards closing, a failure reopens the
     /// breaker. Ignored if the probe outlived `probe_timeout` and lost its slot, or if the
     /// half-open spell it belonged to is over.
-    pub fn record(mut self, outcome: Outcome) {
+    pub fn record(mut self, outcome: CallOutcome) {
         // Taken first, so Drop cannot free a slot that a new probe has claimed meanwhile.
         let claim = std::mem::take(&mut self.claim);
         if self.breaker.release(self.slot, claim) {

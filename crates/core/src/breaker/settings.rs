@@ -55,9 +55,9 @@ impl BreakerSettings {
     }
 }
 
-impl From<&config::Breaker> for BreakerSettings {
+impl From<&config::BreakerConfig> for BreakerSettings {
     /// The four configured values, plus the documented defaults for the rest.
-    fn from(c: &config::Breaker) -> Self {
+    fn from(c: &config::BreakerConfig) -> Self {
         BreakerSettings {
             failure_rate: c.failure_rate,
             window: c.window,
@@ -91,7 +91,7 @@ impl Default for BreakerSettings {
 
 /// What one call to the biller came to, as the breaker counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum CallOutcome {
     /// An answer the biller meant to give, including 4xx: the partner's mistake, not the biller's.
     Success,
     /// A 5xx, a timeout or a connection error.
@@ -100,12 +100,12 @@ pub enum Outcome {
 
 /// The outcome of a call the biller answered with `status`: 5xx is a failure, anything else
 /// (1xx–4xx) a success. Timeouts and connection errors have no status: record them as
-/// [`Outcome::Failure`].
-pub fn outcome_of_status(status: u16) -> Outcome {
+/// [`CallOutcome::Failure`].
+pub fn outcome_of_status(status: u16) -> CallOutcome {
     if (500..600).contains(&status) {
-        Outcome::Failure
+        CallOutcome::Failure
     } else {
-        Outcome::Success
+        CallOutcome::Success
     }
 }
 

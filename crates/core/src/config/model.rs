@@ -80,7 +80,7 @@ pub struct Biller {
     /// A header by which the biller, answering 429/503 with `Retry-After`, names the partner to
     /// pause; without it (or when absent from the answer) the whole class is paused.
     pub pause_partner_header: Option<HeaderName>,
-    pub breaker: Breaker,
+    pub breaker: BreakerConfig,
 }
 
 /// The biller's base URL, split for cheap per-request URI building. Only `http` is accepted.
@@ -133,7 +133,7 @@ pub enum CacheScope {
 
 /// `[biller.breaker]`
 #[derive(Debug, Clone, PartialEq)]
-pub struct Breaker {
+pub struct BreakerConfig {
     /// Share of failed calls (0 < x ≤ 1) that opens the breaker. Default 0.5.
     pub failure_rate: f64,
     /// Rolling window the share is computed over. Default 10s.

@@ -9,7 +9,7 @@ use http::header::HeaderName;
 use toml::de::DeTable;
 
 use super::fields::{Errors, Table};
-use super::model::{Biller, Breaker, Cache, Server};
+use super::model::{Biller, BreakerConfig, Cache, Server};
 use super::rate::parse_rate;
 use super::values::{biller_url, header_name, positive_duration, socket_addr};
 
@@ -276,7 +276,7 @@ pub(crate) fn cache(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Cac
     })
 }
 
-fn breaker(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<Breaker> {
+fn breaker(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<BreakerConfig> {
     const SHARE: &str = "a share of failed calls above 0 and at most 1, like 0.5";
     let failure_rate = match t.number(errors, "failure_rate", SHARE) {
         Some(at) if at.value > 0.0 && at.value <= 1.0 => Some(at.value),
@@ -291,7 +291,7 @@ fn breaker(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<Breaker> {
     let window = t.parse_or(errors, "window", DURATION, secs(10), positive_duration);
     let min_calls = integer_or(errors, t, "min_calls", u32::MAX.into(), 20);
     let open_for = t.parse_or(errors, "open_for", DURATION, secs(5), positive_duration);
-    Some(Breaker {
+    Some(BreakerConfig {
         failure_rate: failure_rate?,
         window: window?,
         min_calls: u32::try_from(min_calls?).ok()?,
@@ -425,7 +425,7 @@ mod tests {
         assert_eq!(read.max_in_flight, 128);
         assert_eq!(
             read.breaker,
-            Breaker {
+            BreakerConfig {
                 failure_rate: 0.5,
                 window: secs(10),
                 min_calls: 20,

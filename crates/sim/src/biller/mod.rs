@@ -120,7 +120,7 @@ pub struct SeenRequest {
 
 /// The stand-in biller. Cheap to clone; every clone is the same biller.
 #[derive(Debug, Clone)]
-pub struct Biller {
+pub struct StandInBiller {
     shared: Arc<Shared>,
 }
 
@@ -139,7 +139,7 @@ struct Shared {
     recent: Mutex<VecDeque<SeenRequest>>,
 }
 
-impl Biller {
+impl StandInBiller {
     /// A biller with `options`. Its load model reads time from `clock` (fake in tests, so
     /// overload is driven by hand); receipts' `paid_at` and the answer delays use real time.
     pub fn new(options: BillerOptions, clock: Clock) -> Self {
@@ -153,7 +153,7 @@ impl Biller {
             },
             clock,
         );
-        Biller {
+        StandInBiller {
             shared: Arc::new(Shared {
                 name: options.name,
                 load,
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn the_recent_ring_stays_bounded_and_keeps_the_newest() {
-        let biller = Biller::new(BillerOptions::default(), Clock::fake().0);
+        let biller = StandInBiller::new(BillerOptions::default(), Clock::fake().0);
         for i in 0..1000 {
             biller.shared.record(seen(i));
         }

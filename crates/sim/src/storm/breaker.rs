@@ -13,7 +13,7 @@ const MAX_TRANSITIONS: usize = 10_000;
 
 /// One change of the breaker's state, as first seen by a sample.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Transition {
+pub struct SeenTransition {
     /// Seconds from the start of the run to the sample that first showed it (so it happened at
     /// most one sampling interval earlier).
     pub at_secs: f64,
@@ -26,7 +26,7 @@ pub struct Transition {
 pub(crate) struct BreakerTrace {
     /// Whether any sample carried a breaker metric.
     pub exported: bool,
-    pub transitions: Vec<Transition>,
+    pub transitions: Vec<SeenTransition>,
     state: Option<String>,
     counts: BTreeMap<(String, String), u64>,
 }
@@ -75,7 +75,7 @@ impl BreakerTrace {
                 .unwrap_or(0);
             let (from, to) = new.swap_remove(next);
             current = to.clone();
-            self.transitions.push(Transition { at_secs, from, to });
+            self.transitions.push(SeenTransition { at_secs, from, to });
         }
         if state.is_some() {
             self.state = state;

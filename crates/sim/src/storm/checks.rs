@@ -2,7 +2,7 @@
 //! (or N/A when this run cannot measure it; INFO when shown for comparison only).
 
 use super::histogram::LatencyHistogram;
-use super::report::{Check, Mode, Status, StormReport, StreamReport};
+use super::report::{Check, ReplayMode, Status, StormReport, StreamReport};
 use super::scenario::{Phase, POLLER, WELL_BEHAVED};
 use crate::config::Class;
 
@@ -122,7 +122,7 @@ pub(crate) fn checks(report: &StormReport) -> Vec<Check> {
     });
     let b = &report.biller;
 
-    if report.mode == Mode::Bypass {
+    if report.mode == ReplayMode::Bypass {
         let first = report
             .biller_down_at
             .first()
@@ -281,11 +281,11 @@ mod tests {
     use crate::config::Class;
     use crate::storm::histogram::LatencyHistogram;
     use crate::storm::report::{
-        BillerReport, BreakerReport, Check, LoadReport, Mode, PhaseReport, Status, StormReport,
-        StreamReport,
+        BillerReport, BreakerReport, Check, LoadReport, PhaseReport, ReplayMode, Status,
+        StormReport, StreamReport,
     };
     use crate::storm::scenario::{Phase, POLLER};
-    use crate::storm::Transition;
+    use crate::storm::SeenTransition;
 
     fn stream(
         partner: &'static str,
@@ -340,13 +340,13 @@ mod tests {
                 }
             })
             .collect();
-        let transition = |at_secs, from: &str, to: &str| Transition {
+        let transition = |at_secs, from: &str, to: &str| SeenTransition {
             at_secs,
             from: from.to_owned(),
             to: to.to_owned(),
         };
         StormReport {
-            mode: Mode::Gateway,
+            mode: ReplayMode::Gateway,
             capacity_per_sec: 400,
             seed: 1,
             brownout_latency_factor: 3.0,
@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn bypass_judges_only_the_collapse() {
         let mut run = good_run();
-        run.mode = Mode::Bypass;
+        run.mode = ReplayMode::Bypass;
         let standing = checks(&run);
         assert_eq!(standing[0].status, Status::Fail, "the stand-in stayed up");
         assert!(standing[1..].iter().all(|c| c.status == Status::Info));

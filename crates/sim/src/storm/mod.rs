@@ -35,28 +35,16 @@ pub mod windows;
 
 use std::time::Duration;
 
-pub use breaker::Transition;
+use crate::config::BreakerConfig;
+
+pub use breaker::SeenTransition;
 pub use histogram::LatencyHistogram;
 pub use report::{
-    BillerReport, BreakerReport, Check, LoadReport, Mode, PhaseReport, Status, StormReport,
+    BillerReport, BreakerReport, Check, LoadReport, PhaseReport, ReplayMode, Status, StormReport,
     StreamReport,
 };
 pub use run::run;
 pub use scenario::Phase;
-
-/// The breaker settings written into the gateway's `[biller.breaker]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerSettings {
-    /// Share of failed calls that opens the breaker. Default 0.2, below the brown-out's 0.3 so
-    /// that the brown-out can open it.
-    pub failure_rate: f64,
-    /// Rolling window the share is computed over. Default 5 s (short form 1 s).
-    pub window: Duration,
-    /// Calls needed in the window before the breaker may open. Default 20.
-    pub min_calls: u32,
-    /// How long the breaker stays open before half-open probes. Default 2 s (short form 500 ms).
-    pub open_for: Duration,
-}
 
 /// How the storm is replayed. [`StormOptions::default`] is the full form (55 s),
 /// [`StormOptions::short`] the seconds-long one (8 s).
@@ -71,8 +59,10 @@ pub struct StormOptions {
     pub storm: Duration,
     pub brownout: Duration,
     pub recovery: Duration,
-    /// The gateway's breaker.
-    pub breaker: BreakerSettings,
+    /// The gateway's `[biller.breaker]`. Default: failure rate 0.2 (below the brown-out's 0.3, so
+    /// the brown-out can open it), a 5 s window (short form 1 s), 20 calls, open for 2 s (short
+    /// form 500 ms).
+    pub breaker: BreakerConfig,
     /// The brown-out: latency × this (1–1000). Default 3.
     pub brownout_latency_factor: f64,
     /// The brown-out: this share (0–1) of the stand-in's calls fail with 500. Default 0.3.
@@ -107,7 +97,7 @@ impl Default for StormOptions {
             storm: Duration::from_secs(20),
             brownout: Duration::from_secs(10),
             recovery: Duration::from_secs(15),
-            breaker: BreakerSettings {
+            breaker: BreakerConfig {
                 failure_rate: 0.2,
                 window: Duration::from_secs(5),
                 min_calls: 20,
@@ -138,7 +128,7 @@ impl StormOptions {
             storm: two,
             brownout: two,
             recovery: two,
-            breaker: BreakerSettings {
+            breaker: BreakerConfig {
                 window: Duration::from_secs(1),
                 open_for: Duration::from_millis(500),
                 ..StormOptions::default().breaker

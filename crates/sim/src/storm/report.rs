@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::breaker::Transition;
+use super::breaker::SeenTransition;
 use super::histogram::LatencyHistogram;
 use super::scenario::Phase;
 use crate::config::Class;
@@ -12,7 +12,7 @@ use crate::config::Class;
 /// Whether the load went through the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub enum ReplayMode {
     Gateway,
     Bypass,
 }
@@ -20,7 +20,7 @@ pub enum Mode {
 /// The whole replay.
 #[derive(Debug, Clone, Serialize)]
 pub struct StormReport {
-    pub mode: Mode,
+    pub mode: ReplayMode,
     /// The biller's capacity C.
     pub capacity_per_sec: u32,
     pub seed: u64,
@@ -123,7 +123,7 @@ pub struct BreakerReport {
     pub window_secs: f64,
     pub min_calls: u32,
     pub open_for_secs: f64,
-    pub transitions: Vec<Transition>,
+    pub transitions: Vec<SeenTransition>,
     /// When the failure share over the last `window_secs` first reached `failure_rate` with at
     /// least `min_calls` calls (100 ms resolution).
     pub crossed_at: Option<f64>,
@@ -201,8 +201,8 @@ impl fmt::Display for StormReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = self.capacity_per_sec;
         let how = match self.mode {
-            Mode::Gateway => "through the gateway",
-            Mode::Bypass => "straight to the biller (--bypass: no gateway)",
+            ReplayMode::Gateway => "through the gateway",
+            ReplayMode::Bypass => "straight to the biller (--bypass: no gateway)",
         };
         writeln!(f, "billgate storm: the 2014 polling storm replayed {how}")?;
         write!(f, "capacity C = {c}/s, seed {}; phases:", self.seed)?;
@@ -348,9 +348,9 @@ impl StormReport {
     fn fmt_breaker(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let br = &self.breaker;
         match self.mode {
-            Mode::Bypass => return writeln!(f, "breaker: none (no gateway)"),
-            Mode::Gateway if !br.exported => writeln!(f, "breaker: not exported")?,
-            Mode::Gateway => {
+            ReplayMode::Bypass => return writeln!(f, "breaker: none (no gateway)"),
+            ReplayMode::Gateway if !br.exported => writeln!(f, "breaker: not exported")?,
+            ReplayMode::Gateway => {
                 writeln!(
                     f,
                     "breaker (failure_rate {}, window {} s, min_calls {}, open_for {} s), from /metrics:",

@@ -10,14 +10,14 @@ use tokio::time::Instant;
 use super::breaker::BreakerTrace;
 use super::checks::checks;
 use super::report::{
-    BillerReport, BreakerReport, LoadReport, Mode, PhaseReport, StormReport, StreamReport,
+    BillerReport, BreakerReport, LoadReport, PhaseReport, ReplayMode, StormReport, StreamReport,
 };
 use super::scenario::{self, Phase, Stream};
 use super::traffic::{Recorder, Traffic};
 use super::watch::{self, Watched};
 use super::windows::{self, ShareRule, BUCKET_MS, PER_SECOND};
 use super::StormOptions;
-use crate::biller::{Arrivals, Biller, BillerOptions, BillerStats};
+use crate::biller::{Arrivals, BillerOptions, BillerStats, StandInBiller};
 use crate::clock::Clock;
 use crate::launch::Launch;
 
@@ -35,7 +35,7 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
     let clock = Clock::real();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let biller_addr = listener.local_addr()?;
-    let biller = Biller::new(
+    let biller = StandInBiller::new(
         BillerOptions {
             capacity_per_sec: f64::from(options.capacity_per_sec),
             overload_grace: options.overload_grace,
@@ -94,9 +94,9 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
 
     let mut report = StormReport {
         mode: if options.bypass {
-            Mode::Bypass
+            ReplayMode::Bypass
         } else {
-            Mode::Gateway
+            ReplayMode::Gateway
         },
         capacity_per_sec: options.capacity_per_sec,
         seed: options.seed,

@@ -20,7 +20,7 @@ use crate::config::Class;
 
 /// What became of one request, as its sender saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Reply {
     /// 2xx.
     Ok,
     /// 429, or 503 with the gateway's own problem type: refused without touching the biller.
@@ -32,19 +32,19 @@ pub(crate) enum Outcome {
     Other,
 }
 
-/// `status` and `body` as an [`Outcome`]. The gateway's problems carry a `urn:billgate:` type;
+/// `status` and `body` as a [`Reply`]. The gateway's problems carry a `urn:billgate:` type;
 /// the stand-in's own 503s (overloaded, down) do not, so those count as failures.
-pub(crate) fn classify(status: StatusCode, body: &[u8]) -> Outcome {
+pub(crate) fn classify(status: StatusCode, body: &[u8]) -> Reply {
     if status.is_success() {
-        Outcome::Ok
+        Reply::Ok
     } else if status == StatusCode::TOO_MANY_REQUESTS
         || (status == StatusCode::SERVICE_UNAVAILABLE && from_gateway(body))
     {
-        Outcome::Rejected
+        Reply::Rejected
     } else if status.is_server_error() {
-        Outcome::Failed
+        Reply::Failed
     } else {
-        Outcome::Other
+        Reply::Other
     }
 }
 
@@ -107,26 +107,26 @@ impl Recorder {
         &mut self,
         phase: Phase,
         stream: usize,
-        outcome: Outcome,
+        outcome: Reply,
         latency: Duration,
         at: Duration,
     ) {
         let tally = self.tally_mut(phase, stream);
         tally.latency.record(latency);
         match outcome {
-            Outcome::Ok => tally.ok += 1,
-            Outcome::Rejected => tally.rejected += 1,
-            Outcome::Failed => tally.failed += 1,
-            Outcome::Other => tally.other += 1,
+            Reply::Ok => tally.ok += 1,
+            Reply::Rejected => tally.rejected += 1,
+            Reply::Failed => tally.failed += 1,
+            Reply::Other => tally.other += 1,
         }
         let last = self.forwarded_ok.len().saturating_sub(1);
         let bucket = usize::try_from(at.as_millis() / u128::from(BUCKET_MS))
             .unwrap_or(usize::MAX)
             .min(last);
         match outcome {
-            Outcome::Ok => self.forwarded_ok[bucket] += 1,
-            Outcome::Failed => self.forwarded_failed[bucket] += 1,
-            Outcome::Rejected | Outcome::Other => {}
+            Reply::Ok => self.forwarded_ok[bucket] += 1,
+            Reply::Failed => self.forwarded_failed[bucket] += 1,
+            Reply::Rejected | Reply::Other => {}
         }
     }
 }
@@ -293,7 +293,7 @@ impl Traffic {
             .await
             .ok()
             .flatten()
-            .unwrap_or(Outcome::Failed);
+            .unwrap_or(Reply::Failed);
         let done = Instant::now();
         self.lock().record(
             phase,
@@ -328,47 +328,41 @@ mod tests {
     fn answers_are_told_apart_by_status_and_problem_type() {
         let gateway = br#"{"type":"urn:billgate:problem:biller_capacity","status":503}"#;
         let biller = br#"{"type":"/problems/biller-down","status":503}"#;
-        assert_eq!(classify(StatusCode::OK, b"{}"), Outcome::Ok);
-        assert_eq!(classify(StatusCode::CREATED, b"{}"), Outcome::Ok);
+        assert_eq!(classify(StatusCode::OK, b"{}"), Reply::Ok);
+        assert_eq!(classify(StatusCode::CREATED, b"{}"), Reply::Ok);
         assert_eq!(
             classify(StatusCode::TOO_MANY_REQUESTS, b""),
-            Outcome::Rejected
+            Reply::Rejected
         );
         assert_eq!(
             classify(StatusCode::SERVICE_UNAVAILABLE, gateway),
-            Outcome::Rejected
+            Reply::Rejected
         );
         assert_eq!(
             classify(StatusCode::SERVICE_UNAVAILABLE, biller),
-            Outcome::Failed
+            Reply::Failed
         );
         assert_eq!(
             classify(StatusCode::SERVICE_UNAVAILABLE, b"not json"),
-            Outcome::Failed
+            Reply::Failed
         );
         assert_eq!(
             classify(StatusCode::INTERNAL_SERVER_ERROR, b""),
-            Outcome::Failed
+            Reply::Failed
         );
-        assert_eq!(classify(StatusCode::BAD_GATEWAY, gateway), Outcome::Failed);
-        assert_eq!(classify(StatusCode::GATEWAY_TIMEOUT, b""), Outcome::Failed);
-        assert_eq!(classify(StatusCode::NOT_FOUND, b""), Outcome::Other);
+        assert_eq!(classify(StatusCode::BAD_GATEWAY, gateway), Reply::Failed);
+        assert_eq!(classify(StatusCode::GATEWAY_TIMEOUT, b""), Reply::Failed);
+        assert_eq!(classify(StatusCode::NOT_FOUND, b""), Reply::Other);
     }
 
     #[test]
     fn the_recorder_counts_by_phase_and_keeps_its_time_series_bounded() {
         let mut r = Recorder::new(2, 10);
         let ms = Duration::from_millis;
-        r.record(Phase::Storm, 1, Outcome::Ok, ms(5), ms(250));
-        r.record(Phase::Storm, 1, Outcome::Failed, ms(7), ms(260));
-        r.record(Phase::Storm, 1, Outcome::Rejected, ms(1), ms(270));
-        r.record(
-            Phase::Calm,
-            0,
-            Outcome::Ok,
-            ms(5),
-            Duration::from_secs(3600),
-        );
+        r.record(Phase::Storm, 1, Reply::Ok, ms(5), ms(250));
+        r.record(Phase::Storm, 1, Reply::Failed, ms(7), ms(260));
+        r.record(Phase::Storm, 1, Reply::Rejected, ms(1), ms(270));
+        r.record(Phase::Calm, 0, Reply::Ok, ms(5), Duration::from_secs(3600));
         let t = r.tally(Phase::Storm, 1);
         assert_eq!((t.ok, t.failed, t.rejected, t.latency.len()), (1, 1, 1, 3));
         assert_eq!(r.tally(Phase::Storm, 0).latency.len(), 0);

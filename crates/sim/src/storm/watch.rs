@@ -12,14 +12,14 @@ use tokio::time::Instant;
 
 use super::breaker::BreakerTrace;
 use super::StormOptions;
-use crate::biller::{Biller, BillerStats};
+use crate::biller::{BillerStats, StandInBiller};
 
 /// How long one read of `/metrics` may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The biller's counters at the start of each phase and at the end (five readings).
 pub(crate) async fn script(
-    biller: Biller,
+    biller: StandInBiller,
     options: StormOptions,
     start: Instant,
 ) -> Vec<BillerStats> {
@@ -55,7 +55,7 @@ pub(crate) struct Watched {
 /// Sample every `every` from `start` until `until`: the biller's `down` flag and, when there is
 /// a gateway, its `/metrics` at `admin`.
 pub(crate) async fn sample(
-    biller: Biller,
+    biller: StandInBiller,
     admin: Option<SocketAddr>,
     start: Instant,
     until: Instant,

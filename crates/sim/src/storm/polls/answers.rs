@@ -14,7 +14,7 @@ const MAX_REASONS: usize = 32;
 
 /// What the partners saw.
 #[derive(Debug, Default)]
-pub(crate) struct Recorder {
+pub(crate) struct PollRecorder {
     /// By scheduled send time, one per timeline step.
     pub intervals: Vec<Counts>,
     /// One per partner, in [`PARTNERS`] order.
@@ -90,7 +90,7 @@ fn gateway_reason(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-impl Recorder {
+impl PollRecorder {
     pub(crate) fn record(
         &mut self,
         partner: usize,
@@ -171,9 +171,9 @@ mod tests {
 
     #[test]
     fn the_recorder_counts_by_partner_and_slot_and_bounds_its_reasons() {
-        let mut r = Recorder {
+        let mut r = PollRecorder {
             intervals: vec![Counts::default(); 2],
-            ..Recorder::default()
+            ..PollRecorder::default()
         };
         let l = Latencies {
             scheduled: Duration::from_micros(300),

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::answers::{sort, Latencies, Recorder, Sorted};
+use super::answers::{sort, Latencies, PollRecorder, Sorted};
 use super::config::{key, PARTNERS};
 use super::report::Counts;
 use super::PollsOptions;
@@ -49,7 +49,7 @@ pub(crate) struct Load {
     permits: Arc<Semaphore>,
     max_outstanding: u32,
     timeout: Duration,
-    recorder: Mutex<Recorder>,
+    recorder: Mutex<PollRecorder>,
     fetches: Vec<AtomicU32>,
 }
 
@@ -73,9 +73,9 @@ impl Load {
             anyhow::bail!("polls: a partner key is not a valid header value");
         };
         let slots = (options.duration.as_secs_f64() / options.step.as_secs_f64()).ceil() as usize;
-        let recorder = Recorder {
+        let recorder = PollRecorder {
             intervals: vec![Counts::default(); slots.max(1)],
-            ..Recorder::default()
+            ..PollRecorder::default()
         };
         Ok(Load {
             client,
@@ -114,7 +114,7 @@ impl Load {
 
     /// Play the schedule from `start` to its end, then wait (up to one request timeout and a
     /// second) for the answers still due; returns what was seen.
-    pub(crate) async fn run(self: Arc<Self>, start: Instant) -> Recorder {
+    pub(crate) async fn run(self: Arc<Self>, start: Instant) -> PollRecorder {
         let handle = Handle::current();
         let pacer = Arc::clone(&self);
         let paced = tokio::task::spawn_blocking(move || pacer.pace(&handle, start)).await;
@@ -227,7 +227,7 @@ impl Load {
     }
 
     /// Only ever left consistent, so a poisoned lock is still good.
-    fn lock(&self) -> MutexGuard<'_, Recorder> {
+    fn lock(&self) -> MutexGuard<'_, PollRecorder> {
         self.recorder
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -12,14 +12,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
-use super::answers::Recorder;
+use super::answers::PollRecorder;
 use super::config::{gateway_config, PARTNERS};
 use super::load::Load;
 use super::report::{
     calls_bound, AccountCalls, CacheCounts, Counts, Interval, Latency, PartnerCounts, PollsReport,
 };
 use super::PollsOptions;
-use crate::biller::{Biller, BillerOptions, BillerStats};
+use crate::biller::{BillerOptions, BillerStats, StandInBiller};
 use crate::clock::Clock;
 use crate::launch::Launch;
 use crate::storm::breaker::{label, samples};
@@ -40,7 +40,7 @@ pub async fn run(options: PollsOptions, gateways: &dyn Launch) -> anyhow::Result
     let clock = Clock::real();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let biller_addr = listener.local_addr()?;
-    let biller = Biller::new(
+    let biller = StandInBiller::new(
         BillerOptions {
             capacity_per_sec: f64::from(options.capacity_per_sec),
             ..BillerOptions::default()
@@ -110,7 +110,7 @@ struct Step {
 
 /// The biller's counters at the start, then at the end of every step, with `/metrics`.
 async fn sample(
-    biller: Biller,
+    biller: StandInBiller,
     admin: SocketAddr,
     start: tokio::time::Instant,
     step: Duration,
@@ -192,7 +192,7 @@ fn delta(a: &BillerStats, b: &BillerStats) -> BillerReport {
 fn report(
     options: &PollsOptions,
     scheduled_share: f64,
-    recorder: Recorder,
+    recorder: PollRecorder,
     steps: &[Step],
     cache: Option<CacheCounts>,
     biller_end: &BillerStats,
