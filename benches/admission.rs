@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use billgate::admission::KeyIndex;
+use billgate::ids::PartnerId;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use http::Method;
 
@@ -196,7 +197,7 @@ fn quota_path(c: &mut Criterion) {
 fn protection_job(fixture: &Fixture) -> Job {
     let gate = Arc::clone(&fixture.gate);
     Arc::new(move |worker, iters, _| {
-        let pause = gate.partners()[worker % 2].cell.pause();
+        let pause = gate.partners()[PartnerId::new(worker % 2)].cell.pause();
         for _ in 0..iters {
             let now = gate.clock().now();
             let class = billgate::config::Class::InquiryScheduled;
@@ -446,7 +447,7 @@ fn pieces(c: &mut Criterion) {
     let fixture_cfg = workload::config(1, 1, Shape::Allow);
     let keys = KeyIndex::new(fixture_cfg.partners.iter().map(|p| &p.keys_sha256[..]));
     let known = workload::key(0);
-    assert_eq!(keys.find(known.as_bytes()), Some(0));
+    assert_eq!(keys.find(known.as_bytes()), Some(PartnerId::new(0)));
     group.bench_function("key_cached", |b| {
         b.iter(|| black_box(keys.find(black_box(known.as_bytes()))))
     });

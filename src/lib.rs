@@ -11,7 +11,9 @@
 // mimalloc (`allocator`) and the open-file limit's two system calls (`limits`).
 #![deny(unsafe_code)]
 
-pub use billgate_core::{admission, breaker, cache, clock, concurrency, config, memory, shards};
+pub use billgate_core::{
+    admission, breaker, cache, clock, concurrency, config, ids, memory, shards,
+};
 
 pub mod admin;
 pub mod allocator;

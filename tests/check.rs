@@ -7,6 +7,7 @@ use billgate::config::{
     check_report, hash_key, load_file, load_str, AccountSource, Class, Config, Mode, RouteClass,
     DEFAULT_CONFIG,
 };
+use billgate::ids::{PartnerId, RouteId};
 
 fn shipped() -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
@@ -39,11 +40,20 @@ fn the_shipped_config_holds_the_design_example() {
 
     let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["bill-inquiry", "bill-payment"]);
-    assert_eq!(c.routes[0].account, AccountSource::PathSegment);
-    assert_eq!(c.routes[0].class, RouteClass::Inquiry);
-    assert_eq!(c.routes[0].cache_for.map(|d| d.as_secs()), Some(60));
     assert_eq!(
-        (c.routes[1].method.as_str(), c.routes[1].class),
+        c.routes[RouteId::new(0)].account,
+        AccountSource::PathSegment
+    );
+    assert_eq!(c.routes[RouteId::new(0)].class, RouteClass::Inquiry);
+    assert_eq!(
+        c.routes[RouteId::new(0)].cache_for.map(|d| d.as_secs()),
+        Some(60)
+    );
+    assert_eq!(
+        (
+            c.routes[RouteId::new(1)].method.as_str(),
+            c.routes[RouteId::new(1)].class
+        ),
         ("POST", RouteClass::Payment)
     );
 }
@@ -51,8 +61,13 @@ fn the_shipped_config_holds_the_design_example() {
 #[test]
 fn the_demo_keys_are_the_documented_ones() {
     let c = shipped();
-    let keys =
-        |i: usize| -> Vec<String> { c.partners[i].keys_sha256.iter().map(hex::encode).collect() };
+    let keys = |i: usize| -> Vec<String> {
+        c.partners[PartnerId::new(i)]
+            .keys_sha256
+            .iter()
+            .map(hex::encode)
+            .collect()
+    };
     assert_eq!(keys(0), [hash_key("wallet-a-demo-key")]);
     assert_eq!(
         keys(1),

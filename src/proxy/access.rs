@@ -7,13 +7,14 @@ use http::StatusCode;
 
 use super::snapshot::Snapshot;
 use crate::config::Class;
+use crate::ids::{PartnerId, RouteId};
 
 /// What one request's line says, filled in as the request is served.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AccessLog {
-    pub partner: Option<usize>,
+    pub partner: Option<PartnerId>,
     pub class: Option<Class>,
-    pub route: Option<usize>,
+    pub route: Option<RouteId>,
     /// `forwarded`, `failed`, or the reason the gateway refused.
     pub outcome: &'static str,
     /// Time the biller took to answer, when it was asked.

@@ -467,13 +467,14 @@ mod tests {
     use super::*;
     use crate::admission::{Policy, Remaining};
     use crate::config::parse_rate;
+    use crate::ids::{PartnerId, RouteId};
 
     fn denied(reason: Reason, wait_ms: u64) -> Denied {
         Denied {
             reason,
-            partner: Some(0),
+            partner: Some(PartnerId::new(0)),
             class: Some(Class::InquiryScheduled),
-            route: Some(0),
+            route: Some(RouteId::new(0)),
             limit: Some(Limit {
                 policy: Policy::Class(Class::InquiryScheduled),
                 rate: parse_rate("20/s burst 40").unwrap(),

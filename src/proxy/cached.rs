@@ -24,6 +24,7 @@ use crate::admission::{Classified, Decision, Ticket};
 use crate::cache::{CacheKey, CacheStatus, CachedAnswer, KeyRef, Sharing};
 use crate::coalesce::Joined;
 use crate::config::{CacheScope, Class};
+use crate::ids::PartnerId;
 use crate::metrics::Outcome;
 
 /// What a flight's waiters share: the biller's answer, or why there was none (a body that
@@ -218,7 +219,7 @@ struct Leader {
     worker: Arc<Worker>,
     snapshot: Arc<Snapshot>,
     key: CacheKey,
-    partner: usize,
+    partner: PartnerId,
     class: Class,
     ticket: Ticket<'static>,
     peer: HeaderValue,

@@ -11,6 +11,7 @@ use super::pool::Target;
 use crate::admission::{Denied, Gate, Limit, Policy, Reason, Remaining, Suspensions};
 use crate::clock::Clock;
 use crate::config::{Class, Config};
+use crate::ids::PerPartner;
 use crate::metrics::{Metrics, PartnerMetrics};
 
 /// Per-partner values the proxy needs on every request, built once.
@@ -71,7 +72,7 @@ impl PreparedDenials {
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub gate: Gate,
-    pub partners: Vec<PartnerRuntime>,
+    pub partners: PerPartner<PartnerRuntime>,
     pub upstream: Upstream,
     /// Denials of callers not known as a partner (no key, an unknown key).
     pub anonymous: PreparedDenials,

@@ -18,6 +18,7 @@ use super::snapshot::{Snapshot, Upstream};
 use super::Worker;
 use crate::admission::{BillerOutcome, Ticket};
 use crate::config::Class;
+use crate::ids::PartnerId;
 use crate::metrics::UpstreamError;
 
 /// What the gateway sends the biller: a body it holds whole (the partner's, read before the
@@ -47,7 +48,7 @@ pub struct Answered {
 
 /// Who a call is for, and its right to reach the biller.
 pub struct Caller<'g> {
-    pub partner: usize,
+    pub partner: PartnerId,
     pub class: Class,
     pub ticket: Ticket<'g>,
     /// The partner's address as an `x-forwarded-for` value.
@@ -167,8 +168,8 @@ fn honour_pause(snapshot: &Snapshot, class: Class, headers: &http::HeaderMap) {
             snapshot
                 .gate
                 .partners()
-                .iter()
-                .position(|p| &*p.id == id.trim())
+                .entries()
+                .find_map(|(n, p)| (&*p.id == id.trim()).then_some(n))
         });
     tracing::warn!(
         class = class.as_str(),

@@ -15,5 +15,6 @@ pub mod cache;
 pub mod clock;
 pub mod concurrency;
 pub mod config;
+pub mod ids;
 pub mod memory;
 pub mod shards;

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use billgate_core::admission::*;
 use billgate_core::clock::Clock;
 use billgate_core::config::*;
+use billgate_core::ids::{PartnerId, RouteId};
 use std::sync::Arc;
 
 fn digest(key: &str) -> [u8; 32] {
@@ -98,8 +99,9 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
                 cache_scope: CacheScope::Partner,
                 account_field: None,
             },
-        ],
-        partners,
+        ]
+        .into(),
+        partners: partners.into(),
         source_sha256: String::new(),
     }
 }
@@ -149,7 +151,12 @@ fn identifies_classifies_and_admits() {
     };
     assert_eq!(
         (a.partner, a.class, a.route, a.account),
-        (0, Class::InquiryUser, 0, Some("77"))
+        (
+            PartnerId::new(0),
+            Class::InquiryUser,
+            RouteId::new(0),
+            Some("77")
+        )
     );
     assert_eq!(a.limit.policy, Policy::Class(Class::InquiryUser));
     assert_eq!(a.limit.remaining.remaining, 4);
@@ -281,7 +288,7 @@ fn account_table_is_bounded_and_swept() {
         vec![partner("a", "ka", [None, None, Some("500/s")], Some("1/s"))],
     );
     let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
-    let accounts = gate.partners()[0].accounts.clone().unwrap();
+    let accounts = gate.partners()[PartnerId::new(0)].accounts.clone().unwrap();
     for n in 0..3 {
         let path = format!("/v1/bills/{n}");
         assert_eq!(reason(gate.decide(&inquiry("ka", &path, false))), None);
@@ -408,7 +415,10 @@ fn a_rebuild_carries_over_unchanged_quotas_only() {
         reason(new.decide(&inquiry("ka", "/v1/bills/2", false))),
         Some(Reason::PartnerQuota)
     );
-    let (a_old, a_new) = (&old.partners()[0], &new.partners()[0]);
+    let (a_old, a_new) = (
+        &old.partners()[PartnerId::new(0)],
+        &new.partners()[PartnerId::new(0)],
+    );
     assert_eq!(a_old.cell.slot(), a_new.cell.slot());
     assert!(std::ptr::eq(&*a_old.cell, &*a_new.cell));
     assert!(a_old
@@ -447,7 +457,7 @@ fn a_rebuild_shares_an_unchanged_sharded_quota() {
     let same = build("10000/s", Some(&old));
     let changed = build("20000/s", Some(&same));
     let quota = |g: &Gate| {
-        g.partners()[0].quotas[Class::Payment.index()]
+        g.partners()[PartnerId::new(0)].quotas[Class::Payment.index()]
             .clone()
             .unwrap()
     };
@@ -480,7 +490,10 @@ fn a_suspended_partner_is_refused_before_anything_else() {
     let Decision::Deny(d) = gate.decide(&payment("ka")) else {
         panic!("admitted")
     };
-    assert_eq!((d.reason, d.partner), (Reason::Suspended, Some(0)));
+    assert_eq!(
+        (d.reason, d.partner),
+        (Reason::Suspended, Some(PartnerId::new(0)))
+    );
     // A rebuilt gate (a reload) still sees the suspension.
     let rebuilt = Gate::build(&cfg, Some(&gate), &clock, &suspensions);
     assert_eq!(

@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use crate::ids::PartnerId;
+
 /// The longest key the cache remembers, in bytes.
 pub const CACHED_KEY_BYTES: usize = 8 * WORDS;
 const WORDS: usize = 15;
@@ -178,7 +180,7 @@ impl KeyIndex {
 
     /// The partner whose key this is, if any.
     #[inline]
-    pub fn find(&self, key: &[u8]) -> Option<usize> {
+    pub fn find(&self, key: &[u8]) -> Option<PartnerId> {
         self.find_with(key, |_, _| {})
     }
 
@@ -187,7 +189,7 @@ impl KeyIndex {
     /// probed). For prefetching: the answer is still only the partner whose key compared equal,
     /// and a key found by its digest is told of no one ([`KeyIndex::card`] has its card).
     #[inline]
-    pub fn find_with(&self, key: &[u8], likely: impl FnMut(usize, Card)) -> Option<usize> {
+    pub fn find_with(&self, key: &[u8], likely: impl FnMut(PartnerId, Card)) -> Option<PartnerId> {
         self.find_asked(self.ask(key), likely)
     }
 
@@ -216,11 +218,11 @@ impl KeyIndex {
     pub fn find_asked(
         &self,
         asked: Asked<'_>,
-        mut likely: impl FnMut(usize, Card),
-    ) -> Option<usize> {
+        mut likely: impl FnMut(PartnerId, Card),
+    ) -> Option<PartnerId> {
         let Asked { key, hash } = asked;
         let Some(hash) = hash else {
-            return self.by_digest(key);
+            return self.by_digest(key).map(PartnerId::new);
         };
         let want = READY | (key.len() as u64) << 32;
         let fingerprint = fingerprint(hash);
@@ -234,23 +236,23 @@ impl KeyIndex {
             }
             if head & FINGERPRINT == fingerprint {
                 let (partner, card) = hinted(head);
-                likely(partner, card);
+                likely(PartnerId::new(partner), card);
                 let entry = self.entries.get(i)?;
                 let head = entry.head.load(Ordering::Acquire);
                 if head == want | partner as u64 && entry.holds(key) {
-                    return Some(partner);
+                    return Some(PartnerId::new(partner));
                 }
             }
             i = (i + 1) & mask;
         }
         let partner = self.by_digest(key)?;
         self.remember(key, partner);
-        Some(partner)
+        Some(PartnerId::new(partner))
     }
 
-    /// The card given for `partner` (zeros for an index out of range).
-    pub fn card(&self, partner: usize) -> Card {
-        self.cards.get(partner).copied().unwrap_or_default()
+    /// The card given for `partner` (zeros for an id out of range).
+    pub fn card(&self, partner: PartnerId) -> Card {
+        self.cards.get(partner.index()).copied().unwrap_or_default()
     }
 
     fn by_digest(&self, key: &[u8]) -> Option<usize> {
@@ -265,7 +267,7 @@ impl KeyIndex {
         let Ok(partner) = u32::try_from(partner) else {
             return;
         };
-        let card = self.card(partner as usize);
+        let card = self.card(PartnerId::new(partner as usize));
         if partner >= CARD_LIMIT || card >= CARD_LIMIT {
             return;
         }
@@ -309,6 +311,10 @@ impl KeyIndex {
 mod tests {
     use super::*;
 
+    fn id(n: usize) -> PartnerId {
+        PartnerId::new(n)
+    }
+
     fn digest(key: &str) -> [u8; 32] {
         Sha256::digest(key.as_bytes()).into()
     }
@@ -333,9 +339,9 @@ mod tests {
         let index = KeyIndex::new([&a[..], &b[..]]);
         // Twice each: first by digest, then from the cache.
         for _ in 0..2 {
-            assert_eq!(index.find(b"a-old"), Some(0));
-            assert_eq!(index.find(b"a-new"), Some(0));
-            assert_eq!(index.find(b"b"), Some(1));
+            assert_eq!(index.find(b"a-old"), Some(id(0)));
+            assert_eq!(index.find(b"a-new"), Some(id(0)));
+            assert_eq!(index.find(b"b"), Some(id(1)));
             assert_eq!(index.find(b"c"), None);
             assert_eq!(index.find(b""), None);
         }
@@ -347,13 +353,19 @@ mod tests {
         let index = KeyIndex::with_cards([(&a[..], CARD_LIMIT), (&b[..], CARD_LIMIT - 1)]);
         let mut told = Vec::new();
         for _ in 0..3 {
-            assert_eq!(index.find_with(b"a", |p, c| told.push((p, c))), Some(0));
+            assert_eq!(
+                index.find_with(b"a", |p, c| told.push((p.index(), c))),
+                Some(id(0))
+            );
         }
         // Never remembered, so never hinted: each look-up hashed the key.
         assert!(told.is_empty());
         assert_eq!(index.filled.load(Ordering::Relaxed), 0);
         for _ in 0..2 {
-            assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
+            assert_eq!(
+                index.find_with(b"b", |p, c| told.push((p.index(), c))),
+                Some(id(1))
+            );
         }
         assert_eq!(told, [(1, CARD_LIMIT - 1)]);
         assert_eq!(index.filled.load(Ordering::Relaxed), 1);
@@ -367,10 +379,16 @@ mod tests {
         let index = KeyIndex::with_cards([(&a[..], card_a), (&b[..], card_b)]);
         let mut told: Vec<(usize, Card)> = Vec::new();
         // Not remembered yet: proven by digest, nothing to tell early.
-        assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
+        assert_eq!(
+            index.find_with(b"b", |p, c| told.push((p.index(), c))),
+            Some(id(1))
+        );
         assert!(told.is_empty());
-        assert_eq!(index.card(1), card_b);
-        assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
+        assert_eq!(index.card(id(1)), card_b);
+        assert_eq!(
+            index.find_with(b"b", |p, c| told.push((p.index(), c))),
+            Some(id(1))
+        );
         assert_eq!(told, [(1, card_b)]);
         // A hint that names the wrong partner is only a hint: the entry's partner and key
         // decide, and the key is proven again by its digest.
@@ -380,10 +398,13 @@ mod tests {
         let head = index.hints[slot].load(Ordering::Relaxed);
         index.hints[slot].store(head & FINGERPRINT, Ordering::Relaxed);
         told.clear();
-        assert_eq!(index.find_with(b"b", |p, c| told.push((p, c))), Some(1));
+        assert_eq!(
+            index.find_with(b"b", |p, c| told.push((p.index(), c))),
+            Some(id(1))
+        );
         assert_eq!(told[0].0, 0);
         assert_eq!(index.find(b"c"), None);
-        assert_eq!(index.find(b"a"), Some(0));
+        assert_eq!(index.find(b"a"), Some(id(0)));
     }
 
     #[test]
@@ -394,7 +415,7 @@ mod tests {
         let index = KeyIndex::new(digests.iter().map(std::slice::from_ref));
         for _ in 0..3 {
             for (partner, key) in keys.iter().enumerate() {
-                assert_eq!(index.find(key.as_bytes()), Some(partner), "{key:?}");
+                assert_eq!(index.find(key.as_bytes()), Some(id(partner)), "{key:?}");
             }
             for stranger in [
                 "",
@@ -420,7 +441,7 @@ mod tests {
             for n in 0..100 {
                 assert_eq!(
                     index.find(format!("key-{n}").as_bytes()),
-                    Some(0),
+                    Some(id(0)),
                     "{round}"
                 );
             }

@@ -44,6 +44,7 @@ pub use suspension::{CellRef, PartnerCell, Suspension, Suspensions, CHUNK};
 
 use crate::clock::Clock;
 use crate::config::{Class, Config, Mode, Rate, RouteClass};
+use crate::ids::{PartnerId, PerPartner, RouteId};
 
 /// What the decision reads of a request.
 #[derive(Debug, Clone, Copy)]
@@ -157,9 +158,9 @@ pub struct Limit {
 /// An admitted request. `'r` borrows the request, `'g` the gate that admitted it.
 #[derive(Debug)]
 pub struct Admitted<'r, 'g> {
-    pub partner: usize,
+    pub partner: PartnerId,
     pub class: Class,
-    pub route: usize,
+    pub route: RouteId,
     pub account: Option<&'r str>,
     /// The partner's quota for the class, after this request.
     pub limit: Limit,
@@ -173,9 +174,9 @@ pub struct Admitted<'r, 'g> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denied {
     pub reason: Reason,
-    pub partner: Option<usize>,
+    pub partner: Option<PartnerId>,
     pub class: Option<Class>,
-    pub route: Option<usize>,
+    pub route: Option<RouteId>,
     /// The quota that refused, for `Retry-After` and the `RateLimit` fields.
     pub limit: Option<Limit>,
     /// How long to wait before trying again, when waiting helps.
@@ -240,7 +241,7 @@ pub struct Gate {
     router: Router,
     /// Every partner's per-account state; carried from one gate to the next.
     accounts: Arc<AccountTable>,
-    partners: Vec<PartnerGate>,
+    partners: PerPartner<PartnerGate>,
     /// The address of each chunk of partner cells, by chunk, for [`Gate::cell_address`].
     cell_chunks: Box<[usize]>,
     protection: Arc<Protection>,
@@ -316,7 +317,7 @@ impl Gate {
             ),
             router: Router::new(config.routes.clone()),
             accounts: table,
-            partners,
+            partners: partners.into(),
             // After every partner has its cell: each one's chunk is listed.
             cell_chunks: suspensions.chunk_addresses(),
             protection,
@@ -324,7 +325,7 @@ impl Gate {
         }
     }
 
-    pub fn partners(&self) -> &[PartnerGate] {
+    pub fn partners(&self) -> &PerPartner<PartnerGate> {
         &self.partners
     }
 
@@ -351,7 +352,7 @@ impl Gate {
     }
 
     /// Pauses what the biller asked to pause: one partner, or a whole class.
-    pub fn pause(&self, class: Class, partner: Option<usize>, wait: Duration) {
+    pub fn pause(&self, class: Class, partner: Option<PartnerId>, wait: Duration) {
         let until = governor::nanos::Nanos::from(self.clock.elapsed() + wait);
         match partner.and_then(|i| self.partners.get(i)) {
             Some(p) => p.cell.pause().until(until),
@@ -413,7 +414,7 @@ impl Gate {
             self.accounts.prefetch(place);
             place
         });
-        let early = |p: usize, slot: Card| {
+        let early = |p: PartnerId, slot: Card| {
             if let Some(gate) = self.partners.get(p) {
                 gate.prefetch();
             }
@@ -594,7 +595,7 @@ impl Gate {
     /// `None` when the class is closed; else the quota's state after spending `cost`.
     fn spend_quota(
         &self,
-        partner: usize,
+        partner: PartnerId,
         class: Class,
         cost: u32,
         now: Nanos,
@@ -612,9 +613,9 @@ impl Gate {
 /// A request identified and classified, not yet admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Classified<'r> {
-    pub partner: usize,
+    pub partner: PartnerId,
     pub class: Class,
-    pub route: usize,
+    pub route: RouteId,
     pub route_class: RouteClass,
     pub account: Option<&'r str>,
     /// For an inquiry naming an account: where the account is in the account table (already
@@ -678,19 +679,25 @@ quota = {{ payment = "5/s" }}
         let cfg = two_partners();
         let gate = Gate::build(&cfg, None, &clock, &Suspensions::default());
         for (n, key) in ["ka", "kb"].into_iter().enumerate() {
-            let cell = &gate.partners()[n].cell;
+            let cell = &gate.partners()[PartnerId::new(n)].cell;
             let card = cell.slot();
-            assert_eq!(card_of(&gate.partners()[n]), card);
+            assert_eq!(card_of(&gate.partners()[PartnerId::new(n)]), card);
             assert_eq!(gate.cell_address(card), crate::memory::address_of(&**cell));
             // By digest the first time, from the remembered entry after.
             for _ in 0..2 {
                 let partner = gate.keys.find_with(key.as_bytes(), |_, _| {}).unwrap();
-                assert_eq!((partner, gate.keys.card(partner)), (n, card));
+                assert_eq!(
+                    (partner, gate.keys.card(partner)),
+                    (PartnerId::new(n), card)
+                );
             }
         }
         // a's 500/s is sharded when there are cores to shard it over; b's 5/s is one cell, kept in
         // b's cell.
-        let (a, b) = (&gate.partners()[0], &gate.partners()[1]);
+        let (a, b) = (
+            &gate.partners()[PartnerId::new(0)],
+            &gate.partners()[PartnerId::new(1)],
+        );
         assert_eq!(
             a.quotas[2].as_ref().unwrap().is_one_cell(),
             crate::shards::count() == 1

@@ -3,10 +3,11 @@
 use http::Method;
 
 use crate::config::{AccountSource, Route, RouteClass, Segment};
+use crate::ids::{PerRoute, RouteId};
 
 /// The routes of a snapshot, matched in configuration order.
 pub struct Router {
-    routes: Vec<Route>,
+    routes: PerRoute<Route>,
     /// Each route's template, compiled for matching (same order).
     compiled: Vec<Compiled>,
 }
@@ -56,8 +57,8 @@ impl Compiled {
 /// A matched route and the account it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Matched<'r> {
-    /// Index of the route in the configuration.
-    pub route: usize,
+    /// The route, by its place in the configuration.
+    pub route: RouteId,
     pub class: RouteClass,
     /// The bill account, when the route says where it is and the request carries it.
     pub account: Option<&'r str>,
@@ -65,7 +66,7 @@ pub struct Matched<'r> {
 
 impl Router {
     /// A router over `routes`, each template compiled once for matching.
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub fn new(routes: PerRoute<Route>) -> Self {
         let compiled = routes
             .iter()
             .map(|r| Compiled::new(&r.path.segments))
@@ -74,7 +75,7 @@ impl Router {
     }
 
     /// The routes, in configuration order (a match's `route` indexes them).
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &PerRoute<Route> {
         &self.routes
     }
 
@@ -98,7 +99,7 @@ impl Router {
                 AccountSource::Query(name) => query.and_then(|q| query_value(q, name)),
             };
             Some(Matched {
-                route: index,
+                route: RouteId::new(index),
                 class: route.class,
                 account,
             })
@@ -259,40 +260,43 @@ mod tests {
 
     fn router() -> Router {
         use Segment::*;
-        Router::new(vec![
-            route(
-                "bill",
-                Method::GET,
-                vec![Literal("v1".into()), Literal("bills".into()), Account],
-                AccountSource::PathSegment,
-                RouteClass::Inquiry,
-            ),
-            route(
-                "pay",
-                Method::POST,
-                vec![Literal("v1".into()), Literal("payments".into())],
-                AccountSource::None,
-                RouteClass::Payment,
-            ),
-            route(
-                "lookup",
-                Method::GET,
-                vec![Literal("v1".into()), Literal("lookup".into())],
-                AccountSource::Query("acct".into()),
-                RouteClass::Inquiry,
-            ),
-            route(
-                "stmt",
-                Method::GET,
-                vec![
-                    Literal("v1".into()),
-                    Param("id".into()),
-                    Literal("statement".into()),
-                ],
-                AccountSource::None,
-                RouteClass::Inquiry,
-            ),
-        ])
+        Router::new(
+            vec![
+                route(
+                    "bill",
+                    Method::GET,
+                    vec![Literal("v1".into()), Literal("bills".into()), Account],
+                    AccountSource::PathSegment,
+                    RouteClass::Inquiry,
+                ),
+                route(
+                    "pay",
+                    Method::POST,
+                    vec![Literal("v1".into()), Literal("payments".into())],
+                    AccountSource::None,
+                    RouteClass::Payment,
+                ),
+                route(
+                    "lookup",
+                    Method::GET,
+                    vec![Literal("v1".into()), Literal("lookup".into())],
+                    AccountSource::Query("acct".into()),
+                    RouteClass::Inquiry,
+                ),
+                route(
+                    "stmt",
+                    Method::GET,
+                    vec![
+                        Literal("v1".into()),
+                        Param("id".into()),
+                        Literal("statement".into()),
+                    ],
+                    AccountSource::None,
+                    RouteClass::Inquiry,
+                ),
+            ]
+            .into(),
+        )
     }
 
     #[test]
@@ -301,7 +305,7 @@ mod tests {
         let m = r.find(&Method::GET, "/v1/bills/12345", None).unwrap();
         assert_eq!(
             (m.route, m.class, m.account),
-            (0, RouteClass::Inquiry, Some("12345"))
+            (RouteId::new(0), RouteClass::Inquiry, Some("12345"))
         );
         assert_eq!(
             r.find(&Method::GET, "/v1/bills/12345/", None)
@@ -311,13 +315,13 @@ mod tests {
         );
         assert_eq!(
             r.find(&Method::POST, "/v1/payments", None).unwrap().route,
-            1
+            RouteId::new(1)
         );
         assert_eq!(
             r.find(&Method::GET, "/v1/stmt-9/statement", None)
                 .unwrap()
                 .route,
-            3
+            RouteId::new(3)
         );
         assert_eq!(
             r.find(&Method::GET, "/v1/bills/é42", None).unwrap().account,

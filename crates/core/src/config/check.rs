@@ -138,7 +138,7 @@ pub fn check_report(config: &Config) -> CheckReport {
         capacity,
         source_sha256: config.source_sha256.clone(),
         partners,
-        routes: config.routes.clone(),
+        routes: config.routes.to_vec(),
         warnings,
     }
 }

@@ -70,8 +70,8 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
                 server,
                 biller,
                 cache,
-                routes,
-                partners,
+                routes: routes.into(),
+                partners: partners.into(),
                 source_sha256: hex::encode(Sha256::digest(text.as_bytes())),
             });
         }

@@ -8,6 +8,7 @@ use http::header::HeaderName;
 use http::Method;
 
 use super::rate::Rate;
+use crate::ids::{PerPartner, PerRoute};
 
 /// A whole, validated `config.toml`.
 #[derive(Debug, Clone)]
@@ -15,8 +16,8 @@ pub struct Config {
     pub server: Server,
     pub biller: Biller,
     pub cache: Cache,
-    pub routes: Vec<Route>,
-    pub partners: Vec<Partner>,
+    pub routes: PerRoute<Route>,
+    pub partners: PerPartner<Partner>,
     /// SHA-256 of the file's bytes, hex: tells operators which configuration is running.
     pub source_sha256: String,
 }

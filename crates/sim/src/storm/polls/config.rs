@@ -95,7 +95,7 @@ mod tests {
         assert_eq!(config.biller.breaker.window, Duration::from_secs(10));
         assert!(!config.server.access_log);
         assert_eq!(config.cache, crate::config::Cache::default());
-        let route = &config.routes[0];
+        let route = &config.routes[billgate_core::ids::RouteId::new(0)];
         assert_eq!(route.cache_for, Some(Duration::from_secs(60)));
         assert_eq!(route.cache_scope, CacheScope::Shared);
         assert_eq!(config.partners.len(), 3);
