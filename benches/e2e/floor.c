@@ -1,6 +1,6 @@
 /*
  * floor.c: the least an HTTP/1.1 server or proxy can do per answer on this machine, as a
- * reference for the end-to-end figures (benches/README.md, "Round twelve"). Neither is a real
+ * reference for the end-to-end figures (benches/e2e/README.md). Neither is a real
  * server: no quota, no key, no route, no header, no allocation after start.
  *
  * - Refusing (no backend given): it never parses a request. It counts the ends of request heads
