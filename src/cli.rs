@@ -27,9 +27,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the gateway.
     Serve {
-        /// The configuration file; without it, the shipped example is used.
+        /// The configuration file. Required: the shipped `config.toml` carries public demo keys,
+        /// so it is never used unless named.
         #[arg(long)]
-        config: Option<PathBuf>,
+        config: PathBuf,
         /// Also start the stand-in biller at `[biller] url`, in-process.
         #[arg(long)]
         with_biller: bool,

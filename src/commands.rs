@@ -11,13 +11,13 @@ use billgate_sim::storm::StormOptions;
 
 use crate::cli::{PollsArgs, StormArgs};
 use crate::clock::Clock;
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config};
 use crate::gateway::{self, Gateway};
 use crate::replay;
 
 /// `billgate serve`
-pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::Result<ExitCode> {
-    let config = match load(config_path.as_deref()) {
+pub async fn serve(config_path: PathBuf, with_biller: bool) -> anyhow::Result<ExitCode> {
+    let config = match config::load_file(&config_path) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
@@ -51,7 +51,7 @@ pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::R
     };
     let options = gateway::Options {
         clock,
-        config_path: config_path.clone(),
+        config_path: Some(config_path),
         ..gateway::Options::default()
     };
     let gateway = Gateway::start(config, options).await?;
@@ -128,13 +128,6 @@ impl Signals {
             let _ = gateway;
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
-    match path {
-        Some(path) => config::load_file(path),
-        None => config::load_str(config::DEFAULT_CONFIG, "config.toml (embedded)"),
     }
 }
 

@@ -91,3 +91,17 @@ fn hash_key_prints_the_sha256_of_stdin() {
     let shipped = std::fs::read_to_string("config.toml").unwrap();
     assert!(shipped.contains(String::from_utf8_lossy(&out.stdout).trim()));
 }
+
+/// The shipped file carries public demo keys: `serve` never falls back to it, it says which flag
+/// to pass and exits 2 (clap's usage error) without opening a listener.
+#[test]
+fn serve_without_a_config_refuses_and_names_the_flag() {
+    let out = billgate().arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("--config <CONFIG>"),
+        "{stderr}"
+    );
+}

@@ -51,6 +51,7 @@ const CASES: &[(&str, &[Expected])] = &[
         &["key_header and origin_header are both \"x-api-key\"", "must differ"],
     )]),
     ("bad_mode.toml", &[("partner[0].mode", 9, 8, &["expected \"enforce\"", "or \"shadow\"", "\"strict\" is neither"])]),
+    ("partner_without_key.toml", &[("partner[1].keys_sha256", 13, 15, &["expected at least one key hash", "can never be identified"])]),
     ("zero_workers.toml", &[("server.workers", 3, 11, &["expected a number of worker threads from 1 to 256, like 2", "0 is not between 1 and 256"])]),
     ("huge_backlog.toml", &[("server.listen_backlog", 3, 18, &["expected a number of connections from 1 to 65535, like 4096", "100000 is not between 1 and 65535"])]),
     ("wrong_type.toml", &[("biller.max_in_flight", 5, 17, &["expected a whole number above 0, like 128, found a string (\"128\")"])]),

@@ -324,24 +324,23 @@ fn keys_rotated_show_counts_and_short_prefixes_only() {
     }
 }
 
+/// Removing a partner's last key leaves a partner no request can be identified as: the new file
+/// is refused whole, located, so the change can neither be checked nor reloaded.
 #[test]
-fn a_partners_last_key_removed_hits_a_guardrail() {
-    let printed = [
-        "partners: 2 changed, 0 added, 0 removed".to_owned(),
-        format!("  bank-b  keys  2 → 1  (1 removed: {})", prefix("bank-b-1")),
-        format!(
-            "  wallet-a  keys  1 → 0  (1 removed: {})",
-            prefix("wallet-a-1")
-        ),
-        "routes: unchanged".to_owned(),
-        "server: unchanged".to_owned(),
-        "biller: unchanged".to_owned(),
-    ];
-    assert_case(
-        "last_key_removed",
-        &printed,
-        &["guardrail: partner[wallet-a].keys_sha256: its last key is removed (1 → 0 keys): the partner can no longer be identified and every request it sends is answered 401"],
-    );
+fn a_partners_last_key_removed_is_refused() {
+    let file = "last_key_removed.new.toml";
+    let errors = match load_str(&text("last_key_removed", "new"), file) {
+        Ok(_) => panic!("{file} loaded, but a partner in it has no key"),
+        Err(errors) => errors,
+    };
+    let located: Vec<_> = errors
+        .0
+        .iter()
+        .map(|e| (e.key_path.as_str(), e.line, e.column))
+        .collect();
+    assert_eq!(located, [("partner[0].keys_sha256", 23, 15)]);
+    assert!(errors.0[0].message.contains("can never be identified"));
+    load("last_key_removed", "old");
 }
 
 #[test]

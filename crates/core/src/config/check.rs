@@ -86,15 +86,6 @@ pub fn check_report(config: &Config) -> CheckReport {
                 ),
             );
         }
-        if p.keys_sha256.is_empty() {
-            warn(
-                format!("partner[{i}].keys_sha256"),
-                format!(
-                    "partner \"{}\" has no key: it can never be identified",
-                    p.id
-                ),
-            );
-        }
         if p.mode == Mode::Shadow {
             warn(
                 format!("partner[{i}].mode"),
@@ -297,25 +288,23 @@ mod tests {
 
     #[test]
     fn warnings_that_do_not_block() {
-        let r = report("[[partner]]\nid = \"a\"\nmode = \"shadow\"\nquota = { payment = \"150/s\", inquiry_user = \"100/s\", inquiry_scheduled = \"100/s\" }\n\n[[partner]]\nid = \"b\"\n");
+        let r = report(&format!("[[partner]]\nid = \"a\"\nkeys_sha256 = [\"{}\"]\nmode = \"shadow\"\nquota = {{ payment = \"150/s\", inquiry_user = \"100/s\", inquiry_scheduled = \"100/s\" }}\n\n[[partner]]\nid = \"b\"\nkeys_sha256 = [\"{}\"]\n", hash_key("ka"), hash_key("kb")));
         assert_eq!(
             warned(&r),
             [
                 "partner[0].quota.payment",
-                "partner[0].keys_sha256",
                 "partner[0].mode",
                 "partner[1].quota",
-                "partner[1].keys_sha256",
                 "partner"
             ]
         );
         assert!(r.warnings[0]
             .message
             .contains("more than the biller's whole capacity 100/s (150.0%)"));
-        assert!(r.warnings[5].message.contains("add up to 350/s, 3.5×"));
+        assert!(r.warnings[3].message.contains("add up to 350/s, 3.5×"));
         assert!(r
             .to_string()
-            .contains("6 warnings\nwarning: partner[0].quota.payment: "));
+            .contains("4 warnings\nwarning: partner[0].quota.payment: "));
     }
 
     #[test]

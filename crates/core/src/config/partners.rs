@@ -80,12 +80,28 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
             let id = errors.parse(&at, partner_id)?;
             Some((id, place(&at)))
         });
-    let keys: Vec<([u8; 32], At<()>)> = t
-        .strings(
+    let listed = t.strings(
+        errors,
+        "keys_sha256",
+        "key hashes as strings of 64 hex characters",
+    );
+    match (&listed, t.get("keys_sha256")) {
+        // A partner no request can be identified as is a mistake, not a state to run in.
+        (None, _) => t.missing(
             errors,
             "keys_sha256",
-            "key hashes as strings of 64 hex characters",
-        )
+            "at least one key hash (`billgate hash-key` prints one); a partner without a key can never be identified",
+        ),
+        (Some(hashes), Some(value)) if hashes.is_empty() && errors.list.len() == before => {
+            errors.push(
+                value.span(),
+                &t.child("keys_sha256"),
+                "expected at least one key hash (`billgate hash-key` prints one); a partner without a key can never be identified".to_string(),
+            );
+        }
+        _ => {}
+    }
+    let keys: Vec<([u8; 32], At<()>)> = listed
         .unwrap_or_default()
         .iter()
         .filter_map(|at| Some((errors.parse(at, key_hash)?, place(at))))
@@ -219,7 +235,7 @@ mod tests {
     #[test]
     fn reads_partners_with_defaults() {
         let key = hash_key("k");
-        let text = format!("[[partner]]\nid = \"wallet-a\"\nkeys_sha256 = [\"{key}\"]\nquota = {{ payment = \"200/s\", inquiry_scheduled = \"20/s burst 40\" }}\n\n[[partner]]\nid = \"b\"\nmode = \"shadow\"\nper_account = \"2/min\"\nmax_tracked_accounts = 10\n[partner.quota]\ninquiry_user = \"5/s\"\n");
+        let text = format!("[[partner]]\nid = \"wallet-a\"\nkeys_sha256 = [\"{key}\"]\nquota = {{ payment = \"200/s\", inquiry_scheduled = \"20/s burst 40\" }}\n\n[[partner]]\nid = \"b\"\nkeys_sha256 = [\"{b}\"]\nmode = \"shadow\"\nper_account = \"2/min\"\nmax_tracked_accounts = 10\n[partner.quota]\ninquiry_user = \"5/s\"\n", b = hash_key("kb"));
         let (partners, errors) = run(&text);
         assert!(errors.is_empty(), "{errors:#?}");
         let p = partners.unwrap_or_default();
@@ -236,12 +252,30 @@ mod tests {
             p[1].quota.get(Class::InquiryUser).map(|r| r.to_string()),
             Some("5/s".into())
         );
-        assert!(p[1].keys_sha256.is_empty());
+        assert_eq!(hex::encode(p[1].keys_sha256[0]), hash_key("kb"));
+    }
+
+    #[test]
+    fn a_partner_without_a_key_is_an_error() {
+        for (keys, path) in [
+            ("", "partner[0].keys_sha256"),
+            ("keys_sha256 = []\n", "partner[0].keys_sha256"),
+        ] {
+            let text = format!("[[partner]]\nid = \"p\"\n{keys}quota = {{ payment = \"1/s\" }}\n");
+            let (partners, errors) = run(&text);
+            assert!(partners.is_none(), "{keys:?}");
+            assert_eq!(paths(&errors), [path], "{keys:?}");
+            assert!(
+                errors[0].message.contains("can never be identified"),
+                "{}",
+                errors[0].message
+            );
+        }
     }
 
     #[test]
     fn one_bad_partner_does_not_hide_another() {
-        let text = "[[partner]]\nid = 5\n\n[[partner]]\nid = \"ok\"\n\n[[partner]]\nid = \"c\"\nquota = { payment = \"50/x\", inquiry_user = \"1/s\", polling = \"1/s\" }\nmode = \"Enforce\"\nmax_tracked_accounts = 0\nkeys_sha256 = [\"my-secret-key\"]\n";
+        let text = "[[partner]]\nid = 5\nkeys_sha256 = [\"5555555555555555555555555555555555555555555555555555555555555555\"]\n\n[[partner]]\nid = \"ok\"\nkeys_sha256 = [\"0000000000000000000000000000000000000000000000000000000000000000\"]\n\n[[partner]]\nid = \"c\"\nquota = { payment = \"50/x\", inquiry_user = \"1/s\", polling = \"1/s\" }\nmode = \"Enforce\"\nmax_tracked_accounts = 0\nkeys_sha256 = [\"my-secret-key\"]\n";
         let (partners, errors) = run(text);
         assert!(partners.is_none());
         assert_eq!(

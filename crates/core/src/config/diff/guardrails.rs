@@ -27,16 +27,16 @@ impl ConfigDiff {
                 PartnerDiff::Changed { changes, .. } => {
                     for change in changes {
                         let message = match change {
-                            PartnerChange::Quota { class, old: Some(old), new: Some(new) } => {
-                                raised(*old, *new).map(|m| hit(quota(*class), m))
-                            }
-                            PartnerChange::Quota { class, old: None, new } => {
-                                opened(*new, capacity).map(|m| hit(quota(*class), m))
-                            }
-                            PartnerChange::Keys { before, after: 0, .. } if *before > 0 => Some(hit(
-                                format!("partner[{id}].keys_sha256"),
-                                format!("its last key is removed ({before} → 0 keys): the partner can no longer be identified and every request it sends is answered 401"),
-                            )),
+                            PartnerChange::Quota {
+                                class,
+                                old: Some(old),
+                                new: Some(new),
+                            } => raised(*old, *new).map(|m| hit(quota(*class), m)),
+                            PartnerChange::Quota {
+                                class,
+                                old: None,
+                                new,
+                            } => opened(*new, capacity).map(|m| hit(quota(*class), m)),
                             _ => None,
                         };
                         hits.extend(message);

@@ -40,9 +40,9 @@
 //!   biller's new capacity while the old sum did not exceed that many times the old capacity.
 //!   A capacity cut that crosses the line counts; a configuration already above it does not hit
 //!   again.
-//! - **A partner's last key removed**: the partner had at least one key and now has none, so it
-//!   can no longer be identified (every request it sends is answered 401). Removing the whole
-//!   partner is not a hit: that is said plainly in the diff.
+//!
+//! A partner's last key removed is not a guardrail but an error: a partner without a key is
+//! refused when the file is loaded.
 
 mod compare;
 mod guardrails;
