@@ -13,6 +13,9 @@ pub struct Opts {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Append logs to this file instead of stderr; SIGUSR1 reopens it (for logrotate).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +37,10 @@ pub enum Command {
         /// Also start the stand-in biller at `[biller] url`, in-process.
         #[arg(long)]
         with_biller: bool,
+        /// Write the process id here once the listeners are open (removed at exit), so that
+        /// `kill -HUP "$(cat FILE)"` reaches this gateway and no other.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
     },
     /// Validate a configuration and print its partners, quotas and warnings; exit 1 on error.
     ///

@@ -16,7 +16,11 @@ use crate::gateway::{self, Gateway};
 use crate::replay;
 
 /// `billgate serve`
-pub async fn serve(config_path: PathBuf, with_biller: bool) -> anyhow::Result<ExitCode> {
+pub async fn serve(
+    config_path: PathBuf,
+    with_biller: bool,
+    pid_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let config = match config::load_file(&config_path) {
         Ok(config) => config,
         Err(errors) => {
@@ -55,6 +59,7 @@ pub async fn serve(config_path: PathBuf, with_biller: bool) -> anyhow::Result<Ex
         ..gateway::Options::default()
     };
     let gateway = Gateway::start(config, options).await?;
+    let pid_file = pid_file.map(PidFile::write).transpose()?;
     signals.serve(&gateway).await;
     tracing::info!("shutting down: no new connections, finishing open requests");
     gateway.shutdown().await;
@@ -62,7 +67,31 @@ pub async fn serve(config_path: PathBuf, with_biller: bool) -> anyhow::Result<Ex
         let _ = stop.send(());
         let _ = task.await;
     }
+    drop(pid_file);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `serve --pid-file`: the process id, written whole (a temporary file renamed into place, so a
+/// reader never sees half a number) and removed when the gateway stops.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: PathBuf) -> anyhow::Result<PidFile> {
+        let mut temporary = path.clone().into_os_string();
+        temporary.push(".tmp");
+        std::fs::write(&temporary, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.0) {
+            tracing::warn!(%error, path = %self.0.display(), "cannot remove the pid file");
+        }
+    }
 }
 
 /// Lets `serve` hold as many connections as the hard open-file limit allows, and says so.
@@ -94,6 +123,8 @@ struct Signals {
     hangup: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    reopen_log: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -104,13 +135,14 @@ impl Signals {
             Ok(Signals {
                 hangup: signal(SignalKind::hangup())?,
                 terminate: signal(SignalKind::terminate())?,
+                reopen_log: signal(SignalKind::user_defined1())?,
             })
         }
         #[cfg(not(unix))]
         Ok(Signals {})
     }
 
-    /// Reloads on SIGHUP until SIGTERM or Ctrl-C.
+    /// Reloads on SIGHUP and reopens the log file on SIGUSR1, until SIGTERM or Ctrl-C.
     async fn serve(mut self, gateway: &Gateway) {
         #[cfg(unix)]
         loop {
@@ -118,6 +150,11 @@ impl Signals {
                 // The outcome is logged and counted by the reload itself.
                 _ = self.hangup.recv() => {
                     let _ = gateway.reload(false).await;
+                }
+                _ = self.reopen_log.recv() => {
+                    if let Err(error) = crate::logging::reopen() {
+                        tracing::error!(%error, "cannot reopen the log file; logging on to the old one");
+                    }
                 }
                 _ = self.terminate.recv() => return,
                 _ = tokio::signal::ctrl_c() => return,

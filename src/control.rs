@@ -159,19 +159,26 @@ impl Control {
         match &result {
             Ok(done) => {
                 metrics.reload("ok");
-                tracing::info!(sha256 = %done.sha256, "configuration reloaded: {}\n{}", done.summary, done.diff);
+                // One event a log file holds on one line: the diff's lines as a list.
+                let diff: Vec<&str> = done.diff.lines().collect();
+                tracing::info!(
+                    sha256 = %done.sha256,
+                    summary = %done.summary,
+                    ?diff,
+                    "configuration reloaded"
+                );
             }
             Err(ReloadError::Refused(hits)) => {
                 metrics.reload("refused");
                 tracing::warn!(
-                    "reload refused by {} guardrail(s); the running configuration stays:\n{}",
-                    hits.len(),
-                    hits.join("\n")
+                    guardrails = ?hits,
+                    "reload refused by guardrails; the running configuration stays"
                 );
             }
             Err(error) => {
                 metrics.reload("error");
-                tracing::error!("reload failed; the running configuration stays:\n{error}");
+                let errors: Vec<String> = error.to_string().lines().map(str::to_owned).collect();
+                tracing::error!(?errors, "reload failed; the running configuration stays");
             }
         }
         result

@@ -23,24 +23,29 @@ mod commands;
 pub mod control;
 pub mod gateway;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod replay;
 
 use std::process::ExitCode;
 
-use cli::{Command, LogFormat, Opts};
+use cli::{Command, Opts};
 
 /// Runs one command line; the exit code says whether it succeeded.
 pub fn run(opts: Opts) -> ExitCode {
-    init_logging(opts.log_format);
+    if let Err(error) = logging::init(opts.log_format, opts.log_file.as_deref()) {
+        eprintln!("error: cannot open the log file: {error}");
+        return ExitCode::FAILURE;
+    }
     let result = match opts.command {
         Command::Check { config, diff } => Ok(commands::check(&config, diff.as_deref())),
         Command::HashKey => commands::hash_key(),
         Command::Serve {
             config,
             with_biller,
-        } => runtime().and_then(|rt| rt.block_on(commands::serve(config, with_biller))),
+            pid_file,
+        } => runtime().and_then(|rt| rt.block_on(commands::serve(config, with_biller, pid_file))),
         Command::Biller {
             listen,
             capacity,
@@ -64,16 +69,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }

@@ -440,3 +440,90 @@ async fn out_of_sockets_is_the_gateways_503_and_never_the_billers_failure() {
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     wait_for(&process.lines, "connections to the biller open again");
 }
+
+/// Waits for `ready` to give a value, checking every 10 ms for at most 10 s.
+fn poll<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `--pid-file` names this gateway (so `kill -HUP "$(cat FILE)"` reaches it and no other) and
+/// goes at exit; `--log-file` holds one line per event, no colour codes, and SIGUSR1 moves the
+/// logging to a fresh file after logrotate renamed the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pid_file_names_this_gateway_and_sigusr1_reopens_the_log_file() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("pidfile");
+    let config = write_config(&dir, &biller.url(), "10/s");
+    let (log, rotated, pid) = (
+        dir.join("billgate.log"),
+        dir.join("billgate.log.1"),
+        dir.join("billgate.pid"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_billgate"))
+        .arg("--log-file")
+        .arg(&log)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--pid-file")
+        .arg(&pid)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start billgate");
+    let written = poll("pid file", || {
+        std::fs::read_to_string(&pid)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    });
+    assert_eq!(written, format!("{}\n", child.id()));
+    let kill = |signal: &str| {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), written.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    };
+
+    let first = std::fs::read_to_string(&log).unwrap();
+    assert!(first.contains("billgate listening"), "{first}");
+    assert!(
+        !first.contains('\u{1b}'),
+        "colour codes in a file: {first:?}"
+    );
+
+    std::fs::rename(&log, &rotated).unwrap();
+    kill("USR1");
+    // The reopened file exists once SIGUSR1 was handled; a reload then logs into it.
+    poll("reopened log file", || log.exists().then_some(()));
+    kill("HUP");
+    let reloaded = poll("reload line", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("configuration reloaded"))
+    });
+    let line = reloaded
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap();
+    assert!(line.contains("diff=["), "the diff is one field: {line}");
+    assert!(!std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("configuration reloaded"));
+
+    kill("TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!pid.exists(), "the pid file outlived the gateway");
+}
