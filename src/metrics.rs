@@ -174,23 +174,62 @@ struct Families {
     requests: IntCounterVec,
     rejections: IntCounterVec,
     shadow: IntCounterVec,
+    /// The handle for every label combination no request can produce (a named partner refused
+    /// for an unknown key, a request without a class forwarded): it is never registered, so
+    /// `/metrics` exports only series that can move, while the request path still indexes its
+    /// handles without a branch.
+    unexported: IntCounter,
+}
+
+/// Where in a request's path a refusal happens, and so which labels it can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Before the partner is known: `partner="unknown"`, `class="none"`.
+    Anonymous,
+    /// The partner is known, no route matched yet: `class="none"`.
+    Unrouted,
+    /// Within one of the partner's classes.
+    InClass,
+}
+
+impl Stage {
+    fn of(reason: RejectReason) -> Stage {
+        match reason {
+            RejectReason::Admission(Reason::MissingKey | Reason::UnknownKey) => Stage::Anonymous,
+            RejectReason::Admission(Reason::Suspended | Reason::NoRoute) => Stage::Unrouted,
+            _ => Stage::InClass,
+        }
+    }
 }
 
 impl Families {
-    fn bind_class(&self, partner: &str, class: &str) -> ClassMetrics {
+    fn bind_class(&self, partner: &str, class: &str, stage: Stage) -> ClassMetrics {
+        let bind = |family: &IntCounterVec, label: &str, possible: bool| {
+            if possible {
+                family.with_label_values(&[partner, class, label])
+            } else {
+                self.unexported.clone()
+            }
+        };
         ClassMetrics {
+            // Outside a class a request can only be refused.
             requests: Outcome::ALL.map(|o| {
-                self.requests
-                    .with_label_values(&[partner, class, o.as_str()])
+                bind(
+                    &self.requests,
+                    o.as_str(),
+                    stage == Stage::InClass || o == Outcome::Rejected,
+                )
             }),
             rejections: RejectReason::all()
-                .map(|r| {
-                    self.rejections
-                        .with_label_values(&[partner, class, r.as_str()])
-                })
+                .map(|r| bind(&self.rejections, r.as_str(), Stage::of(r) == stage))
                 .collect(),
+            // Shadow mode only ever lets through what a class's checks would have refused.
             shadow: Reason::ALL
-                .map(|r| self.shadow.with_label_values(&[partner, class, r.as_str()]))
+                .map(|r| {
+                    let possible =
+                        stage == Stage::InClass && Stage::of(RejectReason::Admission(r)) == stage;
+                    bind(&self.shadow, r.as_str(), possible)
+                })
                 .to_vec(),
         }
     }
@@ -360,10 +399,14 @@ impl Metrics {
             requests,
             rejections,
             shadow,
+            unexported: IntCounter::new(
+                "billgate_unexported",
+                "a label combination no request can produce",
+            )?,
         };
         Ok(Metrics {
             registry,
-            anonymous: families.bind_class("unknown", "none"),
+            anonymous: families.bind_class("unknown", "none", Stage::Anonymous),
             families,
             accounts_tracked,
             accounts_evicted,
@@ -386,8 +429,11 @@ impl Metrics {
     /// Binds every handle a partner's requests touch.
     pub fn bind_partner(&self, partner: &str) -> PartnerMetrics {
         PartnerMetrics {
-            classes: Class::ALL.map(|c| self.families.bind_class(partner, c.as_str())),
-            unrouted: self.families.bind_class(partner, "none"),
+            classes: Class::ALL.map(|c| {
+                self.families
+                    .bind_class(partner, c.as_str(), Stage::InClass)
+            }),
+            unrouted: self.families.bind_class(partner, "none", Stage::Unrouted),
             accounts_tracked: self.accounts_tracked.with_label_values(&[partner]),
             accounts_evicted: self.accounts_evicted.with_label_values(&[partner]),
         }

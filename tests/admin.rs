@@ -88,6 +88,70 @@ async fn metrics_are_prometheus_text_with_requests_and_latency() {
     assert!(text.contains(r#"billgate_config_info{sha256=""#));
 }
 
+/// Every series `/metrics` exports can move: no named partner refused for an unknown key, no
+/// request outside a class forwarded, no class-level refusal before a partner is known.
+#[tokio::test]
+async fn metrics_export_only_label_combinations_a_request_can_produce() {
+    let biller = TestBiller::roomy().await;
+    let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", Q, ""))).await;
+    let text = gw.metrics().await;
+    let series: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("billgate_rejections_total{")
+                || l.starts_with("billgate_requests_total{")
+                || l.starts_with("billgate_shadow_rejections_total{")
+        })
+        .filter_map(|l| l.split_once('{'))
+        .map(|(name, rest)| (name, rest.split('}').next().unwrap_or("")))
+        .collect();
+    let label = |labels: &str, name: &str| -> String {
+        labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+            .map(|v| v.trim_end_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    let before_a_partner = ["missing_key", "unknown_key"];
+    let before_a_route = ["no_route", "suspended"];
+    for (name, labels) in &series {
+        let (partner, class) = (label(labels, "partner"), label(labels, "class"));
+        let (reason, outcome) = (label(labels, "reason"), label(labels, "outcome"));
+        let shown = format!("{name}{{{labels}}}");
+        if partner == "unknown" {
+            assert_eq!(class, "none", "{shown}");
+            if *name == "billgate_rejections_total" {
+                assert!(before_a_partner.contains(&reason.as_str()), "{shown}");
+            }
+        } else {
+            assert!(!before_a_partner.contains(&reason.as_str()), "{shown}");
+        }
+        if class == "none" {
+            if *name == "billgate_requests_total" {
+                assert_eq!(outcome, "rejected", "{shown}");
+            }
+            assert_ne!(*name, "billgate_shadow_rejections_total", "{shown}");
+        } else {
+            assert!(!before_a_route.contains(&reason.as_str()), "{shown}");
+        }
+    }
+    // What remains is exactly what can happen: wallet-a refused before a route for two
+    // reasons, and anonymous callers for two.
+    let count = |partner: &str, class: &str| {
+        series
+            .iter()
+            .filter(|(n, l)| {
+                *n == "billgate_rejections_total"
+                    && label(l, "partner") == partner
+                    && label(l, "class") == class
+            })
+            .count()
+    };
+    assert_eq!(count("wallet-a", "none"), 2);
+    assert_eq!(count("unknown", "none"), 2);
+    assert!(!text.contains("billgate_unexported"));
+}
+
 #[tokio::test]
 async fn unknown_admin_paths_and_methods_are_refused() {
     let biller = TestBiller::roomy().await;
