@@ -103,7 +103,9 @@ async fn one_account_is_limited_without_touching_other_accounts() {
         reply.header("ratelimit-policy"),
         Some("\"per_account\";q=2;w=60")
     );
-    assert_eq!(reply.header("ratelimit"), Some("\"per_account\";r=0;t=30"));
+    // `t` is the time until `r` is back at `q` (both requests again: 60 s), `Retry-After` the
+    // time until the next one may pass (30 s).
+    assert_eq!(reply.header("ratelimit"), Some("\"per_account\";r=0;t=60"));
     assert_eq!(
         get(&gw.url("/v1/bills/901"), &h).await.status,
         StatusCode::OK
@@ -113,12 +115,9 @@ async fn one_account_is_limited_without_touching_other_accounts() {
         StatusCode::CREATED
     );
     gw.hand.advance(Duration::from_secs(29));
-    assert_eq!(
-        get(&gw.url("/v1/bills/900"), &h)
-            .await
-            .header("retry-after"),
-        Some("1")
-    );
+    let reply = get(&gw.url("/v1/bills/900"), &h).await;
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.header("ratelimit"), Some("\"per_account\";r=0;t=31"));
     gw.hand.advance(Duration::from_secs(1));
     assert_eq!(
         get(&gw.url("/v1/bills/900"), &h).await.status,
@@ -223,4 +222,44 @@ async fn shadow_mode_forwards_everything_and_counts_what_it_would_have_refused()
     // Shadow mode does not open a closed class.
     let reply = get(&gw.url("/v1/bills/4242"), &[("x-api-key", "key-c")]).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
+}
+
+/// What the README tells a partner's engineer: read `q` and `w` from `RateLimit-Policy`, send
+/// one request every `w`/`q` seconds, and nothing is refused — with a burst larger than the rate,
+/// `r` never says more than `q`, and every answer's `t` is the time until `r` is back at `q`.
+#[tokio::test]
+async fn a_client_pacing_itself_by_the_ratelimit_fields_is_never_refused() {
+    let biller = TestBiller::roomy().await;
+    let q = r#"inquiry_scheduled = "20/s burst 40""#;
+    let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", q, ""))).await;
+    let h = [("x-api-key", "key-a")];
+    let first = get(&gw.url("/v1/bills/1"), &h).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let policy = first.header("ratelimit-policy").unwrap_or_default();
+    assert_eq!(policy, "\"inquiry_scheduled\";q=20;w=1");
+    let field = |value: &str, name: &str| -> u64 {
+        value
+            .split(';')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let (quota, window) = (field(policy, "q"), field(policy, "w"));
+    // Full (the burst of 40 less the one just sent), but `r` says `q`.
+    assert_eq!(
+        first.header("ratelimit"),
+        Some("\"inquiry_scheduled\";r=20;t=0")
+    );
+    let step = Duration::from_secs(window) / u32::try_from(quota).unwrap_or(1);
+    let mut refused = 0;
+    for n in 0..200 {
+        gw.hand.advance(step);
+        let reply = get(&gw.url(&format!("/v1/bills/{}", 2 + n % 50)), &h).await;
+        if reply.status != StatusCode::OK {
+            refused += 1;
+        }
+        let state = reply.header("ratelimit").unwrap_or_default();
+        assert!(field(state, "r") <= quota, "{state}");
+    }
+    assert_eq!(refused, 0);
 }

@@ -323,6 +323,7 @@ impl Prepared {
             limit.remaining = Remaining {
                 remaining: 0,
                 reset: second,
+                wait: second,
             };
         }
         let (parts, body) = template.render::<Bytes>(&usual).into_parts();
@@ -481,6 +482,7 @@ mod tests {
                 remaining: Remaining {
                     remaining: 0,
                     reset: Duration::from_millis(wait_ms),
+                    wait: Duration::ZERO,
                 },
             }),
             retry_after: Some(Duration::from_millis(wait_ms)),
@@ -609,6 +611,7 @@ mod tests {
             limit.remaining = Remaining {
                 remaining: 3,
                 reset: Duration::from_secs(5),
+                wait: Duration::ZERO,
             };
         }
         let mut other_wait = template;

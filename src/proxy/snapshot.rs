@@ -126,6 +126,7 @@ impl Snapshot {
                         remaining: Remaining {
                             remaining: 0,
                             reset: std::time::Duration::ZERO,
+                            wait: std::time::Duration::ZERO,
                         },
                     })
                 }),

@@ -464,7 +464,7 @@ impl Gate {
                 partner: Some(c.partner),
                 class: Some(c.class),
                 route: Some(c.route),
-                retry_after: limit.map(|l: Limit| l.remaining.reset),
+                retry_after: limit.map(|l: Limit| l.remaining.wait),
                 limit,
             })
         };
@@ -507,10 +507,7 @@ impl Gate {
                     let limit = Limit {
                         policy: Policy::PerAccount,
                         rate: accounts.rate(),
-                        remaining: Remaining {
-                            remaining: 0,
-                            reset: wait,
-                        },
+                        remaining: Remaining::refused(accounts.rate(), wait),
                     };
                     return deny(reason, Some(limit));
                 }
@@ -578,7 +575,7 @@ impl Gate {
                 partner: Some(c.partner),
                 class: Some(c.class),
                 route: Some(c.route),
-                retry_after: Some(limit.remaining.reset),
+                retry_after: Some(limit.remaining.wait),
                 limit: Some(limit),
             }),
             None => Err(Denied {

@@ -27,13 +27,37 @@ use crate::shards::{self, split, Padded};
 /// A quota is split over several cores only when each gets at least this much burst.
 pub const MIN_SHARD_BURST: u32 = 16;
 
-/// What a quota says after a check: enough for `RateLimit: "name";r=…;t=…`.
+/// What a quota says after a check, in the terms of its `RateLimit-Policy` (`q` requests per
+/// `w` seconds, the rate as configured): enough for `RateLimit: "name";r=…;t=…` and
+/// `Retry-After`, each with one meaning on every answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Remaining {
-    /// Requests that may still be sent at once.
+    /// `r`: requests that may be sent now. Never more than `q`, even when the burst is larger:
+    /// a client may take it literally.
     pub remaining: u32,
-    /// Time until the quota is whole again (denied: until the next request may pass).
+    /// `t`: time until `r` is back at `q` (zero when it is there), on an admitted answer and a
+    /// refused one alike.
     pub reset: Duration,
+    /// Time until the next request may pass: zero while `r` > 0; on a refusal, `Retry-After`.
+    pub wait: Duration,
+}
+
+impl Remaining {
+    /// A refusal by a limit of `rate`: the next request may pass after `wait`, and the rest of
+    /// `q` follows one replenish interval apart.
+    pub fn refused(rate: Rate, wait: Duration) -> Remaining {
+        let more = ceiling(rate).saturating_sub(1);
+        Remaining {
+            remaining: 0,
+            reset: wait.saturating_add(rate.replenish_interval().saturating_mul(more)),
+            wait,
+        }
+    }
+}
+
+/// The most `r` ever says for `rate`: its `q`, or its burst when that is smaller.
+pub fn ceiling(rate: Rate) -> u32 {
+    rate.count.get().min(rate.burst.get())
 }
 
 /// One GCRA cell (or one per core) enforcing a [`Rate`]. Cloning shares the state.
@@ -148,10 +172,7 @@ impl Quota {
             Cells::One(t) => {
                 return match Gcra::from_nanos(*t, self.rate.burst).spend(own, now, n) {
                     Ok(tat) => Ok(Passed { cell: 0, now, tat }),
-                    Err(refused) => Err(Remaining {
-                        remaining: 0,
-                        reset: self.wait(refused, now),
-                    }),
+                    Err(refused) => Err(Remaining::refused(self.rate, self.wait(refused, now))),
                 };
             }
             Cells::Sharded(cells) => cells,
@@ -165,10 +186,7 @@ impl Quota {
             };
             soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
         }
-        Err(Remaining {
-            remaining: 0,
-            reset: soonest.unwrap_or_default(),
-        })
+        Err(Remaining::refused(self.rate, soonest.unwrap_or_default()))
     }
 
     /// What remains of this quota after `passed` (which it let through): the serving cell's
@@ -184,19 +202,23 @@ impl Quota {
             ),
             Cells::Sharded(cells) => {
                 let Some(cell) = cells.get(passed.cell) else {
-                    return Remaining {
-                        remaining: 0,
-                        reset: Duration::ZERO,
-                    };
+                    return Remaining::refused(self.rate, Duration::ZERO);
                 };
                 (cell.gcra, cell.burst, cell.interval, cells.len() as u32)
             }
         };
+        let ceiling = ceiling(self.rate);
         let left = gcra.remaining(passed.now, passed.tat);
-        let spent = burst.saturating_sub(left);
+        // `r` reaches `q` when this cell holds its share of `q`: until then, the arrival time
+        // must fall back to within (burst − share) intervals of now.
+        let share = ceiling.div_ceil(scale).min(burst);
+        let ahead = Duration::from_nanos(passed.tat.saturating_sub(passed.now));
+        let slack = interval.saturating_mul(burst - share);
         Remaining {
-            remaining: left.saturating_mul(scale).min(self.rate.burst.get()),
-            reset: interval * spent,
+            remaining: left.saturating_mul(scale).min(ceiling),
+            reset: ahead.saturating_sub(slack),
+            // The next request passes once the arrival time is within (burst − 1) intervals.
+            wait: ahead.saturating_sub(interval.saturating_mul(burst.saturating_sub(1))),
         }
     }
 
@@ -253,52 +275,82 @@ mod tests {
     use crate::clock::Clock;
     use crate::config::parse_rate;
 
+    /// `2/s burst 3`: the policy says `q=2;w=1`, so `r` never says more than 2 although three
+    /// may pass at once; `t` is the time until `r` is back at 2, on admitted and refused
+    /// answers alike; the refusal's wait is until the next request may pass.
     #[test]
     fn spends_the_burst_then_denies_with_the_wait() {
         let (clock, hand) = Clock::fake();
         let q = Quota::new(parse_rate("2/s burst 3").unwrap());
         let own = AtomicU64::new(0);
+        let ms = Duration::from_millis;
+        let state = |r: Result<Remaining, Remaining>| {
+            let (Ok(x) | Err(x)) = r;
+            (r.is_ok(), x.remaining, x.reset, x.wait)
+        };
+        assert_eq!(state(q.check(&own, clock.now())), (true, 2, ms(0), ms(0)));
+        assert_eq!(state(q.check(&own, clock.now())), (true, 1, ms(500), ms(0)));
         assert_eq!(
-            q.check(&own, clock.now()),
-            Ok(Remaining {
-                remaining: 2,
-                reset: Duration::from_millis(500)
-            })
+            state(q.check(&own, clock.now())),
+            (true, 0, ms(1000), ms(500))
         );
-        assert_eq!(q.check(&own, clock.now()).unwrap().remaining, 1);
-        assert_eq!(q.check(&own, clock.now()).unwrap().remaining, 0);
-        let denied = q.check(&own, clock.now()).unwrap_err();
         assert_eq!(
-            denied,
-            Remaining {
-                remaining: 0,
-                reset: Duration::from_millis(500)
-            }
+            state(q.check(&own, clock.now())),
+            (false, 0, ms(1000), ms(500))
         );
-        hand.advance(Duration::from_millis(499));
+        hand.advance(ms(499));
         assert_eq!(
-            q.check(&own, clock.now()).unwrap_err().reset,
-            Duration::from_millis(1)
+            state(q.check(&own, clock.now())),
+            (false, 0, ms(501), ms(1))
         );
-        hand.advance(Duration::from_millis(1));
-        assert_eq!(q.check(&own, clock.now()).unwrap().remaining, 0);
+        hand.advance(ms(1));
+        assert_eq!(
+            state(q.check(&own, clock.now())),
+            (true, 0, ms(1000), ms(500))
+        );
     }
 
+    /// Requests spaced by `w`/`q` seconds — the pacing the README tells partners — are never
+    /// refused, whatever the burst.
+    #[test]
+    fn pacing_at_the_policy_rate_is_never_refused() {
+        for text in ["10/s", "20/s burst 40", "2/min", "5/s burst 1"] {
+            let rate = parse_rate(text).unwrap();
+            let (clock, hand) = Clock::fake();
+            let q = Quota::split_over(rate, 1);
+            let own = AtomicU64::new(0);
+            let step = rate.period.duration() / rate.count.get();
+            for n in 0..1_000 {
+                let passed = q.check(&own, clock.now());
+                assert!(passed.is_ok(), "{text}: request {n} refused: {passed:?}");
+                hand.advance(step);
+            }
+        }
+    }
+
+    /// `2/min`: after both requests `t` is 60 s on the admitted answer and on the refusal
+    /// that follows; the refusal's wait (its `Retry-After`) is 30 s, the next request's.
     #[test]
     fn a_per_minute_rate_waits_the_full_interval() {
         let (clock, hand) = Clock::fake();
         let q = Quota::new(parse_rate("2/min").unwrap());
         let own = AtomicU64::new(0);
         assert!(q.check(&own, clock.now()).is_ok());
-        assert!(q.check(&own, clock.now()).is_ok());
+        let second = q.check(&own, clock.now()).unwrap();
         assert_eq!(
-            q.check(&own, clock.now()).unwrap_err().reset,
-            Duration::from_secs(30)
+            (second.remaining, second.reset),
+            (0, Duration::from_secs(60))
+        );
+        let refused = q.check(&own, clock.now()).unwrap_err();
+        assert_eq!(
+            (refused.reset, refused.wait),
+            (Duration::from_secs(60), Duration::from_secs(30))
         );
         hand.advance(Duration::from_secs(10));
+        let refused = q.check(&own, clock.now()).unwrap_err();
         assert_eq!(
-            q.check(&own, clock.now()).unwrap_err().reset,
-            Duration::from_secs(20)
+            (refused.reset, refused.wait),
+            (Duration::from_secs(50), Duration::from_secs(20))
         );
     }
 
