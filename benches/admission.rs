@@ -8,6 +8,8 @@
 mod alloc;
 #[path = "admission/baselines.rs"]
 mod baselines;
+#[path = "admission/class_quota.rs"]
+mod class_quota;
 #[path = "admission/extra.rs"]
 mod extra;
 #[path = "admission/latency.rs"]
@@ -469,6 +471,7 @@ fn main() {
     quota_path(&mut c);
     protection(&mut c);
     per_account(&mut c);
+    class_quota::class_quota(&mut c);
     scaling();
     hot();
     latency::ladder();

@@ -7,8 +7,8 @@
 //! [`concurrency`], [`cache`] and [`clock`]) as a pure function of the request, the
 //! configuration snapshot and the clock. The stand-in biller and the replays live in
 //! `billgate-sim`; only [`commands`](crate::run) and [`replay`] use it.
-// Unsafe code is denied everywhere but in two small, documented places: handing allocations to
-// mimalloc (`allocator`) and the open-file limit's two system calls (`limits`).
+// Unsafe code is denied everywhere but in one small, documented place: the open-file limit's two
+// system calls (`limits`).
 #![deny(unsafe_code)]
 
 pub use billgate_core::{
@@ -16,7 +16,6 @@ pub use billgate_core::{
 };
 
 pub mod admin;
-pub mod allocator;
 pub mod cli;
 pub mod coalesce;
 mod commands;

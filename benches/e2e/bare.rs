@@ -17,8 +17,8 @@
 //! one multi-thread runtime with `--workers` threads instead. Like billgate's partner
 //! connections, accepted connections have `TCP_NODELAY` and a 10 s limit on reading a request
 //! head (here hyper's own header-read timeout, the plain way; billgate watches its heads with a
-//! sweep per worker), and the process allocates with billgate's allocator: what differs between
-//! the two is billgate's work.
+//! sweep per worker), and the process allocates with billgate's allocator (mimalloc): what
+//! differs between the two is billgate's work.
 //!
 //! This is a benchmark target (`cargo bench --no-run` keeps it compiling), not a criterion
 //! bench: `cargo bench` only prints where it is used.
@@ -44,7 +44,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 #[global_allocator]
-static ALLOCATOR: billgate::allocator::Mimalloc = billgate::allocator::Mimalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(about = "Bare hyper baselines for benches/e2e/run.sh")]

@@ -28,7 +28,6 @@
 //! [`Clock`](crate::clock::Clock).
 
 mod answer;
-mod date;
 mod invalidate;
 mod key;
 mod policy;

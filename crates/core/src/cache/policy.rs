@@ -1,7 +1,7 @@
 //! Whether, and for how long, a biller answer may be kept: `Cache-Control` (RFC 9111 §5.2.2)
 //! read as a shared cache reads it, capped by the route's `cache_for`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -47,7 +47,7 @@ impl NotStored {
 /// `s-maxage` (preferred, as for any shared cache) or `max-age` says so — or, without either,
 /// `Expires` less `Date`. `None` means do not store: `no-store`, `no-cache` and `private` (bare
 /// or with field names), a zero lifetime, a malformed `max-age`/`s-maxage`, an `Expires` that
-/// is not a later IMF-fixdate than `Date` (`Expires: 0` included), or a header that is not text.
+/// is not an HTTP date later than `Date` (`Expires: 0` included), or a header that is not text.
 ///
 /// The lifetime counts from when the answer was generated; subtract the biller's `Age` (see
 /// [`initial_age`]) to get what is left of it.
@@ -92,11 +92,20 @@ pub fn freshness(headers: &HeaderMap, cache_for: Duration) -> Option<Duration> {
 }
 
 /// Seconds from `Date` to `Expires`; `None` (do not store) if either is missing or not a date,
-/// or `Expires` is not later.
+/// or `Expires` is not later. An unreadable `Expires` thus reads as already expired, the
+/// cautious reading RFC 9111 §5.3 asks for.
 fn expires_after_date(expires: &HeaderValue, headers: &HeaderMap) -> Option<u64> {
-    let expires = super::date::parse(expires.to_str().ok()?)?;
-    let date = super::date::parse(headers.get(DATE)?.to_str().ok()?)?;
-    u64::try_from(expires - date).ok().filter(|&s| s > 0)
+    let expires = http_date(expires)?;
+    let date = http_date(headers.get(DATE)?)?;
+    let ahead = expires.duration_since(date).ok()?.as_secs();
+    (ahead > 0).then_some(ahead)
+}
+
+/// An HTTP date (RFC 9110 §5.6.7): IMF-fixdate or either obsolete form, which a recipient must
+/// accept; a weekday that does not match the date, a leap second or a year before 1970 does not
+/// read.
+fn http_date(value: &HeaderValue) -> Option<SystemTime> {
+    httpdate::parse_http_date(value.to_str().ok()?).ok()
 }
 
 /// The biller's `Age` in seconds: how old the answer already was when it arrived (zero if absent
@@ -266,6 +275,67 @@ mod tests {
             HeaderValue::from_static("Tue, 01 Sep 2026 10:00:30 GMT"),
         );
         assert_eq!(freshness(&undated, MINUTE), None);
+    }
+
+    /// `Expires` less `Date`, uncapped by `cache_for`.
+    fn expires_since(expires: &'static str, date: &'static str) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        h.insert(DATE, HeaderValue::from_static(date));
+        h.insert(EXPIRES, HeaderValue::from_static(expires));
+        freshness(&h, Duration::MAX)
+    }
+
+    const EPOCH: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
+
+    #[test]
+    fn dates_read_in_the_three_forms() {
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(
+            expires_since("Sun, 06 Nov 1994 08:49:37 GMT", EPOCH),
+            secs(784_111_777)
+        );
+        assert_eq!(
+            expires_since("Tue, 29 Feb 2028 23:59:59 GMT", EPOCH),
+            secs(1_835_481_599)
+        );
+        // The obsolete RFC 850 and asctime forms, which a recipient must accept.
+        assert_eq!(
+            expires_since("Sunday, 06-Nov-94 08:49:37 GMT", EPOCH),
+            secs(784_111_777)
+        );
+        assert_eq!(
+            expires_since("Sun Nov  6 08:49:37 1994", EPOCH),
+            secs(784_111_777)
+        );
+        assert_eq!(
+            expires_since("Sun, 06 Nov 1994 08:49:38 GMT", "Sun Nov  6 08:49:37 1994"),
+            secs(1)
+        );
+    }
+
+    #[test]
+    fn anything_else_is_no_date_and_so_expired() {
+        for text in [
+            "0",
+            "",
+            "-1",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT extra",
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Tue, 29 Feb 2028 23:59:60 GMT",
+            "Fri, 31 Dec 1969 23:59:59 GMT",
+        ] {
+            assert_eq!(expires_since(text, EPOCH), None, "Expires: {text}");
+            assert_eq!(
+                expires_since("Sun, 06 Nov 1994 08:49:37 GMT", text),
+                None,
+                "Date: {text}"
+            );
+        }
     }
 
     #[test]

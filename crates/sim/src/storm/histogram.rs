@@ -1,21 +1,22 @@
-//! A bounded latency histogram: log-linear buckets in microseconds (32 per power of two, so a
-//! percentile is within ~3 % of the true value), a fixed array whatever the number of samples.
+//! Latency histograms for the reports: hdrhistogram's, in microseconds to three significant
+//! figures, with the exact minimum and maximum beside it so that no reported figure lies outside
+//! what was seen.
 
 use std::time::Duration;
 
-/// Sub-buckets per power of two, as a power of two.
-const SUB_BITS: u32 = 5;
-const SUB: u64 = 1 << SUB_BITS;
-/// The largest value kept apart, in microseconds (about 67 s); longer latencies count here.
-const MAX_MICROS: u64 = (1 << 26) - 1;
-/// Buckets needed to cover `0..=MAX_MICROS`.
-const BUCKETS: usize = (SUB + (26 - SUB_BITS as u64) * SUB) as usize;
+use hdrhistogram::Histogram;
 
-/// Latencies in a fixed number of buckets (~5.6 KiB), with their exact count, minimum and maximum.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The largest latency kept apart, in microseconds (about 67 s); longer ones count as this.
+const MAX_MICROS: u64 = (1 << 26) - 1;
+/// Significant figures kept: a percentile is within 0.1 % of the latency it stands for.
+const SIGFIG: u8 = 3;
+
+/// Latencies with their count, minimum and maximum. The counts (about 136 KiB at these bounds,
+/// whatever the number of samples) are made by the first sample, so a tally that never records
+/// costs nothing.
+#[derive(Debug, Clone)]
 pub struct LatencyHistogram {
-    counts: Box<[u64; BUCKETS]>,
-    total: u64,
+    micros: Option<Histogram<u64>>,
     min: u64,
     max: u64,
 }
@@ -23,8 +24,7 @@ pub struct LatencyHistogram {
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
-            counts: Box::new([0; BUCKETS]),
-            total: 0,
+            micros: None,
             min: u64::MAX,
             max: 0,
         }
@@ -37,73 +37,53 @@ impl LatencyHistogram {
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .min(MAX_MICROS);
-        self.counts[index(micros)] += 1;
-        self.total += 1;
-        self.min = self.min.min(micros);
-        self.max = self.max.max(micros);
+        if self.micros.is_none() {
+            // hdrhistogram refuses only bounds that these constants are not (a lowest value of
+            // 0, a highest below twice the lowest, more than 5 figures): this always makes one.
+            self.micros = Histogram::new_with_bounds(1, MAX_MICROS, SIGFIG).ok();
+        }
+        if let Some(h) = &mut self.micros {
+            h.saturating_record(micros);
+            self.min = self.min.min(micros);
+            self.max = self.max.max(micros);
+        }
     }
 
     /// Add every sample of `other`.
     pub fn merge(&mut self, other: &LatencyHistogram) {
-        for (mine, theirs) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *mine += theirs;
+        let Some(theirs) = &other.micros else { return };
+        match &mut self.micros {
+            None => self.micros = Some(theirs.clone()),
+            // `add` answers a `Result` for a histogram of other bounds; every one here has the
+            // same, so recording the other's buckets, which cannot fail, adds the same counts.
+            Some(mine) => {
+                for bucket in theirs.iter_recorded() {
+                    mine.saturating_record_n(bucket.value_iterated_to(), bucket.count_at_value());
+                }
+            }
         }
-        self.total += other.total;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
     }
 
     /// How many latencies were recorded.
     pub fn len(&self) -> u64 {
-        self.total
+        self.micros.as_ref().map_or(0, Histogram::len)
     }
 
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
-        self.total == 0
+        self.len() == 0
     }
 
-    /// The latency at quantile `q` (0–1): the highest value of the bucket holding the sample of
-    /// rank ⌈q·n⌉, clamped to the recorded minimum and maximum; `None` when empty.
+    /// The latency at quantile `q` (0–1, NaN read as 1): the highest value equivalent to the
+    /// sample of rank ⌈q·n⌉, clamped to the recorded minimum and maximum; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.total == 0 {
-            return None;
-        }
+        let h = self.micros.as_ref().filter(|h| !h.is_empty())?;
         let q = if q.is_nan() { 1.0 } else { q.clamp(0.0, 1.0) };
-        // `as` saturates; the rank is at least 1 and at most `total`.
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                let value = highest(i).clamp(self.min, self.max);
-                return Some(Duration::from_micros(value));
-            }
-        }
-        Some(Duration::from_micros(self.max))
+        let value = h.value_at_quantile(q).clamp(self.min, self.max);
+        Some(Duration::from_micros(value))
     }
-}
-
-/// The bucket of a value in microseconds (≤ `MAX_MICROS`).
-fn index(micros: u64) -> usize {
-    if micros < SUB {
-        return micros as usize;
-    }
-    let magnitude = 63 - u64::from(micros.leading_zeros()); // ≥ SUB_BITS
-    let shift = magnitude - u64::from(SUB_BITS);
-    let sub = (micros >> shift) - SUB; // 0..SUB
-    (SUB + shift * SUB + sub) as usize
-}
-
-/// The highest value that falls in bucket `i`.
-fn highest(i: usize) -> u64 {
-    let i = i as u64;
-    if i < SUB {
-        return i;
-    }
-    let shift = (i - SUB) / SUB;
-    let sub = (i - SUB) % SUB;
-    ((SUB + sub + 1) << shift) - 1
 }
 
 #[cfg(test)]
@@ -128,15 +108,17 @@ mod tests {
     }
 
     #[test]
-    fn every_bucket_boundary_round_trips() {
-        for i in 0..BUCKETS {
-            let top = highest(i);
-            assert_eq!(index(top), i, "top of bucket {i}");
-            if i + 1 < BUCKETS {
-                assert_eq!(index(top + 1), i + 1, "bottom of bucket {}", i + 1);
-            }
+    fn three_significant_figures_over_the_whole_range() {
+        let mut h = LatencyHistogram::default();
+        // 2,048 µs and up share buckets of 2 µs, 16,384 µs and up of 16 µs; each quantile is
+        // the top of the bucket of the sample of its rank.
+        for v in [2_049, 16_390, 1_000_000, 60_000_001] {
+            h.record(us(v));
         }
-        assert_eq!(highest(BUCKETS - 1), MAX_MICROS);
+        assert_eq!(h.quantile(0.25), Some(us(2_049)));
+        assert_eq!(h.quantile(0.5), Some(us(16_399)));
+        assert_eq!(h.quantile(0.75), Some(us(1_000_447)));
+        assert_eq!(h.quantile(1.0), Some(us(60_000_001)));
     }
 
     #[test]
@@ -183,5 +165,10 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert_eq!(b.quantile(0.5), Some(us(3)));
         assert_eq!(b.quantile(f64::NAN), Some(us(MAX_MICROS)));
+        let mut c = LatencyHistogram::default();
+        c.merge(&LatencyHistogram::default());
+        assert!(c.is_empty());
+        c.merge(&b);
+        assert_eq!((c.len(), c.quantile(0.0)), (2, Some(us(3))));
     }
 }
