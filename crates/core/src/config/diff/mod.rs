@@ -9,9 +9,11 @@
 //! use billgate_core::config::{diff, load_str};
 //!
 //! let old = "[biller]\nurl = \"http://127.0.0.1:9000\"\ncapacity = \"400/s\"\n\
-//!            [[partner]]\nid = \"wallet-a\"\nquota = { inquiry_scheduled = \"20/s burst 40\" }\n";
+//!            [[partner]]\nid = \"wallet-a\"\nkeys_sha256 = [\"{}\"]\n\
+//!            quota = { inquiry_scheduled = \"20/s burst 40\" }\n";
+//! let old = old.replace("{}", &billgate_core::config::hash_key("wallet-a-key"));
 //! let new = old.replace("20/s burst 40", "250/s burst 40");
-//! let change = diff(&load_str(old, "old.toml")?, &load_str(&new, "new.toml")?);
+//! let change = diff(&load_str(&old, "old.toml")?, &load_str(&new, "new.toml")?);
 //! assert_eq!(
 //!     change.to_string().lines().nth(1),
 //!     Some("  wallet-a  inquiry_scheduled  20/s burst 40 → 250/s burst 40  (×12.5, raised)")
