@@ -1,8 +1,9 @@
 //! The admin listener. Open: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (a
 //! snapshot is loaded and the biller accepted a connection at the last probe). Behind the bearer
-//! token: `/admin/config`, `/admin/partners`, `/admin/reload`, `/admin/partners/{id}/suspend`
-//! and `…/resume`. Without a token the reads stay open and the mutations are off.
+//! token: `/admin/config`, `/admin/partners`, `/admin/partners/{id}`, `/admin/reload`,
+//! `/admin/partners/{id}/suspend` and `…/resume`. Without a token the reads stay open and the mutations are off.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -18,10 +19,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::clock::ceil_secs;
 use crate::config::Class;
 use crate::control::{Control, ControlError, ReloadError, TOKEN_ENV};
 use crate::metrics::Outcome;
 use crate::proxy::Acceptor;
+use crate::recent::{self, Counts};
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const PROMETHEUS: HeaderValue =
@@ -38,8 +41,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut acceptor = Acceptor::new(listener, "admin");
+    let mut sample = tokio::time::interval(recent::EVERY);
     loop {
         tokio::select! {
+            _ = sample.tick() => control.recent.record(control.shared.clock.elapsed(), partner_counts(&control)),
             (stream, _) = acceptor.accept() => {
                 let control = Arc::clone(&control);
                 let service = service_fn(move |request| answer(Arc::clone(&control), request));
@@ -69,6 +74,7 @@ async fn answer(control: Arc<Control>, request: Request<Incoming>) -> Result<Ans
         },
         (&Method::GET, ["admin", "config"]) => guarded(&control, &request, false, || config(&control)),
         (&Method::GET, ["admin", "partners"]) => guarded(&control, &request, false, || partners(&control)),
+        (&Method::GET, ["admin", "partners", id]) => guarded(&control, &request, false, || partner_view(&control, id)),
         (&Method::POST, ["admin", "reload"]) => match authorize(&control, &request, true) {
             Err(refused) => refused,
             Ok(()) => {
@@ -87,7 +93,7 @@ async fn answer(control: Arc<Control>, request: Request<Incoming>) -> Result<Ans
                 Ok(()) => suspend(&control, &id, request).await,
             }
         }
-        (_, ["healthz" | "readyz" | "metrics"] | ["admin", "config" | "partners"]) => not_allowed("GET"),
+        (_, ["healthz" | "readyz" | "metrics"] | ["admin", "config" | "partners"] | ["admin", "partners", _]) => not_allowed("GET"),
         (_, ["admin", "reload"] | ["admin", "partners", _, "suspend" | "resume"]) => not_allowed("POST"),
         _ => problem(
             StatusCode::NOT_FOUND,
@@ -201,6 +207,7 @@ fn partners(control: &Control) -> Answer {
                 "suspended": suspension.as_deref().map(|s| json!({"reason": s.reason, "since_unix": s.since_unix})),
                 "requests_since_start": {
                     "forwarded": total(Outcome::Forwarded),
+                    "cached": total(Outcome::Cached),
                     "rejected": total(Outcome::Rejected),
                     "failed": total(Outcome::Failed),
                 },
@@ -212,6 +219,76 @@ fn partners(control: &Control) -> Answer {
         JSON,
         json!({ "partners": list }).to_string(),
     )
+}
+
+/// Every partner's counters by class now, for the last-minute rates.
+fn partner_counts(control: &Control) -> HashMap<String, [Counts; 3]> {
+    let snapshot = control.shared.snapshot.load();
+    snapshot
+        .config
+        .partners
+        .iter()
+        .zip(snapshot.partners.iter())
+        .map(|(p, runtime)| {
+            let counts = Class::ALL.map(|c| Counts::of(runtime.metrics.class(c)));
+            (p.id.clone(), counts)
+        })
+        .collect()
+}
+
+/// `GET /admin/partners/{id}`: one partner as its operators need it now — each class's quota,
+/// what remains of it, its rate over the last minute, refusals by reason since start, and any
+/// suspension.
+fn partner_view(control: &Control, id: &str) -> Answer {
+    let snapshot = control.shared.snapshot.load();
+    let Some((n, p)) = snapshot.config.partners.entries().find(|(_, p)| p.id == id) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "No such partner",
+            &format!("no partner \"{id}\" in the running configuration"),
+        );
+    };
+    let Some(runtime) = snapshot.partners.get(n) else {
+        return problem(StatusCode::NOT_FOUND, "No such partner", id);
+    };
+    let current = Class::ALL.map(|c| Counts::of(runtime.metrics.class(c)));
+    let (rates, span) = control
+        .recent
+        .rates(control.shared.clock.elapsed(), &p.id, current);
+    let classes: serde_json::Map<_, _> = Class::ALL
+        .iter()
+        .map(|&class| {
+            let quota = p.quota.get(class);
+            let now = snapshot.gate.quota_now(n, class);
+            let mut refusals = serde_json::Map::new();
+            for (reason, count) in runtime.metrics.class(class).refusals() {
+                refusals.insert(reason.to_owned(), json!(count));
+            }
+            let view = json!({
+                "quota": quota.map_or(json!("closed"), |r| json!(r.to_string())),
+                "remaining": now.map(|r| r.remaining),
+                "full_in_secs": now.map(|r| ceil_secs(r.reset)),
+                "last_minute": rates[class.index()],
+                "refusals_since_start": refusals,
+            });
+            (class.as_str().to_owned(), view)
+        })
+        .collect();
+    let mut unrouted = serde_json::Map::new();
+    for (reason, count) in runtime.metrics.unrouted.refusals() {
+        unrouted.insert(reason.to_owned(), json!(count));
+    }
+    let suspension = control.shared.suspensions.get(&p.id);
+    let body = json!({
+        "id": p.id,
+        "mode": p.mode.as_str(),
+        "suspended": suspension.as_deref().map(|s| json!({"reason": s.reason, "since_unix": s.since_unix})),
+        "per_account": p.per_account.map(|r| r.to_string()),
+        "last_minute_secs": span.as_secs_f64(),
+        "classes": classes,
+        "refused_before_a_class": unrouted,
+    });
+    plain(StatusCode::OK, JSON, body.to_string())
 }
 
 async fn reload(control: &Control, force: bool) -> Answer {

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::admission::Suspension;
 use crate::config::{self, ConfigErrors};
 use crate::proxy::Shared;
+use crate::recent::Recent;
 
 /// The environment variable the admin bearer token is read from.
 pub const TOKEN_ENV: &str = "BILLGATE_ADMIN_TOKEN";
@@ -61,6 +62,8 @@ pub struct Control {
     token: ArcSwapOption<[u8; 32]>,
     /// Reloads and state-file writes happen one at a time.
     serial: tokio::sync::Mutex<()>,
+    /// The partners' request counters sampled for `GET /admin/partners/{id}`.
+    pub recent: Recent,
 }
 
 impl Control {
@@ -70,6 +73,7 @@ impl Control {
             shared,
             config_path,
             token: ArcSwapOption::empty(),
+            recent: Recent::default(),
             serial: tokio::sync::Mutex::new(()),
         };
         control.read_token()?;

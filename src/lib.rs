@@ -25,6 +25,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod recent;
 pub mod replay;
 
 use std::process::ExitCode;

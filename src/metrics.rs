@@ -111,6 +111,13 @@ impl ClassMetrics {
         self.rejections[reason.index()].inc();
     }
 
+    /// Refusals so far by reason (the `reason` label), those with none left out.
+    pub fn refusals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RejectReason::all()
+            .map(|r| (r.as_str(), self.rejections[r.index()].get()))
+            .filter(|(_, n)| *n > 0)
+    }
+
     /// A shadow-mode partner's request that enforcement would have refused.
     #[inline]
     pub fn shadow_rejected(&self, reason: Reason) {

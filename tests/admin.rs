@@ -164,3 +164,64 @@ async fn unknown_admin_paths_and_methods_are_refused() {
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.header("allow"), Some("GET"));
 }
+
+/// `GET /admin/partners/{id}`: every answer counts, those from memory included; the rate is over
+/// the last minute of the gateway's clock; the quota says what remains without spending it.
+#[tokio::test]
+async fn one_partners_view_counts_every_answer_and_what_remains() {
+    let biller = TestBiller::roomy().await;
+    let q = r#"payment = "10/s", inquiry_scheduled = "10/s""#;
+    let text = config_toml(
+        &biller.url(),
+        "2s",
+        "1000/s",
+        &partner("wallet-a", "key-a", q, ""),
+    )
+    .replacen(
+        "path = \"/v1/bills/{account}\"\nclass = \"inquiry\"\n",
+        "path = \"/v1/bills/{account}\"\nclass = \"inquiry\"\ncache_for = \"60s\"\n",
+        1,
+    );
+    let gw = TestGateway::start(load(&text)).await;
+    let h = [("x-api-key", "key-a")];
+    // The quota's ten: one forwarded, nine from memory (a hit costs the partner one); then
+    // four refused.
+    for _ in 0..14 {
+        get(&gw.url("/v1/bills/77"), &h).await;
+    }
+    gw.hand.advance(std::time::Duration::from_secs(60));
+    let reply = get(&gw.admin_url("/admin/partners/wallet-a"), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let view = reply.json();
+    let polls = &view["classes"]["inquiry_scheduled"];
+    assert_eq!(view["last_minute_secs"], 60.0);
+    assert_eq!(polls["last_minute"]["answered_per_sec"], 10.0 / 60.0);
+    assert_eq!(polls["last_minute"]["rejected_per_sec"], 4.0 / 60.0);
+    assert_eq!(polls["refusals_since_start"]["partner_quota"], 4);
+    // A minute on, the quota is whole again; looking did not spend it.
+    assert_eq!(polls["remaining"], 10);
+    assert_eq!(polls["full_in_secs"], 0);
+    assert_eq!(view["classes"]["inquiry_user"]["quota"], "closed");
+    assert_eq!(view["classes"]["payment"]["remaining"], 10);
+    let again = get(&gw.admin_url("/admin/partners/wallet-a"), &[])
+        .await
+        .json();
+    assert_eq!(again["classes"]["inquiry_scheduled"]["remaining"], 10);
+
+    let list = get(&gw.admin_url("/admin/partners"), &[]).await.json();
+    let since_start = &list["partners"][0]["requests_since_start"];
+    assert_eq!(
+        (
+            &since_start["forwarded"],
+            &since_start["cached"],
+            &since_start["rejected"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(9),
+            &serde_json::json!(4)
+        )
+    );
+    let missing = get(&gw.admin_url("/admin/partners/nobody"), &[]).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}

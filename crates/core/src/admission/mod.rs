@@ -351,6 +351,13 @@ impl Gate {
         &self.protection
     }
 
+    /// What `partner`'s quota for `class` would say now, spending nothing; `None` when the
+    /// class is closed to it (or there is no such partner).
+    pub fn quota_now(&self, partner: PartnerId, class: Class) -> Option<Remaining> {
+        let (quota, own) = self.partners.get(partner)?.quota(class)?;
+        Some(quota.peek(own, self.clock.now()))
+    }
+
     /// Pauses what the biller asked to pause: one partner, or a whole class.
     pub fn pause(&self, class: Class, partner: Option<PartnerId>, wait: Duration) {
         let until = governor::nanos::Nanos::from(self.clock.elapsed() + wait);
