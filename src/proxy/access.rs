@@ -42,8 +42,8 @@ impl AccessLog {
             route,
             status = status.as_u16(),
             outcome = self.outcome,
-            upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),
-            total_ms = total.as_secs_f64() * 1000.0,
+            upstream_ms = self.upstream.map(crate::logging::ms),
+            total_ms = crate::logging::ms(total),
         );
     }
 }
