@@ -99,8 +99,8 @@ async fn answer(control: Arc<Control>, request: Request<Incoming>) -> Result<Ans
 }
 
 fn render_metrics(control: &Control) -> Result<String, prometheus::Error> {
-    control.shared.refresh_gauges();
-    control.shared.metrics.render()
+    crate::gateway::refresh_gauges(&control.shared);
+    control.shared.metrics().render()
 }
 
 /// Checks the bearer token. Reads are open when no token is set; mutations are off then.
@@ -148,7 +148,7 @@ fn guarded(
 }
 
 fn readyz(control: &Control) -> Answer {
-    let snapshot = control.shared.snapshot.load();
+    let snapshot = control.shared.snapshot();
     let reachable = control.shared.biller_reachable();
     let body = json!({
         "ready": reachable,
@@ -164,7 +164,7 @@ fn readyz(control: &Control) -> Answer {
 }
 
 fn config(control: &Control) -> Answer {
-    let snapshot = control.shared.snapshot.load();
+    let snapshot = control.shared.snapshot();
     let c = &snapshot.config;
     let body = json!({
         "sha256": c.source_sha256,
@@ -177,7 +177,7 @@ fn config(control: &Control) -> Answer {
 }
 
 fn partners(control: &Control) -> Answer {
-    let snapshot = control.shared.snapshot.load();
+    let snapshot = control.shared.snapshot();
     let list: Vec<_> = snapshot
         .config
         .partners
@@ -191,7 +191,7 @@ fn partners(control: &Control) -> Answer {
             let total = |o: Outcome| -> u64 {
                 runtime.metrics.classes.iter().chain([&runtime.metrics.unrouted]).map(|m| m.count(o)).sum()
             };
-            let suspension = control.shared.suspensions.get(&p.id);
+            let suspension = control.shared.suspensions().get(&p.id);
             json!({
                 "id": p.id,
                 "mode": p.mode.as_str(),

@@ -3,19 +3,18 @@
 //! pauses and the metrics. Used by forwarding and by the cache's leader alike.
 
 use http::HeaderValue;
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
+use http::uri::{self, PathAndQuery};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Full;
 use tokio::time::Instant;
 
+use super::client::BillerBody;
 use super::headers;
-use super::pool::PooledBody;
 use super::snapshot::{Snapshot, Upstream};
-use super::Worker;
+use super::Shared;
 use crate::admission::{BillerOutcome, Ticket};
 use crate::config::Class;
 use crate::metrics::UpstreamError;
@@ -29,7 +28,7 @@ pub type UpstreamBody = Full<Bytes>;
 pub enum CallError {
     /// No answer within `[biller] timeout`.
     Timeout(Duration),
-    /// No connection, or the exchange broke.
+    /// No connection (refused, or not within `[biller] connect_timeout`), or the exchange broke.
     Unreachable,
     /// The gateway had no socket to call with (out of file descriptors or local ports):
     /// nothing was sent, and the biller is not blamed.
@@ -38,7 +37,7 @@ pub enum CallError {
 
 /// An answered call.
 pub struct Answered {
-    pub response: Response<PooledBody>,
+    pub response: Response<BillerBody>,
     /// Time to the response head.
     pub rtt: Duration,
     /// When the response head came.
@@ -55,90 +54,91 @@ pub struct Caller<'g> {
 }
 
 /// Sends `parts` + `body` to the biller for `caller`.
-// Written out: an `async fn` keeps each argument twice in its future.
-#[allow(clippy::manual_async_fn)]
-pub fn call<'a>(
-    worker: &'a Worker,
-    snapshot: &'a Snapshot,
-    caller: Caller<'a>,
+pub async fn call(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    caller: Caller<'_>,
     mut parts: http::request::Parts,
     body: UpstreamBody,
-) -> impl Future<Output = Result<Answered, CallError>> + Send + 'a {
-    async move {
-        let Caller {
-            partner,
-            class,
-            ref peer,
-            ..
-        } = caller;
-        let shared = &worker.shared;
-        let config = &snapshot.config;
-        if !to_upstream_uri(&snapshot.upstream, &mut parts.uri) {
-            caller.ticket.finish(BillerOutcome::NotSent);
-            return Err(CallError::Unreachable);
-        }
-        headers::to_biller(
-            &mut parts.headers,
-            &config.server.key_header,
-            &config.server.partner_header,
-            &snapshot.partners[partner].header_value,
-            &snapshot.upstream.host,
-            peer,
-        );
-        parts.version = Version::HTTP_11;
-        let request = Request::from_parts(parts, body);
+) -> Result<Answered, CallError> {
+    let Caller {
+        partner,
+        class,
+        ticket,
+        peer,
+    } = caller;
+    let config = &snapshot.config;
+    let target = std::mem::take(&mut parts.uri);
+    let Some(uri) = biller_uri(&snapshot.upstream, target) else {
+        ticket.finish(BillerOutcome::NotSent);
+        return Err(CallError::Unreachable);
+    };
+    parts.uri = uri;
+    headers::to_biller(
+        &mut parts.headers,
+        &config.server.key_header,
+        &config.server.partner_header,
+        &snapshot.partners[partner].header_value,
+        &snapshot.upstream.host,
+        &peer,
+    );
+    parts.version = Version::HTTP_11;
+    let request = Request::from_parts(parts, body);
 
-        // The call reads the clock twice: here, for its deadline, the pool and the round trip;
-        // and at the answer, for the round trip and the body's deadline.
-        let timeout = config.biller.timeout;
-        let started = Instant::now();
-        let result = worker
-            .deadlines
-            .timeout_at(
-                started + timeout,
-                worker
-                    .client
-                    .send(snapshot.upstream.target(), request, started),
-            )
-            .await;
-        let at = Instant::now();
-        let rtt = at.saturating_duration_since(started);
-        match result {
-            Err(_elapsed) => {
-                caller.ticket.finish(BillerOutcome::TimedOut);
-                shared.metrics.upstream_error(UpstreamError::Timeout);
-                Err(CallError::Timeout(timeout))
+    // The call reads the clock twice: here, for its deadline and the round trip; and at the
+    // answer, for the round trip and the body's deadline.
+    let timeout = config.biller.timeout;
+    let started = Instant::now();
+    let result = tokio::time::timeout_at(started + timeout, snapshot.client.send(request)).await;
+    let at = Instant::now();
+    let rtt = at.saturating_duration_since(started);
+    match result {
+        Err(_elapsed) => {
+            ticket.finish(BillerOutcome::TimedOut);
+            shared.metrics().upstream_error(UpstreamError::Timeout);
+            Err(CallError::Timeout(timeout))
+        }
+        Ok(Err(error)) if error.is_gateway_exhausted() => {
+            ticket.finish(BillerOutcome::NotSent);
+            // Counted (`billgate_upstream_errors_total{kind="no_socket"}`); the client warns once
+            // per run of such failures, not per call.
+            tracing::debug!(error = %error, "no socket for a call to the biller");
+            shared.metrics().upstream_error(UpstreamError::NoSocket);
+            Err(CallError::NoSocket)
+        }
+        Ok(Err(error)) => {
+            ticket.finish(BillerOutcome::Unreachable);
+            tracing::debug!(error = %error, "biller unreachable");
+            shared.metrics().upstream_error(UpstreamError::Connect);
+            Err(CallError::Unreachable)
+        }
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            ticket.finish(BillerOutcome::Answered { status, rtt });
+            if status == 429 || status == 503 {
+                honour_pause(snapshot, class, response.headers());
             }
-            Ok(Err(error)) if error.is_gateway_exhausted() => {
-                caller.ticket.finish(BillerOutcome::NotSent);
-                // Counted (`billgate_upstream_errors_total{kind="no_socket"}`); the pool warns once
-                // per run of such failures, not per call.
-                tracing::debug!(error = %error, "no socket for a call to the biller");
-                shared.metrics.upstream_error(UpstreamError::NoSocket);
-                Err(CallError::NoSocket)
-            }
-            Ok(Err(error)) => {
-                caller.ticket.finish(BillerOutcome::Unreachable);
-                tracing::debug!(error = %error, "biller unreachable");
-                shared.metrics.upstream_error(UpstreamError::Connect);
-                Err(CallError::Unreachable)
-            }
-            Ok(Ok(response)) => {
-                let status = response.status().as_u16();
-                caller
-                    .ticket
-                    .finish(BillerOutcome::Answered { status, rtt });
-                if status == 429 || status == 503 {
-                    honour_pause(snapshot, class, response.headers());
-                }
-                shared
-                    .metrics
-                    .upstream_duration(class)
-                    .observe(rtt.as_secs_f64());
-                Ok(Answered { response, rtt, at })
-            }
+            shared
+                .metrics()
+                .upstream_duration(class)
+                .observe(rtt.as_secs_f64());
+            Ok(Answered { response, rtt, at })
         }
     }
+}
+
+/// The biller's URI for the partner's `target`: its path and query in origin-form under the
+/// biller's base path, behind the biller's scheme and authority (the client picks its pooled
+/// connection by them, and sends the origin-form). `None` when that is not a valid target.
+pub fn biller_uri(upstream: &Upstream, mut target: Uri) -> Option<Uri> {
+    if !to_upstream_uri(upstream, &mut target) {
+        return None;
+    }
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(upstream.scheme.clone());
+    parts.authority = Some(upstream.authority.clone());
+    parts.path_and_query = target.into_parts().path_and_query;
+    Uri::from_parts(parts).ok()
 }
 
 /// The longest pause the gateway takes on the biller's word.
@@ -213,8 +213,6 @@ mod tests {
 
     fn upstream(base_path: &str) -> Upstream {
         Upstream {
-            address: "127.0.0.1:9".into(),
-            connect_timeout: Duration::from_secs(1),
             scheme: Scheme::HTTP,
             authority: Authority::from_static("127.0.0.1:9"),
             base_path: base_path.to_owned(),
@@ -248,6 +246,22 @@ mod tests {
                 "{base} {target}"
             );
         }
+    }
+
+    #[test]
+    fn the_biller_gets_its_own_scheme_and_authority_before_the_path() {
+        let uri = |base: &str, target: &str| {
+            let target: Uri = target.parse().expect("a valid target");
+            biller_uri(&upstream(base), target).map(|uri| uri.to_string())
+        };
+        assert_eq!(
+            uri("", "/v1/bills/7?x=1").as_deref(),
+            Some("http://127.0.0.1:9/v1/bills/7?x=1")
+        );
+        assert_eq!(
+            uri("/ebpp", "http://gateway.example/v1/payments").as_deref(),
+            Some("http://127.0.0.1:9/ebpp/v1/payments")
+        );
     }
 
     #[test]
