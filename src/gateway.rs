@@ -18,7 +18,7 @@ use crate::breaker::{outcome_of_status, Admission, BreakerState, Outcome as Brea
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::{Control, ReloadError, Reloaded};
-use crate::proxy::{self, Shared};
+use crate::proxy::{self, BillerPool, Shared};
 
 /// How a gateway runs, beyond its configuration.
 #[derive(Clone)]
@@ -86,6 +86,9 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     /// Reload, suspend, resume.
     pub control: Arc<Control>,
+    /// The connections of the gateway's own calls to the biller (breaker probes); partner
+    /// requests go out on their worker's pool.
+    probes: Arc<BillerPool>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -115,6 +118,7 @@ impl Gateway {
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
         let (stop, stopped) = watch::channel(false);
+        let probes = BillerPool::for_config(&shared.snapshot().config);
         let workers = proxy::Workers::start(
             &shared,
             shared.snapshot().config.server.worker_count(),
@@ -131,6 +135,7 @@ impl Gateway {
             )),
             tokio::spawn(probing(
                 Arc::clone(&shared),
+                Arc::clone(&probes),
                 options.probe_every,
                 stopped.clone(),
             )),
@@ -142,6 +147,7 @@ impl Gateway {
             admin_addr,
             shared,
             control,
+            probes,
             stop,
             tasks,
         })
@@ -169,7 +175,7 @@ impl Gateway {
 
     /// Probes the half-open breakers now, as the background probe does.
     pub async fn probe_breakers(&self) {
-        probe_breakers(&self.shared).await;
+        probe_breakers(&self.shared, &self.probes).await;
     }
 
     /// Sweeps idle per-account state now, as the background sweep does every `sweep_every`.
@@ -180,10 +186,15 @@ impl Gateway {
 
 /// Probes the biller with a TCP connect, and its half-open breakers, every `every` until
 /// `shutdown` turns true.
-async fn probing(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn probing(
+    shared: Arc<Shared>,
+    probes: Arc<BillerPool>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         probe_biller(&shared).await;
-        probe_breakers(&shared).await;
+        probe_breakers(&shared, &probes).await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
@@ -228,7 +239,7 @@ async fn probe_biller(shared: &Shared) -> bool {
 /// Sends half-open breakers a probe of the gateway's own (`GET` on the biller's base path):
 /// when only scheduled polls are flowing — which are never probes — a breaker would otherwise
 /// stay half-open for ever. Any answer below 500 counts as success.
-async fn probe_breakers(shared: &Shared) {
+async fn probe_breakers(shared: &Shared, probes: &Arc<BillerPool>) {
     let snapshot = shared.snapshot_full();
     let protection = snapshot.gate.protection();
     for breaker in [&protection.breaker, &protection.payment_breaker] {
@@ -240,16 +251,11 @@ async fn probe_breakers(shared: &Shared) {
         };
         let upstream = &snapshot.upstream;
         let path = if upstream.base_path.is_empty() {
-            "/"
+            "/".to_owned()
         } else {
-            upstream.base_path.as_str()
+            upstream.base_path.clone()
         };
-        let uri = http::Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(path)
-            .build();
-        let Ok(uri) = uri else {
+        let Ok(uri) = http::Uri::try_from(path) else {
             continue;
         };
         let mut request = http::Request::new(Full::new(Bytes::new()));
@@ -258,7 +264,8 @@ async fn probe_breakers(shared: &Shared) {
             .headers_mut()
             .insert(http::header::HOST, upstream.host.clone());
         let timeout = snapshot.config.biller.timeout;
-        let outcome = match tokio::time::timeout(timeout, snapshot.client.send(request)).await {
+        let sent = probes.send(upstream.target(), request, tokio::time::Instant::now());
+        let outcome = match tokio::time::timeout(timeout, sent).await {
             Ok(Ok(response)) => outcome_of_status(response.status().as_u16()),
             _ => BreakerOutcome::Failure,
         };

@@ -11,10 +11,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use tokio::time::{Instant, Sleep};
 
-use super::client::BillerBody;
+use super::pool::PooledBody;
 
 /// The response body type of the gateway.
-pub type ProxyBody = Either<Full<Bytes>, Deadline<BillerBody>>;
+pub type ProxyBody = Either<Full<Bytes>, Deadline<PooledBody>>;
 
 /// A body that fails once its deadline passes. The timer is made only if the body ever has
 /// to wait: a bill-sized answer is complete when hyper first polls it, so most answers carry

@@ -257,7 +257,7 @@ impl Leader {
             ticket,
             peer,
         };
-        let answered = match upstream::call(shared, &snapshot, caller, parts, body).await {
+        let answered = match upstream::call(&worker, &snapshot, caller, parts, body).await {
             Ok(answered) => answered,
             Err(error) => return (Err(error), None),
         };

@@ -95,7 +95,7 @@ async fn serve(
         Decision::Deny(denied) => deny(shared, snapshot, denied, log),
         Decision::Admit(admitted) => {
             let forwarding = Forwarding::new(admitted, account);
-            forward(shared, snapshot, forwarding, peer, parts, body, log).await
+            forward(worker, snapshot, forwarding, peer, parts, body, log).await
         }
     }
 }
@@ -207,7 +207,7 @@ pub(super) fn refuse(
 /// Forwards an admitted request and answers with the biller's response, in three steps: read
 /// the partner's body, call the biller, finish (record the outcome, build the answer).
 async fn forward(
-    shared: &Shared,
+    worker: &Worker,
     snapshot: &Snapshot,
     forwarding: Forwarding<'_>,
     peer: HeaderValue,
@@ -231,7 +231,7 @@ async fn forward(
         ticket: admitted.ticket,
         peer,
     };
-    let result = call_biller(shared, snapshot, caller, parts, body, account).await;
+    let result = call_biller(worker, snapshot, caller, parts, body, account).await;
     finish(&to, &admitted.limit, result, log)
 }
 
@@ -335,7 +335,7 @@ fn payment_account(
 /// Calls the biller with the partner's request and body. Answered or not, a payment may have
 /// reached the biller: its account's cached answers are dropped.
 async fn call_biller(
-    shared: &Shared,
+    worker: &Worker,
     snapshot: &Snapshot,
     caller: Caller<'_>,
     parts: http::request::Parts,
@@ -344,10 +344,10 @@ async fn call_biller(
 ) -> Result<Answered, CallError> {
     let payment = caller.class == Class::Payment;
     let body: UpstreamBody = Full::new(body);
-    let result = upstream::call(shared, snapshot, caller, parts, body).await;
+    let result = upstream::call(worker, snapshot, caller, parts, body).await;
     if payment {
         if let Some(account) = &account {
-            shared.cache().invalidate_account(account);
+            worker.shared().cache().invalidate_account(account);
         }
     }
     result

@@ -1,4 +1,4 @@
-//! The partner-facing HTTP server and the pooled client to the biller: the only place that
+//! The partner-facing HTTP server and the pooled connections to the biller: the only place that
 //! serves partner traffic. Admission, metrics and answers are used from here, never the reverse.
 //! The background work beside it (gauges, sweeps, probes) is the gateway's (`gateway.rs`).
 
@@ -7,9 +7,9 @@ mod access;
 mod answer;
 mod body;
 mod cached;
-mod client;
 mod handler;
 mod headers;
+mod pool;
 mod server;
 mod snapshot;
 mod upstream;
@@ -22,7 +22,7 @@ use arc_swap::{ArcSwap, Guard};
 pub use accept::Acceptor;
 pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
-pub use client::{is_gateway_exhausted, BillerBody, BillerClient, PoolError};
+pub use pool::{is_gateway_exhausted, BillerPool, PoolError, PooledBody, Target};
 pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 pub use upstream::UpstreamBody;
@@ -50,7 +50,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state for `config`: metrics, the first snapshot and its biller client.
+    /// Builds the shared state for `config`: metrics, the cache and the first snapshot.
     pub fn new(
         config: Config,
         clock: Clock,
@@ -88,8 +88,7 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// Builds a snapshot for `config` carrying over limiter state (and the biller client, while
-    /// its connect timeout stays), and swaps it in.
+    /// Builds a snapshot for `config` carrying over limiter state, and swaps it in.
     pub fn install(&self, config: Config) {
         let previous = self.snapshot.load_full();
         let next = Snapshot::build(

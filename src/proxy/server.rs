@@ -1,6 +1,8 @@
 //! Partner connections served on per-core workers. One acceptor hands each accepted connection
-//! to the next worker in turn; a worker is a thread running a current-thread runtime. Biller
-//! calls go out on the snapshot's one pooled client, shared by the workers.
+//! to the next worker in turn; a worker is a thread running a current-thread runtime with its
+//! own pool of connections to the biller. A request, its biller call and its answer therefore
+//! never leave the thread that read it: no cross-thread wake-ups on the request path, and no
+//! connection-pool state shared between cores.
 //!
 //! A connection that goes [`HEAD_TIMEOUT`] without a complete request head — a head begun and
 //! never finished (slow headers), or a keep-alive connection left idle — is closed without an
@@ -24,18 +26,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::accept::Acceptor;
-use super::{handler, headers, Shared, Snapshot};
+use super::{handler, headers, BillerPool, Shared, Snapshot};
 use crate::metrics::ConnectionCounts;
 
 /// How long a connection may wait for a request head: for the rest of a head it has begun,
 /// or for a first byte when idle.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What one worker serves requests with: the shared state and its own handle on the running
-/// snapshot. Each request holds `Arc`s of its worker's, so the reference counts it bumps are
-/// the worker's own, never a line another core writes.
+/// What one worker serves requests with: the shared state, its own biller pool and its own
+/// handle on the running snapshot. Each request holds `Arc`s of its worker's, so the reference
+/// counts it bumps are the worker's own, never a line another core writes.
 pub struct Worker {
     shared: Arc<Shared>,
+    pool: Arc<BillerPool>,
     current: ArcSwap<Current>,
 }
 
@@ -47,6 +50,7 @@ pub struct Current {
 impl Worker {
     pub fn new(shared: Arc<Shared>) -> Worker {
         Worker {
+            pool: BillerPool::for_config(&shared.snapshot().config),
             current: ArcSwap::from_pointee(Current {
                 snapshot: shared.snapshot_full(),
             }),
@@ -56,6 +60,11 @@ impl Worker {
 
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The worker's connections to the biller.
+    pub fn pool(&self) -> &Arc<BillerPool> {
+        &self.pool
     }
 
     /// The running snapshot, through this worker's handle (renewed after a reload).

@@ -7,7 +7,7 @@ use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
 
 use super::answer::{insert_ratelimit, insert_ratelimit_with, policy_header, Prepared};
-use super::client::BillerClient;
+use super::pool::Target;
 use crate::admission::{Denied, Gate, Limit, Policy, Reason, Remaining, Suspensions};
 use crate::clock::Clock;
 use crate::config::{Class, Config};
@@ -73,20 +73,30 @@ pub struct Snapshot {
     pub gate: Gate,
     pub partners: Vec<PartnerRuntime>,
     pub upstream: Upstream,
-    /// The pooled client every biller call of this snapshot goes out on: the previous
-    /// snapshot's, pool and all, unless the connect timeout or the in-flight ceiling (the most
-    /// idle connections kept) changed.
-    pub client: BillerClient,
     /// Denials of callers not known as a partner (no key, an unknown key).
     pub anonymous: PreparedDenials,
 }
 
 /// Pre-built parts of every upstream URI and `Host`.
 pub struct Upstream {
+    /// `host:port`, where connections go.
+    pub address: Arc<str>,
+    pub connect_timeout: std::time::Duration,
     pub scheme: Scheme,
     pub authority: Authority,
     pub base_path: String,
     pub host: HeaderValue,
+}
+
+impl Upstream {
+    /// Where a pool connects for this configuration: read per request, so a reload that moves
+    /// the biller needs no new pool.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            address: &self.address,
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 impl Snapshot {
@@ -125,31 +135,19 @@ impl Snapshot {
         let host =
             HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("biller"));
         let upstream = Upstream {
+            address: Arc::from(config.biller.url.host_port()),
+            connect_timeout: config.biller.connect_timeout,
             scheme: Scheme::HTTP,
             authority,
             base_path: config.biller.url.base_path.clone(),
             host,
         };
-        let biller = &config.biller;
-        let client = previous
-            .filter(|p| {
-                p.config.biller.connect_timeout == biller.connect_timeout
-                    && p.config.biller.max_in_flight == biller.max_in_flight
-            })
-            .map_or_else(
-                || {
-                    let max_idle = usize::try_from(biller.max_in_flight).unwrap_or(128);
-                    BillerClient::new(biller.connect_timeout, max_idle)
-                },
-                |p| p.client.clone(),
-            );
         metrics.set_config(&config.source_sha256);
         Snapshot {
             config: Arc::new(config),
             gate,
             partners,
             upstream,
-            client,
             anonymous: PreparedDenials::default(),
         }
     }

@@ -6,15 +6,15 @@ use http::HeaderValue;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{self, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use super::client::BillerBody;
 use super::headers;
+use super::pool::PooledBody;
 use super::snapshot::{Snapshot, Upstream};
-use super::Shared;
+use super::Worker;
 use crate::admission::{BillerOutcome, Ticket};
 use crate::config::Class;
 use crate::metrics::UpstreamError;
@@ -37,7 +37,7 @@ pub enum CallError {
 
 /// An answered call.
 pub struct Answered {
-    pub response: Response<BillerBody>,
+    pub response: Response<PooledBody>,
     /// Time to the response head.
     pub rtt: Duration,
     /// When the response head came.
@@ -53,9 +53,9 @@ pub struct Caller<'g> {
     pub peer: HeaderValue,
 }
 
-/// Sends `parts` + `body` to the biller for `caller`.
+/// Sends `parts` + `body` to the biller for `caller`, on `worker`'s pool.
 pub async fn call(
-    shared: &Shared,
+    worker: &Worker,
     snapshot: &Snapshot,
     caller: Caller<'_>,
     mut parts: http::request::Parts,
@@ -67,13 +67,12 @@ pub async fn call(
         ticket,
         peer,
     } = caller;
+    let shared = worker.shared();
     let config = &snapshot.config;
-    let target = std::mem::take(&mut parts.uri);
-    let Some(uri) = biller_uri(&snapshot.upstream, target) else {
+    if !to_upstream_uri(&snapshot.upstream, &mut parts.uri) {
         ticket.finish(BillerOutcome::NotSent);
         return Err(CallError::Unreachable);
-    };
-    parts.uri = uri;
+    }
     headers::to_biller(
         &mut parts.headers,
         &config.server.key_header,
@@ -85,11 +84,14 @@ pub async fn call(
     parts.version = Version::HTTP_11;
     let request = Request::from_parts(parts, body);
 
-    // The call reads the clock twice: here, for its deadline and the round trip; and at the
-    // answer, for the round trip and the body's deadline.
+    // The call reads the clock twice: here, for its deadline, the pool and the round trip; and
+    // at the answer, for the round trip and the body's deadline.
     let timeout = config.biller.timeout;
     let started = Instant::now();
-    let result = tokio::time::timeout_at(started + timeout, snapshot.client.send(request)).await;
+    let sent = worker
+        .pool()
+        .send(snapshot.upstream.target(), request, started);
+    let result = tokio::time::timeout_at(started + timeout, sent).await;
     let at = Instant::now();
     let rtt = at.saturating_duration_since(started);
     match result {
@@ -100,7 +102,7 @@ pub async fn call(
         }
         Ok(Err(error)) if error.is_gateway_exhausted() => {
             ticket.finish(BillerOutcome::NotSent);
-            // Counted (`billgate_upstream_errors_total{kind="no_socket"}`); the client warns once
+            // Counted (`billgate_upstream_errors_total{kind="no_socket"}`); the pool warns once
             // per run of such failures, not per call.
             tracing::debug!(error = %error, "no socket for a call to the biller");
             shared.metrics().upstream_error(UpstreamError::NoSocket);
@@ -125,20 +127,6 @@ pub async fn call(
             Ok(Answered { response, rtt, at })
         }
     }
-}
-
-/// The biller's URI for the partner's `target`: its path and query in origin-form under the
-/// biller's base path, behind the biller's scheme and authority (the client picks its pooled
-/// connection by them, and sends the origin-form). `None` when that is not a valid target.
-pub fn biller_uri(upstream: &Upstream, mut target: Uri) -> Option<Uri> {
-    if !to_upstream_uri(upstream, &mut target) {
-        return None;
-    }
-    let mut parts = uri::Parts::default();
-    parts.scheme = Some(upstream.scheme.clone());
-    parts.authority = Some(upstream.authority.clone());
-    parts.path_and_query = target.into_parts().path_and_query;
-    Uri::from_parts(parts).ok()
 }
 
 /// The longest pause the gateway takes on the biller's word.
@@ -213,6 +201,8 @@ mod tests {
 
     fn upstream(base_path: &str) -> Upstream {
         Upstream {
+            address: "127.0.0.1:9".into(),
+            connect_timeout: Duration::from_secs(1),
             scheme: Scheme::HTTP,
             authority: Authority::from_static("127.0.0.1:9"),
             base_path: base_path.to_owned(),
@@ -246,22 +236,6 @@ mod tests {
                 "{base} {target}"
             );
         }
-    }
-
-    #[test]
-    fn the_biller_gets_its_own_scheme_and_authority_before_the_path() {
-        let uri = |base: &str, target: &str| {
-            let target: Uri = target.parse().expect("a valid target");
-            biller_uri(&upstream(base), target).map(|uri| uri.to_string())
-        };
-        assert_eq!(
-            uri("", "/v1/bills/7?x=1").as_deref(),
-            Some("http://127.0.0.1:9/v1/bills/7?x=1")
-        );
-        assert_eq!(
-            uri("/ebpp", "http://gateway.example/v1/payments").as_deref(),
-            Some("http://127.0.0.1:9/ebpp/v1/payments")
-        );
     }
 
     #[test]
