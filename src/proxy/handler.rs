@@ -16,6 +16,7 @@ use super::answer::Refusal;
 use super::body::{Deadline, ProxyBody};
 use super::cached;
 use super::headers;
+use super::heads::Watch;
 use super::snapshot::Snapshot;
 use super::upstream::{self, Answered, CallError, Caller, UpstreamBody};
 use super::{Shared, Worker};
@@ -31,8 +32,10 @@ use crate::metrics::{ClassMetrics, Outcome, RejectReason};
 pub async fn handle(
     worker: Arc<Worker>,
     peer: HeaderValue,
+    watch: Arc<Watch>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    watch.busy();
     // The snapshot is held for the whole request: a reload never changes a request midway.
     let current = worker.snapshot();
     let snapshot = &current.snapshot;
@@ -46,6 +49,12 @@ pub async fn handle(
     if let Some(started) = started {
         log.emit(snapshot, response.status(), started.elapsed());
     }
+    // The connection waits for its next head once this answer is out: a body streamed from
+    // the biller may take until its deadline.
+    watch.answered(match response.body() {
+        Either::Right(streamed) => Some(streamed.deadline()),
+        Either::Left(_) => None,
+    });
     Ok(response)
 }
 

@@ -9,6 +9,7 @@ mod body;
 mod cached;
 mod handler;
 mod headers;
+mod heads;
 mod pool;
 mod server;
 mod snapshot;

@@ -13,9 +13,9 @@
 //! Each connection has a task of its own rather than being driven by the request that uses it:
 //! a request driving its connection was polled twice per wake-up and moved the connection's
 //! futures with its own, about 3 000 instructions more per forwarded request (40 487 against
-//! 37 416; `benches/README.md`, "Round seven"). It stays hand-written rather than hyper-util's
-//! pooled `Client`, which costs about 7 000 instructions more per forwarded request and 5–7% more
-//! CPU per answer (`benches/results/hyper-std.txt`).
+//! 37 416; `benches/README.md`, "Round seven"). The pool stays hand-written rather than
+//! hyper-util's pooled `Client`, which cost 43 907 instructions per forwarded request against
+//! 36 505 and 11–13% more CPU per forwarded answer (`benches/results/hyper-std.txt`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -2,17 +2,10 @@
 //! to the next worker in turn; a worker is a thread running a current-thread runtime with its
 //! own pool of connections to the biller. A request, its biller call and its answer therefore
 //! never leave the thread that read it: no cross-thread wake-ups on the request path, and no
-//! connection-pool state shared between cores.
-//!
-//! A connection that goes [`HEAD_TIMEOUT`] without a complete request head — a head begun and
-//! never finished (slow headers), or a keep-alive connection left idle — is closed without an
-//! answer by hyper's own `header_read_timeout` (on tokio's timer). It replaced a hand-written
-//! per-worker sweep: `benches/results/hyper-std.txt`. Connections open, and those closed by
-//! that timeout, are counted as they open and close (`billgate_partner_connections`,
-//! `billgate_partner_connections_cut_total`), never per request.
+//! connection-pool state shared between cores. Slow and idle request heads are cut off by one
+//! sweep per worker (`heads.rs`), not by hyper's `header_read_timeout`.
 
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,18 +13,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::accept::Acceptor;
+use super::heads::Heads;
 use super::{handler, headers, BillerPool, Shared, Snapshot};
-use crate::metrics::ConnectionCounts;
-
-/// How long a connection may wait for a request head: for the rest of a head it has begun,
-/// or for a first byte when idle.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one worker serves requests with: the shared state, its own biller pool and its own
 /// handle on the running snapshot. Each request holds `Arc`s of its worker's, so the reference
@@ -195,7 +184,8 @@ async fn work(
 ) {
     let worker = Arc::new(Worker::new(shared));
     let graceful = GracefulShutdown::new();
-    let counts = worker.shared.metrics().connections.clone();
+    let heads = Heads::new(worker.shared.metrics().connections.clone());
+    let sweeper = tokio::spawn(Arc::clone(&heads).run());
     loop {
         tokio::select! {
             next = incoming.recv() => {
@@ -208,22 +198,32 @@ async fn work(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let (stream, watch) = heads.watch(stream);
                 let worker = Arc::clone(&worker);
                 let forwarded = headers::forwarded_for(peer.ip());
                 let service = service_fn(move |request| {
-                    handler::handle(Arc::clone(&worker), forwarded.clone(), request)
+                    handler::handle(
+                        Arc::clone(&worker),
+                        forwarded.clone(),
+                        Arc::clone(&watch),
+                        request,
+                    )
                 });
                 let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEAD_TIMEOUT)
+                    // Slow and idle heads are cut off by the worker's sweep (`heads`), for
+                    // less than hyper's timer per request head costs.
+                    .header_read_timeout(None::<Duration>)
                     // Answers are small (a bill, a receipt, a refusal): copying the body after
                     // the head and writing once costs fewer instructions than hyper's queue of
                     // buffers for `writev` (−1.2% per forwarded request, −2.8% per refusal).
                     .writev(false)
                     .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
-                counts.open.inc();
-                tokio::spawn(serve_connection(connection, counts.clone(), peer));
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                });
             }
             _ = shutdown.changed() => break,
         }
@@ -235,26 +235,5 @@ async fn work(
             tracing::warn!("connections still open after {drain:?}; closing them");
         }
     }
-}
-
-/// Serves one partner connection to its end, and counts its close. The connection is awaited
-/// in place, not consumed: it still holds its socket while the close is counted, so whoever
-/// sees a connection closed by the head timeout sees it counted (a connection the gateway
-/// itself shuts down, after `Connection: close` or at a drain, has sent its end just before).
-async fn serve_connection(
-    connection: impl std::future::Future<Output = Result<(), hyper::Error>>,
-    counts: ConnectionCounts,
-    peer: SocketAddr,
-) {
-    let mut connection = pin!(connection);
-    if let Err(error) = connection.as_mut().await {
-        if error.is_timeout() {
-            // hyper's only timeout on a server connection is the head timeout.
-            counts.cut.inc();
-            tracing::debug!(%peer, "connection cut off: no request head within the timeout");
-        } else {
-            tracing::debug!(%error, %peer, "connection ended with an error");
-        }
-    }
-    counts.open.dec();
+    sweeper.abort();
 }

@@ -1,6 +1,9 @@
 //! One call to the biller: the request made fit to send (URI, header hygiene), sent on the
-//! pooled client within the timeout, and its outcome fed to the breaker, the adaptive limit, the
-//! pauses and the metrics. Used by forwarding and by the cache's leader alike.
+//! worker's pool within the timeout, and its outcome fed to the breaker, the adaptive limit, the
+//! pauses and the metrics. Used by forwarding and by the cache's leader alike. The timeout is
+//! tokio's: a per-worker table of deadlines, and forwarding written out as one future, saved
+//! 1 100 instructions of 34 900 per forwarded request, within the noise end to end
+//! (`benches/results/hyper-std.txt`).
 
 use http::HeaderValue;
 use std::time::Duration;
