@@ -26,7 +26,6 @@ pub use body::ProxyBody;
 pub use pool::{is_gateway_exhausted, BillerPool, PoolError, PooledBody, Target};
 pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
-pub use upstream::UpstreamBody;
 
 use crate::admission::Suspensions;
 use crate::cache::{AnswerCache, CacheSettings};
