@@ -44,7 +44,7 @@ pub async fn serve(
     let mut sample = tokio::time::interval(recent::EVERY);
     loop {
         tokio::select! {
-            _ = sample.tick() => control.recent.record(control.shared.clock.elapsed(), partner_counts(&control)),
+            _ = sample.tick() => control.recent.record(control.shared.clock().elapsed(), partner_counts(&control)),
             (stream, _) = acceptor.accept() => {
                 let control = Arc::clone(&control);
                 let service = service_fn(move |request| answer(Arc::clone(&control), request));
@@ -105,8 +105,8 @@ async fn answer(control: Arc<Control>, request: Request<Incoming>) -> Result<Ans
 }
 
 fn render_metrics(control: &Control) -> Result<String, prometheus::Error> {
-    control.shared.refresh_gauges();
-    control.shared.metrics.render()
+    crate::gateway::refresh_gauges(&control.shared);
+    control.shared.metrics().render()
 }
 
 /// Checks the bearer token. Reads are open when no token is set; mutations are off then.
@@ -154,7 +154,7 @@ fn guarded(
 }
 
 fn readyz(control: &Control) -> Answer {
-    let snapshot = control.shared.snapshot.load();
+    let snapshot = control.shared.snapshot();
     let reachable = control.shared.biller_reachable();
     let body = json!({
         "ready": reachable,
@@ -170,7 +170,7 @@ fn readyz(control: &Control) -> Answer {
 }
 
 fn config(control: &Control) -> Answer {
-    let snapshot = control.shared.snapshot.load();
+    let snapshot = control.shared.snapshot();
     let c = &snapshot.config;
     let body = json!({
         "sha256": c.source_sha256,
@@ -183,7 +183,7 @@ fn config(control: &Control) -> Answer {
 }
 
 fn partners(control: &Control) -> Answer {
-    let snapshot = control.shared.snapshot.load();
+    let snapshot = control.shared.snapshot();
     let list: Vec<_> = snapshot
         .config
         .partners
@@ -197,7 +197,7 @@ fn partners(control: &Control) -> Answer {
             let total = |o: Outcome| -> u64 {
                 runtime.metrics.classes.iter().chain([&runtime.metrics.unrouted]).map(|m| m.count(o)).sum()
             };
-            let suspension = control.shared.suspensions.get(&p.id);
+            let suspension = control.shared.suspensions().get(&p.id);
             json!({
                 "id": p.id,
                 "mode": p.mode.as_str(),
@@ -223,7 +223,7 @@ fn partners(control: &Control) -> Answer {
 
 /// Every partner's counters by class now, for the last-minute rates.
 fn partner_counts(control: &Control) -> HashMap<String, [Counts; 3]> {
-    let snapshot = control.shared.snapshot.load();
+    let snapshot = control.shared.snapshot();
     snapshot
         .config
         .partners
@@ -240,7 +240,7 @@ fn partner_counts(control: &Control) -> HashMap<String, [Counts; 3]> {
 /// what remains of it, its rate over the last minute, refusals by reason since start, and any
 /// suspension.
 fn partner_view(control: &Control, id: &str) -> Answer {
-    let snapshot = control.shared.snapshot.load();
+    let snapshot = control.shared.snapshot();
     let Some((n, p)) = snapshot.config.partners.entries().find(|(_, p)| p.id == id) else {
         return problem(
             StatusCode::NOT_FOUND,
@@ -254,7 +254,7 @@ fn partner_view(control: &Control, id: &str) -> Answer {
     let current = Class::ALL.map(|c| Counts::of(runtime.metrics.class(c)));
     let (rates, span) = control
         .recent
-        .rates(control.shared.clock.elapsed(), &p.id, current);
+        .rates(control.shared.clock().elapsed(), &p.id, current);
     let classes: serde_json::Map<_, _> = Class::ALL
         .iter()
         .map(|&class| {
@@ -278,7 +278,7 @@ fn partner_view(control: &Control, id: &str) -> Answer {
     for (reason, count) in runtime.metrics.unrouted.refusals() {
         unrouted.insert(reason.to_owned(), json!(count));
     }
-    let suspension = control.shared.suspensions.get(&p.id);
+    let suspension = control.shared.suspensions().get(&p.id);
     let body = json!({
         "id": p.id,
         "mode": p.mode.as_str(),

@@ -95,8 +95,7 @@ impl Control {
     fn read_token(&self) -> Result<(), String> {
         let file = self
             .shared
-            .snapshot
-            .load()
+            .snapshot()
             .config
             .server
             .admin_token_file
@@ -120,7 +119,7 @@ impl Control {
     }
 
     fn state_path(&self) -> Option<PathBuf> {
-        self.shared.snapshot.load().config.server.state_file.clone()
+        self.shared.snapshot().config.server.state_file.clone()
     }
 
     fn read_state(&self) -> Result<(), String> {
@@ -136,7 +135,7 @@ impl Control {
             .map_err(|e| format!("state file {} is not valid: {e}", path.display()))?;
         for (id, suspension) in state.suspended {
             tracing::warn!(partner = %id, reason = %suspension.reason, "partner suspended (from the state file)");
-            self.shared.suspensions.suspend(&id, suspension);
+            self.shared.suspensions().suspend(&id, suspension);
         }
         Ok(())
     }
@@ -146,7 +145,7 @@ impl Control {
             return Ok(());
         };
         let state = StateFile {
-            suspended: self.shared.suspensions.list().into_iter().collect(),
+            suspended: self.shared.suspensions().list().into_iter().collect(),
         };
         write_atomically(&path, &state).map_err(|error| ControlError::State {
             path: path.display().to_string(),
@@ -159,7 +158,7 @@ impl Control {
     pub async fn reload(&self, force: bool) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.serial.lock().await;
         let result = self.reload_inner(force).await;
-        let metrics = &self.shared.metrics;
+        let metrics = self.shared.metrics();
         match &result {
             Ok(done) => {
                 metrics.reload("ok");
@@ -199,7 +198,7 @@ impl Control {
                 )]))
             })?;
         let next = loaded.map_err(ReloadError::Invalid)?;
-        let running = self.shared.snapshot.load_full();
+        let running = self.shared.snapshot_full();
         let change = config::diff(&running.config, &next);
         let hits: Vec<String> = change
             .guardrails()
@@ -233,7 +232,7 @@ impl Control {
             reason: reason.to_owned(),
             since_unix,
         };
-        self.shared.suspensions.suspend(id, suspension.clone());
+        self.shared.suspensions().suspend(id, suspension.clone());
         tracing::warn!(partner = %id, %reason, "partner suspended");
         self.write_state()?;
         Ok(suspension)
@@ -243,7 +242,7 @@ impl Control {
     pub async fn resume(&self, id: &str) -> Result<bool, ControlError> {
         let _serial = self.serial.lock().await;
         self.known(id)?;
-        let lifted = self.shared.suspensions.resume(id);
+        let lifted = self.shared.suspensions().resume(id);
         if lifted {
             tracing::warn!(partner = %id, "partner resumed");
             self.write_state()?;
@@ -252,7 +251,7 @@ impl Control {
     }
 
     fn known(&self, id: &str) -> Result<(), ControlError> {
-        let snapshot = self.shared.snapshot.load();
+        let snapshot = self.shared.snapshot();
         if snapshot.config.partners.iter().any(|p| p.id == id) {
             Ok(())
         } else {

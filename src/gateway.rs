@@ -1,20 +1,24 @@
-//! A running gateway: partner listener, admin listener and the background tasks beside them
-//! (biller probe, per-account sweeps), started together and stopped together.
+//! A running gateway: partner listener, admin listener and the background work beside them
+//! (biller and breaker probes, per-account sweeps, the gauges `/metrics` reads), started
+//! together and stopped together.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admission::Suspensions;
+use crate::breaker::{outcome_of_status, Admission, BreakerState, CallOutcome};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::{Control, ReloadError, Reloaded};
-use crate::proxy::{self, Shared};
+use crate::proxy::{self, BillerPool, Shared};
 
 /// How a gateway runs, beyond its configuration.
 #[derive(Clone)]
@@ -82,6 +86,9 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     /// Reload, suspend, resume.
     pub control: Arc<Control>,
+    /// The connections of the gateway's own calls to the biller (breaker probes); partner
+    /// requests go out on their worker's pool.
+    probes: Arc<BillerPool>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -111,9 +118,10 @@ impl Gateway {
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
         let (stop, stopped) = watch::channel(false);
+        let probes = BillerPool::for_config(&shared.snapshot().config);
         let workers = proxy::Workers::start(
             &shared,
-            shared.snapshot.load().config.server.worker_count(),
+            shared.snapshot().config.server.worker_count(),
             &stopped,
             options.drain,
         )
@@ -125,16 +133,13 @@ impl Gateway {
                 admin,
                 stopped.clone(),
             )),
-            tokio::spawn(proxy::probe_biller(
+            tokio::spawn(probing(
                 Arc::clone(&shared),
+                Arc::clone(&probes),
                 options.probe_every,
                 stopped.clone(),
             )),
-            tokio::spawn(proxy::sweep_accounts(
-                Arc::clone(&shared),
-                options.sweep_every,
-                stopped,
-            )),
+            tokio::spawn(sweeping(Arc::clone(&shared), options.sweep_every, stopped)),
         ];
         tracing::info!(%addr, %admin_addr, "billgate listening");
         Ok(Gateway {
@@ -142,6 +147,7 @@ impl Gateway {
             admin_addr,
             shared,
             control,
+            probes,
             stop,
             tasks,
         })
@@ -160,6 +166,170 @@ impl Gateway {
             let _ = task.await;
         }
     }
+
+    /// Probes the biller now, as the background probe does every `probe_every`: true when it
+    /// accepted a connection.
+    pub async fn probe_biller(&self) -> bool {
+        probe_biller(&self.shared).await
+    }
+
+    /// Probes the half-open breakers now, as the background probe does.
+    pub async fn probe_breakers(&self) {
+        probe_breakers(&self.shared, &self.probes).await;
+    }
+
+    /// Sweeps idle per-account state now, as the background sweep does every `sweep_every`.
+    pub fn sweep(&self) {
+        sweep(&self.shared);
+    }
+}
+
+/// Probes the biller with a TCP connect, and its half-open breakers, every `every` until
+/// `shutdown` turns true.
+async fn probing(
+    shared: Arc<Shared>,
+    probes: Arc<BillerPool>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        probe_biller(&shared).await;
+        probe_breakers(&shared, &probes).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Sweeps idle per-account state every `every` until `shutdown` turns true.
+async fn sweeping(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => sweep(&shared),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Tries one TCP connection to the biller and records whether it was accepted.
+async fn probe_biller(shared: &Shared) -> bool {
+    let (target, timeout) = {
+        let snapshot = shared.snapshot();
+        (
+            snapshot.config.biller.url.host_port(),
+            snapshot.config.biller.connect_timeout,
+        )
+    };
+    let reachable =
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
+            Ok(Ok(_)) => true,
+            // The gateway had no socket to try with: that says nothing about the biller.
+            Ok(Err(error)) if proxy::is_gateway_exhausted(&error) => {
+                return shared.biller_reachable();
+            }
+            _ => false,
+        };
+    if reachable != shared.set_biller_reachable(reachable) {
+        tracing::info!(biller = %target, reachable, "biller reachability changed");
+    }
+    reachable
+}
+
+/// Sends half-open breakers a probe of the gateway's own (`GET` on the biller's base path):
+/// when only scheduled polls are flowing — which are never probes — a breaker would otherwise
+/// stay half-open for ever. Any answer below 500 counts as success.
+async fn probe_breakers(shared: &Shared, probes: &Arc<BillerPool>) {
+    let snapshot = shared.snapshot_full();
+    let protection = snapshot.gate.protection();
+    for breaker in [&protection.breaker, &protection.payment_breaker] {
+        if breaker.state() != BreakerState::HalfOpen {
+            continue;
+        }
+        let Admission::Probe(probe) = breaker.admit(true) else {
+            continue;
+        };
+        let upstream = &snapshot.upstream;
+        let path = if upstream.base_path.is_empty() {
+            "/".to_owned()
+        } else {
+            upstream.base_path.clone()
+        };
+        let Ok(uri) = http::Uri::try_from(path) else {
+            continue;
+        };
+        let mut request = http::Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = uri;
+        request
+            .headers_mut()
+            .insert(http::header::HOST, upstream.host.clone());
+        let timeout = snapshot.config.biller.timeout;
+        let sent = probes.send(upstream.target(), request, tokio::time::Instant::now());
+        let outcome = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(response)) => outcome_of_status(response.status().as_u16()),
+            _ => CallOutcome::Failure,
+        };
+        tracing::info!(outcome = ?outcome, "gateway probe of a half-open breaker");
+        probe.record(outcome);
+    }
+}
+
+/// Evicts idle per-account state and stale cache bookkeeping; refreshes the account gauges.
+fn sweep(shared: &Shared) {
+    let snapshot = shared.snapshot();
+    snapshot.gate.sweep_accounts();
+    shared.cache().sweep();
+    for (gate, runtime) in snapshot.gate.partners().iter().zip(&snapshot.partners) {
+        if let Some(accounts) = &gate.accounts {
+            runtime
+                .metrics
+                .accounts_tracked
+                .set(i64::try_from(accounts.tracked()).unwrap_or(i64::MAX));
+            let evicted = accounts.evicted();
+            let counted = runtime.metrics.accounts_evicted.get();
+            runtime
+                .metrics
+                .accounts_evicted
+                .inc_by(evicted.saturating_sub(counted));
+        }
+    }
+}
+
+/// Copies the breakers', the cache's and the adaptive limit's state into their metrics: the
+/// admin listener calls it before each `/metrics`, so the gauges are read, not kept twice.
+pub fn refresh_gauges(shared: &Shared) {
+    let snapshot = shared.snapshot();
+    let metrics = shared.metrics();
+    let protection = snapshot.gate.protection();
+    for (name, breaker) in [
+        ("inquiry", &protection.breaker),
+        ("payment", &protection.payment_breaker),
+    ] {
+        metrics
+            .breaker_state
+            .with_label_values(&[name])
+            .set(breaker.state().as_gauge());
+        for from in BreakerState::ALL {
+            for to in BreakerState::ALL {
+                let total = if from == to {
+                    0
+                } else {
+                    breaker.transitions_between(from, to)
+                };
+                if total > 0 {
+                    metrics.breaker_transitions(name, from.as_str(), to.as_str(), total);
+                }
+            }
+        }
+    }
+    metrics.cache(&shared.cache().stats());
+    metrics
+        .concurrency_limit
+        .set(i64::from(protection.concurrency.limit()));
+    // Every call at the biller holds an in-flight slot: the count is read, not kept twice.
+    metrics
+        .upstream_in_flight
+        .set(i64::from(protection.concurrency.in_flight()));
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ async fn healthz_and_readyz_follow_the_biller() {
         (health.status, health.text()),
         (StatusCode::OK, "ok\n".to_string())
     );
-    assert!(gw.gateway.shared.probe_biller().await);
+    assert!(gw.gateway.probe_biller().await);
     let ready = get(&gw.admin_url("/readyz"), &[]).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.json()["biller_reachable"], true);
@@ -27,7 +27,7 @@ async fn healthz_and_readyz_follow_the_biller() {
         &partner("wallet-a", "key-a", Q, ""),
     ))
     .await;
-    assert!(!gw.gateway.shared.probe_biller().await);
+    assert!(!gw.gateway.probe_biller().await);
     let ready = get(&gw.admin_url("/readyz"), &[]).await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.json()["biller_reachable"], false);

@@ -314,7 +314,7 @@ async fn with_only_polls_flowing_the_gateways_own_probes_close_the_breaker() {
         "breaker_open"
     );
     for _ in 0..3 {
-        gw.gateway.shared.probe_breakers().await;
+        gw.gateway.probe_breakers().await;
     }
     assert_eq!(
         get(&gw.url("/v1/bills/9"), &poll).await.status,

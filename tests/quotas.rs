@@ -150,7 +150,7 @@ async fn the_account_table_has_a_ceiling_and_idle_accounts_are_evicted() {
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.json()["reason"], "account_table_full");
     gw.hand.advance(Duration::from_secs(2));
-    gw.gateway.shared.sweep();
+    gw.gateway.sweep();
     let metrics = gw.metrics().await;
     assert_eq!(
         sample(

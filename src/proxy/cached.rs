@@ -50,7 +50,7 @@ pub async fn serve(
     inquiry: Inquiry<'_>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
-    let shared = &worker.shared;
+    let shared = worker.shared();
     let c = inquiry.classified;
     let route = &snapshot.config.routes[c.route];
     let partner_id = &snapshot.gate.partners()[c.partner].id;
@@ -59,7 +59,7 @@ pub async fn serve(
         CacheScope::Shared => Sharing::Shared,
     };
     let key = KeyRef::new(&route.name, sharing, partner_id, inquiry.account);
-    if let Some(answer) = shared.cache.get(key) {
+    if let Some(answer) = shared.cache().get(key) {
         return from_memory(
             shared,
             snapshot,
@@ -73,7 +73,7 @@ pub async fn serve(
     let key = key.to_key();
     // A follower whose leader was refused (or vanished) tries once more, most likely as leader.
     for _ in 0..2 {
-        match shared.coalescer.join(&key) {
+        match shared.coalescer().join(&key) {
             Joined::Follower(waiter) => match waiter.wait().await {
                 Ok(Ok(answer)) => {
                     return from_memory(
@@ -122,7 +122,7 @@ pub async fn serve(
                     Ok(answer) => {
                         metrics.outcome(Outcome::Forwarded);
                         log.outcome = "forwarded";
-                        let now = shared.cache.now();
+                        let now = shared.cache().now();
                         let mut response = full(&answer, now, CacheStatus::Miss);
                         snapshot.partners[c.partner]
                             .insert_ratelimit(response.headers_mut(), &limit);
@@ -163,7 +163,7 @@ fn from_memory(
         CacheStatus::Coalesced => "coalesced",
         _ => "cache_hit",
     };
-    let now = shared.cache.now();
+    let now = shared.cache().now();
     let mut response = if answer.is_not_modified(&parts.headers) {
         let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -240,13 +240,13 @@ impl Leader {
             mut parts,
             cache_for,
         } = self;
-        let shared = &worker.shared;
+        let shared = worker.shared();
         // Another flight may have stored it between the miss and this flight.
-        if let Some(answer) = shared.cache.peek(&key) {
+        if let Some(answer) = shared.cache().peek(&key) {
             drop(ticket);
             return (Ok(answer), None);
         }
-        let requested_at = shared.cache.now();
+        let requested_at = shared.cache().now();
         // The gateway answers conditional requests itself; a 304 from the biller could not be
         // shared or stored.
         parts.headers.remove(IF_NONE_MATCH);
@@ -272,7 +272,7 @@ impl Leader {
             return (Err(CallError::Unreachable), rtt);
         };
         let body = collected.to_bytes();
-        let answer = match shared.cache.store(
+        let answer = match shared.cache().store(
             key,
             requested_at,
             head.status,

@@ -1,7 +1,6 @@
 //! One partner request, start to finish: classify, then answer from memory, refuse, or forward.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,22 +15,21 @@ use super::access::AccessLog;
 use super::answer::Refusal;
 use super::body::{Deadline, ProxyBody};
 use super::cached;
-use super::deadlines::Elapsed;
 use super::headers;
 use super::heads::Watch;
 use super::snapshot::Snapshot;
-use super::upstream::{self, Caller, UpstreamBody};
+use super::upstream::{self, Answered, CallError, Caller, UpstreamBody};
 use super::{Shared, Worker};
-use crate::admission::{Admitted, Classified, Decision, Denied, Reason, RequestParts};
-use crate::config::{AccountSource, Class, RouteClass};
-use crate::metrics::{Outcome, RejectReason};
+use crate::admission::{Admitted, Classified, Decision, Denied, Limit, Reason, RequestParts};
+use crate::config::{AccountSource, Class, Config, RouteClass};
+use crate::ids::PartnerId;
+use crate::metrics::{ClassMetrics, Outcome, RejectReason};
 
 /// Serves one request. Never fails: every problem becomes an answer.
 ///
 /// Hyper keeps one place per connection for this future, as large as its largest state, and
 /// builds each request's future in it. The forwarding and cache paths are part of it, not
-/// boxed: no allocation and no copy per request, for about 2 KB more per connection
-/// (`benches/README.md`, "Round eleven").
+/// boxed: no allocation and no copy per request, for a larger place per connection.
 pub async fn handle(
     worker: Arc<Worker>,
     peer: HeaderValue,
@@ -68,7 +66,7 @@ async fn serve(
     request: Request<Incoming>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
-    let shared = &worker.shared;
+    let shared = worker.shared();
     let server = &snapshot.config.server;
     let (parts, body) = request.into_parts();
     let classified = snapshot.gate.classify(&RequestParts {
@@ -154,7 +152,7 @@ pub(super) fn deny(
     let metrics = match (partner, denied.class) {
         (Some(p), Some(class)) => p.metrics.class(class),
         (Some(p), None) => &p.metrics.unrouted,
-        (None, _) => &shared.metrics.anonymous,
+        (None, _) => &shared.metrics().anonymous,
     };
     metrics.rejected(RejectReason::Admission(denied.reason));
     let gate_partner = denied.partner.and_then(|i| snapshot.gate.partners().get(i));
@@ -216,135 +214,190 @@ pub(super) fn refuse(
         .map(Either::Left)
 }
 
-/// Forwards an admitted request and answers with the biller's response.
-///
-/// Reading a body, which inquiries do not have, is boxed: the request's future stays no larger
-/// than an inquiry needs.
-// Written out: an `async fn` keeps each argument twice in its future.
-#[allow(clippy::manual_async_fn)]
-fn forward<'a>(
-    worker: &'a Worker,
-    snapshot: &'a Snapshot,
-    forwarding: Forwarding<'a>,
+/// Forwards an admitted request and answers with the biller's response, in three steps: read
+/// the partner's body, call the biller, finish (record the outcome, build the answer).
+async fn forward(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    forwarding: Forwarding<'_>,
     peer: HeaderValue,
     parts: http::request::Parts,
     body: Incoming,
-    log: &'a mut AccessLog,
-) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
-    async move {
-        let admitted = &forwarding.admitted;
-        let config = &snapshot.config;
-        let partner_id = &*snapshot.gate.partners()[admitted.partner].id;
-        let class = admitted.class;
-        let metrics = snapshot.partners[admitted.partner].metrics.class(class);
-        if let Some(reason) = admitted.shadow {
-            metrics.shadow_rejected(reason);
-        }
-        let refuse_body = |log: &mut AccessLog, refusal: Refusal, reason: RejectReason| {
-            metrics.rejected(reason);
-            log.outcome = reason.as_str();
-            refuse(refusal, Some(partner_id), Some(class), snapshot)
-        };
-        let too_large = |log: &mut AccessLog| {
-            let limit = config.server.max_body_bytes;
-            refuse_body(
-                log,
-                Refusal::BodyTooLarge { limit },
-                RejectReason::BodyTooLarge,
-            )
-        };
-
-        let max_body = config.server.max_body_bytes;
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > max_body) {
-            return too_large(log);
-        }
-        // The body is read whole (capped, and within the biller timeout) before the biller is
-        // called, so a partner sending it slowly holds neither the biller nor its call's timeout:
-        // a slow body is the partner's 408, never a biller timeout counted against the breaker.
-        let body = if body.is_end_stream() {
-            Bytes::new()
-        } else {
-            let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-            let timeout = config.biller.timeout;
-            let due = tokio::time::Instant::now() + timeout;
-            let read = Box::pin(
-                worker
-                    .deadlines
-                    .timeout_at(due, Limited::new(body, limit).collect()),
-            )
-            .await;
-            match read {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                Ok(Err(error)) if error.is::<LengthLimitError>() => return too_large(log),
-                Ok(Err(_)) => {
-                    return refuse_body(log, Refusal::BodyIncomplete, RejectReason::BodyIncomplete)
-                }
-                Err(Elapsed) => {
-                    return refuse_body(
-                        log,
-                        Refusal::BodyTimeout { timeout },
-                        RejectReason::BodyTimeout,
-                    )
-                }
-            }
-        };
-        // A payment naming its account in its JSON body: the account's cached inquiry answers are
-        // dropped once the biller has it.
-        let route = &config.routes[admitted.route];
-        let account = match &route.account_field {
-            Some(field) if route.class == RouteClass::Payment => {
-                serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| {
-                        v.get(field.as_str())
-                            .and_then(|a| a.as_str())
-                            .map(str::to_owned)
-                    })
-                    .or(forwarding.account)
-            }
-            _ => forwarding.account,
-        };
-        let body: UpstreamBody = Full::new(body);
-
-        let partner = admitted.partner;
-        let limit = admitted.limit;
-        let caller = Caller {
-            partner,
-            class,
-            ticket: forwarding.admitted.ticket,
-            peer,
-        };
-        let result = upstream::call(worker, snapshot, caller, parts, body).await;
-        if class == Class::Payment {
-            // Answered or not, the payment may have reached the biller: its account's bill may
-            // have changed.
-            if let Some(account) = &account {
-                worker.shared.cache.invalidate_account(account);
-            }
-        }
-        let answered = match result {
-            Ok(answered) => answered,
-            Err(error) => {
-                metrics.outcome(Outcome::Failed);
-                log.outcome = "failed";
-                return refuse(error.into(), Some(partner_id), Some(class), snapshot);
-            }
-        };
-        log.upstream = Some(answered.rtt);
-        metrics.outcome(Outcome::Forwarded);
-        log.outcome = "forwarded";
-
-        let (mut parts, body) = answered.response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        snapshot.partners[partner].insert_ratelimit(&mut parts.headers, &limit);
-        // The body gets as long again as the head was allowed.
-        let timeout = config.biller.timeout.max(Duration::from_millis(1));
-        let deadline = answered.at + timeout;
-        Response::from_parts(parts, Either::Right(Deadline::new(body, deadline)))
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
+    let Forwarding { admitted, account } = forwarding;
+    let to = Answering::new(snapshot, &admitted);
+    if let Some(reason) = admitted.shadow {
+        to.metrics.shadow_rejected(reason);
     }
+    let body = match read_body(&snapshot.config, &parts.headers, body).await {
+        Ok(body) => body,
+        Err((refusal, reason)) => return to.refuse(log, refusal, reason),
+    };
+    let account = payment_account(&snapshot.config, &admitted, &body, account);
+    let caller = Caller {
+        partner: admitted.partner,
+        class: admitted.class,
+        ticket: admitted.ticket,
+        peer,
+    };
+    let result = call_biller(worker, snapshot, caller, parts, body, account).await;
+    finish(&to, &admitted.limit, result, log)
+}
+
+/// Who an admitted request's answer is for, and where it is counted.
+struct Answering<'a> {
+    snapshot: &'a Snapshot,
+    partner: PartnerId,
+    partner_id: &'a str,
+    class: Class,
+    metrics: &'a ClassMetrics,
+}
+
+impl<'a> Answering<'a> {
+    fn new(snapshot: &'a Snapshot, admitted: &Admitted<'_, '_>) -> Answering<'a> {
+        Answering {
+            snapshot,
+            partner: admitted.partner,
+            partner_id: &snapshot.gate.partners()[admitted.partner].id,
+            class: admitted.class,
+            metrics: snapshot.partners[admitted.partner]
+                .metrics
+                .class(admitted.class),
+        }
+    }
+
+    /// The gateway's own answer for a request it does not forward, counted as `reason`.
+    fn refuse(
+        &self,
+        log: &mut AccessLog,
+        refusal: Refusal,
+        reason: RejectReason,
+    ) -> Response<ProxyBody> {
+        self.metrics.rejected(reason);
+        log.outcome = reason.as_str();
+        refuse(
+            refusal,
+            Some(self.partner_id),
+            Some(self.class),
+            self.snapshot,
+        )
+    }
+}
+
+/// Reads the partner's body whole, capped at `max_body_bytes` and within the biller timeout,
+/// before the biller is called: a partner sending it slowly holds neither the biller nor its
+/// call's timeout, and a slow body is the partner's 408, never a biller timeout counted against
+/// the breaker. Reading a body, which inquiries do not have, is boxed: the request's future
+/// stays no larger than an inquiry needs.
+async fn read_body(
+    config: &Config,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, (Refusal, RejectReason)> {
+    let limit = config.server.max_body_bytes;
+    let too_large = || (Refusal::BodyTooLarge { limit }, RejectReason::BodyTooLarge);
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let timeout = config.biller.timeout;
+    let capped = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match Box::pin(tokio::time::timeout(timeout, capped.collect())).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err((Refusal::BodyIncomplete, RejectReason::BodyIncomplete)),
+        Err(_elapsed) => Err((Refusal::BodyTimeout { timeout }, RejectReason::BodyTimeout)),
+    }
+}
+
+/// The bill account a payment is for: the one named in its JSON body (the route's
+/// `account_field`), else the one in its path or query. Only a payment's is kept: its account's
+/// cached inquiry answers are dropped once the biller has it.
+fn payment_account(
+    config: &Config,
+    admitted: &Admitted<'_, '_>,
+    body: &Bytes,
+    named: Option<String>,
+) -> Option<String> {
+    let route = &config.routes[admitted.route];
+    match &route.account_field {
+        Some(field) if route.class == RouteClass::Payment => {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| {
+                    v.get(field.as_str())
+                        .and_then(|a| a.as_str())
+                        .map(str::to_owned)
+                })
+                .or(named)
+        }
+        _ => named,
+    }
+}
+
+/// Calls the biller with the partner's request and body. Answered or not, a payment may have
+/// reached the biller: its account's cached answers are dropped.
+async fn call_biller(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    caller: Caller<'_>,
+    parts: http::request::Parts,
+    body: Bytes,
+    account: Option<String>,
+) -> Result<Answered, CallError> {
+    let payment = caller.class == Class::Payment;
+    let body: UpstreamBody = Full::new(body);
+    let result = upstream::call(worker, snapshot, caller, parts, body).await;
+    if payment {
+        if let Some(account) = &account {
+            worker.shared().cache().invalidate_account(account);
+        }
+    }
+    result
+}
+
+/// Records the call's outcome and builds the partner's answer: the biller's, streamed with a
+/// deadline and the `RateLimit` fields, or the gateway's own for a call that brought none.
+fn finish(
+    to: &Answering<'_>,
+    limit: &Limit,
+    result: Result<Answered, CallError>,
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
+    let answered = match result {
+        Ok(answered) => answered,
+        Err(error) => {
+            to.metrics.outcome(Outcome::Failed);
+            log.outcome = "failed";
+            return refuse(
+                error.into(),
+                Some(to.partner_id),
+                Some(to.class),
+                to.snapshot,
+            );
+        }
+    };
+    log.upstream = Some(answered.rtt);
+    to.metrics.outcome(Outcome::Forwarded);
+    log.outcome = "forwarded";
+
+    let (mut parts, body) = answered.response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    to.snapshot.partners[to.partner].insert_ratelimit(&mut parts.headers, limit);
+    // The body gets as long again as the head was allowed.
+    let timeout = to
+        .snapshot
+        .config
+        .biller
+        .timeout
+        .max(Duration::from_millis(1));
+    let deadline = answered.at + timeout;
+    Response::from_parts(parts, Either::Right(Deadline::new(body, deadline)))
 }

@@ -10,11 +10,12 @@
 //! request a reused connection could not take is sent on another. Requests go out in
 //! origin-form (`/path?query`) with the `Host` the caller set.
 //!
-//! Until round seven the request drove its connection itself, with no task of its own. That
-//! cost more than it saved: the call was polled twice per wake-up and its futures were moved
-//! with the request's, about 3 000 instructions more per forwarded request than the same
-//! exchange on a spawned connection (40 487 against 37 416; `benches/README.md`, "Round
-//! seven").
+//! Each connection has a task of its own rather than being driven by the request that uses it:
+//! a request driving its connection was polled twice per wake-up and moved the connection's
+//! futures with its own, about 3 000 instructions more per forwarded request (40 487 against
+//! 37 416; `benches/e2e/results/round7/instructions.txt`). The pool stays hand-written rather than
+//! hyper-util's pooled `Client`, which cost 43 907 instructions per forwarded request against
+//! 36 505 and 11–13% more CPU per forwarded answer (`benches/results/hyper-std.txt`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -119,6 +120,16 @@ pub struct BillerPool {
 }
 
 impl BillerPool {
+    /// A pool for `config`: up to `max_in_flight` idle connections, each kept for 30 s unused.
+    /// It connects where the running configuration says at each request, so a reload that
+    /// moves the biller needs no new pool.
+    pub fn for_config(config: &crate::config::Config) -> Arc<BillerPool> {
+        BillerPool::new(
+            Duration::from_secs(30),
+            usize::try_from(config.biller.max_in_flight).unwrap_or(128),
+        )
+    }
+
     pub fn new(idle_timeout: Duration, max_idle: usize) -> Arc<BillerPool> {
         Arc::new(BillerPool {
             idle_timeout,

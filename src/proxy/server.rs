@@ -2,7 +2,8 @@
 //! to the next worker in turn; a worker is a thread running a current-thread runtime with its
 //! own pool of connections to the biller. A request, its biller call and its answer therefore
 //! never leave the thread that read it: no cross-thread wake-ups on the request path, and no
-//! connection-pool state shared between cores.
+//! connection-pool state shared between cores. Slow and idle request heads are cut off by one
+//! sweep per worker (`heads.rs`), not by hyper's `header_read_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,18 +19,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::accept::Acceptor;
-use super::deadlines::{floor_period, Deadlines};
 use super::heads::Heads;
-use super::{handler, headers, BillerClient, Shared, Snapshot};
+use super::{handler, headers, BillerPool, Shared, Snapshot};
 
-/// What one worker serves requests with: the shared state, its own biller client and its own
+/// What one worker serves requests with: the shared state, its own biller pool and its own
 /// handle on the running snapshot. Each request holds `Arc`s of its worker's, so the reference
 /// counts it bumps are the worker's own, never a line another core writes.
 pub struct Worker {
-    pub shared: Arc<Shared>,
-    pub client: BillerClient,
-    /// The deadlines of the worker's biller calls. Its watcher runs on the worker.
-    pub deadlines: Deadlines,
+    shared: Arc<Shared>,
+    pool: Arc<BillerPool>,
     current: ArcSwap<Current>,
 }
 
@@ -41,23 +39,31 @@ pub struct Current {
 impl Worker {
     pub fn new(shared: Arc<Shared>) -> Worker {
         Worker {
-            client: shared.biller_client(),
-            deadlines: Deadlines::new(),
+            pool: BillerPool::for_config(&shared.snapshot().config),
             current: ArcSwap::from_pointee(Current {
-                snapshot: shared.snapshot.load_full(),
+                snapshot: shared.snapshot_full(),
             }),
             shared,
         }
     }
 
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The worker's connections to the biller.
+    pub fn pool(&self) -> &Arc<BillerPool> {
+        &self.pool
+    }
+
     /// The running snapshot, through this worker's handle (renewed after a reload).
     pub fn snapshot(&self) -> Arc<Current> {
         let current = self.current.load_full();
-        if Arc::ptr_eq(&current.snapshot, &*self.shared.snapshot.load()) {
+        if Arc::ptr_eq(&current.snapshot, &*self.shared.snapshot()) {
             return current;
         }
         let renewed = Arc::new(Current {
-            snapshot: self.shared.snapshot.load_full(),
+            snapshot: self.shared.snapshot_full(),
         });
         self.current.store(Arc::clone(&renewed));
         renewed
@@ -178,15 +184,8 @@ async fn work(
 ) {
     let worker = Arc::new(Worker::new(shared));
     let graceful = GracefulShutdown::new();
-    let heads = Heads::new(worker.shared.metrics.connections.clone());
+    let heads = Heads::new(worker.shared.metrics().connections.clone());
     let sweeper = tokio::spawn(Arc::clone(&heads).run());
-    let watcher = {
-        let worker = Arc::clone(&worker);
-        let deadlines = worker.deadlines.clone();
-        tokio::spawn(
-            deadlines.watch(move || floor_period(worker.snapshot().snapshot.config.biller.timeout)),
-        )
-    };
     loop {
         tokio::select! {
             next = incoming.recv() => {
@@ -236,6 +235,5 @@ async fn work(
             tracing::warn!("connections still open after {drain:?}; closing them");
         }
     }
-    watcher.abort();
     sweeper.abort();
 }

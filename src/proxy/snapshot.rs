@@ -90,7 +90,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Where the pool connects for this configuration.
+    /// Where a pool connects for this configuration: read per request, so a reload that moves
+    /// the biller needs no new pool.
     pub fn target(&self) -> Target<'_> {
         Target {
             address: &self.address,

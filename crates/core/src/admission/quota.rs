@@ -199,28 +199,39 @@ impl Quota {
             Cells::One(t) => (
                 Gcra::from_nanos(*t, self.rate.burst),
                 self.rate.burst.get(),
-                Duration::from_nanos(*t),
+                *t,
                 1,
             ),
             Cells::Sharded(cells) => {
                 let Some(cell) = cells.get(passed.cell) else {
                     return Remaining::refused(self.rate, Duration::ZERO);
                 };
-                (cell.gcra, cell.burst, cell.interval, cells.len() as u32)
+                let interval = u64::try_from(cell.interval.as_nanos()).unwrap_or(u64::MAX);
+                (cell.gcra, cell.burst, interval, cells.len() as u32)
             }
         };
         let ceiling = ceiling(self.rate);
         let left = gcra.remaining(passed.now, passed.tat);
+        // In nanoseconds, one `Duration` made at the end: this runs on every admitted request.
+        let ahead = passed.tat.saturating_sub(passed.now);
         // `r` reaches `q` when this cell holds its share of `q`: until then, the arrival time
         // must fall back to within (burst − share) intervals of now.
-        let share = ceiling.div_ceil(scale).min(burst);
-        let ahead = Duration::from_nanos(passed.tat.saturating_sub(passed.now));
-        let slack = interval.saturating_mul(burst - share);
+        let share = if scale == 1 {
+            ceiling
+        } else {
+            ceiling.div_ceil(scale)
+        };
+        let slack = interval.saturating_mul(u64::from(burst - share.min(burst)));
+        // The next request passes once the arrival time is within (burst − 1) intervals.
+        let wait = if left == 0 {
+            ahead.saturating_sub(interval.saturating_mul(u64::from(burst.saturating_sub(1))))
+        } else {
+            0
+        };
         Remaining {
             remaining: left.saturating_mul(scale).min(ceiling),
-            reset: ahead.saturating_sub(slack),
-            // The next request passes once the arrival time is within (burst − 1) intervals.
-            wait: ahead.saturating_sub(interval.saturating_mul(burst.saturating_sub(1))),
+            reset: Duration::from_nanos(ahead.saturating_sub(slack)),
+            wait: Duration::from_nanos(wait),
         }
     }
 
