@@ -39,7 +39,7 @@ impl Acceptor {
                         tracing::info!(
                             listener = self.name,
                             failed,
-                            seconds = over.as_secs_f64(),
+                            after_ms = crate::logging::ms(over),
                             "accepting connections again"
                         );
                     }

@@ -165,7 +165,7 @@ fn honour_pause(snapshot: &Snapshot, class: Class, headers: &http::HeaderMap) {
     tracing::warn!(
         class = class.as_str(),
         partner = named.map(|i| &*snapshot.gate.partners()[i].id),
-        seconds = wait.as_secs(),
+        wait_ms = crate::logging::ms(wait),
         "the biller asked for a pause"
     );
     snapshot.gate.pause(class, named, wait);
