@@ -49,9 +49,15 @@ impl Remaining {
     /// `q` follows one replenish interval apart.
     pub fn refused(rate: Rate, wait: Duration) -> Remaining {
         let more = ceiling(rate).saturating_sub(1);
+        // A refusal is answered at once: no division for a quota of one, one for the rest.
+        let reset = if more == 0 {
+            wait
+        } else {
+            wait.saturating_add(rate.replenish_interval().saturating_mul(more))
+        };
         Remaining {
             remaining: 0,
-            reset: wait.saturating_add(rate.replenish_interval().saturating_mul(more)),
+            reset,
             wait,
         }
     }
