@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::diff::number;
 use super::model::{AccountSource, Class, Config, Mode, Route, RouteClass};
 use super::rate::Rate;
 use super::values::format_duration;
@@ -237,15 +238,6 @@ fn percent(share: f64) -> String {
         "<0.1%".to_owned()
     } else {
         format!("{:.1}%", share * 100.0)
-    }
-}
-
-/// A rate in requests per second without a needless `.0`.
-fn number(x: f64) -> String {
-    if x.fract() == 0.0 {
-        format!("{x:.0}")
-    } else {
-        format!("{x:.2}")
     }
 }
 

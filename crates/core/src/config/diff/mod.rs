@@ -50,6 +50,8 @@ mod compare;
 mod guardrails;
 mod show;
 
+pub(super) use show::number;
+
 use super::model::{Class, Config, Mode, Partner, Route};
 use super::rate::Rate;
 

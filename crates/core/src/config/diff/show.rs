@@ -226,7 +226,7 @@ pub(super) fn factor(x: f64) -> String {
 }
 
 /// A rate in requests per second without a needless `.0`.
-pub(super) fn number(x: f64) -> String {
+pub(in crate::config) fn number(x: f64) -> String {
     if x.fract() == 0.0 {
         format!("{x:.0}")
     } else {
