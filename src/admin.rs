@@ -237,6 +237,11 @@ async fn reload(control: &Control, force: bool) -> Answer {
             "Nothing to reload",
             &error.to_string(),
         ),
+        Err(error @ (ReloadError::TimedOut { .. } | ReloadError::StillReading(_))) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Configuration file not read in time; nothing was applied",
+            &error.to_string(),
+        ),
     }
 }
 

@@ -255,6 +255,44 @@ async fn sigterm_drains_requests_in_flight_and_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Waits (at most 10 s) for the process's log to end, as it does when the process exits;
+/// whether it ended.
+fn until_closed(lines: &mpsc::Receiver<String>) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(_) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            Err(mpsc::RecvTimeoutError::Timeout) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_at_the_config_path_hangs_neither_a_sighup_reload_nor_sigterm() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("fifo-term");
+    let path = write_config(&dir, &biller.url(), "10/s");
+    let mut process = Process::start(&path);
+    std::fs::remove_file(&path).unwrap();
+    let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo reads it and touches nothing else.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+
+    // Nobody writes to the FIFO: the reload refuses it at once and says why.
+    process.signal("HUP");
+    let line = wait_for(&process.lines, "reload failed");
+    assert!(
+        line.contains("it is a FIFO (named pipe), not a regular file"),
+        "{line}"
+    );
+    process.signal("TERM");
+    let exited = until_closed(&process.lines);
+    assert!(exited, "billgate did not exit within 10 s of SIGTERM");
+    assert_eq!(process.child.wait().unwrap().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_names_the_partner_and_never_the_key() {
     let biller = TestBiller::roomy().await;

@@ -44,6 +44,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             state_file: None,
             workers: None,
             listen_backlog: 4096,
+            max_config_bytes: billgate_core::config::DEFAULT_MAX_CONFIG_BYTES,
         },
         biller: Biller {
             url: BillerUrl {

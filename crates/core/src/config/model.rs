@@ -50,6 +50,9 @@ pub struct Server {
     /// it has its handshakes dropped, and those partners retry a second or more later. Default
     /// 4096; Linux caps it at `net.core.somaxconn`.
     pub listen_backlog: u32,
+    /// The largest configuration file read, in bytes: a reload reads at most the running
+    /// configuration's value, and a file larger than its own value is refused. Default 8 MiB.
+    pub max_config_bytes: u64,
 }
 
 impl Server {

@@ -9,6 +9,7 @@ use http::header::HeaderName;
 use toml::de::DeTable;
 
 use super::fields::{Errors, Table};
+use super::load::{DEFAULT_MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MIN_CONFIG_BYTES};
 use super::model::{Biller, BreakerConfig, Cache, Server};
 use super::rate::parse_rate;
 use super::values::{biller_url, header_name, positive_duration, socket_addr};
@@ -25,6 +26,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "state_file",
     "workers",
     "listen_backlog",
+    "max_config_bytes",
 ];
 pub(crate) const BILLER_KEYS: &[&str] = &[
     "url",
@@ -105,6 +107,14 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         LISTEN_BACKLOG.into(),
     )
     .and_then(|n| u32::try_from(n).ok());
+    let max_config_bytes = integer_in(
+        errors,
+        &t,
+        "max_config_bytes",
+        (MIN_CONFIG_BYTES, MAX_CONFIG_BYTES),
+        "a number of bytes from 4096 to 67108864 (64 MiB), like 8388608",
+        DEFAULT_MAX_CONFIG_BYTES,
+    );
     let path = |errors: &mut Errors<'_>, key: &str, expected: &str| -> Option<Option<PathBuf>> {
         match t.string(errors, key, expected) {
             Some(at) if at.value.trim().is_empty() => {
@@ -173,6 +183,7 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         state_file: state_file?,
         workers: workers?,
         listen_backlog: listen_backlog?,
+        max_config_bytes: max_config_bytes?,
     })
 }
 
