@@ -16,8 +16,12 @@ use crate::gateway::{self, Gateway};
 use crate::replay;
 
 /// `billgate serve`
-pub async fn serve(config_path: Option<PathBuf>, with_biller: bool) -> anyhow::Result<ExitCode> {
-    let config = match load(config_path.as_deref()) {
+pub async fn serve(
+    config_path: Option<PathBuf>,
+    with_biller: bool,
+    max_config_bytes: u64,
+) -> anyhow::Result<ExitCode> {
+    let config = match load(config_path.as_deref(), max_config_bytes) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
@@ -136,24 +140,25 @@ impl Signals {
     }
 }
 
-fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+fn load(path: Option<&Path>, cap: u64) -> Result<Config, ConfigErrors> {
     match path {
-        Some(path) => load_file(path),
+        Some(path) => load_file(path, cap),
         None => config::load_str(config::DEFAULT_CONFIG, "config.toml (embedded)"),
     }
 }
 
-/// [`config::load_file`] on a thread of its own, given up after
+/// [`config::load_file_within`] `cap` bytes (`--max-config-bytes`), on a thread of its own, given up after
 /// [`crate::control::LOAD_TIME_LIMIT`]: the file is opened without waiting and only a regular
 /// file is read, so only a stalled file system could hold it, and then the command says so
 /// instead of hanging.
-fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+fn load_file(path: &Path, cap: u64) -> Result<Config, ConfigErrors> {
     let (done, outcome) = std::sync::mpsc::channel();
     let owned = path.to_path_buf();
     let spawned = std::thread::Builder::new()
         .name("config-load".into())
         .spawn(move || {
-            let _ = done.send(config::load_file(&owned));
+            let origin = "--max-config-bytes";
+            let _ = done.send(config::load_file_within(&owned, cap, origin));
         });
     let shown = path.display().to_string();
     let whole_file =
@@ -175,9 +180,9 @@ fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// `billgate check`, and with `diff_from`, `billgate check --diff OLD.toml`: both files are
 /// validated in full; errors in either are printed and the exit code is 1. Guardrails are
 /// warnings here: exit 0.
-pub fn check(path: &Path, diff_from: Option<&Path>) -> ExitCode {
-    let new = load_file(path);
-    let old = diff_from.map(load_file);
+pub fn check(path: &Path, diff_from: Option<&Path>, max_config_bytes: u64) -> ExitCode {
+    let new = load_file(path, max_config_bytes);
+    let old = diff_from.map(|old| load_file(old, max_config_bytes));
     let (new, old) = match (new, old) {
         (Ok(new), None) => (new, None),
         (Ok(new), Some(Ok(old))) => (new, Some(old)),

@@ -35,12 +35,18 @@ use cli::{Command, LogFormat, Opts};
 pub fn run(opts: Opts) -> ExitCode {
     init_logging(opts.log_format);
     let result = match opts.command {
-        Command::Check { config, diff } => Ok(commands::check(&config, diff.as_deref())),
+        Command::Check {
+            config,
+            diff,
+            max_config_bytes,
+        } => Ok(commands::check(&config, diff.as_deref(), max_config_bytes)),
         Command::HashKey => commands::hash_key(),
         Command::Serve {
             config,
             with_biller,
-        } => runtime().and_then(|rt| rt.block_on(commands::serve(config, with_biller))),
+            max_config_bytes,
+        } => runtime()
+            .and_then(|rt| rt.block_on(commands::serve(config, with_biller, max_config_bytes))),
         Command::Biller {
             listen,
             capacity,

@@ -20,8 +20,7 @@ const TOP_KEYS: &[&str] = &["server", "biller", "cache", "route", "partner"];
 pub const DEFAULT_MAX_CONFIG_BYTES: u64 = 8 * 1024 * 1024;
 /// The least `[server] max_config_bytes` may be set to.
 pub const MIN_CONFIG_BYTES: u64 = 4096;
-/// The most `[server] max_config_bytes` may be set to, and so the most `serve` and `check` read
-/// before they know what the file itself allows.
+/// The most `[server] max_config_bytes` (and `--max-config-bytes`) may be set to.
 pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Why a file could not be read whole.
@@ -100,24 +99,22 @@ fn kind_of(kind: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Reads and validates a configuration file, of at most [`MAX_CONFIG_BYTES`] and at most its
-/// own `[server] max_config_bytes`: what `serve` and `check` load before any configuration is
-/// running.
+/// Reads and validates a configuration file of at most [`DEFAULT_MAX_CONFIG_BYTES`] and at
+/// most its own `[server] max_config_bytes`.
 ///
 /// # Errors
 /// Every problem found, each located; a file that cannot be read, is not a regular file, is too
 /// large or is not UTF-8 is one error.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    load_file_within(
-        path,
-        MAX_CONFIG_BYTES,
-        "the most [server] max_config_bytes may be",
-    )
+    let origin = "the default [server] max_config_bytes";
+    load_file_within(path, DEFAULT_MAX_CONFIG_BYTES, origin)
 }
 
 /// [`load_file`] reading at most `cap` bytes: a reload passes the running configuration's
 /// `max_config_bytes`, so that a file swapped in at the path is never read past what the
-/// running configuration allows. `cap_origin` says where the cap comes from, for the error.
+/// running configuration allows; `serve` and `check` pass `--max-config-bytes`. `cap_origin`
+/// says where the cap comes from, for the error. A file over its own `max_config_bytes` is
+/// refused too: a file `serve` starts from is one a reload would take.
 ///
 /// # Errors
 /// As [`load_file`].
