@@ -162,7 +162,7 @@ fn load_file(path: &Path, cap: u64) -> Result<Config, ConfigErrors> {
         });
     let shown = path.display().to_string();
     let whole_file =
-        |message: String| ConfigErrors(vec![config::ConfigError::whole_file(&shown, message)]);
+        |message: String| ConfigErrors::one(config::ConfigError::whole_file(&shown, message));
     if let Err(error) = spawned {
         return Err(whole_file(format!(
             "cannot start a thread to read the configuration file: {error}"

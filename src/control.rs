@@ -231,9 +231,9 @@ impl Control {
                     limit: LOAD_TIME_LIMIT,
                 })
             }
-            Bounded::Failed(error) => Err(ConfigErrors(vec![config::ConfigError::whole_file(
+            Bounded::Failed(error) => Err(ConfigErrors::one(config::ConfigError::whole_file(
                 &shown, error,
-            )])),
+            ))),
         };
         let next = loaded.map_err(ReloadError::Invalid)?;
         let running = self.shared.snapshot.load_full();

@@ -1,6 +1,8 @@
 //! `[[route]]`: each route checked on its own, then the rules between routes (unique names, no
 //! two routes a request could match both of).
 
+use std::collections::HashMap;
+
 use http::Method;
 
 use super::fields::{At, Errors, Table};
@@ -36,49 +38,45 @@ pub(crate) fn routes(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Ve
         .iter()
         .map(|item| item.as_ref().map(|t| route(errors, t)))
         .collect();
-    let names: Vec<&At<String>> = read
-        .iter()
-        .flatten()
-        .filter_map(|r| r.name.as_ref())
-        .collect();
-    for (i, later) in names.iter().enumerate() {
-        if let Some(first) = names[..i].iter().find(|r| r.value == later.value) {
-            let message = format!(
-                "the route name \"{}\" is already used by {} at {}; route names must be unique",
-                later.value,
-                first.path.trim_end_matches(".name"),
-                errors.source.location(first.span.start)
-            );
-            errors.push(later.span.clone(), &later.path, message);
-        }
+    // Each rule between routes looks a route up among the earlier ones by a key, so a file of
+    // many routes is checked in linear time.
+    let mut names: HashMap<&str, &At<String>> = HashMap::new();
+    for later in read.iter().flatten().filter_map(|r| r.name.as_ref()) {
+        let Some(first) = names.get(later.value.as_str()) else {
+            names.insert(&later.value, later);
+            continue;
+        };
+        let message = format!(
+            "the route name \"{}\" is already used by {} at {}; route names must be unique",
+            later.value,
+            first.path.trim_end_matches(".name"),
+            errors.source.location(first.span.start)
+        );
+        errors.push(later.span.clone(), &later.path, message);
     }
-    let shapes: Vec<&At<(Method, PathTemplate)>> = read
-        .iter()
-        .flatten()
-        .filter_map(|r| r.shape.as_ref())
-        .collect();
-    for (i, later) in shapes.iter().enumerate() {
+    let mut shapes: HashMap<_, &At<(Method, PathTemplate)>> = HashMap::new();
+    for later in read.iter().flatten().filter_map(|r| r.shape.as_ref()) {
         let (method, path) = &later.value;
-        let twin = shapes[..i]
-            .iter()
-            .find(|r| r.value.0 == *method && same_shape(&r.value.1, path));
-        if let Some(first) = twin {
-            let message = format!(
-                "{method} {} matches the same requests as {} ({} {}) at {}; a request must match one route only",
-                path.raw,
-                first.path.trim_end_matches(".path"),
-                first.value.0,
-                first.value.1.raw,
-                errors.source.location(first.span.start)
-            );
-            errors.push(later.span.clone(), &later.path, message);
-        }
+        let key = (method, shape_key(path));
+        let Some(first) = shapes.get(&key) else {
+            shapes.insert(key, later);
+            continue;
+        };
+        let message = format!(
+            "{method} {} matches the same requests as {} ({} {}) at {}; a request must match one route only",
+            path.raw,
+            first.path.trim_end_matches(".path"),
+            first.value.0,
+            first.value.1.raw,
+            errors.source.location(first.span.start)
+        );
+        errors.push(later.span.clone(), &later.path, message);
     }
     read.into_iter().map(|r| r.and_then(|r| r.route)).collect()
 }
 
 fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
-    let before = errors.list.len();
+    let before = errors.count();
     let name = t
         .required_string(errors, "name", "a route name like \"bill-inquiry\"")
         .filter(|at| {
@@ -191,7 +189,7 @@ fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
             Some(cache_for),
             Some(cache_scope),
             Some(account_field),
-        ) if errors.list.len() == before => {
+        ) if errors.count() == before => {
             let account = match query {
                 _ if has_account => AccountSource::PathSegment,
                 Some(name) => AccountSource::Query(name),
@@ -252,15 +250,17 @@ fn query_name(text: &str) -> Result<String, String> {
     }
 }
 
-/// Whether every request path matching one template matches the other: same literals in the
-/// same places, a parameter (whatever its name) where the other has one.
-fn same_shape(a: &PathTemplate, b: &PathTemplate) -> bool {
-    a.segments.len() == b.segments.len()
-        && a.segments.iter().zip(&b.segments).all(|pair| match pair {
-            (Segment::Literal(x), Segment::Literal(y)) => x == y,
-            (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
-            _ => true,
+/// What a template matches, whatever its parameters are called: its literals in their places,
+/// `None` where it has a parameter. Two templates with the same key match the same paths.
+fn shape_key(template: &PathTemplate) -> Vec<Option<&str>> {
+    template
+        .segments
+        .iter()
+        .map(|segment| match segment {
+            Segment::Literal(text) => Some(text.as_str()),
+            Segment::Account | Segment::Param(_) => None,
         })
+        .collect()
 }
 
 #[cfg(test)]
@@ -274,7 +274,7 @@ mod tests {
         let mut errors = Errors::new(Source::new("t.toml", text));
         let root = Table::root(&mut errors, &doc, &["route"]);
         let routes = routes(&mut errors, &root);
-        (routes, errors.list)
+        (routes, errors.pushed())
     }
 
     fn only_error(text: &str) -> ConfigError {

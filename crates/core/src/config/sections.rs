@@ -385,7 +385,7 @@ mod tests {
         let mut errors = Errors::new(Source::new("t.toml", text));
         let root = Table::root(&mut errors, &doc, &["server", "biller"]);
         let out = f(&mut errors, &root);
-        (out, errors.list)
+        (out, errors.pushed())
     }
 
     fn paths(errors: &[ConfigError]) -> Vec<&str> {
