@@ -162,7 +162,8 @@ impl Control {
         let state: StateFile = serde_json::from_str(&text)
             .map_err(|e| format!("state file {} is not valid: {e}", path.display()))?;
         for (id, suspension) in state.suspended {
-            tracing::warn!(partner = %id, reason = %suspension.reason, "partner suspended (from the state file)");
+            let reason = printable(&suspension.reason);
+            tracing::warn!(partner = %id, %reason, "partner suspended (from the state file)");
             self.shared.suspensions.suspend(&id, suspension);
         }
         Ok(())
@@ -271,7 +272,7 @@ impl Control {
             since_unix,
         };
         self.shared.suspensions.suspend(id, suspension.clone());
-        tracing::warn!(partner = %id, %reason, "partner suspended");
+        tracing::warn!(partner = %id, reason = %printable(reason), "partner suspended");
         self.write_state()?;
         Ok(suspension)
     }
@@ -296,6 +297,37 @@ impl Control {
             Err(ControlError::UnknownPartner(id.to_owned()))
         }
     }
+}
+
+/// `text` fit for one line of a log: control characters (a line break that would forge a log
+/// line, an escape sequence that would act on the terminal) and the invisible characters that
+/// reorder text are written as escapes, `\n` or `\u{1b}`, and a backslash as `\\` so that an
+/// escape in the text itself stays told apart. The operators' reason is kept as they wrote it
+/// everywhere else: partners read it in JSON, which escapes it its own way.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || is_invisible_layout(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Bidirectional overrides and isolates, marks, and line or paragraph separators: they change
+/// how the text around them is shown without showing themselves.
+fn is_invisible_layout(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// What [`bounded`] came back with.
@@ -355,6 +387,29 @@ fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_are_logged_on_one_line_with_control_characters_escaped() {
+        assert_eq!(
+            printable("polling storm, see incident 4711"),
+            "polling storm, see incident 4711"
+        );
+        assert_eq!(
+            printable("storm\nFAKE partner resumed\r\u{1b}[2J\tdone"),
+            "storm\\nFAKE partner resumed\\r\\u{1b}[2J\\tdone"
+        );
+        assert_eq!(
+            printable("a\\nb"),
+            "a\\\\nb",
+            "a backslash in the text stays told apart"
+        );
+        assert_eq!(printable("\u{0}\u{7f}\u{85}"), "\\u{0}\\u{7f}\\u{85}");
+        assert_eq!(
+            printable("abc\u{202e}gnp.exe\u{2028}"),
+            "abc\\u{202e}gnp.exe\\u{2028}"
+        );
+        assert_eq!(printable("水道 é"), "水道 é");
+    }
 
     /// A deadline the test passes by hand: the time limit is a timer in the gateway.
     fn by_hand() -> (
