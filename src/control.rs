@@ -36,6 +36,9 @@ pub struct Reloaded {
     pub summary: String,
     /// The full change, partner by partner.
     pub diff: String,
+    /// What the new file has worth a second look (a route no request reaches), as `billgate
+    /// check` words it.
+    pub warnings: Vec<String>,
 }
 
 /// Why a reload did not happen; the running configuration stays in every case.
@@ -192,6 +195,9 @@ impl Control {
             Ok(done) => {
                 metrics.reload("ok");
                 tracing::info!(sha256 = %done.sha256, "configuration reloaded: {}\n{}", done.summary, done.diff);
+                for warning in &done.warnings {
+                    tracing::warn!("{warning}");
+                }
             }
             Err(ReloadError::Refused(hits)) => {
                 metrics.reload("refused");
@@ -251,6 +257,7 @@ impl Control {
             sha256: next.source_sha256.clone(),
             summary: change.summary(),
             diff: change.to_string(),
+            warnings: next.warnings.iter().map(ToString::to_string).collect(),
         };
         self.shared.install(next);
         if let Err(error) = self.read_token() {

@@ -104,6 +104,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
         .into(),
         partners: partners.into(),
         source_sha256: String::new(),
+        warnings: Vec::new(),
     }
 }
 

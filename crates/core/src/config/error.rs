@@ -358,6 +358,8 @@ pub(crate) struct Errors<'a> {
     pub source: Source<'a>,
     kept: Vec<Pending>,
     found: usize,
+    /// Warnings found on the way, in the order found (few: one per route at most).
+    pub warnings: Vec<super::check::Warning>,
 }
 
 impl<'a> Errors<'a> {
@@ -366,6 +368,7 @@ impl<'a> Errors<'a> {
             source,
             kept: Vec::new(),
             found: 0,
+            warnings: Vec::new(),
         }
     }
 

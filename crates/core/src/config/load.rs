@@ -183,6 +183,7 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
                 routes: routes.into(),
                 partners: partners.into(),
                 source_sha256: hex::encode(Sha256::digest(text.as_bytes())),
+                warnings: errors.warnings,
             });
         }
         // Every refusal above reports itself; this is a guard, not a path.
