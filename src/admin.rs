@@ -130,8 +130,7 @@ fn authorize(control: &Control, request: &Request<Incoming>, mutating: bool) -> 
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match presented {
         Some(token) if control.token_matches(token.as_bytes()) => Ok(()),
         Some(_) => Err(unauthorized("the bearer token is not the admin token")),
@@ -139,6 +138,15 @@ fn authorize(control: &Control, request: &Request<Incoming>, mutating: bool) -> 
             "send the admin token as `Authorization: Bearer <token>`",
         )),
     }
+}
+
+/// The token of `Bearer <token>`. The scheme is case-insensitive (RFC 9110 §11.1: `bearer`
+/// and `BEARER` are `Bearer`), and one or more spaces follow it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 fn guarded(
@@ -314,6 +322,11 @@ async fn reload(control: &Control, force: bool) -> Answer {
             "Nothing to reload",
             &error.to_string(),
         ),
+        Err(error @ (ReloadError::TimedOut { .. } | ReloadError::StillReading(_))) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Configuration file not read in time; nothing was applied",
+            &error.to_string(),
+        ),
     }
 }
 
@@ -414,4 +427,31 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Answer {
         "detail": detail,
     });
     plain(status, PROBLEM, body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer t0k",
+            "bearer t0k",
+            "BEARER t0k",
+            "bEaReR   t0k",
+            " Bearer t0k ",
+        ] {
+            assert_eq!(bearer_token(value), Some("t0k"), "{value:?}");
+        }
+        for value in [
+            "Basic dXNlcjpwYXNz",
+            "Bearert0k",
+            "Bearer",
+            "t0k",
+            "Bearer\tt0k",
+        ] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 }

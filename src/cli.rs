@@ -5,6 +5,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::{DEFAULT_MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MIN_CONFIG_BYTES};
+
+/// `--max-config-bytes`: the range `[server] max_config_bytes` takes.
+fn config_bytes(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if (MIN_CONFIG_BYTES..=MAX_CONFIG_BYTES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number of bytes from {MIN_CONFIG_BYTES} to {MAX_CONFIG_BYTES} (64 MiB), like {DEFAULT_MAX_CONFIG_BYTES}"
+        )),
+    }
+}
+
 /// billgate: a reverse proxy that protects a utility-bill (EBPP) API from the partners that
 /// call it.
 #[derive(Debug, Parser)]
@@ -41,6 +53,10 @@ pub enum Command {
         /// `kill -HUP "$(cat FILE)"` reaches this gateway and no other.
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// The largest configuration file read at start, in bytes (4096 to 64 MiB); reloads
+        /// read at most the running `[server] max_config_bytes`.
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_CONFIG_BYTES, value_parser = config_bytes)]
+        max_config_bytes: u64,
     },
     /// Validate a configuration and print its partners, quotas and warnings; exit 1 on error.
     ///
@@ -54,6 +70,9 @@ pub enum Command {
         /// The configuration to compare against (validated in full too).
         #[arg(long, value_name = "OLD.toml")]
         diff: Option<PathBuf>,
+        /// The largest configuration file read, in bytes (4096 to 64 MiB).
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_CONFIG_BYTES, value_parser = config_bytes)]
+        max_config_bytes: u64,
     },
     /// Read an API key on stdin and print its SHA-256, for `keys_sha256`.
     HashKey,

@@ -11,7 +11,7 @@ use billgate_sim::storm::StormOptions;
 
 use crate::cli::{PollsArgs, StormArgs};
 use crate::clock::Clock;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigErrors};
 use crate::gateway::{self, Gateway};
 use crate::replay;
 
@@ -20,8 +20,9 @@ pub async fn serve(
     config_path: PathBuf,
     with_biller: bool,
     pid_file: Option<PathBuf>,
+    max_config_bytes: u64,
 ) -> anyhow::Result<ExitCode> {
-    let config = match config::load_file(&config_path) {
+    let config = match load_file(&config_path, max_config_bytes) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
@@ -147,9 +148,14 @@ impl Signals {
         #[cfg(unix)]
         loop {
             tokio::select! {
-                // The outcome is logged and counted by the reload itself.
+                // The outcome is logged and counted by the reload itself. It runs on a task of
+                // its own so that this loop goes on listening: a SIGTERM must never wait for a
+                // reload reading a file.
                 _ = self.hangup.recv() => {
-                    let _ = gateway.reload(false).await;
+                    let control = std::sync::Arc::clone(&gateway.control);
+                    tokio::spawn(async move {
+                        let _ = control.reload(false).await;
+                    });
                 }
                 _ = self.reopen_log.recv() => {
                     if let Err(error) = crate::logging::reopen() {
@@ -168,12 +174,42 @@ impl Signals {
     }
 }
 
+/// [`config::load_file_within`] `cap` bytes (`--max-config-bytes`), on a thread of its own, given up after
+/// [`crate::control::LOAD_TIME_LIMIT`]: the file is opened without waiting and only a regular
+/// file is read, so only a stalled file system could hold it, and then the command says so
+/// instead of hanging.
+fn load_file(path: &Path, cap: u64) -> Result<Config, ConfigErrors> {
+    let (done, outcome) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("config-load".into())
+        .spawn(move || {
+            let origin = "--max-config-bytes";
+            let _ = done.send(config::load_file_within(&owned, cap, origin));
+        });
+    let shown = path.display().to_string();
+    let whole_file =
+        |message: String| ConfigErrors::one(config::ConfigError::whole_file(&shown, message));
+    if let Err(error) = spawned {
+        return Err(whole_file(format!(
+            "cannot start a thread to read the configuration file: {error}"
+        )));
+    }
+    let limit = crate::control::LOAD_TIME_LIMIT;
+    outcome.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(whole_file(format!(
+            "reading the configuration file took longer than {}s (a stalled file system?)",
+            limit.as_secs()
+        )))
+    })
+}
+
 /// `billgate check`, and with `diff_from`, `billgate check --diff OLD.toml`: both files are
 /// validated in full; errors in either are printed and the exit code is 1. Guardrails are
 /// warnings here: exit 0.
-pub fn check(path: &Path, diff_from: Option<&Path>) -> ExitCode {
-    let new = config::load_file(path);
-    let old = diff_from.map(config::load_file);
+pub fn check(path: &Path, diff_from: Option<&Path>, max_config_bytes: u64) -> ExitCode {
+    let new = load_file(path, max_config_bytes);
+    let old = diff_from.map(|old| load_file(old, max_config_bytes));
     let (new, old) = match (new, old) {
         (Ok(new), None) => (new, None),
         (Ok(new), Some(Ok(old))) => (new, Some(old)),

@@ -39,13 +39,25 @@ pub fn run(opts: Opts) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match opts.command {
-        Command::Check { config, diff } => Ok(commands::check(&config, diff.as_deref())),
+        Command::Check {
+            config,
+            diff,
+            max_config_bytes,
+        } => Ok(commands::check(&config, diff.as_deref(), max_config_bytes)),
         Command::HashKey => commands::hash_key(),
         Command::Serve {
             config,
             with_biller,
             pid_file,
-        } => runtime().and_then(|rt| rt.block_on(commands::serve(config, with_biller, pid_file))),
+            max_config_bytes,
+        } => runtime().and_then(|rt| {
+            rt.block_on(commands::serve(
+                config,
+                with_biller,
+                pid_file,
+                max_config_bytes,
+            ))
+        }),
         Command::Biller {
             listen,
             capacity,

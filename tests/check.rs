@@ -170,3 +170,36 @@ fn an_overcommitted_configuration_warns_with_the_factor() {
         .collect();
     assert!(over.contains(&"partner[0].quota.payment"), "{over:?}");
 }
+
+#[test]
+fn a_literal_route_behind_an_account_route_is_a_warning_naming_both_routes_and_lines() {
+    let text = DEFAULT_CONFIG.replacen(
+        "[[route]]\nname = \"bill-payment\"",
+        "[[route]]\nname = \"bill-summary\"\nmethod = \"GET\"\npath = \"/v1/bills/summary\"\nclass = \"inquiry\"\n\n[[route]]\nname = \"bill-payment\"",
+        1,
+    );
+    let c = load_str(&text, "config.toml").unwrap_or_else(|e| panic!("{e}"));
+    let report = check_report(&c);
+    let inquiry = text
+        .lines()
+        .position(|l| l.starts_with("path = \"/v1/bills/{account}\""))
+        .map(|i| i + 1);
+    let summary = text
+        .lines()
+        .position(|l| l == "path = \"/v1/bills/summary\"")
+        .map(|i| i + 1);
+    let (inquiry, summary) = (inquiry.unwrap_or(0), summary.unwrap_or(0));
+    let shadowed: Vec<&str> = report
+        .warnings
+        .iter()
+        .filter(|w| w.key_path == "route[1].path")
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(
+        shadowed,
+        [format!("route[1] \"bill-summary\" (GET /v1/bills/summary, at config.toml:{summary}:8) is never matched: route[0] \"bill-inquiry\" (GET /v1/bills/{{account}}, at config.toml:{inquiry}:8) comes before it and matches every request it would; move route[1] above it")]
+    );
+    assert!(report
+        .to_string()
+        .contains("warning: route[1].path: route[1] \"bill-summary\""));
+}

@@ -19,6 +19,11 @@ const CASES: &[(&str, &[Expected])] = &[
         &["unknown key `per_acount`", "did you mean `per_account`?", "expected one of: id, keys_sha256, quota, per_account, max_tracked_accounts, mode"],
     )]),
     ("bad_rate.toml", &[("partner[1].quota.inquiry_user", 12, 45, &[RATE, "\"x\" is not a period"])]),
+    ("rate_spelling.toml", &[
+        ("biller.capacity", 4, 12, &[RATE, "a period of s, min or h", "\"second\" is not a period; write \"400/s\""]),
+        ("partner[0].quota.inquiry_user", 8, 45, &[RATE, "\"sec\" is not a period; write \"5/s\""]),
+        ("partner[0].per_account", 9, 15, &[RATE, "\"m\" is not a period; write \"2/min\""]),
+    ]),
     ("duplicate_partner_id.toml", &[(
         "partner[1].id", 11, 6,
         &["the partner id \"wallet-a\" is already used by partner[0] at", "duplicate_partner_id.toml:7:6", "ids must be unique"],

@@ -80,6 +80,41 @@ async fn the_admin_api_needs_the_right_token() {
 }
 
 #[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    // RFC 9110 §11.1: the authentication scheme is case-insensitive.
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("bearer-case");
+    let path = write_config(
+        &dir,
+        &biller.url(),
+        &partner("wallet-a", "key-a", Q, ""),
+        true,
+    );
+    let gw = TestGateway::start_from_file(&path).await;
+    let url = gw.admin_url("/admin/partners/wallet-a/suspend");
+    let body = r#"{"reason":"polling storm"}"#;
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} {TOKEN}");
+        let reply = send(Method::POST, &url, &[("authorization", &value)], body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{value}: {}", reply.text());
+    }
+    let reads = get(
+        &gw.admin_url("/admin/partners"),
+        &[("authorization", &format!("bearer {TOKEN}"))],
+    )
+    .await;
+    assert_eq!(reads.status, StatusCode::OK);
+    let basic = send(
+        Method::POST,
+        &url,
+        &[("authorization", "Basic czNjcmV0")],
+        body,
+    )
+    .await;
+    assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn without_a_token_mutations_are_off_and_say_so() {
     let biller = TestBiller::roomy().await;
     let dir = TempDir::new("notoken");

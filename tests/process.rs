@@ -81,7 +81,9 @@ impl Process {
                 break line;
             }
         };
-        let json: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
+        // JSON, or text: `… billgate listening addr=… admin_addr=…`, colours taken out.
+        let json: serde_json::Value = serde_json::from_str(&listening)
+            .unwrap_or_else(|_| serde_json::json!({ "fields": text_fields(&listening) }));
         let field = |name: &str| json["fields"][name].as_str().expect(name).to_owned();
         Process {
             addr: field("addr"),
@@ -90,6 +92,17 @@ impl Process {
             child,
             lines,
         }
+    }
+
+    /// [`Process::start`] logging text (the default), with `BILLGATE_ADMIN_TOKEN` set to
+    /// `token`.
+    fn start_text(config: &std::path::Path, token: &str) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_billgate"));
+        command
+            .args(["serve", "--config"])
+            .arg(config)
+            .env(billgate::control::TOKEN_ENV, token);
+        Process::spawn(command)
     }
 
     fn signal(&self, name: &str) {
@@ -110,6 +123,34 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A text log line without its colours (ANSI escape sequences).
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `name=value` fields of a text log line.
+fn text_fields(line: &str) -> serde_json::Map<String, serde_json::Value> {
+    plain(line)
+        .split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .map(|(name, value)| (name.to_owned(), serde_json::Value::from(value)))
+        .collect()
 }
 
 /// The next log line containing `needle` (at most 10 s away).
@@ -253,6 +294,75 @@ async fn sigterm_drains_requests_in_flight_and_exits_0() {
     .unwrap()
     .0;
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_reason_cannot_forge_a_line_of_the_text_log() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("reason-log");
+    let path = write_config(&dir, &biller.url(), "10/s");
+    let token = "reason-log-token";
+    let process = Process::start_text(&path, token);
+    let reason = "storm\nWARN billgate::control: partner resumed partner=bank-b\u{1b}[2J\u{202e}";
+    let body = serde_json::json!({ "reason": reason }).to_string();
+    let reply = send(
+        http::Method::POST,
+        &format!("http://{}/admin/partners/bank-b/suspend", process.admin),
+        &[("authorization", &format!("Bearer {token}"))],
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // The partner is told the reason as written.
+    assert_eq!(reply.json()["suspended"]["reason"], reason);
+    let line = plain(&wait_for(&process.lines, "partner suspended"));
+    assert!(
+        line.contains(
+            r"reason=storm\nWARN billgate::control: partner resumed partner=bank-b\u{1b}[2J\u{202e}"
+        ),
+        "{line:?}"
+    );
+    // (An escape sequence in the line would have been taken out with the colours; the
+    // assertion above finds it escaped.)
+    assert!(!line.contains(['\n', '\u{202e}']), "{line:?}");
+}
+
+/// Waits (at most 10 s) for the process's log to end, as it does when the process exits;
+/// whether it ended.
+fn until_closed(lines: &mpsc::Receiver<String>) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(_) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            Err(mpsc::RecvTimeoutError::Timeout) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_at_the_config_path_hangs_neither_a_sighup_reload_nor_sigterm() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("fifo-term");
+    let path = write_config(&dir, &biller.url(), "10/s");
+    let mut process = Process::start(&path);
+    std::fs::remove_file(&path).unwrap();
+    let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo reads it and touches nothing else.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+
+    // Nobody writes to the FIFO: the reload refuses it at once and says why.
+    process.signal("HUP");
+    let line = wait_for(&process.lines, "reload failed");
+    assert!(
+        line.contains("it is a FIFO (named pipe), not a regular file"),
+        "{line}"
+    );
+    process.signal("TERM");
+    let exited = until_closed(&process.lines);
+    assert!(exited, "billgate did not exit within 10 s of SIGTERM");
+    assert_eq!(process.child.wait().unwrap().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

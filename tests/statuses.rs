@@ -264,6 +264,53 @@ async fn biller_capacity_spent_gets_503_with_retry_after() {
     assert_eq!(biller.biller.stats().received, 2);
 }
 
+#[tokio::test]
+async fn a_bad_bill_account_gets_400_and_never_reaches_the_biller() {
+    let biller = TestBiller::roomy().await;
+    let q = r#"payment = "100/s", inquiry_user = "100/s", inquiry_scheduled = "100/s""#;
+    let gw = TestGateway::start(config(&biller.url(), &partner("wallet-a", "key-a", q, ""))).await;
+    let key = [("x-api-key", "key-a")];
+    let long = "9".repeat(65);
+    let paths = [
+        "/v1/bills/..%2F..%2F_biller%2Fstats".to_owned(),
+        "/v1/bills/a%2fb".to_owned(),
+        "/v1/bills/..".to_owned(),
+        "/v1/bills/.".to_owned(),
+        "/v1/bills/%2E%2E".to_owned(),
+        "/v1/bills/100234%0AX-Injected:%201".to_owned(),
+        "/v1/bills/%1B%5B2J".to_owned(),
+        format!("/v1/bills/{long}"),
+        "/v1/lookup?account=..%2Fadmin".to_owned(),
+        "/v1/lookup?account=%00".to_owned(),
+    ];
+    for path in &paths {
+        let reply = get(&gw.url(path), &key).await;
+        let body = assert_problem(&reply, 400, "bad_account");
+        assert_eq!(body["partner"], "wallet-a", "{path}");
+        assert!(reply.header("retry-after").is_none(), "{path}");
+    }
+    assert_eq!(
+        biller.biller.stats().received,
+        0,
+        "nothing reached the biller"
+    );
+    let metrics = gw.metrics().await;
+    let refused = r#"billgate_rejections_total{class="inquiry_scheduled",partner="wallet-a",reason="bad_account"}"#;
+    assert_eq!(sample(&metrics, refused), paths.len() as f64);
+    // A plain account goes through, and so does the longest: the stand-in biller takes at
+    // most 32 characters and answers that one 400 itself.
+    let plain = get(&gw.url("/v1/bills/100234"), &key).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    let longest = get(&gw.url(&format!("/v1/bills/{}", "9".repeat(64))), &key).await;
+    assert_ne!(
+        longest.json()["reason"],
+        "bad_account",
+        "{}",
+        longest.text()
+    );
+    assert_eq!(biller.biller.stats().received, 2);
+}
+
 /// Sends a body without Content-Length (chunked), so the limit can only trip while streaming.
 async fn send_chunked(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
     use http_body_util::BodyExt;

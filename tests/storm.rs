@@ -27,8 +27,8 @@ async fn through_the_gateway_the_biller_never_sees_more_than_its_capacity() {
     assert_eq!(report.phases.len(), 4);
 
     // No allowance is needed over C: the quotas admit at most the well-behaved 0.23 C plus
-    // the poller's C/10 and its burst of C/10 in any second (≈ 0.43 C). The gateway's biller
-    // budget (C/s, burst C) would allow up to 2 C in one window only if the quotas summed past C.
+    // the poller's C/10 and its burst of C/10 in any second (≈ 0.43 C); and however the quotas
+    // add up, the gateway's biller budget lets at most C through in any one-second window.
     for phase in &report.phases {
         let max = phase
             .load

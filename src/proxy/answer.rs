@@ -91,6 +91,7 @@ impl Refusal {
             Refusal::Denied(d) => match d.reason {
                 Reason::MissingKey | Reason::UnknownKey => StatusCode::UNAUTHORIZED,
                 Reason::NoRoute => StatusCode::NOT_FOUND,
+                Reason::BadAccount => StatusCode::BAD_REQUEST,
                 Reason::ClassClosed | Reason::Suspended => StatusCode::FORBIDDEN,
                 Reason::PartnerQuota | Reason::AccountQuota | Reason::AccountTableFull => {
                     StatusCode::TOO_MANY_REQUESTS
@@ -127,6 +128,7 @@ impl Refusal {
                 Reason::BreakerOpen => "Biller failing; requests held back",
                 Reason::BillerBusy => "Biller busy",
                 Reason::BillerStrained => "Biller struggling; inquiries held back",
+                Reason::BadAccount => "Bill account not accepted",
             },
             Refusal::Suspended(_) => "Partner suspended",
             Refusal::BodyTooLarge { .. } => "Request body too large",
@@ -159,6 +161,7 @@ impl Refusal {
                     Reason::BreakerOpen => format!("the biller is failing, so the gateway holds {class} requests back instead of adding to its load; retry in {wait}s"),
                     Reason::BillerStrained => format!("the biller is failing or slowing down, so the gateway sends it fewer inquiries until it recovers (payments go first); retry in {wait}s"),
                     Reason::BillerBusy => format!("the biller has as many requests in hand as it can answer quickly; {class} requests wait for payments to go first; retry in {wait}s"),
+                    Reason::BadAccount => format!("the bill account must be at most {} bytes, with no encoded slash (%2F), no `..` or `.`, and no control character; nothing was sent to the biller", crate::admission::MAX_ACCOUNT_LEN),
                 }
             }
             Refusal::Suspended(s) => format!("{who} is suspended by the biller's operators: {}", s.reason),
@@ -568,6 +571,7 @@ mod tests {
                         | Reason::NoRoute
                         | Reason::ClassClosed
                         | Reason::Suspended
+                        | Reason::BadAccount
                 ) {
                     template.retry_after = None;
                     template.limit = None;

@@ -62,14 +62,13 @@ impl Protection {
         previous: Option<&Protection>,
         clock: &Clock,
     ) -> Protection {
+        let (capacity, payment, user) =
+            (biller.capacity, biller.payment_reserve, biller.user_reserve);
         let budget = match previous {
-            Some(p)
-                if p.budget
-                    .same(biller.capacity, biller.payment_reserve, biller.user_reserve) =>
-            {
-                p.budget.clone()
-            }
-            _ => Budget::new(biller.capacity, biller.payment_reserve, biller.user_reserve),
+            Some(p) if p.budget.same(capacity, payment, user) => p.budget.clone(),
+            // New settings: what the old budget let through in the last period still counts.
+            Some(p) => Budget::after(capacity, payment, user, &p.budget, clock.now()),
+            None => Budget::new(capacity, payment, user),
         };
         let kept = previous.filter(|p| p.breaker_settings == biller.breaker);
         let breaker = kept.map(|p| Arc::clone(&p.breaker)).unwrap_or_else(|| {

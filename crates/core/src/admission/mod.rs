@@ -38,7 +38,7 @@ pub use biller::{BillerOutcome, Pause, Protection, Shed, Ticket, PAYMENT_FAILURE
 pub use budget::Budget;
 pub use identify::{Asked, Card, KeyIndex};
 pub use quota::{Passed, Quota, QuotaLines, Remaining};
-pub use route::{Matched, Router};
+pub use route::{account_ok, Matched, Router, MAX_ACCOUNT_LEN};
 pub use shed::Shedder;
 pub use suspension::{CellRef, PartnerCell, Suspension, Suspensions, CHUNK};
 
@@ -74,11 +74,14 @@ pub enum Reason {
     BreakerOpen,
     BillerBusy,
     BillerStrained,
+    /// The bill account in the path or query is unfit to forward (see
+    /// [`account_ok`]).
+    BadAccount,
 }
 
 impl Reason {
     /// Every reason, for binding metric handles up front.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::MissingKey,
         Reason::UnknownKey,
         Reason::NoRoute,
@@ -92,6 +95,7 @@ impl Reason {
         Reason::BreakerOpen,
         Reason::BillerBusy,
         Reason::BillerStrained,
+        Reason::BadAccount,
     ];
 
     /// The label used in metrics and in problem bodies.
@@ -110,6 +114,7 @@ impl Reason {
             Reason::BreakerOpen => "breaker_open",
             Reason::BillerBusy => "biller_busy",
             Reason::BillerStrained => "biller_strained",
+            Reason::BadAccount => "bad_account",
         }
     }
 
@@ -443,6 +448,15 @@ impl Gate {
         let (Some(matched), Some(class)) = (matched, class) else {
             return Err(deny(Reason::NoRoute, Some(partner), None, None));
         };
+        // A malformed request, whatever the partner may do: nothing is spent for it.
+        if matched.bad_account {
+            return Err(deny(
+                Reason::BadAccount,
+                Some(partner),
+                Some(class),
+                Some(matched.route),
+            ));
+        }
         if gate.quotas[class.index()].is_none() {
             return Err(deny(
                 Reason::ClassClosed,

@@ -60,8 +60,55 @@ pub struct Matched<'r> {
     /// The route, by its place in the configuration.
     pub route: RouteId,
     pub class: RouteClass,
-    /// The bill account, when the route says where it is and the request carries it.
+    /// The bill account, when the route says where it is and the request carries one fit to
+    /// forward.
     pub account: Option<&'r str>,
+    /// The request carries an account unfit to forward ([`account_ok`] says no): it is refused
+    /// (`bad_account`) before any quota is spent or the biller asked.
+    pub bad_account: bool,
+}
+
+/// The longest bill account forwarded, in bytes as the request carries it (escapes included).
+/// Bill account numbers are a few dozen characters at most; anything longer is not one.
+pub const MAX_ACCOUNT_LEN: usize = 64;
+
+/// Whether an account as the request carries it (`raw`, percent-escapes and all) may be put
+/// in front of the biller. Read with its escapes decoded, as the biller may decode them, it
+/// must be valid UTF-8 with no `/` or `\\` (an escaped slash would make the biller see another
+/// path, `%2F..%2F` climbing out of the bills), not be `.` or `..` nor hold `..`, hold no
+/// control character, and be at most [`MAX_ACCOUNT_LEN`] bytes. A malformed escape is refused
+/// too: what the biller makes of it is anyone's guess. Allocates nothing.
+pub fn account_ok(raw: &str) -> bool {
+    if raw.is_empty() || raw.len() > MAX_ACCOUNT_LEN {
+        return false;
+    }
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let bytes = raw.as_bytes();
+    let mut decoded = [0u8; MAX_ACCOUNT_LEN];
+    let (mut read, mut len) = (0, 0);
+    while let Some(&b) = bytes.get(read) {
+        let byte = if b == b'%' {
+            let (Some(hi), Some(lo)) = (hex(bytes.get(read + 1)), hex(bytes.get(read + 2))) else {
+                return false;
+            };
+            read += 3;
+            (hi * 16 + lo) as u8
+        } else {
+            read += 1;
+            b
+        };
+        if matches!(byte, b'/' | b'\\') {
+            return false;
+        }
+        if let Some(slot) = decoded.get_mut(len) {
+            *slot = byte;
+            len += 1;
+        }
+    }
+    let Ok(text) = std::str::from_utf8(decoded.get(..len).unwrap_or_default()) else {
+        return false;
+    };
+    text != "." && !text.contains("..") && !text.chars().any(char::is_control)
 }
 
 impl Router {
@@ -98,10 +145,12 @@ impl Router {
                 AccountSource::PathSegment => in_path,
                 AccountSource::Query(name) => query.and_then(|q| query_value(q, name)),
             };
+            let bad_account = account.is_some_and(|a| !account_ok(a));
             Some(Matched {
                 route: RouteId::new(index),
                 class: route.class,
-                account,
+                account: account.filter(|_| !bad_account),
+                bad_account,
             })
         })
     }
@@ -439,6 +488,43 @@ mod tests {
         assert_eq!(find_slash(b"abcdef\x2e/zz"), Some(7));
         assert_eq!(find_slash(b"........./"), Some(9));
         assert_eq!(find_slash(b"\x00/......"), Some(1));
+    }
+
+    #[test]
+    fn accounts_unfit_for_the_biller_are_flagged_not_forwarded() {
+        for good in [
+            "12345",
+            "ACC-1_2.3",
+            "é42",
+            "%41CC",
+            "a.b",
+            "a%2Eb",
+            &"9".repeat(64),
+        ] {
+            assert!(account_ok(good), "{good}");
+        }
+        let long = "9".repeat(65);
+        for bad in [
+            "a%2Fb", "a%2fb", "%2F", "..", ".", "%2E%2E", ".%2e", "a..b", "a%5Cb", "a\\b", "%00",
+            "a%0Ab", "%1B[2J", "%7F", "%C2%85", "%FF", "%E6%B0", "%", "%4", "%zz", "", &long,
+        ] {
+            assert!(!account_ok(bad), "{bad}");
+        }
+        let r = router();
+        let m = r
+            .find(&Method::GET, "/v1/bills/..%2F..%2Fadmin", None)
+            .unwrap();
+        assert_eq!(
+            (m.route, m.account, m.bad_account),
+            (RouteId::new(0), None, true)
+        );
+        let m = r.find(&Method::GET, "/v1/lookup", Some("acct=..")).unwrap();
+        assert_eq!((m.account, m.bad_account), (None, true));
+        let m = r.find(&Method::GET, "/v1/bills/778", None).unwrap();
+        assert_eq!((m.account, m.bad_account), (Some("778"), false));
+        // A route without an account has nothing to refuse.
+        let m = r.find(&Method::GET, "/v1/%2E%2E/statement", None).unwrap();
+        assert_eq!((m.route, m.bad_account), (RouteId::new(3), false));
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn check_report(config: &Config) -> CheckReport {
             "no partners: every request is answered 401".to_owned(),
         );
     }
+    warnings.extend(config.warnings.iter().cloned());
     let url = &config.biller.url;
     CheckReport {
         biller_url: format!("http://{}{}", url.authority, url.base_path),

@@ -1,8 +1,21 @@
 //! Configuration errors located by file, line and column, rendered the way rustc renders its own,
-//! and the collector that gathers every one of them from a file.
+//! and the collector that gathers them from a file.
+//!
+//! Locating is linear in the file whatever it holds: the collector keeps only the first
+//! [`MAX_REPORTED`] errors (by place in the file) and counts the rest, line and column come from
+//! an index of the text built once, and a line shown under an error is cut to [`SHOWN_LINE`]
+//! characters around the error. A mangled file of millions of errors is reported in one pass.
 
+use std::cell::OnceCell;
 use std::fmt::{self, Display};
 use std::ops::Range;
+
+/// The most errors a file's report holds; past them it says how many more there are.
+pub const MAX_REPORTED: usize = 100;
+
+/// The most characters of a line shown under an error: a generated file may be one line of
+/// megabytes.
+pub const SHOWN_LINE: usize = 240;
 
 /// One problem in a configuration file: where it is and what was expected there.
 ///
@@ -21,8 +34,13 @@ pub struct ConfigError {
     pub key_path: String,
     /// What is wrong and what was expected.
     pub message: String,
-    /// The text of line `line` without its line break, shown under the message.
+    /// The text of line `line` without its line break, shown under the message: all of it, or
+    /// of a line longer than [`SHOWN_LINE`] characters the part around `column`.
     pub source_line: String,
+    /// The column `source_line` starts at: 1 unless the start of a long line was cut.
+    pub shown_from: usize,
+    /// Whether the end of a long line was cut.
+    pub cut_after: bool,
     /// How many characters from `column` on to underline (at least 1).
     pub width: usize,
 }
@@ -37,6 +55,8 @@ impl ConfigError {
             key_path: String::new(),
             message: message.into(),
             source_line: String::new(),
+            shown_from: 1,
+            cut_after: false,
             width: 0,
         }
     }
@@ -60,41 +80,60 @@ impl fmt::Display for Rendered<'_> {
         writeln!(f, "{pad}--> {}:{}:{}", e.file, e.line, e.column)?;
         writeln!(f, "{pad} |")?;
         // Control characters (a stray escape sequence) would act on the terminal; show them as
-        // U+FFFD, one character each, so the carets stay aligned.
-        let shown: String = e
-            .source_line
+        // U+FFFD, one character each, so the carets stay aligned. A cut is marked with an
+        // ellipsis, which takes one column.
+        let before = if e.shown_from > 1 { "…" } else { "" };
+        let after = if e.cut_after { "…" } else { "" };
+        let shown: String = before
             .chars()
-            .map(|c| {
+            .chain(e.source_line.chars().map(|c| {
                 if c.is_control() && c != '\t' {
                     '\u{FFFD}'
                 } else {
                     c
                 }
-            })
+            }))
             .collect();
-        writeln!(f, "{number} | {shown}")?;
+        writeln!(f, "{number} | {shown}{after}")?;
         // Keep tabs under tabs so the carets line up however wide the terminal draws a tab.
         let lead: String = shown
             .chars()
-            .take(e.column.saturating_sub(1))
+            .take(e.column.saturating_sub(e.shown_from) + before.chars().count())
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         write!(f, "{pad} | {lead}{}", "^".repeat(e.width.max(1)))
     }
 }
 
-/// Every problem found in one configuration file. Nothing of a file with errors is applied.
+/// Problems in one configuration file: the first [`MAX_REPORTED`] in file order, and how many
+/// more there are. Nothing of a file with errors is applied.
 ///
-/// `Display` renders each error, then a summary line such as
-/// `error: config.toml has 3 errors; nothing was applied`.
+/// `Display` renders each error, then, when some were left out, how many, then a summary line
+/// such as `error: config.toml has 3 errors; nothing was applied`. The list is public as `.0`;
+/// the count of those left out, [`ConfigErrors::omitted`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", Summary(self))]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(pub Vec<ConfigError>, usize);
 
 impl ConfigErrors {
+    /// One error: the file could not be read, or its text is not TOML.
+    pub fn one(error: ConfigError) -> Self {
+        ConfigErrors(vec![error], 0)
+    }
+
     /// The errors, in the order they appear in the file.
     pub fn errors(&self) -> &[ConfigError] {
         &self.0
+    }
+
+    /// Errors found past the [`MAX_REPORTED`] held.
+    pub fn omitted(&self) -> usize {
+        self.1
+    }
+
+    /// Every error found, held or not.
+    pub fn total(&self) -> usize {
+        self.0.len() + self.1
     }
 }
 
@@ -110,25 +149,103 @@ impl fmt::Display for Summary<'_> {
         let file = errors
             .first()
             .map_or("the configuration", |e| e.file.as_str());
-        let plural = if errors.len() == 1 { "" } else { "s" };
+        let omitted = self.0.omitted();
+        if omitted > 0 {
+            let plural = if omitted == 1 { "" } else { "s" };
+            writeln!(
+                f,
+                "error: … and {omitted} more error{plural} after these {} (fix these first)",
+                errors.len()
+            )?;
+            writeln!(f)?;
+        }
+        let total = self.0.total();
+        let plural = if total == 1 { "" } else { "s" };
         write!(
             f,
-            "error: {file} has {} error{plural}; nothing was applied",
-            errors.len()
+            "error: {file} has {total} error{plural}; nothing was applied"
         )
     }
 }
 
+/// Where each line of a text starts, and how many characters come before each 64-byte block:
+/// line and column of any offset in logarithmic time plus at most 63 bytes counted.
+#[derive(Debug)]
+struct LineIndex {
+    starts: Vec<usize>,
+    chars_before_block: Vec<usize>,
+}
+
+const BLOCK: usize = 64;
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let bytes = text.as_bytes();
+        let mut starts = vec![0];
+        starts.extend(
+            bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        let mut chars_before_block = Vec::with_capacity(bytes.len() / BLOCK + 2);
+        let mut chars = 0;
+        for block in bytes.chunks(BLOCK) {
+            chars_before_block.push(chars);
+            chars += char_starts(block);
+        }
+        chars_before_block.push(chars);
+        LineIndex {
+            starts,
+            chars_before_block,
+        }
+    }
+
+    /// The 0-based line holding `offset`.
+    fn line(&self, offset: usize) -> usize {
+        self.starts
+            .partition_point(|&start| start <= offset)
+            .saturating_sub(1)
+    }
+
+    /// Characters in `text[..offset]`; `offset` is a character boundary.
+    fn chars_before(&self, text: &str, offset: usize) -> usize {
+        let block = offset / BLOCK;
+        let counted = self.chars_before_block.get(block).copied().unwrap_or(0);
+        counted
+            + text
+                .as_bytes()
+                .get(block * BLOCK..offset)
+                .map_or(0, char_starts)
+    }
+}
+
+/// The characters starting in `bytes` (every byte but UTF-8 continuation bytes).
+fn char_starts(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|b| (**b & 0xC0) != 0x80).count()
+}
+
 /// The text of one configuration file, turning byte spans into located errors.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Source<'a> {
     pub file: &'a str,
     pub text: &'a str,
+    /// Built at the first error located.
+    index: OnceCell<LineIndex>,
 }
 
 impl<'a> Source<'a> {
     pub fn new(file: &'a str, text: &'a str) -> Self {
-        Source { file, text }
+        Source {
+            file,
+            text,
+            index: OnceCell::new(),
+        }
+    }
+
+    fn index(&self) -> &LineIndex {
+        self.index.get_or_init(|| LineIndex::new(self.text))
     }
 
     /// An error about the text at `span` (byte offsets, as toml reports them).
@@ -141,18 +258,46 @@ impl<'a> Source<'a> {
         let start = self.floor(span.start);
         let (line, column, line_range) = self.line_column(start);
         let end = self.floor(span.end).min(line_range.end);
-        let width = self.text.get(start..end).map_or(0, |s| s.chars().count());
-        let source_line = self.text.get(line_range).unwrap_or_default();
+        let line_end = match self.text.get(line_range.clone()) {
+            Some(text) if text.ends_with('\r') => line_range.end - 1,
+            _ => line_range.end,
+        };
+        let line_from = line_range.start
+            + self.leading_boms(line_range.start..line_end) * '\u{feff}'.len_utf8();
+        let index = self.index();
+        let line_chars =
+            index.chars_before(self.text, line_end) - index.chars_before(self.text, line_from);
+        // The whole line when short; else SHOWN_LINE characters from a little before the error.
+        let (shown_start, shown_from) = if line_chars <= SHOWN_LINE {
+            (line_from, 1)
+        } else {
+            let before = self.text.get(line_from..start).unwrap_or_default();
+            let back = before
+                .char_indices()
+                .rev()
+                .take(SHOWN_LINE / 4)
+                .last()
+                .map_or(start, |(i, _)| line_from + i);
+            let walked = self.text.get(back..start).map_or(0, |s| s.chars().count());
+            (back, column - walked)
+        };
+        let tail = self.text.get(shown_start..line_end).unwrap_or_default();
+        let shown: String = tail.chars().take(SHOWN_LINE).collect();
+        let cut_after = shown.len() < tail.len();
+        let shown_end = shown_start + shown.len();
+        let width = self
+            .text
+            .get(start..end.min(shown_end).max(start))
+            .map_or(0, |s| s.chars().count());
         ConfigError {
             file: self.file.to_owned(),
             line,
             column,
             key_path: key_path.to_owned(),
             message: message.into(),
-            source_line: source_line
-                .trim_start_matches('\u{feff}')
-                .trim_end_matches('\r')
-                .to_owned(),
+            source_line: shown,
+            shown_from,
+            cut_after,
             width: width.max(1),
         }
     }
@@ -165,17 +310,26 @@ impl<'a> Source<'a> {
 
     /// 1-based line, 1-based column in characters, and the byte range of the line's text.
     fn line_column(&self, offset: usize) -> (usize, usize, Range<usize>) {
-        let before = self.text.get(..offset).unwrap_or_default();
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
-        // A byte-order mark opening the file is invisible in an editor: it takes no column.
-        let column = before
-            .get(line_start..)
-            .map_or(0, |s| s.trim_start_matches('\u{feff}').chars().count())
+        let index = self.index();
+        let line = index.line(offset);
+        let line_start = index.starts.get(line).copied().unwrap_or(0);
+        let line_end = index
+            .starts
+            .get(line + 1)
+            .map_or(self.text.len(), |next| next - 1);
+        // A byte-order mark opening a line is invisible in an editor: it takes no column.
+        let boms = self.leading_boms(line_start..offset);
+        let column = index.chars_before(self.text, offset)
+            - index.chars_before(self.text, line_start)
+            - boms
             + 1;
-        let rest = self.text.get(offset..).unwrap_or_default();
-        let line_end = rest.find('\n').map_or(self.text.len(), |i| offset + i);
-        (line, column, line_start..line_end)
+        (line + 1, column, line_start..line_end)
+    }
+
+    /// Byte-order marks opening `range` of the text.
+    fn leading_boms(&self, range: Range<usize>) -> usize {
+        let text = self.text.get(range).unwrap_or_default();
+        (text.len() - text.trim_start_matches('\u{feff}').len()) / '\u{feff}'.len_utf8()
     }
 
     /// The offset clamped to the text and moved back to the start of its character.
@@ -188,22 +342,89 @@ impl<'a> Source<'a> {
     }
 }
 
-/// The errors found so far in one file.
+/// An error found, not yet located: locating waits until it is known to be among the first
+/// [`MAX_REPORTED`].
+struct Pending {
+    at: usize,
+    seq: usize,
+    span: Range<usize>,
+    key_path: String,
+    message: String,
+}
+
+/// The errors found so far in one file: the first [`MAX_REPORTED`] by place in the file (and
+/// up to as many again awaiting a cut), and how many in all.
 pub(crate) struct Errors<'a> {
     pub source: Source<'a>,
-    pub list: Vec<ConfigError>,
+    kept: Vec<Pending>,
+    found: usize,
+    /// Warnings found on the way, in the order found (few: one per route at most).
+    pub warnings: Vec<super::check::Warning>,
 }
 
 impl<'a> Errors<'a> {
     pub fn new(source: Source<'a>) -> Self {
         Errors {
             source,
-            list: Vec::new(),
+            kept: Vec::new(),
+            found: 0,
+            warnings: Vec::new(),
         }
     }
 
     pub fn push(&mut self, span: Range<usize>, key_path: &str, message: impl Into<String>) {
-        self.list.push(self.source.error(span, key_path, message));
+        let at = self.source.floor(span.start);
+        let seq = self.found;
+        self.found += 1;
+        self.kept.push(Pending {
+            at,
+            seq,
+            span,
+            key_path: key_path.to_owned(),
+            message: message.into(),
+        });
+        if self.kept.len() >= 2 * MAX_REPORTED {
+            self.cut();
+        }
+    }
+
+    /// Keeps the first [`MAX_REPORTED`]: a sort of a bounded list every [`MAX_REPORTED`]
+    /// errors, so linear in all.
+    fn cut(&mut self) {
+        self.kept.sort_by_key(|p| (p.at, p.seq));
+        self.kept.truncate(MAX_REPORTED);
+    }
+
+    /// How many errors were found.
+    pub fn count(&self) -> usize {
+        self.found
+    }
+
+    /// The errors as pushed, located, without sorting or cutting: for tests of what one reader
+    /// reports (fewer than [`MAX_REPORTED`] errors).
+    #[cfg(test)]
+    pub fn pushed(self) -> Vec<ConfigError> {
+        let source = &self.source;
+        let mut kept = self.kept;
+        kept.sort_by_key(|p| p.seq);
+        kept.iter()
+            .map(|p| source.error(p.span.clone(), &p.key_path, p.message.as_str()))
+            .collect()
+    }
+
+    /// The report: the first errors in file order, located, and how many more.
+    pub fn finish(mut self) -> ConfigErrors {
+        self.cut();
+        let list: Vec<ConfigError> = self
+            .kept
+            .iter()
+            .map(|p| {
+                self.source
+                    .error(p.span.clone(), &p.key_path, p.message.as_str())
+            })
+            .collect();
+        let omitted = self.found - list.len();
+        ConfigErrors(list, omitted)
     }
 
     /// Runs a value parser whose error completes "expected …", reporting its failure at `at`.
@@ -293,8 +514,56 @@ mod tests {
         let shown = e.to_string();
         let expected = "error: partner[1].quota.inquiry_user: expected a rate\n  --> config.toml:31:26\n   |\n31 | quota = { inquiry_user = \"50/x\" }\n   |                          ^^^^^^";
         assert_eq!(shown, expected);
-        let all = ConfigErrors(vec![e.clone(), e]).to_string();
+        let all = ConfigErrors(vec![e.clone(), e], 0).to_string();
         assert!(all.ends_with("\n\nerror: config.toml has 2 errors; nothing was applied"));
+    }
+
+    #[test]
+    fn long_lines_are_shown_around_the_error() {
+        // One line of 10 000 values, the bad one near the end, after a tab and a "水".
+        let mut text = "k = [\t\"水\", ".to_owned();
+        for _ in 0..10_000 {
+            text.push_str("1, ");
+        }
+        let at = text.len();
+        text.push_str("\"bad\", 2]\n");
+        let e = Source::new("c.toml", &text).error(at..at + 5, "k[10001]", "m");
+        assert_eq!((e.line, e.column, e.width), (1, 30_012, 5));
+        assert_eq!(e.shown_from, 30_012 - SHOWN_LINE / 4);
+        assert_eq!(e.source_line, format!("{}\"bad\", 2]", "1, ".repeat(20)));
+        assert!(!e.cut_after);
+        let shown = e.to_string();
+        let expected = format!(
+            "1 | …{}\"bad\", 2]\n  | {}^^^^^",
+            "1, ".repeat(20),
+            " ".repeat(61)
+        );
+        assert!(shown.ends_with(&expected), "{shown}");
+
+        // Near the start: the tab and the "水" are shown, the rest cut.
+        let e = Source::new("c.toml", &text).error(7..12, "k[0]", "m");
+        assert_eq!((e.column, e.shown_from, e.width), (8, 1, 3));
+        assert!(e.cut_after);
+        assert_eq!(e.source_line.chars().count(), SHOWN_LINE);
+        assert!(e.to_string().ends_with("1…\n  |      \t ^^^"), "{e}");
+    }
+
+    #[test]
+    fn only_the_first_errors_are_kept_and_the_rest_counted() {
+        let text = "x\n".repeat(1000);
+        let mut errors = Errors::new(Source::new("c.toml", &text));
+        for line in (0..1000).rev() {
+            errors.push(2 * line..2 * line + 1, "x", format!("line {}", line + 1));
+        }
+        assert_eq!(errors.count(), 1000);
+        let report = errors.finish();
+        assert_eq!(
+            (report.0.len(), report.omitted(), report.total()),
+            (100, 900, 1000)
+        );
+        let lines: Vec<usize> = report.0.iter().map(|e| e.line).collect();
+        assert_eq!(lines, (1..=100).collect::<Vec<_>>());
+        assert!(report.to_string().ends_with("error: … and 900 more errors after these 100 (fix these first)\n\nerror: c.toml has 1000 errors; nothing was applied"));
     }
 
     #[test]

@@ -344,7 +344,7 @@ mod tests {
         let mut errors = Errors::new(Source::new("t.toml", text));
         let root = Table::root(&mut errors, &doc, &["a", "b", "c", "per_account"]);
         check(&mut errors, &root);
-        errors.list
+        errors.pushed()
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub use diff::{
     diff, Commitment, ConfigDiff, Guardrail, PartnerChange, PartnerDiff, RouteDiff, SettingChange,
 };
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{hash_key, load_file, load_str, DEFAULT_CONFIG};
+pub use load::{
+    hash_key, load_file, load_file_within, load_str, read_regular_file, ReadError, DEFAULT_CONFIG,
+    DEFAULT_MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MIN_CONFIG_BYTES,
+};
 pub use model::*;
 pub use rate::{parse_duration, parse_rate, Period, Rate};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 
+use super::check::Warning;
 use super::rate::Rate;
 use crate::ids::{PerPartner, PerRoute};
 
@@ -20,6 +21,9 @@ pub struct Config {
     pub partners: PerPartner<Partner>,
     /// SHA-256 of the file's bytes, hex: tells operators which configuration is running.
     pub source_sha256: String,
+    /// What reading the file found worth a second look without making it invalid (a route no
+    /// request can reach), located; `billgate check` lists them with its own.
+    pub warnings: Vec<Warning>,
 }
 
 /// `[server]`
@@ -50,6 +54,9 @@ pub struct Server {
     /// it has its handshakes dropped, and those partners retry a second or more later. Default
     /// 4096; Linux caps it at `net.core.somaxconn`.
     pub listen_backlog: u32,
+    /// The largest configuration file read, in bytes: a reload reads at most the running
+    /// configuration's value, and a file larger than its own value is refused. Default 8 MiB.
+    pub max_config_bytes: u64,
 }
 
 impl Server {

@@ -73,7 +73,7 @@ pub(crate) fn partners(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<
 }
 
 fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
-    let before = errors.list.len();
+    let before = errors.count();
     let id = t
         .required_string(errors, "id", "a partner id like \"wallet-a\"")
         .and_then(|at| {
@@ -92,7 +92,7 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
             "keys_sha256",
             "at least one key hash (`billgate hash-key` prints one); a partner without a key can never be identified",
         ),
-        (Some(hashes), Some(value)) if hashes.is_empty() && errors.list.len() == before => {
+        (Some(hashes), Some(value)) if hashes.is_empty() && errors.count() == before => {
             errors.push(
                 value.span(),
                 &t.child("keys_sha256"),
@@ -140,7 +140,7 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
     let max_tracked_accounts = max_tracked
         .and_then(|at| usize::try_from(at.value).ok())
         .unwrap_or(DEFAULT_MAX_TRACKED_ACCOUNTS);
-    let partner = match (errors.list.len() == before, &id, per_account, mode) {
+    let partner = match (errors.count() == before, &id, per_account, mode) {
         (true, Some((id, _)), Some(per_account), Some(mode)) => Some(Partner {
             id: id.clone(),
             keys_sha256: keys.iter().map(|(hash, _)| *hash).collect(),
@@ -225,7 +225,7 @@ mod tests {
         let mut errors = Errors::new(Source::new("t.toml", text));
         let root = Table::root(&mut errors, &doc, &["partner"]);
         let partners = partners(&mut errors, &root);
-        (partners, errors.list)
+        (partners, errors.pushed())
     }
 
     fn paths(errors: &[ConfigError]) -> Vec<&str> {

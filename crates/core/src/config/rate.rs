@@ -101,11 +101,25 @@ pub fn parse_rate(text: &str) -> Result<Rate, ParseError> {
     let count = NonZeroU32::new(count).ok_or_else(|| {
         bad("a count of 0 would close the class; leave the class out of `quota` to close it")
     })?;
+    // Only the documented spellings: a reader of the file (or a tool) should never have to
+    // guess whether "m" is a minute or "sec" means what "s" does.
     let period = match period {
-        "s" | "sec" | "second" => Period::Second,
-        "m" | "min" | "minute" => Period::Minute,
-        "h" | "hour" => Period::Hour,
-        other => return Err(bad(&format!("\"{other}\" is not a period"))),
+        "s" => Period::Second,
+        "min" => Period::Minute,
+        "h" => Period::Hour,
+        other => {
+            let meant = match other.to_ascii_lowercase().as_str() {
+                "s" | "sec" | "secs" | "second" | "seconds" => Some("s"),
+                "m" | "min" | "mins" | "minute" | "minutes" => Some("min"),
+                "h" | "hr" | "hrs" | "hour" | "hours" => Some("h"),
+                _ => None,
+            };
+            let why = match meant {
+                Some(period) => format!("\"{other}\" is not a period; write \"{count}/{period}\""),
+                None => format!("\"{other}\" is not a period"),
+            };
+            return Err(bad(&why));
+        }
     };
     let mut rate = Rate::new(count, period);
     match (words.next(), words.next(), words.next()) {
@@ -191,6 +205,24 @@ mod tests {
             .unwrap_err()
             .0
             .contains("\"x\" is not a period"));
+        // Only s, min and h: what the error lists is what is accepted.
+        for (bad, meant) in [
+            ("5/sec", "5/s"),
+            ("5/second", "5/s"),
+            ("5/S", "5/s"),
+            ("5/m", "5/min"),
+            ("5/minute", "5/min"),
+            ("5/hour", "5/h"),
+            ("5/Hours burst 9", "5/h"),
+        ] {
+            let err = parse_rate(bad).map(|r| r.to_string()).unwrap_err().0;
+            assert!(
+                err.ends_with(&format!("is not a period; write \"{meant}\"")),
+                "{bad}: {err}"
+            );
+            assert!(err.starts_with("a rate like"), "{bad}: {err}");
+        }
+        assert!(parse_rate("5/MIN").is_err());
     }
 
     #[test]

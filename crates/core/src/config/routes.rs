@@ -1,8 +1,11 @@
 //! `[[route]]`: each route checked on its own, then the rules between routes (unique names, no
 //! two routes a request could match both of).
 
+use std::collections::HashMap;
+
 use http::Method;
 
+use super::check::Warning;
 use super::fields::{At, Errors, Table};
 use super::model::{AccountSource, CacheScope, PathTemplate, Route, RouteClass, Segment};
 use super::template::parse_template;
@@ -36,49 +39,128 @@ pub(crate) fn routes(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Ve
         .iter()
         .map(|item| item.as_ref().map(|t| route(errors, t)))
         .collect();
-    let names: Vec<&At<String>> = read
-        .iter()
-        .flatten()
-        .filter_map(|r| r.name.as_ref())
-        .collect();
-    for (i, later) in names.iter().enumerate() {
-        if let Some(first) = names[..i].iter().find(|r| r.value == later.value) {
-            let message = format!(
-                "the route name \"{}\" is already used by {} at {}; route names must be unique",
-                later.value,
-                first.path.trim_end_matches(".name"),
-                errors.source.location(first.span.start)
-            );
-            errors.push(later.span.clone(), &later.path, message);
-        }
+    // Each rule between routes looks a route up among the earlier ones by a key, so a file of
+    // many routes is checked in linear time.
+    let mut names: HashMap<&str, &At<String>> = HashMap::new();
+    for later in read.iter().flatten().filter_map(|r| r.name.as_ref()) {
+        let Some(first) = names.get(later.value.as_str()) else {
+            names.insert(&later.value, later);
+            continue;
+        };
+        let message = format!(
+            "the route name \"{}\" is already used by {} at {}; route names must be unique",
+            later.value,
+            first.path.trim_end_matches(".name"),
+            errors.source.location(first.span.start)
+        );
+        errors.push(later.span.clone(), &later.path, message);
     }
-    let shapes: Vec<&At<(Method, PathTemplate)>> = read
-        .iter()
-        .flatten()
-        .filter_map(|r| r.shape.as_ref())
-        .collect();
-    for (i, later) in shapes.iter().enumerate() {
+    let mut shapes: HashMap<_, &At<(Method, PathTemplate)>> = HashMap::new();
+    for later in read.iter().flatten().filter_map(|r| r.shape.as_ref()) {
         let (method, path) = &later.value;
-        let twin = shapes[..i]
-            .iter()
-            .find(|r| r.value.0 == *method && same_shape(&r.value.1, path));
-        if let Some(first) = twin {
-            let message = format!(
-                "{method} {} matches the same requests as {} ({} {}) at {}; a request must match one route only",
-                path.raw,
-                first.path.trim_end_matches(".path"),
-                first.value.0,
-                first.value.1.raw,
-                errors.source.location(first.span.start)
-            );
-            errors.push(later.span.clone(), &later.path, message);
-        }
+        let key = (method, shape_key(path));
+        let Some(first) = shapes.get(&key) else {
+            shapes.insert(key, later);
+            continue;
+        };
+        let message = format!(
+            "{method} {} matches the same requests as {} ({} {}) at {}; a request must match one route only",
+            path.raw,
+            first.path.trim_end_matches(".path"),
+            first.value.0,
+            first.value.1.raw,
+            errors.source.location(first.span.start)
+        );
+        errors.push(later.span.clone(), &later.path, message);
     }
-    read.into_iter().map(|r| r.and_then(|r| r.route)).collect()
+    let routes: Option<Vec<Route>> = read
+        .iter()
+        .map(|r| r.as_ref().and_then(|r| r.route.clone()))
+        .collect();
+    if routes.is_some() && errors.count() == 0 {
+        let shapes: Vec<&At<(Method, PathTemplate)>> = read
+            .iter()
+            .flatten()
+            .filter_map(|r| r.shape.as_ref())
+            .collect();
+        let names: Vec<&str> = read
+            .iter()
+            .flatten()
+            .filter_map(|r| r.name.as_ref().map(|n| n.value.as_str()))
+            .collect();
+        shadowed(errors, &shapes, &names);
+    }
+    routes
+}
+
+/// The most segment comparisons spent looking for shadowed routes: far beyond any real
+/// configuration, and a bound for a generated one.
+const SHADOW_BUDGET: usize = 4_000_000;
+
+/// Warns of each route no request can reach because an earlier route of the same method
+/// matches every path it matches: `GET /v1/bills/{account}` before `GET /v1/bills/summary`
+/// takes `/v1/bills/summary` for an account. Routes match in file order, so the literal one
+/// has to come first. (Twins, matching exactly the same paths, are errors, found before.)
+fn shadowed(errors: &mut Errors<'_>, shapes: &[&At<(Method, PathTemplate)>], names: &[&str]) {
+    let mut groups: HashMap<(&Method, usize), Vec<usize>> = HashMap::new();
+    let mut budget = SHADOW_BUDGET;
+    for (later, shape) in shapes.iter().enumerate() {
+        let (method, path) = &shape.value;
+        let group = groups.entry((method, path.segments.len())).or_default();
+        let cost = group.len() * path.segments.len().max(1);
+        if cost > budget {
+            let message = format!(
+                "too many routes to look for shadowed ones past route[{later}]: the later routes were not checked"
+            );
+            errors.warnings.push(Warning {
+                key_path: format!("route[{later}]"),
+                message,
+            });
+            return;
+        }
+        budget -= cost;
+        let first = group
+            .iter()
+            .copied()
+            .find(|&earlier| covers(&shapes[earlier].value.1, path));
+        if let Some(earlier) = first {
+            let by = shapes[earlier];
+            let message = format!(
+                "route[{later}] \"{}\" ({method} {}, at {}) is never matched: route[{earlier}] \"{}\" ({} {}, at {}) comes before it and matches every request it would; move route[{later}] above it",
+                names.get(later).copied().unwrap_or_default(),
+                path.raw,
+                errors.source.location(shape.span.start),
+                names.get(earlier).copied().unwrap_or_default(),
+                by.value.0,
+                by.value.1.raw,
+                errors.source.location(by.span.start),
+            );
+            errors.warnings.push(Warning {
+                key_path: format!("route[{later}].path"),
+                message,
+            });
+        }
+        group.push(later);
+    }
+}
+
+/// Whether every path `later` matches, `earlier` matches too (same number of segments): a
+/// parameter of `earlier` takes any segment, its literals must be `later`'s literals.
+fn covers(earlier: &PathTemplate, later: &PathTemplate) -> bool {
+    earlier.segments.len() == later.segments.len()
+        && earlier
+            .segments
+            .iter()
+            .zip(&later.segments)
+            .all(|pair| match pair {
+                (Segment::Account | Segment::Param(_), _) => true,
+                (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                (Segment::Literal(_), _) => false,
+            })
 }
 
 fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
-    let before = errors.list.len();
+    let before = errors.count();
     let name = t
         .required_string(errors, "name", "a route name like \"bill-inquiry\"")
         .filter(|at| {
@@ -191,7 +273,7 @@ fn route(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
             Some(cache_for),
             Some(cache_scope),
             Some(account_field),
-        ) if errors.list.len() == before => {
+        ) if errors.count() == before => {
             let account = match query {
                 _ if has_account => AccountSource::PathSegment,
                 Some(name) => AccountSource::Query(name),
@@ -252,15 +334,17 @@ fn query_name(text: &str) -> Result<String, String> {
     }
 }
 
-/// Whether every request path matching one template matches the other: same literals in the
-/// same places, a parameter (whatever its name) where the other has one.
-fn same_shape(a: &PathTemplate, b: &PathTemplate) -> bool {
-    a.segments.len() == b.segments.len()
-        && a.segments.iter().zip(&b.segments).all(|pair| match pair {
-            (Segment::Literal(x), Segment::Literal(y)) => x == y,
-            (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
-            _ => true,
+/// What a template matches, whatever its parameters are called: its literals in their places,
+/// `None` where it has a parameter. Two templates with the same key match the same paths.
+fn shape_key(template: &PathTemplate) -> Vec<Option<&str>> {
+    template
+        .segments
+        .iter()
+        .map(|segment| match segment {
+            Segment::Literal(text) => Some(text.as_str()),
+            Segment::Account | Segment::Param(_) => None,
         })
+        .collect()
 }
 
 #[cfg(test)]
@@ -274,7 +358,7 @@ mod tests {
         let mut errors = Errors::new(Source::new("t.toml", text));
         let root = Table::root(&mut errors, &doc, &["route"]);
         let routes = routes(&mut errors, &root);
-        (routes, errors.list)
+        (routes, errors.pushed())
     }
 
     fn only_error(text: &str) -> ConfigError {
@@ -357,6 +441,46 @@ mod tests {
         assert!(e.message.contains(twin), "{}", e.message);
         let (routes, errors) = run(&(r("a", "GET", "/b/{account}") + &r("b", "GET", "/b/x")));
         assert!(errors.is_empty() && routes.is_some());
+    }
+
+    fn warnings(text: &str) -> Vec<Warning> {
+        let doc = toml::de::DeTable::parse(text).expect("test documents are valid TOML");
+        let mut errors = Errors::new(Source::new("t.toml", text));
+        let root = Table::root(&mut errors, &doc, &["route"]);
+        let routes = routes(&mut errors, &root);
+        assert!(routes.is_some() && errors.count() == 0);
+        errors.warnings
+    }
+
+    #[test]
+    fn a_route_shadowed_by_an_earlier_one_is_a_warning_naming_both() {
+        let r = |name: &str, method: &str, path: &str| {
+            format!("[[route]]\nname = \"{name}\"\nmethod = \"{method}\"\npath = \"{path}\"\nclass = \"inquiry\"\n")
+        };
+        let text =
+            r("inquiry", "GET", "/v1/bills/{account}") + &r("summary", "GET", "/v1/bills/summary");
+        let found = warnings(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key_path, "route[1].path");
+        assert_eq!(
+            found[0].message,
+            "route[1] \"summary\" (GET /v1/bills/summary, at t.toml:9:8) is never matched: route[0] \"inquiry\" (GET /v1/bills/{account}, at t.toml:4:8) comes before it and matches every request it would; move route[1] above it"
+        );
+
+        // The literal first is the intended order: no warning. Nor for another method, another
+        // length, a different literal, or a later route more general than an earlier one.
+        for text in [
+            r("summary", "GET", "/v1/bills/summary") + &r("inquiry", "GET", "/v1/bills/{account}"),
+            r("inquiry", "GET", "/v1/bills/{account}") + &r("summary", "POST", "/v1/bills/summary"),
+            r("inquiry", "GET", "/v1/bills/{account}") + &r("deep", "GET", "/v1/bills/x/y"),
+            r("a", "GET", "/v1/{x}/a") + &r("b", "GET", "/v1/bills/b"),
+            r("a", "GET", "/v1/bills/{account}/a") + &r("b", "GET", "/v1/{x}/{account}/a"),
+        ] {
+            assert_eq!(warnings(&text), [], "{text}");
+        }
+        // Any parameter shadows, {account} or not, at any depth.
+        let text = r("a", "GET", "/{v}/bills/{id}") + &r("b", "GET", "/v2/bills/{account}");
+        assert_eq!(warnings(&text).len(), 1);
     }
 
     #[test]

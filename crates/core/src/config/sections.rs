@@ -9,8 +9,9 @@ use http::header::HeaderName;
 use toml::de::DeTable;
 
 use super::fields::{Errors, Table};
+use super::load::{DEFAULT_MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MIN_CONFIG_BYTES};
 use super::model::{Biller, BreakerConfig, Cache, Server};
-use super::rate::parse_rate;
+use super::rate::{parse_rate, Period, Rate};
 use super::values::{biller_url, header_name, positive_duration, socket_addr};
 
 pub(crate) const SERVER_KEYS: &[&str] = &[
@@ -25,6 +26,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "state_file",
     "workers",
     "listen_backlog",
+    "max_config_bytes",
 ];
 pub(crate) const BILLER_KEYS: &[&str] = &[
     "url",
@@ -105,6 +107,14 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         LISTEN_BACKLOG.into(),
     )
     .and_then(|n| u32::try_from(n).ok());
+    let max_config_bytes = integer_in(
+        errors,
+        &t,
+        "max_config_bytes",
+        (MIN_CONFIG_BYTES, MAX_CONFIG_BYTES),
+        "a number of bytes from 4096 to 67108864 (64 MiB), like 8388608",
+        DEFAULT_MAX_CONFIG_BYTES,
+    );
     let path = |errors: &mut Errors<'_>, key: &str, expected: &str| -> Option<Option<PathBuf>> {
         match t.string(errors, key, expected) {
             Some(at) if at.value.trim().is_empty() => {
@@ -173,6 +183,7 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         state_file: state_file?,
         workers: workers?,
         listen_backlog: listen_backlog?,
+        max_config_bytes: max_config_bytes?,
     })
 }
 
@@ -205,7 +216,7 @@ pub(crate) fn biller(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Bi
             "capacity",
             "everything all partners together may send, as a rate like \"400/s\"",
         )
-        .and_then(|at| errors.parse(&at, parse_rate));
+        .and_then(|at| errors.parse(&at, capacity_rate));
     let max_in_flight = integer_or(errors, &t, "max_in_flight", u32::MAX.into(), 128);
     let payment_reserve = share_or(errors, &t, "payment_reserve", 0.2);
     let user_reserve = share_or(errors, &t, "user_reserve", 0.2);
@@ -243,6 +254,28 @@ pub(crate) fn biller(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Bi
         pause_partner_header: pause_partner_header?,
         breaker: breaker?,
     })
+}
+
+/// `capacity`: a rate whose burst is at most its count. The capacity is a ceiling over every
+/// window of its period, so more than the count can never go at once; a larger burst would
+/// promise what the budget cannot give.
+fn capacity_rate(text: &str) -> Result<Rate, String> {
+    let rate = parse_rate(text).map_err(|e| e.to_string())?;
+    if rate.burst > rate.count {
+        return Err(format!(
+            "a capacity like \"400/s\" with a burst of at most its count; \"{}\" has a burst of {} over its count of {}: at most {} can ever pass in one {}",
+            text.escape_debug(),
+            rate.burst,
+            rate.count,
+            rate.count,
+            match rate.period {
+                Period::Second => "second",
+                Period::Minute => "minute",
+                Period::Hour => "hour",
+            }
+        ));
+    }
+    Ok(rate)
 }
 
 pub(crate) const CACHE_KEYS: &[&str] = &["max_entries", "max_bytes", "hit_cost"];
@@ -374,7 +407,7 @@ mod tests {
         let mut errors = Errors::new(Source::new("t.toml", text));
         let root = Table::root(&mut errors, &doc, &["server", "biller"]);
         let out = f(&mut errors, &root);
-        (out, errors.list)
+        (out, errors.pushed())
     }
 
     fn paths(errors: &[ConfigError]) -> Vec<&str> {
@@ -440,6 +473,16 @@ mod tests {
         );
         let (_, errors) = run("", biller);
         assert_eq!(paths(&errors), ["biller"]);
+
+        // The capacity is a ceiling: a burst may be less than the count, never more.
+        let text = "[biller]\nurl = \"http://b:1\"\ncapacity = \"400/s burst 40\"\n";
+        let (read, errors) = run(text, biller);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(read.map(|b| b.capacity.burst.get()), Some(40));
+        let text = "[biller]\nurl = \"http://b:1\"\ncapacity = \"400/s burst 800\"\n";
+        let (_, errors) = run(text, biller);
+        assert_eq!(paths(&errors), ["biller.capacity"]);
+        assert_eq!(errors[0].message, "expected a capacity like \"400/s\" with a burst of at most its count; \"400/s burst 800\" has a burst of 800 over its count of 400: at most 400 can ever pass in one second");
     }
 
     #[test]
