@@ -47,6 +47,7 @@ pub enum RejectReason {
     BodyTooLarge,
     BodyTimeout,
     BodyIncomplete,
+    Malformed,
 }
 
 impl RejectReason {
@@ -56,6 +57,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::BodyTimeout => "body_timeout",
             RejectReason::BodyIncomplete => "body_incomplete",
+            RejectReason::Malformed => "malformed_request",
         }
     }
 
@@ -65,6 +67,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => Reason::ALL.len(),
             RejectReason::BodyTimeout => Reason::ALL.len() + 1,
             RejectReason::BodyIncomplete => Reason::ALL.len() + 2,
+            RejectReason::Malformed => Reason::ALL.len() + 3,
         }
     }
 
@@ -73,6 +76,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge,
             RejectReason::BodyTimeout,
             RejectReason::BodyIncomplete,
+            RejectReason::Malformed,
         ])
     }
 }
@@ -202,7 +206,8 @@ enum Stage {
 impl Stage {
     fn of(reason: RejectReason) -> Stage {
         match reason {
-            RejectReason::Admission(Reason::MissingKey | Reason::UnknownKey) => Stage::Anonymous,
+            RejectReason::Admission(Reason::MissingKey | Reason::UnknownKey)
+            | RejectReason::Malformed => Stage::Anonymous,
             RejectReason::Admission(Reason::Suspended | Reason::NoRoute) => Stage::Unrouted,
             _ => Stage::InClass,
         }

@@ -32,6 +32,9 @@ pub enum Refusal {
     BodyTimeout { timeout: Duration },
     /// The request body broke off before its end.
     BodyIncomplete,
+    /// The request could be read two ways (HTTP/1.1 without exactly one `Host`): refused
+    /// before anything is decided.
+    Malformed(&'static str),
     /// The biller could not be connected to, or broke the exchange.
     BillerUnreachable,
     /// The biller did not answer within `[biller] timeout`.
@@ -80,6 +83,7 @@ impl Refusal {
             Refusal::BodyTooLarge { .. } => "body_too_large",
             Refusal::BodyTimeout { .. } => "body_timeout",
             Refusal::BodyIncomplete => "body_incomplete",
+            Refusal::Malformed(_) => "malformed_request",
             Refusal::BillerUnreachable => "biller_unreachable",
             Refusal::BillerTimeout { .. } => "biller_timeout",
             Refusal::NoSocket => "gateway_out_of_sockets",
@@ -105,7 +109,7 @@ impl Refusal {
             Refusal::Suspended(_) => StatusCode::FORBIDDEN,
             Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Refusal::BodyIncomplete => StatusCode::BAD_REQUEST,
+            Refusal::BodyIncomplete | Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
             Refusal::BillerUnreachable => StatusCode::BAD_GATEWAY,
             Refusal::BillerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::NoSocket => StatusCode::SERVICE_UNAVAILABLE,
@@ -134,6 +138,7 @@ impl Refusal {
             Refusal::BodyTooLarge { .. } => "Request body too large",
             Refusal::BodyTimeout { .. } => "Request body too slow",
             Refusal::BodyIncomplete => "Request body incomplete",
+            Refusal::Malformed(_) => "Malformed request",
             Refusal::BillerUnreachable => "Biller unreachable",
             Refusal::BillerTimeout { .. } => "Biller timed out",
             Refusal::NoSocket => "Gateway out of connections",
@@ -168,6 +173,7 @@ impl Refusal {
             Refusal::BodyTooLarge { limit } => format!("request bodies are limited to {limit} bytes"),
             Refusal::BodyTimeout { timeout } => format!("the request body did not arrive within {}ms; nothing was sent to the biller", timeout.as_millis()),
             Refusal::BodyIncomplete => "the request body ended before its declared end; nothing was sent to the biller".into(),
+            Refusal::Malformed(why) => format!("{why}; nothing was sent to the biller"),
             Refusal::BillerUnreachable => "the gateway could not reach the biller; nothing was delivered if the connection failed".into(),
             Refusal::BillerTimeout { timeout } => format!("the biller did not answer within {}ms; the outcome is unknown", timeout.as_millis()),
             Refusal::NoSocket => "the gateway has no connection free to reach the biller with; nothing was sent; retry in 1s".into(),

@@ -69,11 +69,23 @@ async fn serve(
     let shared = worker.shared();
     let server = &snapshot.config.server;
     let (parts, body) = request.into_parts();
+    if let Err(why) = unambiguous(&parts) {
+        shared.metrics().anonymous.rejected(RejectReason::Malformed);
+        *log = AccessLog {
+            outcome: "malformed_request",
+            ..AccessLog::default()
+        };
+        return refuse(Refusal::Malformed(why), None, None, snapshot);
+    }
+    let key = match one_key(&parts.headers, &server.key_header) {
+        Ok(key) => key,
+        Err(denied) => return deny(shared, snapshot, denied, log),
+    };
     let classified = snapshot.gate.classify(&RequestParts {
         method: &parts.method,
         path: parts.uri.path(),
         query: parts.uri.query(),
-        key: parts.headers.get(&server.key_header).map(|v| v.as_bytes()),
+        key,
         origin_user: parts
             .headers
             .get(&server.origin_header)
@@ -201,6 +213,45 @@ impl<'g> Forwarding<'g> {
             account,
         }
     }
+}
+
+/// Refuses an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2): a cache or a
+/// biller could read it two ways. A head with both `Content-Length` and `Transfer-Encoding`
+/// never gets here as such: hyper frames it by `Transfer-Encoding` and drops the length (RFC
+/// 9112 §6.3), and the biller is sent billgate's own framing of the body it read (see
+/// `headers::to_biller`).
+fn unambiguous(parts: &http::request::Parts) -> Result<(), &'static str> {
+    if parts.version == http::Version::HTTP_11 {
+        match parts.headers.get_all(http::header::HOST).iter().count() {
+            1 => {}
+            0 => return Err("an HTTP/1.1 request needs a Host header"),
+            _ => return Err("an HTTP/1.1 request may carry one Host header, not several"),
+        }
+    }
+    Ok(())
+}
+
+/// The partner's key: absent, or one value however often it is repeated. Two different values
+/// name no one partner, so the request is refused as an unknown key, never decided by the first.
+fn one_key<'h>(
+    headers: &'h http::HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'h [u8]>, Denied> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.any(|other| other != first) {
+        return Err(Denied {
+            reason: Reason::UnknownKey,
+            partner: None,
+            class: None,
+            route: None,
+            limit: None,
+            retry_after: None,
+        });
+    }
+    Ok(Some(first.as_bytes()))
 }
 
 pub(super) fn refuse(

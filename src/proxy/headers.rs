@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use bytes::BytesMut;
 use http::header::Entry;
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, UPGRADE,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::HeaderMap;
 
@@ -98,6 +98,13 @@ pub fn to_biller(
     peer: &HeaderValue,
 ) {
     strip_hop_by_hop(headers);
+    // The request's framing is billgate's own: hyper frames exactly the body that is sent (a
+    // payment's, read whole; none for an inquiry). A partner's `Content-Length` on a body
+    // billgate does not forward would let the biller read billgate's next request as that
+    // body.
+    for framing in [CONTENT_LENGTH, TRANSFER_ENCODING, EXPECT] {
+        headers.remove(framing);
+    }
     headers.remove(key_header);
     // `insert` replaces every copy the partner may have sent.
     headers.insert(partner_header.clone(), partner.clone());
