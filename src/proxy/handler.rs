@@ -113,6 +113,19 @@ async fn serve(
         .account
         .filter(|_| classified.class == Class::Payment)
         .map(str::to_owned);
+    // The body is read whole before anything of the biller's is taken (the in-flight slot, a
+    // breaker probe, a capacity token): a partner sending it slowly holds its own connection
+    // and nothing the other partners need.
+    let body = match read_body(&snapshot.config, &parts.headers, body).await {
+        Ok(body) => body,
+        Err((refusal, reason)) => {
+            let partner = &snapshot.partners[classified.partner];
+            partner.metrics.class(classified.class).rejected(reason);
+            log.outcome = reason.as_str();
+            let id = &*snapshot.gate.partners()[classified.partner].id;
+            return refuse(refusal, Some(id), Some(classified.class), snapshot);
+        }
+    };
     match snapshot.gate.admit(classified) {
         Decision::Deny(denied) => deny(shared, snapshot, denied, log),
         Decision::Admit(admitted) => {
@@ -265,15 +278,15 @@ pub(super) fn refuse(
         .map(Either::Left)
 }
 
-/// Forwards an admitted request and answers with the biller's response, in three steps: read
-/// the partner's body, call the biller, finish (record the outcome, build the answer).
+/// Forwards an admitted request, its body already read, and answers with the biller's
+/// response: call the biller, finish (record the outcome, build the answer).
 async fn forward(
     worker: &Worker,
     snapshot: &Snapshot,
     forwarding: Forwarding<'_>,
     peer: HeaderValue,
     parts: http::request::Parts,
-    body: Incoming,
+    body: Bytes,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
     let Forwarding { admitted, account } = forwarding;
@@ -281,10 +294,6 @@ async fn forward(
     if let Some(reason) = admitted.shadow {
         to.metrics.shadow_rejected(reason);
     }
-    let body = match read_body(&snapshot.config, &parts.headers, body).await {
-        Ok(body) => body,
-        Err((refusal, reason)) => return to.refuse(log, refusal, reason),
-    };
     let account = payment_account(&snapshot.config, &admitted, &body, account);
     let caller = Caller {
         partner: admitted.partner,
@@ -316,23 +325,6 @@ impl<'a> Answering<'a> {
                 .metrics
                 .class(admitted.class),
         }
-    }
-
-    /// The gateway's own answer for a request it does not forward, counted as `reason`.
-    fn refuse(
-        &self,
-        log: &mut AccessLog,
-        refusal: Refusal,
-        reason: RejectReason,
-    ) -> Response<ProxyBody> {
-        self.metrics.rejected(reason);
-        log.outcome = reason.as_str();
-        refuse(
-            refusal,
-            Some(self.partner_id),
-            Some(self.class),
-            self.snapshot,
-        )
     }
 }
 
