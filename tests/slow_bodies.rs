@@ -46,3 +46,43 @@ async fn slow_bodies_hold_no_biller_slot_and_a_polite_partner_is_untouched() {
     assert_eq!(sample(&metrics, busy), 0.0);
     drop(stalled);
 }
+
+/// A partner that pipelines requests and never reads the answers is cut off once its answers
+/// have waited the head timeout (10 s), however much it still sends; hyper reads no more than
+/// its buffer holds meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_that_never_reads_its_answers_is_cut_off() {
+    let biller = TestBiller::roomy().await;
+    let partners = partner("stall-a", "key-a", r#"inquiry_scheduled = "1000000/s""#, "");
+    let text = config_toml(&biller.url(), "2s", "1000000/s", &partners);
+    let gw = TestGateway::start(load(&text)).await;
+    let mut stream = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    let request = b"GET /v1/bills/1 HTTP/1.1\r\nhost: gw\r\nx-api-key: key-a\r\n\r\n";
+    // Writes until the gateway stops taking them (its buffers and the socket's full) or cuts
+    // the connection; bounded both ways.
+    let writer = tokio::spawn(async move {
+        for _ in 0..200_000 {
+            let write = stream.write_all(request);
+            match tokio::time::timeout(std::time::Duration::from_secs(30), write).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        stream
+    });
+    let mut cut = 0.0;
+    for _ in 0..120 {
+        cut = sample(
+            &gw.metrics().await,
+            "billgate_partner_connections_cut_total",
+        );
+        if cut >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(cut, 1.0, "the stalled reader kept its connection for 60 s");
+    let metrics = gw.metrics().await;
+    assert_eq!(sample(&metrics, "billgate_partner_connections"), 0.0);
+    drop(writer.await);
+}

@@ -247,27 +247,47 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             return Poll::Ready(Err(cut_off()));
         }
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let known = this
-            .registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()));
-        if polled.is_pending() && !known {
+        if polled.is_pending() {
             // The sweep only clones the waker it finds, so what is left there stays current.
-            let waker = cx.waker().clone();
-            *this.watch.lock_reader() = Some(waker.clone());
-            this.registered = Some(waker);
+            this.register(cx);
         }
         polled
     }
 }
 
+impl<T> Watched<T> {
+    /// Leaves the task's waker where the sweep finds it, so that a cut wakes the task whether it
+    /// waits to read a head or to write an answer the partner is not reading.
+    fn register(&mut self, cx: &Context<'_>) {
+        let known = self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if !known {
+            let waker = cx.waker().clone();
+            *self.watch.lock_reader() = Some(waker.clone());
+            self.registered = Some(waker);
+        }
+    }
+}
+
+// Writes fail once the connection is cut too: a partner that pipelines requests and never
+// reads the answers leaves hyper waiting to write, not to read, and is cut off all the same.
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.watch.is_cut() {
+            return Poll::Ready(Err(cut_off()));
+        }
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if polled.is_pending() {
+            this.register(cx);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -275,7 +295,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.watch.is_cut() {
+            return Poll::Ready(Err(cut_off()));
+        }
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if polled.is_pending() {
+            this.register(cx);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -283,7 +311,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        if this.watch.is_cut() {
+            return Poll::Ready(Err(cut_off()));
+        }
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        if polled.is_pending() {
+            this.register(cx);
+        }
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
