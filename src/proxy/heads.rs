@@ -8,6 +8,7 @@
 //! end in four comparisons of five (`benches/results/hyper-std.txt`), so it stays hand-written.
 //! hyper's timer also runs only while hyper waits for a head, so a partner that pipelines
 //! requests and stops reading the answers would keep its connection; here it is cut off too.
+//! `tests/heads_differential.rs` checks it cuts what hyper's timeout cuts.
 //!
 //! A request costs two stores to an atomic: the request marks its connection busy when its
 //! head has arrived, and waiting again when its answer is handed over (or, for an answer
