@@ -202,3 +202,21 @@ async fn ambiguous_requests_are_refused_before_the_biller() {
         ("/v1/payments", Some("5"), 5)
     );
 }
+
+/// A trailing-slash variant shares its account's cached answer, so the biller is asked the one
+/// way the answer is kept: once, without the slash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailing_slash_variant_is_forwarded_as_it_is_cached() {
+    let (biller, seen) = recording_biller().await;
+    let gw = gateway(&biller).await;
+    for path in ["/v1/bills/55/", "/v1/bills/55"] {
+        let mut stream = TcpStream::connect(gw.gateway.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: gw\r\nx-api-key: key-a\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answers(&mut stream, 1).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    let paths: Vec<&str> = seen.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(paths, ["/v1/bills/55"]);
+}

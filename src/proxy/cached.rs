@@ -205,6 +205,17 @@ fn failed(
 }
 
 /// The request head, for the leader's own task.
+/// `uri` without the one trailing slash a route match allows, when it has one.
+fn without_trailing_slash(uri: &http::Uri) -> Option<http::Uri> {
+    let path = uri.path();
+    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty())?;
+    let target = match uri.query() {
+        Some(query) => format!("{trimmed}?{query}"),
+        None => trimmed.to_owned(),
+    };
+    http::Uri::try_from(target).ok()
+}
+
 fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
     let mut head = http::Request::new(());
     *head.method_mut() = parts.method.clone();
@@ -251,6 +262,11 @@ impl Leader {
         // shared or stored.
         parts.headers.remove(IF_NONE_MATCH);
         parts.headers.remove(IF_MODIFIED_SINCE);
+        // `/v1/bills/42/` and `/v1/bills/42` share one answer in the cache, so the biller is
+        // asked the one way the answer is kept under.
+        if let Some(canonical) = without_trailing_slash(&parts.uri) {
+            parts.uri = canonical;
+        }
         let body = Full::new(Bytes::new());
         let caller = Caller {
             partner,
