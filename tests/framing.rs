@@ -216,6 +216,19 @@ async fn a_trailing_slash_variant_is_forwarded_as_it_is_cached() {
         let answer = read_answers(&mut stream, 1).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
     }
+    // A fragment is no part of a request target: the parser drops it, and the request is the
+    // account's, answered from the same cached answer.
+    let mut stream = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v1/bills/55#x HTTP/1.1\r\nhost: gw\r\nx-api-key: key-a\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answers(&mut stream, 1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "a fragment: {answer}");
+    assert!(
+        answer.contains("x-billgate-cache: hit"),
+        "a fragment: {answer}"
+    );
     let seen = seen.lock().unwrap().clone();
     let paths: Vec<&str> = seen.iter().map(|s| s.1.as_str()).collect();
     assert_eq!(paths, ["/v1/bills/55"]);
