@@ -112,7 +112,7 @@ async fn metrics_export_only_label_combinations_a_request_can_produce() {
             .map(|v| v.trim_end_matches('"').to_owned())
             .unwrap_or_default()
     };
-    let before_a_partner = ["missing_key", "unknown_key"];
+    let before_a_partner = ["missing_key", "unknown_key", "malformed_request"];
     let before_a_route = ["no_route", "suspended"];
     for (name, labels) in &series {
         let (partner, class) = (label(labels, "partner"), label(labels, "class"));
@@ -136,7 +136,7 @@ async fn metrics_export_only_label_combinations_a_request_can_produce() {
         }
     }
     // What remains is exactly what can happen: wallet-a refused before a route for two
-    // reasons, and anonymous callers for two.
+    // reasons, and callers not yet known for three (no key, an unknown key, a malformed head).
     let count = |partner: &str, class: &str| {
         series
             .iter()
@@ -148,7 +148,7 @@ async fn metrics_export_only_label_combinations_a_request_can_produce() {
             .count()
     };
     assert_eq!(count("wallet-a", "none"), 2);
-    assert_eq!(count("unknown", "none"), 2);
+    assert_eq!(count("unknown", "none"), 3);
     assert!(!text.contains("billgate_unexported"));
 }
 
