@@ -34,10 +34,10 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-#[tokio::test]
-async fn the_admin_api_needs_the_right_token() {
+/// A gateway with the admin token set, serving wallet-a from a file in a directory of its own.
+async fn token_gateway(name: &str) -> (TestBiller, TempDir, TestGateway) {
     let biller = TestBiller::roomy().await;
-    let dir = TempDir::new("auth");
+    let dir = TempDir::new(name);
     let path = write_config(
         &dir,
         &biller.url(),
@@ -45,6 +45,12 @@ async fn the_admin_api_needs_the_right_token() {
         true,
     );
     let gw = TestGateway::start_from_file(&path).await;
+    (biller, dir, gw)
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_right_token() {
+    let (_biller, _dir, gw) = token_gateway("auth").await;
     let url = gw.admin_url("/admin/partners/wallet-a/suspend");
     let body = r#"{"reason":"polling storm"}"#;
 
@@ -82,15 +88,7 @@ async fn the_admin_api_needs_the_right_token() {
 #[tokio::test]
 async fn the_bearer_scheme_is_case_insensitive() {
     // RFC 9110 §11.1: the authentication scheme is case-insensitive.
-    let biller = TestBiller::roomy().await;
-    let dir = TempDir::new("bearer-case");
-    let path = write_config(
-        &dir,
-        &biller.url(),
-        &partner("wallet-a", "key-a", Q, ""),
-        true,
-    );
-    let gw = TestGateway::start_from_file(&path).await;
+    let (_biller, _dir, gw) = token_gateway("bearer-case").await;
     let url = gw.admin_url("/admin/partners/wallet-a/suspend");
     let body = r#"{"reason":"polling storm"}"#;
     for scheme in ["bearer", "BEARER", "bEaReR"] {

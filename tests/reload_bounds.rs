@@ -34,6 +34,32 @@ fn config_text(dir: &TempDir, biller_url: &str) -> String {
     .replacen("[server]\n", &server, 1)
 }
 
+/// A gateway serving the config file in a temporary directory of its own, with the biller it
+/// forwards to: the text it was started from, and where it is.
+struct OnFile {
+    _biller: TestBiller,
+    _dir: TempDir,
+    path: std::path::PathBuf,
+    text: String,
+    gw: TestGateway,
+}
+
+async fn on_file(name: &str) -> OnFile {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new(name);
+    let path = dir.join("billgate.toml");
+    let text = config_text(&dir, &biller.url());
+    std::fs::write(&path, &text).unwrap();
+    let gw = TestGateway::start_from_file(&path).await;
+    OnFile {
+        _biller: biller,
+        _dir: dir,
+        path,
+        text,
+        gw,
+    }
+}
+
 async fn reload(gw: &TestGateway) -> Reply {
     let url = gw.admin_url("/admin/reload");
     tokio::time::timeout(PROMPT, send(Method::POST, &url, &[AUTH], ""))
@@ -85,11 +111,13 @@ fn release_readers(path: &Path) {
 
 #[tokio::test]
 async fn a_fifo_at_the_config_path_is_refused_at_once_and_a_suspension_meanwhile_works() {
-    let biller = TestBiller::roomy().await;
-    let dir = TempDir::new("fifo");
-    let path = dir.join("billgate.toml");
-    std::fs::write(&path, config_text(&dir, &biller.url())).unwrap();
-    let gw = TestGateway::start_from_file(&path).await;
+    let OnFile {
+        _biller,
+        _dir,
+        path,
+        text,
+        gw,
+    } = on_file("fifo").await;
     std::fs::remove_file(&path).unwrap();
     mkfifo(&path);
 
@@ -128,18 +156,19 @@ async fn a_fifo_at_the_config_path_is_refused_at_once_and_a_suspension_meanwhile
     let resumed = tokio::time::timeout(PROMPT, send(Method::POST, &resume_url, &[AUTH], "")).await;
     assert_eq!(resumed.expect("resume answers").status, StatusCode::OK);
     std::fs::remove_file(&path).unwrap();
-    std::fs::write(&path, config_text(&dir, &biller.url())).unwrap();
+    std::fs::write(&path, text).unwrap();
     assert_eq!(reload(&gw).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_file_over_the_cap_is_refused_naming_the_cap() {
-    let biller = TestBiller::roomy().await;
-    let dir = TempDir::new("oversized");
-    let path = dir.join("billgate.toml");
-    let text = config_text(&dir, &biller.url());
-    std::fs::write(&path, &text).unwrap();
-    let gw = TestGateway::start_from_file(&path).await;
+    let OnFile {
+        _biller,
+        _dir,
+        path,
+        text,
+        gw,
+    } = on_file("oversized").await;
 
     // Valid in itself, but one byte over the default cap of 8 MiB.
     let line = "# padding padding padding padding padding padding padding padding padding\n";
@@ -174,11 +203,13 @@ async fn a_file_over_the_cap_is_refused_naming_the_cap() {
 
 #[tokio::test]
 async fn a_device_at_the_config_path_is_refused_without_reading_it() {
-    let biller = TestBiller::roomy().await;
-    let dir = TempDir::new("devzero");
-    let path = dir.join("billgate.toml");
-    std::fs::write(&path, config_text(&dir, &biller.url())).unwrap();
-    let gw = TestGateway::start_from_file(&path).await;
+    let OnFile {
+        _biller,
+        _dir,
+        path,
+        text: _,
+        gw,
+    } = on_file("devzero").await;
     std::fs::remove_file(&path).unwrap();
     // Endless zeros: read whole, it would fill the memory.
     std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
