@@ -185,11 +185,35 @@ async fn ambiguous_requests_are_refused_before_the_biller() {
     assert!(read_answers(&mut stream, 1)
         .await
         .starts_with("HTTP/1.1 200"));
-    // Both a length and chunked: framed by the chunks (hyper drops the length), and the biller
-    // is sent the five bytes read, under billgate's own length.
+    // Both a length and chunked, in either order: refused, and the connection closed after
+    // the answer (RFC 9112 §6.1), whatever followed on it.
+    for lengths in [
+        "content-length: 50\r\ntransfer-encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5",
+    ] {
+        let mut stream = TcpStream::connect(gw.gateway.addr).await.unwrap();
+        let request = format!(
+            "POST /v1/payments HTTP/1.1\r\nhost: gw\r\nx-api-key: key-a\r\n{lengths}\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+             GET /v1/bills/3 HTTP/1.1\r\nhost: gw\r\nx-api-key: key-a\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answers(&mut stream, 2).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{lengths:?} got {answer}"
+        );
+        assert!(answer.contains("malformed_request"), "{answer}");
+        assert!(
+            answer.contains("Content-Length or Transfer-Encoding, not both"),
+            "{answer}"
+        );
+        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    }
+    // Chunked alone is framed by the chunks, and the biller is sent the five bytes read, under
+    // billgate's own length.
     let mut stream = TcpStream::connect(gw.gateway.addr).await.unwrap();
     stream
-        .write_all(b"POST /v1/payments HTTP/1.1\r\nhost: gw\r\nx-api-key: key-a\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .write_all(b"POST /v1/payments HTTP/1.1\r\nhost: gw\r\nx-api-key: key-a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         .await
         .unwrap();
     let answer = read_answers(&mut stream, 1).await;

@@ -46,7 +46,7 @@ pub async fn handle(
         .access_log
         .then(tokio::time::Instant::now);
     let mut log = AccessLog::default();
-    let response = serve(&worker, snapshot, peer, request, &mut log).await;
+    let response = serve(&worker, snapshot, peer, &watch, request, &mut log).await;
     if let Some(started) = started {
         log.emit(snapshot, response.status(), started.elapsed());
     }
@@ -63,13 +63,14 @@ async fn serve(
     worker: &Arc<Worker>,
     snapshot: &Arc<Snapshot>,
     peer: HeaderValue,
+    watch: &Watch,
     request: Request<Incoming>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
     let shared = worker.shared();
     let server = &snapshot.config.server;
     let (parts, body) = request.into_parts();
-    if let Err(why) = unambiguous(&parts) {
+    if let Err(why) = unambiguous(&parts, watch) {
         shared.metrics().anonymous.rejected(RejectReason::Malformed);
         *log = AccessLog {
             outcome: "malformed_request",
@@ -228,12 +229,16 @@ impl<'g> Forwarding<'g> {
     }
 }
 
-/// Refuses an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2): a cache or a
-/// biller could read it two ways. A head with both `Content-Length` and `Transfer-Encoding`
-/// never gets here as such: hyper frames it by `Transfer-Encoding` and drops the length (RFC
-/// 9112 §6.3), and the biller is sent billgate's own framing of the body it read (see
-/// `headers::to_biller`).
-fn unambiguous(parts: &http::request::Parts) -> Result<(), &'static str> {
+/// Refuses what a cache, a biller or another proxy could read two ways: an HTTP/1.1 request
+/// without exactly one `Host` (RFC 9112 §3.2), and a head with both `Content-Length` and
+/// `Transfer-Encoding` (RFC 9112 §6.1). Either way the biller would only ever be sent
+/// billgate's own framing of the body it read (`headers::to_biller`).
+fn unambiguous(parts: &http::request::Parts, watch: &Watch) -> Result<(), &'static str> {
+    // hyper keeps `Transfer-Encoding` and drops a `Content-Length` sent beside it: only the
+    // connection's raw bytes tell whether there was one.
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) && watch.both_lengths() {
+        return Err("a request may carry Content-Length or Transfer-Encoding, not both");
+    }
     if parts.version == http::Version::HTTP_11 {
         match parts.headers.get_all(http::header::HOST).iter().count() {
             1 => {}

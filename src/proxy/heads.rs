@@ -36,6 +36,7 @@ use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::lengths::LengthScan;
 use crate::metrics::ConnectionCounts;
 
 /// How long a connection may wait for a request head: for the rest of a head it has begun,
@@ -77,6 +78,8 @@ pub struct Watch {
     cut: AtomicBool,
     /// The connection's task, as of its last read that had to wait.
     reader: Mutex<Option<Waker>>,
+    /// Some head read on it named both `Content-Length` and `Transfer-Encoding`.
+    both_lengths: AtomicBool,
 }
 
 /// A partner's connection, watched: once cut off, its reads fail.
@@ -89,6 +92,7 @@ pub struct Watched<T> {
     /// The waker last left in `watch.reader`: the connection's task is always the same, so
     /// its reads take the lock only the first time they wait.
     registered: Option<Waker>,
+    lengths: LengthScan,
 }
 
 impl Heads {
@@ -116,6 +120,7 @@ impl Heads {
             since: AtomicU64::new(self.clock.now.load(Ordering::Relaxed)),
             cut: AtomicBool::new(false),
             reader: Mutex::new(None),
+            both_lengths: AtomicBool::new(false),
         });
         let key = self.lock().insert(Arc::clone(&watch));
         self.counts.open.inc();
@@ -125,6 +130,7 @@ impl Heads {
             heads: Arc::clone(self),
             key: Some(key),
             registered: None,
+            lengths: LengthScan::default(),
         };
         (watched, watch)
     }
@@ -208,6 +214,12 @@ impl Watch {
     fn is_cut(&self) -> bool {
         self.cut.load(Ordering::Relaxed)
     }
+
+    /// Whether some head read on the connection so far named both `Content-Length` and
+    /// `Transfer-Encoding` (`lengths.rs`).
+    pub fn both_lengths(&self) -> bool {
+        self.both_lengths.load(Ordering::Relaxed)
+    }
 }
 
 impl<T> Watched<T> {
@@ -247,10 +259,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         if this.watch.is_cut() {
             return Poll::Ready(Err(cut_off()));
         }
+        let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if polled.is_pending() {
+        match polled {
             // The sweep only clones the waker it finds, so what is left there stays current.
-            this.register(cx);
+            Poll::Pending => this.register(cx),
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().get(before..).unwrap_or_default();
+                if this.lengths.feed(read) {
+                    this.watch.both_lengths.store(true, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }

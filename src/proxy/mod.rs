@@ -10,6 +10,7 @@ mod cached;
 mod handler;
 mod headers;
 mod heads;
+mod lengths;
 mod pool;
 mod server;
 mod snapshot;
