@@ -27,8 +27,10 @@ const FULL: u32 = 2000;
 const USER_ONLY: u32 = 1000;
 /// A bad second takes a quarter of the full range away for every twice the target in its
 /// failure share; a good interval gives a twentieth back.
-/// A good interval whose calls were mostly fast (the biller answering well under its long-term
-/// latency: it has recovered) gives everything back at once.
+/// [`MIN_CALLS`] / 2 fast calls (the biller answering well under its long-term latency: it has
+/// recovered) in good intervals in a row, the last of them mostly fast, give everything back
+/// at once. The evidence is counted in calls, not intervals, so a biller with little traffic
+/// recovers on as much evidence as a busy one, only over more intervals.
 const CUT: u32 = 500;
 const GROW: u32 = 100;
 const PPM: u64 = 1_000_000;
@@ -41,6 +43,8 @@ pub struct Shedder {
     calls: AtomicU32,
     failures: AtomicU32,
     fast: AtomicU32,
+    /// Fast calls in the judged intervals since the last one with a failure.
+    clean_fast: AtomicU32,
     /// The last `WINDOW` intervals' (calls, failures), packed, by interval number modulo WINDOW.
     window: [AtomicU64; WINDOW as usize],
     /// No cut before this interval: the last cut's effect must be seen first.
@@ -57,6 +61,7 @@ impl Shedder {
             calls: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             fast: AtomicU32::new(0),
+            clean_fast: AtomicU32::new(0),
             window: [0; WINDOW as usize].map(AtomicU64::new),
             calm_until: AtomicU64::new(0),
             level: AtomicU32::new(FULL),
@@ -159,9 +164,17 @@ impl Shedder {
         let share = f64::from(window_failures) / f64::from(window_calls.max(1));
         // Several intervals may have passed without a call: each quiet one counts as good.
         let quiet = u32::try_from(now - seen - 1).unwrap_or(u32::MAX);
-        // A last interval without failures whose calls mostly came back well under the biller's
-        // long-term latency means it has recovered: everything back at once.
-        let recovered = calls >= MIN_CALLS / 2 && failures == 0 && fast * 2 >= calls;
+        // Fast calls enough in intervals without failures, in a row, the last of them mostly
+        // fast, mean the biller has recovered: everything back at once.
+        let clean_fast = if failures == 0 {
+            let sum = self.clean_fast.load(Ordering::Relaxed).saturating_add(fast);
+            self.clean_fast.store(sum, Ordering::Relaxed);
+            sum
+        } else {
+            self.clean_fast.store(0, Ordering::Relaxed);
+            0
+        };
+        let recovered = clean_fast >= MIN_CALLS / 2 && calls > 0 && fast * 2 >= calls;
         let next = if recovered {
             FULL
         } else if judged && share > TARGET {
@@ -295,6 +308,51 @@ mod tests {
         for i in 0..20 {
             s.record(false, i % 2 == 0);
         }
+        hand.advance(INTERVAL);
+        assert_eq!(s.level(), 2.0);
+    }
+
+    #[test]
+    fn a_quiet_biller_fast_again_gets_everything_back_once_enough_calls_say_so() {
+        let (clock, hand) = Clock::fake();
+        let s = Shedder::new(clock);
+        intervals(&s, &hand, 13, 100, 50);
+        assert_eq!(s.level(), 0.0);
+        // Four fast calls an interval: the evidence adds up over good intervals in a row, so
+        // the third brings everything back (12 calls, all fast), not ten intervals of growth.
+        let fast = |n: u32| {
+            for _ in 0..n {
+                s.record(false, true);
+            }
+            hand.advance(INTERVAL);
+        };
+        fast(4);
+        fast(4);
+        assert!(s.level() < 1.0, "{}", s.level());
+        fast(4);
+        assert_eq!(s.level(), 2.0);
+    }
+
+    #[test]
+    fn a_failure_starts_the_evidence_of_recovery_afresh() {
+        let (clock, hand) = Clock::fake();
+        let s = Shedder::new(clock);
+        intervals(&s, &hand, 13, 100, 50);
+        let fast = |n: u32| {
+            for _ in 0..n {
+                s.record(false, true);
+            }
+        };
+        fast(8);
+        hand.advance(INTERVAL);
+        // Eight fast calls, then an interval with a failure: nothing carries over.
+        fast(3);
+        s.record(true, false);
+        hand.advance(INTERVAL);
+        fast(8);
+        hand.advance(INTERVAL);
+        assert!(s.level() < 1.0, "{}", s.level());
+        fast(2);
         hand.advance(INTERVAL);
         assert_eq!(s.level(), 2.0);
     }

@@ -105,6 +105,10 @@ pub struct StreamReport {
     pub unsent: u64,
     /// `ok / sent`.
     pub success_share: f64,
+    /// Of `sent` and `ok`, those due in the phase's first second while the gateway sees the
+    /// biller change (brown-out and recovery only; see `scenario::SETTLE`).
+    pub settling_sent: u64,
+    pub settling_ok: u64,
     /// From the scheduled send time to the whole answer, over every answered request.
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,

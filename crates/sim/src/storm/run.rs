@@ -200,6 +200,8 @@ fn stream_report(stream: &Stream, recorder: &Recorder, phase: Phase, index: usiz
         } else {
             t.ok as f64 / sent as f64
         },
+        settling_sent: t.settling_due,
+        settling_ok: t.settling_ok,
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         latency: t.latency.clone(),

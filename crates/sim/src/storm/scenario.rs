@@ -37,11 +37,23 @@ impl Phase {
         }
     }
 
+    /// Whether the phase begins with the biller changing (browning out, or recovering), so that
+    /// its first [`SETTLE`] is the gateway's time to see it.
+    pub fn settles(self) -> bool {
+        matches!(self, Phase::Brownout | Phase::Recovery)
+    }
+
     /// Index into per-phase arrays.
     pub fn index(self) -> usize {
         self as usize
     }
 }
+
+/// How long the gateway is given to see the biller change, at the start of the brown-out and of
+/// the recovery. It learns of either only from the calls it makes: its shedder judges each
+/// quarter second on the last second's calls, and the stand-in's own failures follow its load
+/// over its last second. The requests due in this time are reported, and judged apart.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// The partner that polls (the 2014 payment app).
 pub const POLLER: &str = "poller";

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::histogram::LatencyHistogram;
-use super::scenario::{Accounts, Phase, Stream};
+use super::scenario::{Accounts, Phase, Stream, SETTLE};
 use super::windows::BUCKET_MS;
 use crate::config::Class;
 
@@ -59,6 +59,14 @@ fn from_gateway(body: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// Where in the script a request was due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Due {
+    pub phase: Phase,
+    /// In the phase's first [`SETTLE`], while the gateway is still seeing the biller change.
+    pub settling: bool,
+}
+
 /// One stream's counts in one phase.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tally {
@@ -68,6 +76,10 @@ pub(crate) struct Tally {
     pub other: u64,
     /// Due while `max_outstanding` were in flight, so not sent.
     pub unsent: u64,
+    /// Of all these, the requests due in the phase's settling time ([`SETTLE`]): due (sent or
+    /// not), and answered 2xx.
+    pub settling_due: u64,
+    pub settling_ok: u64,
     /// Latencies of every answered request (and of timeouts, at the timeout).
     pub latency: LatencyHistogram,
 }
@@ -103,16 +115,13 @@ impl Recorder {
         &mut self.tallies[phase.index() * self.streams + stream]
     }
 
-    fn record(
-        &mut self,
-        phase: Phase,
-        stream: usize,
-        outcome: Reply,
-        latency: Duration,
-        at: Duration,
-    ) {
-        let tally = self.tally_mut(phase, stream);
+    fn record(&mut self, due: Due, stream: usize, outcome: Reply, latency: Duration, at: Duration) {
+        let tally = self.tally_mut(due.phase, stream);
         tally.latency.record(latency);
+        if due.settling {
+            tally.settling_due += 1;
+            tally.settling_ok += u64::from(outcome == Reply::Ok);
+        }
         match outcome {
             Reply::Ok => tally.ok += 1,
             Reply::Rejected => tally.rejected += 1,
@@ -221,25 +230,39 @@ impl Traffic {
             if offset >= end {
                 break;
             }
-            let due = self.start + offset;
-            tokio::time::sleep_until(due).await;
-            let phase = self.phase_at(offset);
+            let at = self.start + offset;
+            tokio::time::sleep_until(at).await;
+            let due = self.due(offset);
             match Arc::clone(&self.permits).try_acquire_owned() {
                 Ok(permit) => {
                     let request = self.request(&stream, index, k);
-                    tokio::spawn(Arc::clone(&self).send(index, phase, due, request, permit));
+                    tokio::spawn(Arc::clone(&self).send(index, due, at, request, permit));
                 }
-                Err(_) => self.lock().tally_mut(phase, index).unsent += 1,
+                Err(_) => {
+                    let mut recorder = self.lock();
+                    let tally = recorder.tally_mut(due.phase, index);
+                    tally.unsent += 1;
+                    tally.settling_due += u64::from(due.settling);
+                }
             }
         }
     }
 
-    fn phase_at(&self, offset: Duration) -> Phase {
-        Phase::ALL
-            .into_iter()
-            .zip(self.ends)
-            .find(|(_, end)| offset < *end)
-            .map_or(Phase::Recovery, |(phase, _)| phase)
+    /// The phase a request due at `offset` belongs to, and whether it falls in the phase's
+    /// settling time.
+    fn due(&self, offset: Duration) -> Due {
+        let mut begin = Duration::ZERO;
+        for (phase, end) in Phase::ALL.into_iter().zip(self.ends) {
+            if offset < end {
+                let settling = phase.settles() && offset - begin < SETTLE;
+                return Due { phase, settling };
+            }
+            begin = end;
+        }
+        Due {
+            phase: Phase::Recovery,
+            settling: false,
+        }
     }
 
     /// The k-th request of stream number `index`.
@@ -278,8 +301,8 @@ impl Traffic {
     async fn send(
         self: Arc<Self>,
         stream: usize,
-        phase: Phase,
-        due: Instant,
+        due: Due,
+        at: Instant,
         request: Option<Request<Full<Bytes>>>,
         _permit: OwnedSemaphorePermit,
     ) {
@@ -296,10 +319,10 @@ impl Traffic {
             .unwrap_or(Reply::Failed);
         let done = Instant::now();
         self.lock().record(
-            phase,
+            due,
             stream,
             outcome,
-            done.saturating_duration_since(due),
+            done.saturating_duration_since(at),
             done.saturating_duration_since(self.start),
         );
     }
@@ -359,14 +382,37 @@ mod tests {
     fn the_recorder_counts_by_phase_and_keeps_its_time_series_bounded() {
         let mut r = Recorder::new(2, 10);
         let ms = Duration::from_millis;
-        r.record(Phase::Storm, 1, Reply::Ok, ms(5), ms(250));
-        r.record(Phase::Storm, 1, Reply::Failed, ms(7), ms(260));
-        r.record(Phase::Storm, 1, Reply::Rejected, ms(1), ms(270));
-        r.record(Phase::Calm, 0, Reply::Ok, ms(5), Duration::from_secs(3600));
+        let due = |phase, settling| Due { phase, settling };
+        r.record(due(Phase::Storm, false), 1, Reply::Ok, ms(5), ms(250));
+        r.record(due(Phase::Storm, false), 1, Reply::Failed, ms(7), ms(260));
+        r.record(due(Phase::Storm, false), 1, Reply::Rejected, ms(1), ms(270));
+        r.record(
+            due(Phase::Calm, false),
+            0,
+            Reply::Ok,
+            ms(5),
+            Duration::from_secs(3600),
+        );
+        r.record(due(Phase::Recovery, true), 0, Reply::Ok, ms(5), ms(300));
+        r.record(
+            due(Phase::Recovery, true),
+            0,
+            Reply::Rejected,
+            ms(1),
+            ms(300),
+        );
+        r.record(due(Phase::Recovery, false), 0, Reply::Ok, ms(5), ms(300));
         let t = r.tally(Phase::Storm, 1);
         assert_eq!((t.ok, t.failed, t.rejected, t.latency.len()), (1, 1, 1, 3));
+        assert_eq!((t.settling_due, t.settling_ok), (0, 0));
+        let t = r.tally(Phase::Recovery, 0);
+        assert_eq!(
+            (t.ok, t.rejected, t.settling_due, t.settling_ok),
+            (2, 1, 2, 1)
+        );
         assert_eq!(r.tally(Phase::Storm, 0).latency.len(), 0);
         assert_eq!(r.forwarded_ok[2], 1);
+        assert_eq!(r.forwarded_ok[3], 2);
         assert_eq!(r.forwarded_failed[2], 1);
         assert_eq!(r.forwarded_ok[9], 1, "late answers land in the last bucket");
         assert_eq!(r.forwarded_ok.len(), 10);
