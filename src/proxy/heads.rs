@@ -43,6 +43,15 @@ use crate::metrics::ConnectionCounts;
 /// or for a first byte when idle.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest request head, in bytes (431 beyond; hyper would take any head that fits its
+/// buffer).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The most a partner connection's read buffer holds: requests a partner pipelines ahead of
+/// its answers wait in the kernel's socket buffers, not the gateway's memory, past this.
+/// hyper's default is 408 KiB; one read may fill the buffer's spare capacity beyond it.
+pub const MAX_BUFFERED: usize = 64 * 1024;
+
 /// How often a worker sweeps its connections.
 pub const TICK: Duration = Duration::from_millis(500);
 

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::accept::Acceptor;
-use super::heads::Heads;
+use super::heads::{Heads, MAX_BUFFERED, MAX_HEAD};
 use super::{handler, headers, BillerPool, Shared, Snapshot};
 
 /// What one worker serves requests with: the shared state, its own biller pool and its own
@@ -217,6 +217,8 @@ async fn work(
                     // the head and writing once costs fewer instructions than hyper's queue of
                     // buffers for `writev` (−1.2% per forwarded request, −2.8% per refusal).
                     .writev(false)
+                    .max_buf_size(MAX_BUFFERED)
+                    .max_header_size(MAX_HEAD)
                     .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
