@@ -103,6 +103,35 @@ impl<'t, 'i> Table<'t, 'i> {
         as_string(errors, value, self.child(key), expected)
     }
 
+    /// The path at `key` as a [`FileRef`]: `Some(None)` when absent, `None` when wrong (an
+    /// empty string or not a string; reported).
+    pub fn file(
+        &self,
+        errors: &mut Errors<'_>,
+        key: &str,
+        expected: &str,
+    ) -> Option<Option<super::model::FileRef>> {
+        match self.string(errors, key, expected) {
+            Some(at) if at.value.trim().is_empty() => {
+                errors.push(
+                    at.span,
+                    &at.path,
+                    format!("expected {expected}, found an empty string"),
+                );
+                None
+            }
+            Some(at) => {
+                let place = errors.source.error(at.span.clone(), &at.path, "");
+                Some(Some(super::model::FileRef::new(
+                    std::path::PathBuf::from(at.value),
+                    place,
+                )))
+            }
+            None if self.get(key).is_some() => None,
+            None => Some(None),
+        }
+    }
+
     /// Like [`Table::string`], reporting a missing key too.
     pub fn required_string(
         &self,

@@ -8,6 +8,7 @@ use http::header::HeaderName;
 use http::Method;
 
 use super::check::Warning;
+use super::error::ConfigError;
 use super::rate::Rate;
 use crate::ids::{PerPartner, PerRoute};
 
@@ -57,6 +58,42 @@ pub struct Server {
     /// The largest configuration file read, in bytes: a reload reads at most the running
     /// configuration's value, and a file larger than its own value is refused. Default 8 MiB.
     pub max_config_bytes: u64,
+    /// `[server.tls]`: TLS on the partner listener; plain HTTP without it.
+    pub tls: Option<ServerTls>,
+}
+
+/// `[server.tls]`: the gateway's certificate and key, and how partners' client certificates
+/// are asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTls {
+    /// PEM chain, leaf first.
+    pub cert: FileRef,
+    /// PEM private key: PKCS#8, RSA or SEC1.
+    pub key: FileRef,
+    /// PEM CA certificates partners' client certificates are verified against.
+    pub client_ca: Option<FileRef>,
+    pub client_auth: ClientAuth,
+}
+
+/// Whether a partner must present a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// None is asked for (no `client_ca`).
+    Off,
+    /// Asked for and verified when given; a partner may still come with a key alone.
+    Optional,
+    /// A handshake without a verified client certificate fails.
+    Required,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Off => "off",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        }
+    }
 }
 
 impl Server {
@@ -275,3 +312,27 @@ pub struct Partner {
 
 /// Default for [`Partner::max_tracked_accounts`].
 pub const DEFAULT_MAX_TRACKED_ACCOUNTS: usize = 100_000;
+
+/// A file the configuration names (a certificate, a private key, a CA bundle), and where it was
+/// named: the gateway reads it when it starts or reloads, and a file it cannot read or parse is
+/// reported at the key's file:line:column like any other configuration error. A relative path
+/// is taken from the gateway's working directory, as `admin_token_file` is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRef {
+    pub path: std::path::PathBuf,
+    place: ConfigError,
+}
+
+impl FileRef {
+    pub(crate) fn new(path: std::path::PathBuf, place: ConfigError) -> FileRef {
+        FileRef { path, place }
+    }
+
+    /// A configuration error at the key that named this file: `message` says what is wrong
+    /// with the file (the path is put before it).
+    pub fn error(&self, message: impl std::fmt::Display) -> ConfigError {
+        let mut error = self.place.clone();
+        error.message = format!("{}: {message}", self.path.display());
+        error
+    }
+}

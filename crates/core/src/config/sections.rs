@@ -10,7 +10,7 @@ use toml::de::DeTable;
 
 use super::fields::{Errors, Table};
 use super::load::{DEFAULT_MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MIN_CONFIG_BYTES};
-use super::model::{Biller, BreakerConfig, Cache, Server};
+use super::model::{Biller, BreakerConfig, Cache, ClientAuth, Server, ServerTls};
 use super::rate::{parse_rate, Period, Rate};
 use super::values::{biller_url, header_name, positive_duration, socket_addr};
 
@@ -27,7 +27,9 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "workers",
     "listen_backlog",
     "max_config_bytes",
+    "tls",
 ];
+pub(crate) const TLS_KEYS: &[&str] = &["cert", "key", "client_ca", "client_auth"];
 pub(crate) const BILLER_KEYS: &[&str] = &[
     "url",
     "timeout",
@@ -141,6 +143,12 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         "the path of the file suspensions are kept in, like \"billgate-state.json\"",
     );
 
+    let tls = match t.table(errors, "tls", TLS_KEYS) {
+        Some(tls) => server_tls(errors, &tls).map(Some),
+        None if t.get("tls").is_some() => None,
+        None => Some(None),
+    };
+
     if let (Some(listen), Some(admin)) = (listen, admin_listen) {
         if listen == admin && listen.port() != 0 {
             let key = if t.get("admin_listen").is_some() {
@@ -184,6 +192,71 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         workers: workers?,
         listen_backlog: listen_backlog?,
         max_config_bytes: max_config_bytes?,
+        tls: tls?,
+    })
+}
+
+/// `[server.tls]`: `cert` and `key` required; `client_auth` only with a `client_ca` to verify
+/// against, `optional` by default when there is one.
+fn server_tls(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<ServerTls> {
+    let before = errors.count();
+    let file = |errors: &mut Errors<'_>, key: &str, expected: &str| {
+        if t.get(key).is_none() {
+            t.missing(errors, key, expected);
+            return None;
+        }
+        t.file(errors, key, expected).flatten()
+    };
+    let cert = file(
+        errors,
+        "cert",
+        "the path of the gateway's certificate chain, PEM, leaf first",
+    );
+    let key = file(
+        errors,
+        "key",
+        "the path of the gateway's private key, PEM (PKCS#8, RSA or SEC1)",
+    );
+    let client_ca = t.file(
+        errors,
+        "client_ca",
+        "the path of the CA certificates (PEM) partners' client certificates are verified against",
+    );
+    let client_auth = t.parse_or(
+        errors,
+        "client_auth",
+        "\"optional\" or \"required\"",
+        None,
+        |s| match s {
+            "optional" => Ok(Some(ClientAuth::Optional)),
+            "required" => Ok(Some(ClientAuth::Required)),
+            _ => Err(format!(
+                "\"optional\" or \"required\", not \"{}\"",
+                s.escape_debug()
+            )),
+        },
+    );
+    let client_auth = match (client_auth?, &client_ca) {
+        (Some(auth), Some(Some(_))) => auth,
+        (None, Some(Some(_))) => ClientAuth::Optional,
+        (None, _) => ClientAuth::Off,
+        (Some(auth), _) => {
+            let message = format!(
+                "client_auth = \"{}\" needs client_ca: the CA partners' certificates are verified against",
+                auth.as_str()
+            );
+            report_at(errors, t, "client_auth", message);
+            return None;
+        }
+    };
+    if errors.count() != before {
+        return None;
+    }
+    Some(ServerTls {
+        cert: cert?,
+        key: key?,
+        client_ca: client_ca?,
+        client_auth,
     })
 }
 
@@ -425,6 +498,43 @@ mod tests {
         assert_eq!(server.origin_header, "x-request-origin");
         assert_eq!(server.partner_header, "x-billgate-partner");
         assert_eq!(server.max_body_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn server_tls_needs_a_cert_and_a_key_and_a_ca_for_client_auth() {
+        let (plain, errors) = run("", super::server);
+        assert!(errors.is_empty() && plain.is_some_and(|s| s.tls.is_none()));
+
+        let text =
+            "[server.tls]\ncert = \"gw.pem\"\nkey = \"gw-key.pem\"\nclient_ca = \"ca.pem\"\n";
+        let (server, errors) = run(text, super::server);
+        assert!(errors.is_empty(), "{errors:?}");
+        let tls = server.and_then(|s| s.tls).expect("valid");
+        assert_eq!(tls.client_auth, ClientAuth::Optional);
+        assert_eq!(tls.cert.path, std::path::PathBuf::from("gw.pem"));
+        // A problem found reading the file later is placed at the key that named it.
+        let error = tls.key.error("no private key in the file");
+        assert_eq!((error.line, error.column), (3, 7));
+        assert_eq!(error.key_path, "server.tls.key");
+        assert_eq!(error.message, "gw-key.pem: no private key in the file");
+
+        let text = "[server.tls]\ncert = \"\"\nclient_auth = \"required\"\n";
+        let (server, errors) = run(text, super::server);
+        assert!(server.is_none());
+        assert_eq!(
+            paths(&errors),
+            [
+                "server.tls.cert",
+                "server.tls.key",
+                "server.tls.client_auth"
+            ]
+        );
+        assert!(errors[2].message.contains("needs client_ca"), "{errors:?}");
+
+        let text = "[server.tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\nclient_auth = \"sometimes\"\n";
+        let (_, errors) = run(text, super::server);
+        assert_eq!(paths(&errors), ["server.tls.client_auth"]);
+        assert_eq!(errors[0].line, 5);
     }
 
     #[test]
