@@ -109,8 +109,10 @@ enum Flavor {
 
 type Answer = Response<Either<Incoming, Full<Bytes>>>;
 
-/// What a worker answers with: the proxy's client and backend, or the refusal's parts.
+/// What a worker answers with: the proxy's client and backend, or the refusal's parts. Made
+/// once per worker and cloned per connection, so the client's size is no cost worth a box.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
 enum Work {
     Proxy {
         client: Client<HttpConnector, Incoming>,
