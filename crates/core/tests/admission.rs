@@ -45,6 +45,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             workers: None,
             listen_backlog: 4096,
             max_config_bytes: billgate_core::config::DEFAULT_MAX_CONFIG_BYTES,
+            tls: None,
         },
         biller: Biller {
             url: BillerUrl {
