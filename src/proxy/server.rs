@@ -206,6 +206,7 @@ async fn work(
                         Arc::clone(&worker),
                         forwarded.clone(),
                         Arc::clone(&watch),
+                        None,
                         request,
                     )
                 });
