@@ -208,7 +208,10 @@ fn load_file(path: &Path, cap: u64) -> Result<Config, ConfigErrors> {
 /// validated in full; errors in either are printed and the exit code is 1. Guardrails are
 /// warnings here: exit 0.
 pub fn check(path: &Path, diff_from: Option<&Path>, max_config_bytes: u64) -> ExitCode {
-    let new = load_file(path, max_config_bytes);
+    // The files the configuration names (certificates, keys) are read too: `check` passes only
+    // what `serve` and a reload would take.
+    let new = load_file(path, max_config_bytes)
+        .and_then(|config| crate::tls::load(&config).map(|_| config));
     let old = diff_from.map(|old| load_file(old, max_config_bytes));
     let (new, old) = match (new, old) {
         (Ok(new), None) => (new, None),
@@ -281,6 +284,27 @@ pub fn hash_key() -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout();
     writeln!(out, "{}", config::hash_key(&key))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `billgate hash-cert FILE.pem`
+pub fn hash_cert(file: &Path) -> anyhow::Result<ExitCode> {
+    let pem = match config::read_regular_file(file, 1024 * 1024) {
+        Ok(pem) => pem,
+        Err(error) => {
+            eprintln!("error: cannot read {}: {error}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match crate::tls::hash_cert(&pem) {
+        Ok(fingerprint) => {
+            writeln!(std::io::stdout(), "{fingerprint}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!("error: {}: {why}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// `billgate biller`

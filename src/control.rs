@@ -229,12 +229,16 @@ impl Control {
         // The running configuration says how much may be read: a file swapped in at the path
         // cannot make the gateway read more than the operators allowed.
         let cap = self.shared.snapshot().config.server.max_config_bytes;
+        // The certificate and key files are read with the configuration, under the same time
+        // limit: a reload whose TLS files are bad changes nothing.
         let load = move || {
-            config::load_file_within(
+            let config = config::load_file_within(
                 &path,
                 cap,
                 "the running configuration's [server] max_config_bytes",
-            )
+            )?;
+            let tls = crate::tls::load(&config)?;
+            Ok((config, tls))
         };
         let deadline = tokio::time::sleep(LOAD_TIME_LIMIT);
         let loaded = match bounded(&self.reading, deadline, load).await {
@@ -250,7 +254,7 @@ impl Control {
                 &shown, error,
             ))),
         };
-        let next = loaded.map_err(ReloadError::Invalid)?;
+        let (next, tls) = loaded.map_err(ReloadError::Invalid)?;
         let running = self.shared.snapshot_full();
         let change = config::diff(&running.config, &next);
         let hits: Vec<String> = change
@@ -268,6 +272,7 @@ impl Control {
             warnings: next.warnings.iter().map(ToString::to_string).collect(),
         };
         self.shared.install(next);
+        self.shared.set_tls(tls);
         if let Err(error) = self.read_token() {
             tracing::error!("{error}; the previous admin token stays");
         }

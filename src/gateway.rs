@@ -96,6 +96,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds both listeners (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config, options: Options) -> anyhow::Result<Gateway> {
+        let tls = crate::tls::load(&config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
         let listener = listen(config.server.listen, config.server.listen_backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let admin = TcpListener::bind(config.server.admin_listen)
@@ -113,6 +114,7 @@ impl Gateway {
             options.clock.clone(),
             Suspensions::default(),
         )?);
+        shared.set_tls(tls);
         let control = Arc::new(
             Control::new(Arc::clone(&shared), options.config_path.clone())
                 .map_err(|e| anyhow::anyhow!(e))?,
@@ -300,6 +302,10 @@ fn sweep(shared: &Shared) {
 pub fn refresh_gauges(shared: &Shared) {
     let snapshot = shared.snapshot();
     let metrics = shared.metrics();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    metrics.set_tls_cert_expiry(shared.tls().map(|tls| tls.not_after.saturating_sub(now)));
     let protection = snapshot.gate.protection();
     for (name, breaker) in [
         ("inquiry", &protection.breaker),
