@@ -223,7 +223,12 @@ impl Stage {
         match reason {
             RejectReason::Admission(Reason::MissingKey | Reason::UnknownKey)
             | RejectReason::Malformed => Stage::Anonymous,
-            RejectReason::Admission(Reason::Suspended | Reason::NoRoute) => Stage::Unrouted,
+            RejectReason::Admission(
+                Reason::Suspended
+                | Reason::NoRoute
+                | Reason::KeyCertificateMismatch
+                | Reason::CertificateRequired,
+            ) => Stage::Unrouted,
             _ => Stage::InClass,
         }
     }

@@ -14,6 +14,7 @@ mod lengths;
 mod pool;
 mod server;
 mod snapshot;
+mod sniff;
 mod upstream;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::accept::Acceptor;
 use super::heads::{Heads, HEAD_TIMEOUT, MAX_BUFFERED, MAX_HEAD};
+use super::sniff::{sniff, Prefixed};
 use super::{handler, headers, BillerPool, Shared, Snapshot};
 
 /// What one worker serves requests with: the shared state, its own biller pool and its own
@@ -94,16 +95,34 @@ impl Connection<'_> {
         });
     }
 
-    /// Serves a plain HTTP/1.1 connection.
+    /// Serves a plain connection: HTTP/1.1, or HTTP/2 when it opens with the preface (h2c by
+    /// prior knowledge). The first bytes are read under the head timeout like any head.
     fn serve(self, stream: TcpStream) {
-        let (stream, watch) = self.heads.watch(stream);
-        let peer = self.peer;
-        let service = service(&self.worker, peer, watch, None);
-        let connection = h1_builder().serve_connection(TokioIo::new(stream), service);
-        let connection = self.graceful.watch(connection);
+        let Connection {
+            worker,
+            heads,
+            graceful,
+            peer,
+        } = self;
+        let (mut stream, watch) = heads.watch(stream);
+        let graceful = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+            let Ok((h2, read)) = sniff(&mut stream).await else {
+                return;
+            };
+            let stream = TokioIo::new(Prefixed::new(read, stream));
+            let service = service(&worker, peer, watch, None);
+            let ended = if h2 {
+                graceful
+                    .watch(h2_builder().serve_connection(stream, service))
+                    .await
+            } else {
+                graceful
+                    .watch(h1_builder().serve_connection(stream, service))
+                    .await
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%error, %peer, h2, "connection ended with an error");
             }
         });
     }
