@@ -235,7 +235,15 @@ impl Stage {
 }
 
 impl Families {
-    fn bind_class(&self, partner: &str, class: &str, stage: Stage) -> ClassMetrics {
+    /// `certificates`: the partner lists client certificates, so it can be refused for a
+    /// certificate's sake.
+    fn bind_class(
+        &self,
+        partner: &str,
+        class: &str,
+        stage: Stage,
+        certificates: bool,
+    ) -> ClassMetrics {
         let bind = |family: &IntCounterVec, label: &str, possible: bool| {
             if possible {
                 family.with_label_values(&[partner, class, label])
@@ -253,7 +261,16 @@ impl Families {
                 )
             }),
             rejections: RejectReason::all()
-                .map(|r| bind(&self.rejections, r.as_str(), Stage::of(r) == stage))
+                .map(|r| {
+                    let by_certificate = matches!(
+                        r,
+                        RejectReason::Admission(
+                            Reason::KeyCertificateMismatch | Reason::CertificateRequired
+                        )
+                    );
+                    let possible = Stage::of(r) == stage && (certificates || !by_certificate);
+                    bind(&self.rejections, r.as_str(), possible)
+                })
                 .collect(),
             // Shadow mode only ever lets through what a class's checks would have refused.
             shadow: Reason::ALL
@@ -457,7 +474,7 @@ impl Metrics {
         };
         Ok(Metrics {
             registry,
-            anonymous: families.bind_class("unknown", "none", Stage::Anonymous),
+            anonymous: families.bind_class("unknown", "none", Stage::Anonymous, false),
             families,
             accounts_tracked,
             accounts_evicted,
@@ -500,13 +517,15 @@ impl Metrics {
     }
 
     /// Binds every handle a partner's requests touch.
-    pub fn bind_partner(&self, partner: &str) -> PartnerMetrics {
+    pub fn bind_partner(&self, partner: &str, certificates: bool) -> PartnerMetrics {
         PartnerMetrics {
             classes: Class::ALL.map(|c| {
                 self.families
-                    .bind_class(partner, c.as_str(), Stage::InClass)
+                    .bind_class(partner, c.as_str(), Stage::InClass, certificates)
             }),
-            unrouted: self.families.bind_class(partner, "none", Stage::Unrouted),
+            unrouted: self
+                .families
+                .bind_class(partner, "none", Stage::Unrouted, certificates),
             accounts_tracked: self.accounts_tracked.with_label_values(&[partner]),
             accounts_evicted: self.accounts_evicted.with_label_values(&[partner]),
         }

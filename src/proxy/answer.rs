@@ -585,6 +585,8 @@ mod tests {
                         | Reason::ClassClosed
                         | Reason::Suspended
                         | Reason::BadAccount
+                        | Reason::KeyCertificateMismatch
+                        | Reason::CertificateRequired
                 ) {
                     template.retry_after = None;
                     template.limit = None;
