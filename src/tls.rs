@@ -85,6 +85,11 @@ fn build(tls: &ServerTls) -> Result<ListenerTls, Failed> {
             .error(format!("does not go with the certificate: {e}"))
     })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless session tickets: a partner reconnecting resumes without a full handshake, and
+    // no per-session state is kept. The ticket keys are made afresh with each configuration,
+    // so a reload makes the next handshake of each partner a full one.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| fail(&tls.cert, format!("cannot make session ticket keys: {e}")))?;
     Ok(ListenerTls {
         config: Arc::new(config),
         not_after,

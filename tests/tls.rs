@@ -590,3 +590,30 @@ async fn h2c_by_prior_knowledge_answers_as_http1_does() {
     assert_eq!(statuses, [200, 201, 401, 404]);
     assert_eq!(one, two);
 }
+
+/// A partner reconnecting resumes its TLS session (a ticket) instead of a full handshake, and
+/// is still identified by the certificate of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_partner_resumes_its_session_and_keeps_its_identity() {
+    let s = setup("tls-resume", "optional").await;
+    let roots = [s.ca.pem()];
+    let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let config = client_config(&roots, Some(&s.bank), b"http/1.1");
+    let kinds = {
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let stream = tls_connect(&s.gw, Arc::clone(&config)).await.unwrap();
+            kinds.push(stream.get_ref().1.handshake_kind());
+            let answers = over_h1(stream, vec![request(Method::POST, "/v1/payments", None)]).await;
+            assert_eq!(answers[0].status, StatusCode::CREATED);
+        }
+        kinds
+    };
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}
