@@ -81,7 +81,7 @@ struct Setup {
     dir: TempDir,
     path: std::path::PathBuf,
     gw: TestGateway,
-    _biller: TestBiller,
+    biller: TestBiller,
 }
 
 const TOKEN: &str = "tls-admin-token";
@@ -128,7 +128,7 @@ async fn setup(name: &str, client_auth: &str) -> Setup {
         dir,
         path,
         gw,
-        _biller: biller,
+        biller,
     }
 }
 
@@ -615,5 +615,79 @@ async fn a_reconnecting_partner_resumes_its_session_and_keeps_its_identity() {
             Some(rustls::HandshakeKind::Full),
             Some(rustls::HandshakeKind::Resumed)
         ]
+    );
+}
+
+/// HTTP/2's bounds as a client meets them: the server's SETTINGS allow 100 streams at once,
+/// and a header list over 64 KiB is refused without reaching the biller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_and_header_lists_are_bounded() {
+    let s = setup("tls-h2-bounds", "optional").await;
+    let roots = [s.ca.pem()];
+    let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let stream = tls_connect(&s.gw, client_config(&roots, Some(&s.bank), b"h2"))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    // The SETTINGS frame has arrived once a first exchange is done.
+    let (answer, _) = client
+        .send_request(
+            Request::get("https://localhost/v1/bills/1")
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    assert_eq!(answer.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(client.current_max_send_streams(), 100);
+
+    // Up to 64 KiB, as on HTTP/1.1.
+    let mut client = client.ready().await.unwrap();
+    let large = Request::get("https://localhost/v1/bills/3")
+        .header("x-pad", "a".repeat(60 * 1024))
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(large, true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), StatusCode::OK);
+
+    let before = s.biller.biller.stats().received;
+    let mut client = client.ready().await.unwrap();
+    let huge = Request::get("https://localhost/v1/bills/2")
+        .header("x-pad", "a".repeat(70 * 1024))
+        .body(())
+        .unwrap();
+    let refused = match client.send_request(huge, true) {
+        Ok((answer, _)) => match answer.await {
+            Ok(response) => response.status() == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Err(_) => true,
+        },
+        Err(_) => true,
+    };
+    assert!(refused, "a 70 KiB header list was served");
+    assert_eq!(s.biller.biller.stats().received, before);
+}
+
+/// A client that connects and never finishes its handshake is closed after the head timeout
+/// (10 s), counted as a `timeout` failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_never_finished_is_closed_at_the_timeout() {
+    use tokio::io::AsyncReadExt;
+    let s = setup("tls-stall", "optional").await;
+    let mut tcp = TcpStream::connect(s.gw.gateway.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "still open after 30 s: {read:?}"
+    );
+    let metrics = s.gw.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"billgate_tls_handshake_failures_total{reason="timeout"}"#
+        ),
+        1.0
     );
 }
