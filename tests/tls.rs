@@ -265,6 +265,10 @@ async fn over_h2(stream: TlsStream<TcpStream>, requests: Vec<Request<Full<Bytes>
     out
 }
 
+fn statuses(answers: &[Seen]) -> Vec<u16> {
+    answers.iter().map(|a| a.status.as_u16()).collect()
+}
+
 fn mix(bank_key: bool) -> Vec<Request<Full<Bytes>>> {
     let key = bank_key.then_some("key-b");
     vec![
@@ -284,9 +288,8 @@ async fn a_client_certificate_identifies_its_partner_and_a_key_must_agree() {
     let with_cert = client_config(&roots, Some(&s.bank), b"http/1.1");
     let stream = tls_connect(&s.gw, with_cert).await.unwrap();
     let answers = over_h1(stream, mix(false)).await;
-    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
     // The certificate alone is bank-b; wallet-a's key beside it disagrees.
-    assert_eq!(statuses, [200, 201, 401, 404], "{answers:#?}");
+    assert_eq!(statuses(&answers), [200, 201, 401, 404], "{answers:#?}");
     assert_eq!(
         answers[2].problem.as_deref(),
         Some("urn:billgate:problem:key_certificate_mismatch")
@@ -296,8 +299,7 @@ async fn a_client_certificate_identifies_its_partner_and_a_key_must_agree() {
     let without = client_config(&roots, None, b"http/1.1");
     let stream = tls_connect(&s.gw, without).await.unwrap();
     let answers = over_h1(stream, mix(true)).await;
-    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
-    assert_eq!(statuses, [401, 401, 200, 401], "{answers:#?}");
+    assert_eq!(statuses(&answers), [401, 401, 200, 401], "{answers:#?}");
     assert_eq!(
         answers[0].problem.as_deref(),
         Some("urn:billgate:problem:certificate_required")
@@ -586,8 +588,7 @@ async fn h2c_by_prior_knowledge_answers_as_http1_does() {
         sender.ready().await.unwrap();
         one.push(seen(sender.send_request(request).await.unwrap()).await);
     }
-    let statuses: Vec<u16> = two.iter().map(|a| a.status.as_u16()).collect();
-    assert_eq!(statuses, [200, 201, 401, 404]);
+    assert_eq!(statuses(&two), [200, 201, 401, 404]);
     assert_eq!(one, two);
 }
 

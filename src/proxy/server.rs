@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -82,16 +82,7 @@ impl Connection<'_> {
                 .map(|leaf| crate::tls::fingerprint(leaf));
             let (stream, watch) = heads.watch(stream);
             let service = service(&worker, peer, watch, certificate);
-            let ended = if h2 {
-                let connection = h2_builder().serve_connection(TokioIo::new(stream), service);
-                graceful.watch(connection).await
-            } else {
-                let connection = h1_builder().serve_connection(TokioIo::new(stream), service);
-                graceful.watch(connection).await
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%error, %peer, h2, "connection ended with an error");
-            }
+            run(TokioIo::new(stream), h2, service, graceful, peer).await;
         });
     }
 
@@ -112,19 +103,33 @@ impl Connection<'_> {
             };
             let stream = TokioIo::new(Prefixed::new(read, stream));
             let service = service(&worker, peer, watch, None);
-            let ended = if h2 {
-                graceful
-                    .watch(h2_builder().serve_connection(stream, service))
-                    .await
-            } else {
-                graceful
-                    .watch(h1_builder().serve_connection(stream, service))
-                    .await
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%error, %peer, h2, "connection ended with an error");
-            }
+            run(stream, h2, service, graceful, peer).await;
         });
+    }
+}
+
+/// Serves one connection, HTTP/2 or HTTP/1.1, until it ends or the gateway shuts down.
+async fn run<I, S>(stream: I, h2: bool, service: S, graceful: Watcher, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = super::body::ProxyBody>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let ended = if h2 {
+        graceful
+            .watch(h2_builder().serve_connection(stream, service))
+            .await
+    } else {
+        graceful
+            .watch(h1_builder().serve_connection(stream, service))
+            .await
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%error, %peer, h2, "connection ended with an error");
     }
 }
 

@@ -45,18 +45,6 @@ pub(crate) fn partners(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<
     let mut hashes: HashMap<[u8; 32], &At<()>> = HashMap::new();
     let mut certificates: HashMap<[u8; 32], &At<()>> = HashMap::new();
     for item in read.iter().flatten() {
-        for (digest, at) in &item.certificates {
-            if let Some(first) = certificates.get(digest) {
-                let message = format!(
-                    "this certificate fingerprint is also at {} ({}); one certificate must identify one partner",
-                    first.path,
-                    errors.source.location(first.span.start)
-                );
-                errors.push(at.span.clone(), &at.path, message);
-            } else {
-                certificates.insert(*digest, at);
-            }
-        }
         if let Some((id, at)) = &item.id {
             if let Some(first) = ids.get(id.as_str()) {
                 let message = format!(
@@ -69,22 +57,41 @@ pub(crate) fn partners(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<
                 ids.insert(id, at);
             }
         }
-        for (hash, at) in &item.keys {
-            if let Some(first) = hashes.get(hash) {
-                let message = format!(
-                    "this key hash is also at {} ({}); one key must identify one partner",
-                    first.path,
-                    errors.source.location(first.span.start)
-                );
-                errors.push(at.span.clone(), &at.path, message);
-            } else {
-                hashes.insert(*hash, at);
-            }
-        }
+        once_each(errors, &mut hashes, &item.keys, "key hash", "key");
+        once_each(
+            errors,
+            &mut certificates,
+            &item.certificates,
+            "certificate fingerprint",
+            "certificate",
+        );
     }
     read.into_iter()
         .map(|r| r.and_then(|r| r.partner))
         .collect()
+}
+
+/// Reports each digest of `listed` already in `seen` (at both places: one `thing` must
+/// identify one partner), and adds the others to it.
+fn once_each<'r>(
+    errors: &mut Errors<'_>,
+    seen: &mut HashMap<[u8; 32], &'r At<()>>,
+    listed: &'r [([u8; 32], At<()>)],
+    what: &str,
+    thing: &str,
+) {
+    for (digest, at) in listed {
+        if let Some(first) = seen.get(digest) {
+            let message = format!(
+                "this {what} is also at {} ({}); one {thing} must identify one partner",
+                first.path,
+                errors.source.location(first.span.start)
+            );
+            errors.push(at.span.clone(), &at.path, message);
+        } else {
+            seen.insert(*digest, at);
+        }
+    }
 }
 
 fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
