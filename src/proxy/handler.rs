@@ -37,7 +37,8 @@ pub async fn handle(
     certificate: Option<[u8; 32]>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    watch.busy();
+    // Counted out when answered, or when the request is dropped unanswered.
+    let serving = watch.serve();
     // The snapshot is held for the whole request: a reload never changes a request midway.
     let current = worker.snapshot();
     let snapshot = &current.snapshot;
@@ -58,7 +59,7 @@ pub async fn handle(
     }
     // The connection waits for its next head once this answer is out: a body streamed from
     // the biller may take until its deadline.
-    watch.answered(match response.body() {
+    serving.answered(match response.body() {
         Either::Right(streamed) => Some(streamed.deadline()),
         Either::Left(_) => None,
     });

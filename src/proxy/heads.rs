@@ -10,9 +10,11 @@
 //! requests and stops reading the answers would keep its connection; here it is cut off too.
 //! `tests/heads_differential.rs` checks it cuts what hyper's timeout cuts.
 //!
-//! A request costs two stores to an atomic: the request marks its connection busy when its
-//! head has arrived, and waiting again when its answer is handed over (or, for an answer
-//! streamed from the biller, from the moment that body's own deadline passes). One sweep per
+//! A request costs three atomic updates of its connection's own line: it counts itself served
+//! when its head has arrived, and when its answer is handed over (or its request is dropped,
+//! as an HTTP/2 stream reset drops it) it moves the connection's wait forward and counts itself
+//! out. An answer streamed from the biller starts the wait from that body's own deadline. A
+//! connection serving any request (HTTP/2 serves several at once) is never cut. One sweep per
 //! worker, every [`TICK`], cuts off the connections that have waited past the timeout: their
 //! next read fails, and hyper closes them.
 //!
@@ -27,7 +29,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -55,9 +57,6 @@ pub const MAX_BUFFERED: usize = 64 * 1024;
 /// How often a worker sweeps its connections.
 pub const TICK: Duration = Duration::from_millis(500);
 
-/// `since` of a connection serving a request.
-const BUSY: u64 = u64::MAX;
-
 /// The worker's clock, as of its last sweep.
 struct Coarse {
     origin: Instant,
@@ -81,8 +80,12 @@ pub struct Heads {
 /// One connection's state, shared by its I/O, its requests and the sweep.
 pub struct Watch {
     clock: Arc<Coarse>,
-    /// When the connection began to wait for a head (the worker's milliseconds), or [`BUSY`].
+    /// When the connection last began to wait for a head (the worker's milliseconds): only
+    /// ever moves forward.
     since: AtomicU64,
+    /// Requests it is serving: one at most on HTTP/1.1, several at once on HTTP/2. A
+    /// connection serving any is never cut.
+    serving: AtomicU32,
     /// Set by the sweep: the connection has waited too long.
     cut: AtomicBool,
     /// The connection's task, as of its last read that had to wait.
@@ -127,6 +130,7 @@ impl Heads {
         let watch = Arc::new(Watch {
             clock: Arc::clone(&self.clock),
             since: AtomicU64::new(self.clock.now.load(Ordering::Relaxed)),
+            serving: AtomicU32::new(0),
             cut: AtomicBool::new(false),
             reader: Mutex::new(None),
             both_lengths: AtomicBool::new(false),
@@ -163,7 +167,8 @@ impl Heads {
             let watched = self.lock();
             for (_, watch) in watched.iter() {
                 let since = watch.since.load(Ordering::Relaxed);
-                if since == BUSY || now.saturating_sub(since) < timeout {
+                if watch.serving.load(Ordering::Relaxed) > 0 || now.saturating_sub(since) < timeout
+                {
                     continue;
                 }
                 if !watch.cut.swap(true, Ordering::Relaxed) {
@@ -202,18 +207,49 @@ impl Heads {
     }
 }
 
+/// One request a connection is serving, from its head to its answer: [`Serving::answered`],
+/// or when dropped unanswered (a reset stream), as answered now.
+pub struct Serving<'w> {
+    watch: &'w Watch,
+    until: Option<Option<Instant>>,
+}
+
+impl Serving<'_> {
+    /// The answer has been handed over; its body may stream until `until`.
+    pub fn answered(mut self, until: Option<Instant>) {
+        self.until = Some(until);
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.watch.answered(self.until.flatten());
+    }
+}
+
 impl Watch {
-    /// A request head has arrived: the connection is serving it.
-    pub fn busy(&self) {
-        self.since.store(BUSY, Ordering::Relaxed);
+    /// A request head has arrived: the connection serves it until the [`Serving`] is done.
+    pub fn serve(&self) -> Serving<'_> {
+        self.busy();
+        Serving {
+            watch: self,
+            until: None,
+        }
     }
 
-    /// The answer has been handed over: the connection waits for its next head from now, or,
-    /// if the answer's body may stream until `until`, from then.
+    /// A request head has arrived: the connection is serving it.
+    pub fn busy(&self) {
+        self.serving.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The answer has been handed over: once it serves no other request, the connection waits
+    /// for its next head from now, or, if the answer's body may stream until `until`, from then.
     pub fn answered(&self, until: Option<Instant>) {
         let now = self.clock.now.load(Ordering::Relaxed);
         let since = until.map_or(now, |until| self.clock.millis(until).max(now));
-        self.since.store(since, Ordering::Relaxed);
+        // Before the count drops: a sweep that sees none served sees this wait too.
+        self.since.fetch_max(since, Ordering::Relaxed);
+        self.serving.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn lock_reader(&self) -> MutexGuard<'_, Option<Waker>> {
@@ -424,6 +460,33 @@ mod tests {
         watch.answered(Some(at(start, 20_000)));
         assert_eq!(heads.sweep(at(start, 29_999)), 0);
         assert_eq!(heads.sweep(at(start, 30_000)), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_cut_only_once_it_serves_no_stream() {
+        let (heads, _) = heads();
+        let start = Instant::now();
+        let (_io, watch) = heads.watch(());
+        // Two streams; the first answered at once, the second still in hand at 60 s.
+        watch.busy();
+        watch.busy();
+        watch.answered(None);
+        assert_eq!(heads.sweep(at(start, 60_000)), 0);
+        watch.answered(None);
+        assert_eq!(heads.sweep(at(start, 69_999)), 0);
+        assert_eq!(heads.sweep(at(start, 70_000)), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_dropped_unanswered_is_counted_out() {
+        let (heads, _) = heads();
+        let start = Instant::now();
+        let (_io, watch) = heads.watch(());
+        let reset = watch.serve();
+        assert_eq!(heads.sweep(at(start, 30_000)), 0);
+        drop(reset);
+        assert_eq!(heads.sweep(at(start, 39_999)), 0);
+        assert_eq!(heads.sweep(at(start, 40_000)), 1);
     }
 
     #[tokio::test(start_paused = true)]
