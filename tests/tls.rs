@@ -198,6 +198,9 @@ struct Seen {
     status: StatusCode,
     ratelimit_policy: Option<String>,
     problem: Option<String>,
+    /// Every header but `date` (and the connection's own on HTTP/1.1), sorted; the `r=` of
+    /// `RateLimit` left out, as the quota the requests share is spent from one to the next.
+    headers: Vec<(String, String)>,
 }
 
 fn request(method: Method, path: &str, key: Option<&str>) -> Request<Full<Bytes>> {
@@ -223,6 +226,24 @@ async fn seen(response: http::Response<hyper::body::Incoming>) -> Seen {
         .get("ratelimit-policy")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let mut headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| !["date", "connection", "keep-alive"].contains(&name.as_str()))
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            let value = match name.as_str() {
+                "ratelimit" => value
+                    .split(';')
+                    .filter(|part| !part.starts_with("r="))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                _ => value,
+            };
+            (name.to_string(), value)
+        })
+        .collect();
+    headers.sort();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let problem = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -231,6 +252,7 @@ async fn seen(response: http::Response<hyper::body::Incoming>) -> Seen {
         status,
         ratelimit_policy,
         problem,
+        headers,
     }
 }
 
