@@ -229,12 +229,16 @@ impl Control {
         // The running configuration says how much may be read: a file swapped in at the path
         // cannot make the gateway read more than the operators allowed.
         let cap = self.shared.snapshot().config.server.max_config_bytes;
+        // The files it names for TLS to the biller are read here too, on the same thread and
+        // within the same time: one that cannot be used refuses the reload like any error.
         let load = move || {
-            config::load_file_within(
+            let next = config::load_file_within(
                 &path,
                 cap,
                 "the running configuration's [server] max_config_bytes",
-            )
+            )?;
+            let biller_tls = crate::biller_tls::load(&next.biller)?;
+            Ok((next, biller_tls))
         };
         let deadline = tokio::time::sleep(LOAD_TIME_LIMIT);
         let loaded = match bounded(&self.reading, deadline, load).await {
@@ -250,7 +254,7 @@ impl Control {
                 &shown, error,
             ))),
         };
-        let next = loaded.map_err(ReloadError::Invalid)?;
+        let (next, biller_tls) = loaded.map_err(ReloadError::Invalid)?;
         let running = self.shared.snapshot_full();
         let change = config::diff(&running.config, &next);
         let hits: Vec<String> = change
@@ -267,7 +271,7 @@ impl Control {
             diff: change.to_string(),
             warnings: next.warnings.iter().map(ToString::to_string).collect(),
         };
-        self.shared.install(next);
+        self.shared.install(next, biller_tls);
         if let Err(error) = self.read_token() {
             tracing::error!("{error}; the previous admin token stays");
         }
