@@ -59,10 +59,27 @@ pub enum PoolError {
         target: String,
         source: std::io::Error,
     },
-    #[error("the exchange with the biller failed: {0}")]
+    #[error("the exchange with the biller failed: {}", Chain(.0))]
     Http(#[from] hyper::Error),
     #[error("the biller closed a new connection before it took the request")]
     Closed,
+}
+
+/// An error and its sources, `: `-separated: hyper's own message ("connection error") leaves
+/// out the cause, such as the alert of a biller that refused the gateway's TLS client
+/// certificate.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
 }
 
 /// One connection: the handle requests are sent on (its connection runs as a task).
@@ -236,33 +253,13 @@ impl BillerPool {
             }
             Ok(Err(Opening::Tls(source))) => {
                 self.out_of_sockets.store(false, Ordering::Relaxed);
-                // Every call fails alike until the certificates are fixed: warned of once
-                // per run, with its reason, and each failure told at debug.
-                if !self.tls_failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        biller = address,
-                        error = %source,
-                        "TLS handshake with the biller failed: calls are answered 502 biller_unreachable until one succeeds"
-                    );
-                } else {
-                    tracing::debug!(biller = address, error = %source, "TLS handshake with the biller failed");
-                }
-                return Err(PoolError::Tls {
-                    target: address.to_owned(),
-                    source,
-                });
+                return Err(self.tls_failed(address, source));
             }
             Ok(Err(Opening::Http(error))) => return Err(error.into()),
             Ok(Ok(sender)) => sender,
         };
         if self.out_of_sockets.swap(false, Ordering::Relaxed) {
             tracing::info!(biller = address, "connections to the biller open again");
-        }
-        if target.tls.is_some() && self.tls_failing.swap(false, Ordering::Relaxed) {
-            tracing::info!(
-                biller = address,
-                "TLS handshakes with the biller succeed again"
-            );
         }
         // Boxed once per connection, so the futures that hold it stay small.
         Ok(Box::new(Link {
@@ -271,6 +268,24 @@ impl BillerPool {
             sender,
             since: now,
         }))
+    }
+
+    /// A failed TLS handshake, told: every call fails alike until the certificates are fixed,
+    /// so the first of a run is warned of with its reason and the rest told at debug.
+    fn tls_failed(&self, address: &str, source: std::io::Error) -> PoolError {
+        if self.tls_failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(biller = address, error = %source, "TLS handshake with the biller failed");
+        } else {
+            tracing::warn!(
+                biller = address,
+                error = %source,
+                "TLS handshake with the biller failed: calls are answered 502 biller_unreachable until one is taken"
+            );
+        }
+        PoolError::Tls {
+            target: address.to_owned(),
+            source,
+        }
     }
 
     /// Sends `request` on a pooled connection to `target`, or a new one. `now` is the time
@@ -301,6 +316,18 @@ impl BillerPool {
                 }
                 match link.sender.try_send_request(request).await {
                     Ok(response) => {
+                        // The first answer on a new TLS connection, not its handshake, shows
+                        // the biller took it: under TLS 1.3 a refused client certificate is
+                        // told only after the gateway's side of the handshake is done.
+                        if !reused
+                            && target.tls.is_some()
+                            && self.tls_failing.swap(false, Ordering::Relaxed)
+                        {
+                            tracing::info!(
+                                biller = &**target.address,
+                                "TLS connections to the biller are taken again"
+                            );
+                        }
                         let (parts, body) = response.into_parts();
                         let body = PooledBody::new(body, link, Arc::downgrade(self));
                         return Ok(Response::from_parts(parts, body));
@@ -309,12 +336,40 @@ impl BillerPool {
                         // Never written: a reused connection closing under us. Another one
                         // may take it; a fresh one that cannot is a failure.
                         Some(unsent) if reused => request = unsent,
-                        _ => return Err(failed.into_error().into()),
+                        _ => {
+                            let error = failed.into_error();
+                            // A new TLS connection the biller ended with an alert (a client
+                            // certificate refused) failed its handshake, whenever it showed.
+                            let refused = target.tls.and_then(|_| tls_alert(&error));
+                            return Err(match refused {
+                                Some(source) => self.tls_failed(target.address, source),
+                                None => error.into(),
+                            });
+                        }
                     },
                 }
             }
         }
     }
+}
+
+/// The TLS error (an alert from the biller) among `error`'s causes, as an I/O error.
+fn tls_alert(error: &hyper::Error) -> Option<std::io::Error> {
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        let tls = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if let Some(tls) = tls {
+            return Some(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                tls.clone(),
+            ));
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// What went wrong opening a connection, before it is told as a [`PoolError`].
