@@ -381,7 +381,7 @@ async fn a_ca_file_that_is_not_pem_is_reported_at_its_key() {
 }
 
 #[tokio::test]
-async fn a_reload_naming_a_bad_ca_file_is_refused_and_the_running_configuration_stays() {
+async fn a_reload_naming_a_bad_ca_file_is_refused_and_one_with_other_cas_reconnects() {
     let pki = Pki::new("biller-tls-reload");
     let biller = TlsBiller::start(pki.plain_server()).await;
     let path: PathBuf = pki.dir.join("billgate.toml");
@@ -411,6 +411,32 @@ async fn a_reload_naming_a_bad_ca_file_is_refused_and_the_running_configuration_
     let bill = get(&gw.url("/v1/bills/100235"), &auth).await;
     assert_eq!(bill.status, StatusCode::OK, "{}", bill.text());
     assert_eq!(biller.biller.stats().tls_handshakes, 1);
+
+    // The same CA under another name: the TLS setup is unchanged, and so is the connection.
+    let copy = pki.write("ca-copy.pem", &pki.ca.pem);
+    let text = config_text(biller.port, &format!("ca_file = \"{}\"\n", copy.display()));
+    write_config(&path, &text);
+    let reloaded = gw.gateway.reload(false).await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    let bill = get(&gw.url("/v1/bills/100236"), &auth).await;
+    assert_eq!(bill.status, StatusCode::OK, "{}", bill.text());
+    assert_eq!(biller.biller.stats().tls_handshakes, 1);
+
+    // Another CA trusted besides: new TLS setup, new connection.
+    let bundle = pki.write(
+        "bundle.pem",
+        &format!("{}{}", pki.ca.pem, pki.client_ca.pem),
+    );
+    let text = config_text(
+        biller.port,
+        &format!("ca_file = \"{}\"\n", bundle.display()),
+    );
+    write_config(&path, &text);
+    let reloaded = gw.gateway.reload(false).await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    let bill = get(&gw.url("/v1/bills/100237"), &auth).await;
+    assert_eq!(bill.status, StatusCode::OK, "{}", bill.text());
+    assert_eq!(biller.biller.stats().tls_handshakes, 2);
     gw.gateway.shutdown().await;
 }
 

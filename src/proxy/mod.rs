@@ -7,6 +7,7 @@ mod access;
 mod answer;
 mod body;
 mod cached;
+mod connect;
 mod handler;
 mod headers;
 mod heads;

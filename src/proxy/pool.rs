@@ -35,14 +35,13 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::connect::{open, tls_alert, Chain, Opening};
 use super::upstream::UpstreamBody;
 use crate::biller_tls::BillerTls;
 
-type Sender = http1::SendRequest<UpstreamBody>;
+pub(super) type Sender = http1::SendRequest<UpstreamBody>;
 
 /// Why a request found no answer.
 #[derive(Debug, thiserror::Error)]
@@ -63,23 +62,6 @@ pub enum PoolError {
     Http(#[from] hyper::Error),
     #[error("the biller closed a new connection before it took the request")]
     Closed,
-}
-
-/// An error and its sources, `: `-separated: hyper's own message ("connection error") leaves
-/// out the cause, such as the alert of a biller that refused the gateway's TLS client
-/// certificate.
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
-    }
 }
 
 /// One connection: the handle requests are sent on (its connection runs as a task).
@@ -218,25 +200,10 @@ impl BillerPool {
 
     async fn connect(&self, target: &Target<'_>, now: Instant) -> Result<Box<Link>, PoolError> {
         let address = &**target.address;
-        let connecting = async {
-            let stream = TcpStream::connect(address).await.map_err(Opening::Tcp)?;
-            let _ = stream.set_nodelay(true);
-            match target.tls {
-                None => start(stream).await.map_err(Opening::Http),
-                Some(tls) => {
-                    let stream = tls
-                        .connector
-                        .connect(tls.server_name.clone(), stream)
-                        .await
-                        .map_err(Opening::Tls)?;
-                    start(stream).await.map_err(Opening::Http)
-                }
-            }
-        };
-        let opened = tokio::time::timeout(target.connect_timeout, connecting).await;
+        let opened = open(target).await;
         let sender = match opened {
-            Err(_elapsed) => return Err(PoolError::ConnectTimeout(address.to_owned())),
-            Ok(Err(Opening::Tcp(source))) => {
+            Err(Opening::TimedOut) => return Err(PoolError::ConnectTimeout(address.to_owned())),
+            Err(Opening::Tcp(source)) => {
                 if is_gateway_exhausted(&source)
                     && !self.out_of_sockets.swap(true, Ordering::Relaxed)
                 {
@@ -251,12 +218,12 @@ impl BillerPool {
                     source,
                 });
             }
-            Ok(Err(Opening::Tls(source))) => {
+            Err(Opening::Tls(source)) => {
                 self.out_of_sockets.store(false, Ordering::Relaxed);
                 return Err(self.tls_failed(address, source));
             }
-            Ok(Err(Opening::Http(error))) => return Err(error.into()),
-            Ok(Ok(sender)) => sender,
+            Err(Opening::Http(error)) => return Err(error.into()),
+            Ok(sender) => sender,
         };
         if self.out_of_sockets.swap(false, Ordering::Relaxed) {
             tracing::info!(biller = address, "connections to the biller open again");
@@ -351,50 +318,6 @@ impl BillerPool {
             }
         }
     }
-}
-
-/// The TLS error (an alert from the biller) among `error`'s causes, as an I/O error.
-fn tls_alert(error: &hyper::Error) -> Option<std::io::Error> {
-    let mut cause = std::error::Error::source(error);
-    while let Some(error) = cause {
-        let tls = error
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        if let Some(tls) = tls {
-            return Some(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                tls.clone(),
-            ));
-        }
-        cause = error.source();
-    }
-    None
-}
-
-/// What went wrong opening a connection, before it is told as a [`PoolError`].
-enum Opening {
-    Tcp(std::io::Error),
-    Tls(std::io::Error),
-    Http(hyper::Error),
-}
-
-/// Starts HTTP/1.1 on a freshly opened stream, plain or TLS: the connection runs as a task of
-/// the caller's runtime (a worker's pool is used only by its own worker), and the handle
-/// requests are sent on is all the pool keeps.
-async fn start<S>(stream: S) -> Result<Sender, hyper::Error>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "biller connection ended with an error");
-        }
-    });
-    Ok(sender)
 }
 
 /// The biller's response body. Its connection returns to the pool when the body has been read
