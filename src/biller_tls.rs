@@ -7,13 +7,15 @@
 use std::sync::Arc;
 
 use rustls::client::ClientConfig;
+use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{self, Biller, ConfigError, ConfigErrors, FileRef};
+use crate::config::{self, Biller, Config, ConfigError, ConfigErrors, FileRef};
+use crate::tls::ListenerTls;
 
 /// The most bytes read from one PEM file: a large CA bundle is a few hundred KiB.
 const PEM_FILE_CAP: u64 = 16 * 1024 * 1024;
@@ -27,6 +29,35 @@ pub struct BillerTls {
     /// under the same one, so a reload that changes a certificate or the trusted CAs opens new
     /// connections, and one that changes neither keeps them.
     pub id: [u8; 32],
+}
+
+/// The TLS of both legs for `config`: the partner listener's ([`crate::tls::load`]) and the
+/// biller's ([`load`]), the file problems of either reported together, in file order.
+///
+/// # Errors
+/// Every file problem found on either leg, each at its key.
+pub fn load_both(
+    config: &Config,
+) -> Result<(Option<ListenerTls>, Option<Arc<BillerTls>>), ConfigErrors> {
+    match (crate::tls::load(config), load(&config.biller)) {
+        (Ok(listener), Ok(biller)) => Ok((listener, biller)),
+        (listener, biller) => {
+            let mut found: Vec<ConfigError> = [listener.err(), biller.err()]
+                .into_iter()
+                .flatten()
+                .flat_map(|errors| errors.0)
+                .collect();
+            found.sort_by_key(|e| (e.line, e.column));
+            let mut found = found.into_iter();
+            // One or both failed, so `found` holds at least one error.
+            let first = found.next().unwrap_or_else(|| {
+                ConfigError::whole_file("the configuration", "a TLS file could not be used")
+            });
+            let mut all = ConfigErrors::one(first);
+            all.0.extend(found);
+            Err(all)
+        }
+    }
 }
 
 /// The TLS setup `biller` asks for: `None` for an http url. Every file problem is reported,
@@ -70,12 +101,24 @@ pub fn load(biller: &Biller) -> Result<Option<Arc<BillerTls>>, ConfigErrors> {
     if roots.is_empty() {
         tracing::warn!("no CA certificates to check the biller's certificate against (none on the system, and no [biller] ca_file): every TLS handshake with it will fail");
     }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let identity = match (&biller.client_cert, &biller.client_key) {
         (Some(cert_file), Some(key_file)) => {
             let chain = read(cert_file, &mut id).and_then(|b| certificates(cert_file, &b));
             let key = read(key_file, &mut id).and_then(|b| private_key(key_file, &b));
             match (chain, key) {
-                (Ok(chain), Ok(key)) => Some((chain, key, cert_file, key_file)),
+                (Ok(chain), Ok(key)) => {
+                    // Checked here, not only when the client configuration is built, so that
+                    // a mismatch is told beside any other file's problem.
+                    let pair = CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider);
+                    match pair {
+                        Ok(_) => Some((chain, key, cert_file, key_file)),
+                        Err(error) => {
+                            errors.push(identity_error(cert_file, key_file, &error));
+                            None
+                        }
+                    }
+                }
                 (chain, key) => {
                     errors.extend(chain.err().map(|e| *e));
                     errors.extend(key.err().map(|e| *e));
@@ -92,7 +135,6 @@ pub fn load(biller: &Biller) -> Result<Option<Arc<BillerTls>>, ConfigErrors> {
         all.0.extend(errors);
         return Err(all);
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| {

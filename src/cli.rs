@@ -76,6 +76,12 @@ pub enum Command {
     },
     /// Read an API key on stdin and print its SHA-256, for `keys_sha256`.
     HashKey,
+    /// Print the SHA-256 of the first certificate in a PEM file, for `client_cert_sha256`.
+    HashCert {
+        /// The partner's client certificate, PEM.
+        #[arg(value_name = "FILE.pem")]
+        file: PathBuf,
+    },
     /// Run the stand-in EBPP biller alone.
     Biller {
         #[arg(long, default_value = "127.0.0.1:9000")]

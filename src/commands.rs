@@ -224,12 +224,10 @@ fn load_file(path: &Path, cap: u64) -> Result<Config, ConfigErrors> {
 /// printed and the exit code is 1. Guardrails are
 /// warnings here: exit 0.
 pub fn check(path: &Path, diff_from: Option<&Path>, max_config_bytes: u64) -> ExitCode {
-    // The files the new configuration names for TLS to the biller are read as a start or a
-    // reload would read them, so that `check` passes only what a reload would take.
-    let new = load_file(path, max_config_bytes).and_then(|config| {
-        crate::biller_tls::load(&config.biller)?;
-        Ok(config)
-    });
+    // The files the configuration names (certificates, keys, CAs, of both legs) are read too:
+    // `check` passes only what `serve` and a reload would take.
+    let new = load_file(path, max_config_bytes)
+        .and_then(|config| crate::biller_tls::load_both(&config).map(|_| config));
     let old = diff_from.map(|old| load_file(old, max_config_bytes));
     let (new, old) = match (new, old) {
         (Ok(new), None) => (new, None),
@@ -302,6 +300,27 @@ pub fn hash_key() -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout();
     writeln!(out, "{}", config::hash_key(&key))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `billgate hash-cert FILE.pem`
+pub fn hash_cert(file: &Path) -> anyhow::Result<ExitCode> {
+    let pem = match config::read_regular_file(file, 1024 * 1024) {
+        Ok(pem) => pem,
+        Err(error) => {
+            eprintln!("error: cannot read {}: {error}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match crate::tls::hash_cert(&pem) {
+        Ok(fingerprint) => {
+            writeln!(std::io::stdout(), "{fingerprint}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!("error: {}: {why}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// The most bytes read from the stand-in biller's certificate or key file.

@@ -94,14 +94,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Reads the files the configuration names for TLS to the biller, binds both listeners
-    /// (port 0 picks a free port) and starts serving.
+    /// Reads the files the configuration names for TLS (the partner listener's and the
+    /// biller's), binds both listeners (port 0 picks a free port) and starts serving.
     ///
     /// # Errors
     /// A file the configuration names cannot be read or used: the error is the located
     /// [`crate::config::ConfigErrors`] (`downcast_ref` finds it). A listener cannot be bound.
     pub async fn start(config: Config, options: Options) -> anyhow::Result<Gateway> {
-        let biller_tls = crate::biller_tls::load(&config.biller)?;
+        let (tls, biller_tls) = crate::biller_tls::load_both(&config)?;
         let listener = listen(config.server.listen, config.server.listen_backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let admin = TcpListener::bind(config.server.admin_listen)
@@ -120,6 +120,7 @@ impl Gateway {
             options.clock.clone(),
             Suspensions::default(),
         )?);
+        shared.set_tls(tls);
         let control = Arc::new(
             Control::new(Arc::clone(&shared), options.config_path.clone())
                 .map_err(|e| anyhow::anyhow!(e))?,
@@ -307,6 +308,10 @@ fn sweep(shared: &Shared) {
 pub fn refresh_gauges(shared: &Shared) {
     let snapshot = shared.snapshot();
     let metrics = shared.metrics();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    metrics.set_tls_cert_expiry(shared.tls().map(|tls| tls.not_after.saturating_sub(now)));
     let protection = snapshot.gate.protection();
     for (name, breaker) in [
         ("inquiry", &protection.breaker),

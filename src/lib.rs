@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod recent;
 pub mod replay;
+pub mod tls;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,7 @@ pub fn run(opts: Opts) -> ExitCode {
             max_config_bytes,
         } => Ok(commands::check(&config, diff.as_deref(), max_config_bytes)),
         Command::HashKey => commands::hash_key(),
+        Command::HashCert { file } => commands::hash_cert(&file),
         Command::Serve {
             config,
             with_biller,

@@ -169,7 +169,22 @@ pub struct Metrics {
     pub connections: ConnectionCounts,
     /// Handles for requests whose partner is unknown.
     pub anonymous: ClassMetrics,
+    tls_handshake_failures: IntCounterVec,
+    /// Seconds until the partner listener's certificate expires (absent without TLS).
+    tls_cert_expiry: IntGaugeVec,
 }
+
+/// Why a partner's TLS handshake failed, as `billgate_tls_handshake_failures_total` labels it.
+pub const TLS_FAILURE_REASONS: [&str; 8] = [
+    "no_certificate",
+    "bad_certificate",
+    "no_shared_protocol",
+    "incompatible",
+    "malformed",
+    "closed",
+    "timeout",
+    "other",
+];
 
 /// Partner connections, counted as they open and close (never per request).
 #[derive(Clone)]
@@ -208,14 +223,27 @@ impl Stage {
         match reason {
             RejectReason::Admission(Reason::MissingKey | Reason::UnknownKey)
             | RejectReason::Malformed => Stage::Anonymous,
-            RejectReason::Admission(Reason::Suspended | Reason::NoRoute) => Stage::Unrouted,
+            RejectReason::Admission(
+                Reason::Suspended
+                | Reason::NoRoute
+                | Reason::KeyCertificateMismatch
+                | Reason::CertificateRequired,
+            ) => Stage::Unrouted,
             _ => Stage::InClass,
         }
     }
 }
 
 impl Families {
-    fn bind_class(&self, partner: &str, class: &str, stage: Stage) -> ClassMetrics {
+    /// `certificates`: the partner lists client certificates, so it can be refused for a
+    /// certificate's sake.
+    fn bind_class(
+        &self,
+        partner: &str,
+        class: &str,
+        stage: Stage,
+        certificates: bool,
+    ) -> ClassMetrics {
         let bind = |family: &IntCounterVec, label: &str, possible: bool| {
             if possible {
                 family.with_label_values(&[partner, class, label])
@@ -233,7 +261,16 @@ impl Families {
                 )
             }),
             rejections: RejectReason::all()
-                .map(|r| bind(&self.rejections, r.as_str(), Stage::of(r) == stage))
+                .map(|r| {
+                    let by_certificate = matches!(
+                        r,
+                        RejectReason::Admission(
+                            Reason::KeyCertificateMismatch | Reason::CertificateRequired
+                        )
+                    );
+                    let possible = Stage::of(r) == stage && (certificates || !by_certificate);
+                    bind(&self.rejections, r.as_str(), possible)
+                })
                 .collect(),
             // Shadow mode only ever lets through what a class's checks would have refused.
             shadow: Reason::ALL
@@ -402,6 +439,25 @@ impl Metrics {
                 "Partner connections closed without an answer for sending no complete request head within 10 s (a head left unfinished, or idle between requests).",
             )?,
         };
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "billgate_tls_handshake_failures_total",
+                "Partner TLS handshakes that failed, by reason: no_certificate (client_auth = required), bad_certificate (not from client_ca, expired), no_shared_protocol, incompatible (no common version or cipher), malformed, closed (the partner hung up), timeout (10 s), other.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
+        for reason in TLS_FAILURE_REASONS {
+            tls_handshake_failures.with_label_values(&[reason]);
+        }
+        let tls_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "billgate_tls_cert_expiry_seconds",
+                "Seconds until the certificate the partner listener serves expires (negative once expired).",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(tls_cert_expiry.clone()))?;
         registry.register(Box::new(connections.open.clone()))?;
         registry.register(Box::new(connections.cut.clone()))?;
         let upstream_duration = Class::ALL.map(|c| duration.with_label_values(&[c.as_str()]));
@@ -418,7 +474,7 @@ impl Metrics {
         };
         Ok(Metrics {
             registry,
-            anonymous: families.bind_class("unknown", "none", Stage::Anonymous),
+            anonymous: families.bind_class("unknown", "none", Stage::Anonymous, false),
             families,
             accounts_tracked,
             accounts_evicted,
@@ -435,17 +491,41 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             connections,
+            tls_handshake_failures,
+            tls_cert_expiry,
         })
     }
 
+    /// Counts a failed partner TLS handshake (`reason` one of [`TLS_FAILURE_REASONS`]).
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Sets the seconds until the partner listener's certificate expires; `None` without TLS.
+    pub fn set_tls_cert_expiry(&self, seconds: Option<i64>) {
+        match seconds {
+            Some(seconds) => self
+                .tls_cert_expiry
+                .with_label_values(&["partner"])
+                .set(seconds),
+            None => {
+                let _ = self.tls_cert_expiry.remove_label_values(&["partner"]);
+            }
+        }
+    }
+
     /// Binds every handle a partner's requests touch.
-    pub fn bind_partner(&self, partner: &str) -> PartnerMetrics {
+    pub fn bind_partner(&self, partner: &str, certificates: bool) -> PartnerMetrics {
         PartnerMetrics {
             classes: Class::ALL.map(|c| {
                 self.families
-                    .bind_class(partner, c.as_str(), Stage::InClass)
+                    .bind_class(partner, c.as_str(), Stage::InClass, certificates)
             }),
-            unrouted: self.families.bind_class(partner, "none", Stage::Unrouted),
+            unrouted: self
+                .families
+                .bind_class(partner, "none", Stage::Unrouted, certificates),
             accounts_tracked: self.accounts_tracked.with_label_values(&[partner]),
             accounts_evicted: self.accounts_evicted.with_label_values(&[partner]),
         }

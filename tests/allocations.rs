@@ -59,6 +59,7 @@ fn gate(class_quota: &str, per_account: &str, ceiling: usize, capacity: &str) ->
     cfg.partners = vec![Partner {
         id: "wallet".into(),
         keys_sha256: vec![Sha256::digest(KEY.as_bytes()).into()],
+        client_cert_sha256: Vec::new(),
         quota: ClassQuotas([Some(rate("1000000/s")), None, Some(rate(class_quota))]),
         per_account: Some(rate(per_account)),
         max_tracked_accounts: ceiling,
@@ -75,6 +76,7 @@ fn parts<'r>(method: &'r Method, path: &'r str, key: Option<&'r str>) -> Request
         query: None,
         key: key.map(str::as_bytes),
         origin_user: false,
+        certificate: None,
     }
 }
 
@@ -173,6 +175,7 @@ fn every_denial_allocates_nothing() {
             gate("1000000/s", "1000000/s", 10_000, "1000000/s"),
             vec![RequestParts {
                 origin_user: true,
+                certificate: None,
                 ..parts(&Method::GET, "/v1/bills/1", Some(KEY))
             }],
             Reason::ClassClosed,

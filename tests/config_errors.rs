@@ -16,7 +16,7 @@ const PATH: &str = "expected a path like \"/v1/bills/{account}\"";
 const CASES: &[(&str, &[Expected])] = &[
     ("unknown_key.toml", &[(
         "partner[0].per_acount", 9, 1,
-        &["unknown key `per_acount`", "did you mean `per_account`?", "expected one of: id, keys_sha256, quota, per_account, max_tracked_accounts, mode"],
+        &["unknown key `per_acount`", "did you mean `per_account`?", "expected one of: id, keys_sha256, client_cert_sha256, quota, per_account, max_tracked_accounts, mode"],
     )]),
     ("bad_rate.toml", &[("partner[1].quota.inquiry_user", 12, 45, &[RATE, "\"x\" is not a period"])]),
     ("rate_spelling.toml", &[

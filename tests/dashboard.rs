@@ -34,6 +34,9 @@ const TOKEN: &str = "dashboard-admin-token";
 const PARTNERS: &str = "wallet-a|bank-b|paynow-c";
 /// The metric family another change is adding; its panels are checked once it exists.
 const CACHE_FAMILY: &str = "billgate_cache_requests_total";
+/// Exported only by a listener with `[server.tls]`, which this test's gateway has not:
+/// `tests/tls.rs` checks its value against a TLS gateway.
+const TLS_ONLY_FAMILY: &str = "billgate_tls_cert_expiry_seconds";
 
 const BREAKER: &str =
     "[biller.breaker]\nfailure_rate = 0.5\nwindow = \"10s\"\nmin_calls = 4\nopen_for = \"5s\"\n";
@@ -120,7 +123,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let mut results = BTreeMap::new();
     for (panel, expr) in panel_queries(&dashboard) {
         let query = substitute(&expr);
-        if query.contains(CACHE_FAMILY) && !cache_present {
+        if (query.contains(CACHE_FAMILY) && !cache_present) || query.contains(TLS_ONLY_FAMILY) {
             eprintln!("note: skipped \"{panel}\": {query}");
             continue;
         }

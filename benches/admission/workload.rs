@@ -102,6 +102,7 @@ impl Req {
             query: None,
             key: Some(self.key()),
             origin_user: false,
+            certificate: None,
         }
     }
 }
@@ -135,6 +136,7 @@ pub fn config(partners: usize, per_partner: usize, shape: Shape) -> Config {
         .map(|p| Partner {
             id: format!("partner-{p}"),
             keys_sha256: vec![sha256(&key(p))],
+            client_cert_sha256: Vec::new(),
             quota: config::ClassQuotas([Some(rate(HUGE)), Some(rate(HUGE)), Some(scheduled)]),
             per_account: Some(per_account),
             max_tracked_accounts: (2 * per_partner).max(config::DEFAULT_MAX_TRACKED_ACCOUNTS),

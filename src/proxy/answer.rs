@@ -93,7 +93,10 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::Denied(d) => match d.reason {
-                Reason::MissingKey | Reason::UnknownKey => StatusCode::UNAUTHORIZED,
+                Reason::MissingKey
+                | Reason::UnknownKey
+                | Reason::KeyCertificateMismatch
+                | Reason::CertificateRequired => StatusCode::UNAUTHORIZED,
                 Reason::NoRoute => StatusCode::NOT_FOUND,
                 Reason::BadAccount => StatusCode::BAD_REQUEST,
                 Reason::ClassClosed | Reason::Suspended => StatusCode::FORBIDDEN,
@@ -133,6 +136,8 @@ impl Refusal {
                 Reason::BillerBusy => "Biller busy",
                 Reason::BillerStrained => "Biller struggling; inquiries held back",
                 Reason::BadAccount => "Bill account not accepted",
+                Reason::KeyCertificateMismatch => "API key and client certificate disagree",
+                Reason::CertificateRequired => "Client certificate required",
             },
             Refusal::Suspended(_) => "Partner suspended",
             Refusal::BodyTooLarge { .. } => "Request body too large",
@@ -166,6 +171,8 @@ impl Refusal {
                     Reason::BreakerOpen => format!("the biller is failing, so the gateway holds {class} requests back instead of adding to its load; retry in {wait}s"),
                     Reason::BillerStrained => format!("the biller is failing or slowing down, so the gateway sends it fewer inquiries until it recovers (payments go first); retry in {wait}s"),
                     Reason::BillerBusy => format!("the biller has as many requests in hand as it can answer quickly; {class} requests wait for payments to go first; retry in {wait}s"),
+                    Reason::KeyCertificateMismatch => format!("the key in `{key_header}` does not belong to the partner the connection's client certificate identifies; send that partner's key, or none"),
+                    Reason::CertificateRequired => format!("{who} is identified by its client certificate: connect over TLS with one of its certificates (its key alone is not enough)"),
                     Reason::BadAccount => format!("the bill account must be at most {} bytes, with no encoded slash (%2F), no `..` or `.`, and no control character; nothing was sent to the biller", crate::admission::MAX_ACCOUNT_LEN),
                 }
             }
@@ -578,6 +585,8 @@ mod tests {
                         | Reason::ClassClosed
                         | Reason::Suspended
                         | Reason::BadAccount
+                        | Reason::KeyCertificateMismatch
+                        | Reason::CertificateRequired
                 ) {
                     template.retry_after = None;
                     template.limit = None;

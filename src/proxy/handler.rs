@@ -34,6 +34,7 @@ pub async fn handle(
     worker: Arc<Worker>,
     peer: HeaderValue,
     watch: Arc<Watch>,
+    certificate: Option<[u8; 32]>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     watch.busy();
@@ -46,7 +47,12 @@ pub async fn handle(
         .access_log
         .then(tokio::time::Instant::now);
     let mut log = AccessLog::default();
-    let response = serve(&worker, snapshot, peer, &watch, request, &mut log).await;
+    let connection = Connection {
+        peer,
+        watch: &watch,
+        certificate: certificate.as_ref(),
+    };
+    let response = serve(&worker, snapshot, connection, request, &mut log).await;
     if let Some(started) = started {
         log.emit(snapshot, response.status(), started.elapsed());
     }
@@ -59,14 +65,27 @@ pub async fn handle(
     Ok(response)
 }
 
+/// What a request knows of the connection it came on.
+struct Connection<'c> {
+    /// `X-Forwarded-For`'s value for the partner's address.
+    peer: HeaderValue,
+    watch: &'c Watch,
+    /// The SHA-256 of the client certificate its TLS handshake verified.
+    certificate: Option<&'c [u8; 32]>,
+}
+
 async fn serve(
     worker: &Arc<Worker>,
     snapshot: &Arc<Snapshot>,
-    peer: HeaderValue,
-    watch: &Watch,
+    connection: Connection<'_>,
     request: Request<Incoming>,
     log: &mut AccessLog,
 ) -> Response<ProxyBody> {
+    let Connection {
+        peer,
+        watch,
+        certificate,
+    } = connection;
     let shared = worker.shared();
     let server = &snapshot.config.server;
     let (parts, body) = request.into_parts();
@@ -91,6 +110,7 @@ async fn serve(
             .headers
             .get(&server.origin_header)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"user")),
+        certificate,
     });
     let classified = match classified {
         Ok(classified) => classified,

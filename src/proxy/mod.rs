@@ -15,6 +15,7 @@ mod lengths;
 mod pool;
 mod server;
 mod snapshot;
+mod sniff;
 mod upstream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,8 @@ pub struct Shared {
     coalescer: Coalescer<cached::Fetched>,
     /// Whether the biller accepted a connection at the last probe.
     biller_reachable: AtomicBool,
+    /// The partner listener's TLS, swapped by reloads: each handshake reads it once.
+    tls: arc_swap::ArcSwapOption<crate::tls::ListenerTls>,
 }
 
 impl Shared {
@@ -80,6 +83,7 @@ impl Shared {
             cache,
             coalescer,
             biller_reachable: AtomicBool::new(false),
+            tls: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -111,6 +115,16 @@ impl Shared {
             &self.suspensions,
         );
         self.snapshot.store(Arc::new(next));
+    }
+
+    /// The partner listener's TLS now: `None` for plain HTTP.
+    pub fn tls(&self) -> Option<Arc<crate::tls::ListenerTls>> {
+        self.tls.load_full()
+    }
+
+    /// Puts `tls` in place for the handshakes from now on.
+    pub fn set_tls(&self, tls: Option<crate::tls::ListenerTls>) {
+        self.tls.store(tls.map(Arc::new));
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -11,15 +11,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::accept::Acceptor;
-use super::heads::{Heads, MAX_BUFFERED, MAX_HEAD};
+use super::heads::{Heads, HEAD_TIMEOUT, MAX_BUFFERED, MAX_HEAD};
+use super::sniff::{sniff, Prefixed};
 use super::{handler, headers, BillerPool, Shared, Snapshot};
 
 /// What one worker serves requests with: the shared state, its own biller pool and its own
@@ -29,6 +30,160 @@ pub struct Worker {
     shared: Arc<Shared>,
     pool: Arc<BillerPool>,
     current: ArcSwap<Current>,
+}
+
+/// An accepted partner connection, about to be served by its worker.
+struct Connection<'w> {
+    worker: Arc<Worker>,
+    heads: Arc<Heads>,
+    graceful: &'w GracefulShutdown,
+    peer: SocketAddr,
+}
+
+/// HTTP/2 bounds per partner connection: streams at once, and streams the partner resets
+/// before they are answered (rapid reset, CVE-2023-44487) or makes the gateway reset — past
+/// either, hyper sends GOAWAY and closes the connection.
+const H2_MAX_STREAMS: u32 = 100;
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_LOCAL_RESETS: usize = 100;
+
+impl Connection<'_> {
+    /// The TLS handshake, bounded by the head timeout, then the connection served with the
+    /// protocol ALPN chose. A failed or slow handshake is counted by reason and dropped.
+    fn handshake(self, stream: TcpStream, tls: Arc<crate::tls::ListenerTls>) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
+        let Connection {
+            worker,
+            heads,
+            graceful,
+            peer,
+        } = self;
+        let graceful = graceful.watcher();
+        tokio::spawn(async move {
+            let accepted = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await;
+            let stream = match accepted {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    let reason = crate::tls::failure_reason(&error);
+                    worker.shared.metrics().tls_handshake_failed(reason);
+                    tracing::debug!(%error, %peer, reason, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    worker.shared.metrics().tls_handshake_failed("timeout");
+                    return;
+                }
+            };
+            let (_, session) = stream.get_ref();
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let certificate = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| crate::tls::fingerprint(leaf));
+            let (stream, watch) = heads.watch(stream);
+            let service = service(&worker, peer, watch, certificate);
+            run(TokioIo::new(stream), h2, service, graceful, peer).await;
+        });
+    }
+
+    /// Serves a plain connection: HTTP/1.1, or HTTP/2 when it opens with the preface (h2c by
+    /// prior knowledge). The first bytes are read under the head timeout like any head.
+    fn serve(self, stream: TcpStream) {
+        let Connection {
+            worker,
+            heads,
+            graceful,
+            peer,
+        } = self;
+        let (mut stream, watch) = heads.watch(stream);
+        let graceful = graceful.watcher();
+        tokio::spawn(async move {
+            let Ok((h2, read)) = sniff(&mut stream).await else {
+                return;
+            };
+            let stream = TokioIo::new(Prefixed::new(read, stream));
+            let service = service(&worker, peer, watch, None);
+            run(stream, h2, service, graceful, peer).await;
+        });
+    }
+}
+
+/// Serves one connection, HTTP/2 or HTTP/1.1, until it ends or the gateway shuts down.
+async fn run<I, S>(stream: I, h2: bool, service: S, graceful: Watcher, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = super::body::ProxyBody>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let ended = if h2 {
+        graceful
+            .watch(h2_builder().serve_connection(stream, service))
+            .await
+    } else {
+        graceful
+            .watch(h1_builder().serve_connection(stream, service))
+            .await
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%error, %peer, h2, "connection ended with an error");
+    }
+}
+
+/// The request service of one connection.
+fn service(
+    worker: &Arc<Worker>,
+    peer: SocketAddr,
+    watch: Arc<super::heads::Watch>,
+    certificate: Option<[u8; 32]>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::body::ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<http::Response<super::body::ProxyBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    let worker = Arc::clone(worker);
+    let forwarded = headers::forwarded_for(peer.ip());
+    service_fn(move |request| {
+        handler::handle(
+            Arc::clone(&worker),
+            forwarded.clone(),
+            Arc::clone(&watch),
+            certificate,
+            request,
+        )
+    })
+}
+
+fn h1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        // Slow and idle heads are cut off by the worker's sweep (`heads`), for less than
+        // hyper's timer per request head costs.
+        .header_read_timeout(None::<Duration>)
+        // Answers are small (a bill, a receipt, a refusal): copying the body after the head and
+        // writing once costs fewer instructions than hyper's queue of buffers for `writev`
+        // (−1.2% per forwarded request, −2.8% per refusal).
+        .writev(false)
+        .max_buf_size(MAX_BUFFERED)
+        .max_header_size(MAX_HEAD);
+    builder
+}
+
+fn h2_builder() -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(MAX_HEAD).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
+    builder
 }
 
 /// The worker's handle on one snapshot.
@@ -198,34 +353,16 @@ async fn work(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (stream, watch) = heads.watch(stream);
-                let worker = Arc::clone(&worker);
-                let forwarded = headers::forwarded_for(peer.ip());
-                let service = service_fn(move |request| {
-                    handler::handle(
-                        Arc::clone(&worker),
-                        forwarded.clone(),
-                        Arc::clone(&watch),
-                        request,
-                    )
-                });
-                let connection = http1::Builder::new()
-                    // Slow and idle heads are cut off by the worker's sweep (`heads`), for
-                    // less than hyper's timer per request head costs.
-                    .header_read_timeout(None::<Duration>)
-                    // Answers are small (a bill, a receipt, a refusal): copying the body after
-                    // the head and writing once costs fewer instructions than hyper's queue of
-                    // buffers for `writev` (−1.2% per forwarded request, −2.8% per refusal).
-                    .writev(false)
-                    .max_buf_size(MAX_BUFFERED)
-                    .max_header_size(MAX_HEAD)
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, %peer, "connection ended with an error");
-                    }
-                });
+                let connection = Connection {
+                    worker: Arc::clone(&worker),
+                    heads: Arc::clone(&heads),
+                    graceful: &graceful,
+                    peer,
+                };
+                match worker.shared.tls() {
+                    None => connection.serve(stream),
+                    Some(tls) => connection.handshake(stream, tls),
+                }
             }
             _ = shutdown.changed() => break,
         }

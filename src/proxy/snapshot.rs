@@ -120,7 +120,7 @@ impl Snapshot {
             .partners
             .iter()
             .map(|p| PartnerRuntime {
-                metrics: metrics.bind_partner(&p.id),
+                metrics: metrics.bind_partner(&p.id, !p.client_cert_sha256.is_empty()),
                 // Partner ids are validated to `[a-z0-9_-]`, always a valid header value.
                 header_value: HeaderValue::from_str(&p.id)
                     .unwrap_or(HeaderValue::from_static("invalid")),

@@ -23,6 +23,7 @@ fn partner(id: &str, key: &str, quotas: [Option<&str>; 3], per_account: Option<&
     Partner {
         id: id.into(),
         keys_sha256: vec![digest(key)],
+        client_cert_sha256: Vec::new(),
         quota: ClassQuotas(quotas.map(|q| q.map(rate))),
         per_account: per_account.map(rate),
         max_tracked_accounts: 3,
@@ -120,6 +121,7 @@ fn inquiry<'r>(key: &'r str, path: &'r str, user: bool) -> RequestParts<'r> {
         query: None,
         key: Some(key.as_bytes()),
         origin_user: user,
+        certificate: None,
     }
 }
 
@@ -130,6 +132,7 @@ fn payment(key: &str) -> RequestParts<'_> {
         query: None,
         key: Some(key.as_bytes()),
         origin_user: false,
+        certificate: None,
     }
 }
 
@@ -175,6 +178,65 @@ fn identifies_classifies_and_admits() {
         panic!("denied")
     };
     assert_eq!((a.class, a.account), (Class::Payment, None));
+}
+
+/// A verified client certificate identifies its partner; a key beside it must be that
+/// partner's; a partner listing certificates is not reached by its key alone.
+#[test]
+fn a_client_certificate_identifies_its_partner_and_a_key_must_agree() {
+    let (clock, _) = Clock::fake();
+    let mut bank = partner("bank-b", "kb", [Some("10/s"), Some("10/s"), None], None);
+    bank.client_cert_sha256 = vec![[0xa0; 32], CERT_B];
+    let wallet = partner("wallet-a", "ka", [Some("10/s"), None, None], None);
+    let gate = Gate::build(
+        &config("100/s", vec![wallet, bank]),
+        None,
+        &clock,
+        &Suspensions::default(),
+    );
+    let bank_id = PartnerId::new(1);
+    let with = |key: Option<&'static str>, certificate: Option<&'static [u8; 32]>| RequestParts {
+        key: key.map(str::as_bytes),
+        certificate,
+        ..payment("")
+    };
+    static CERT_B: [u8; 32] = [0xb0; 32];
+    static STRANGER: [u8; 32] = [0xee; 32];
+    // Certificate alone, or with the same partner's key.
+    for request in [with(None, Some(&CERT_B)), with(Some("kb"), Some(&CERT_B))] {
+        let Decision::Admit(a) = gate.decide(&request) else {
+            panic!("denied")
+        };
+        assert_eq!((a.partner, a.class), (bank_id, Class::Payment));
+    }
+    let denied = |request: RequestParts<'_>| match gate.decide(&request) {
+        Decision::Deny(d) => (d.reason, d.partner),
+        Decision::Admit(a) => panic!("admitted as {:?}", a.partner),
+    };
+    // Another partner's key, or a key of no one, beside the certificate.
+    assert_eq!(
+        denied(with(Some("ka"), Some(&CERT_B))),
+        (Reason::KeyCertificateMismatch, Some(bank_id))
+    );
+    assert_eq!(
+        denied(with(Some("nobody"), Some(&CERT_B))),
+        (Reason::KeyCertificateMismatch, Some(bank_id))
+    );
+    // The bank's key without its certificate, or with a certificate no partner lists.
+    assert_eq!(
+        denied(with(Some("kb"), None)),
+        (Reason::CertificateRequired, Some(bank_id))
+    );
+    assert_eq!(
+        denied(with(Some("kb"), Some(&STRANGER))),
+        (Reason::CertificateRequired, Some(bank_id))
+    );
+    // A certificate no one lists identifies no one: the key decides, as without TLS.
+    let Decision::Admit(a) = gate.decide(&with(Some("ka"), Some(&STRANGER))) else {
+        panic!("denied")
+    };
+    assert_eq!(a.partner, PartnerId::new(0));
+    assert_eq!(denied(with(None, Some(&STRANGER))).0, Reason::MissingKey);
 }
 
 #[test]

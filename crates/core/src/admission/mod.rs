@@ -24,6 +24,7 @@ mod route;
 mod shed;
 mod suspension;
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct RequestParts<'r> {
     pub query: Option<&'r str>,
     /// The value of the key header, if present.
     pub key: Option<&'r [u8]>,
+    /// The SHA-256 of the client certificate the connection's TLS handshake verified, if any.
+    pub certificate: Option<&'r [u8; 32]>,
     /// True when the origin header says `user` (a person is waiting).
     pub origin_user: bool,
 }
@@ -77,11 +80,15 @@ pub enum Reason {
     /// The bill account in the path or query is unfit to forward (see
     /// [`account_ok`]).
     BadAccount,
+    /// The key and the client certificate belong to different partners (or the key to none).
+    KeyCertificateMismatch,
+    /// The key's partner lists client certificates, and the connection presented none of them.
+    CertificateRequired,
 }
 
 impl Reason {
     /// Every reason, for binding metric handles up front.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::MissingKey,
         Reason::UnknownKey,
         Reason::NoRoute,
@@ -96,6 +103,8 @@ impl Reason {
         Reason::BillerBusy,
         Reason::BillerStrained,
         Reason::BadAccount,
+        Reason::KeyCertificateMismatch,
+        Reason::CertificateRequired,
     ];
 
     /// The label used in metrics and in problem bodies.
@@ -115,6 +124,8 @@ impl Reason {
             Reason::BillerBusy => "biller_busy",
             Reason::BillerStrained => "biller_strained",
             Reason::BadAccount => "bad_account",
+            Reason::KeyCertificateMismatch => "key_certificate_mismatch",
+            Reason::CertificateRequired => "certificate_required",
         }
     }
 
@@ -212,6 +223,8 @@ pub struct PartnerGate {
     /// The per-account limit, its accounts kept in the gate's [`AccountTable`].
     pub accounts: Option<AccountLimiter>,
     pub id: Arc<str>,
+    /// The partner lists client certificates: its key alone does not identify it.
+    pub needs_certificate: bool,
 }
 
 impl PartnerGate {
@@ -243,6 +256,9 @@ fn card_of(gate: &PartnerGate) -> Card {
 /// Everything the decision needs, built from one configuration.
 pub struct Gate {
     keys: KeyIndex,
+    /// Client certificate fingerprints → partner: few, and looked up only for a request on a
+    /// connection that presented a verified certificate.
+    certificates: HashMap<[u8; 32], PartnerId>,
     router: Router,
     /// Every partner's per-account state; carried from one gate to the next.
     accounts: Arc<AccountTable>,
@@ -304,6 +320,7 @@ impl Gate {
                     quotas,
                     accounts,
                     cell,
+                    needs_certificate: !p.client_cert_sha256.is_empty(),
                 }
             })
             .collect::<Vec<_>>();
@@ -320,6 +337,16 @@ impl Gate {
                     .zip(&partners)
                     .map(|(p, gate)| (&p.keys_sha256[..], card_of(gate))),
             ),
+            certificates: config
+                .partners
+                .iter()
+                .enumerate()
+                .flat_map(|(i, p)| {
+                    p.client_cert_sha256
+                        .iter()
+                        .map(move |digest| (*digest, PartnerId::new(i)))
+                })
+                .collect(),
             router: Router::new(config.routes.clone()),
             accounts: table,
             partners: partners.into(),
@@ -402,15 +429,20 @@ impl Gate {
             limit: None,
             retry_after: None,
         };
-        let Some(key) = req.key else {
+        // A verified client certificate names its partner outright; a key with it must name
+        // the same one.
+        let by_certificate = req
+            .certificate
+            .and_then(|digest| self.certificates.get(digest).copied());
+        if req.key.is_none() && by_certificate.is_none() {
             return Err(deny(Reason::MissingKey, None, None, None));
-        };
+        }
         // The key's hint and entry are asked for first. Routing reads only the request and
         // the router, so it runs while they are on their way. The account's slot depends only
         // on the account number, so it is asked for as soon as routing has found the number;
         // then the partner's gate and cell are asked for the moment the key's hint names the
         // partner.
-        let asked = self.keys.ask(key);
+        let asked = req.key.map(|key| self.keys.ask(key));
         let matched = self.router.find(req.method, req.path, req.query);
         let class = matched.map(|m| match m.class {
             RouteClass::Payment => Class::Payment,
@@ -432,8 +464,28 @@ impl Gate {
             }
             crate::memory::prefetch_address(self.cell_address(slot));
         };
-        let Some(partner) = self.keys.find_asked(asked, early) else {
-            return Err(deny(Reason::UnknownKey, None, None, None));
+        let found = asked.map(|asked| self.keys.find_asked(asked, early));
+        let partner = match (found, by_certificate) {
+            (None, Some(by_cert)) => {
+                early(by_cert, card_of(&self.partners[by_cert]));
+                by_cert
+            }
+            (Some(Some(by_key)), Some(by_cert)) if by_key == by_cert => by_key,
+            (Some(_), Some(by_cert)) => {
+                return Err(deny(
+                    Reason::KeyCertificateMismatch,
+                    Some(by_cert),
+                    None,
+                    None,
+                ))
+            }
+            (Some(Some(by_key)), None) if self.partners[by_key].needs_certificate => {
+                return Err(deny(Reason::CertificateRequired, Some(by_key), None, None));
+            }
+            (Some(Some(by_key)), None) => by_key,
+            (Some(None), None) | (None, None) => {
+                return Err(deny(Reason::UnknownKey, None, None, None))
+            }
         };
         let gate = &self.partners[partner];
         if let Some(class) = class {

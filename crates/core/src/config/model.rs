@@ -331,6 +331,9 @@ pub struct Partner {
     pub id: String,
     /// SHA-256 digests of the partner's API keys (several, for rotation).
     pub keys_sha256: Vec<[u8; 32]>,
+    /// SHA-256 digests of the partner's client certificates (DER), several for rotation. A
+    /// partner that lists any is reached only from a connection that presented one of them.
+    pub client_cert_sha256: Vec<[u8; 32]>,
     pub quota: ClassQuotas,
     /// How often one bill account may be asked about (inquiries only); `None`: no limit.
     pub per_account: Option<Rate>,

@@ -10,6 +10,7 @@ use super::rate::parse_rate;
 pub(crate) const PARTNER_KEYS: &[&str] = &[
     "id",
     "keys_sha256",
+    "client_cert_sha256",
     "quota",
     "per_account",
     "max_tracked_accounts",
@@ -29,6 +30,7 @@ struct Read {
     partner: Option<Partner>,
     id: Option<(String, At<()>)>,
     keys: Vec<([u8; 32], At<()>)>,
+    certificates: Vec<([u8; 32], At<()>)>,
 }
 
 /// Every `[[partner]]`, in file order; `None` when any has an error (all reported).
@@ -41,6 +43,7 @@ pub(crate) fn partners(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<
 
     let mut ids: HashMap<&str, &At<()>> = HashMap::new();
     let mut hashes: HashMap<[u8; 32], &At<()>> = HashMap::new();
+    let mut certificates: HashMap<[u8; 32], &At<()>> = HashMap::new();
     for item in read.iter().flatten() {
         if let Some((id, at)) = &item.id {
             if let Some(first) = ids.get(id.as_str()) {
@@ -54,22 +57,41 @@ pub(crate) fn partners(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<
                 ids.insert(id, at);
             }
         }
-        for (hash, at) in &item.keys {
-            if let Some(first) = hashes.get(hash) {
-                let message = format!(
-                    "this key hash is also at {} ({}); one key must identify one partner",
-                    first.path,
-                    errors.source.location(first.span.start)
-                );
-                errors.push(at.span.clone(), &at.path, message);
-            } else {
-                hashes.insert(*hash, at);
-            }
-        }
+        once_each(errors, &mut hashes, &item.keys, "key hash", "key");
+        once_each(
+            errors,
+            &mut certificates,
+            &item.certificates,
+            "certificate fingerprint",
+            "certificate",
+        );
     }
     read.into_iter()
         .map(|r| r.and_then(|r| r.partner))
         .collect()
+}
+
+/// Reports each digest of `listed` already in `seen` (at both places: one `thing` must
+/// identify one partner), and adds the others to it.
+fn once_each<'r>(
+    errors: &mut Errors<'_>,
+    seen: &mut HashMap<[u8; 32], &'r At<()>>,
+    listed: &'r [([u8; 32], At<()>)],
+    what: &str,
+    thing: &str,
+) {
+    for (digest, at) in listed {
+        if let Some(first) = seen.get(digest) {
+            let message = format!(
+                "this {what} is also at {} ({}); one {thing} must identify one partner",
+                first.path,
+                errors.source.location(first.span.start)
+            );
+            errors.push(at.span.clone(), &at.path, message);
+        } else {
+            seen.insert(*digest, at);
+        }
+    }
 }
 
 fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
@@ -85,26 +107,36 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
         "keys_sha256",
         "key hashes as strings of 64 hex characters",
     );
-    match (&listed, t.get("keys_sha256")) {
-        // A partner no request can be identified as is a mistake, not a state to run in.
-        (None, _) => t.missing(
-            errors,
-            "keys_sha256",
-            "at least one key hash (`billgate hash-key` prints one); a partner without a key can never be identified",
-        ),
-        (Some(hashes), Some(value)) if hashes.is_empty() && errors.count() == before => {
-            errors.push(
-                value.span(),
-                &t.child("keys_sha256"),
-                "expected at least one key hash (`billgate hash-key` prints one); a partner without a key can never be identified".to_string(),
-            );
+    let listed_certificates = t.strings(
+        errors,
+        "client_cert_sha256",
+        "certificate fingerprints as strings of 64 hex characters",
+    );
+    // A partner no request can be identified as is a mistake, not a state to run in.
+    let never = "at least one key hash (`billgate hash-key` prints one) or client certificate fingerprint (`billgate hash-cert`); a partner without either can never be identified";
+    let none_listed = |list: &Option<Vec<At<&str>>>| list.as_ref().is_none_or(Vec::is_empty);
+    if errors.count() == before && none_listed(&listed) && none_listed(&listed_certificates) {
+        match t.get("keys_sha256").or(t.get("client_cert_sha256")) {
+            Some(value) => {
+                let key = if t.get("keys_sha256").is_some() {
+                    "keys_sha256"
+                } else {
+                    "client_cert_sha256"
+                };
+                errors.push(value.span(), &t.child(key), format!("expected {never}"));
+            }
+            None => t.missing(errors, "keys_sha256", never),
         }
-        _ => {}
     }
     let keys: Vec<([u8; 32], At<()>)> = listed
         .unwrap_or_default()
         .iter()
         .filter_map(|at| Some((errors.parse(at, key_hash)?, place(at))))
+        .collect();
+    let certificates: Vec<([u8; 32], At<()>)> = listed_certificates
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|at| Some((errors.parse(at, certificate_hash)?, place(at))))
         .collect();
     let quota = match t.table(errors, "quota", QUOTA_KEYS) {
         Some(q) => {
@@ -144,6 +176,7 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
         (true, Some((id, _)), Some(per_account), Some(mode)) => Some(Partner {
             id: id.clone(),
             keys_sha256: keys.iter().map(|(hash, _)| *hash).collect(),
+            client_cert_sha256: certificates.iter().map(|(hash, _)| *hash).collect(),
             quota,
             per_account,
             max_tracked_accounts,
@@ -151,7 +184,12 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
         }),
         _ => None,
     };
-    Read { partner, id, keys }
+    Read {
+        partner,
+        id,
+        keys,
+        certificates,
+    }
 }
 
 fn place<T>(at: &At<T>) -> At<()> {
@@ -178,6 +216,27 @@ fn partner_id(text: &str) -> Result<String, String> {
             text.escape_debug()
         ))
     }
+}
+
+/// A certificate's SHA-256: 64 hex characters, colons between bytes allowed (as `openssl x509
+/// -fingerprint -sha256` prints it).
+fn certificate_hash(text: &str) -> Result<[u8; 32], String> {
+    const EXPECTED: &str =
+        "a certificate's SHA-256 as 64 hex characters (`billgate hash-cert FILE.pem` prints it)";
+    let digits: String = text.chars().filter(|&c| c != ':').collect();
+    let length = digits.chars().count();
+    if length != 64 {
+        return Err(format!("{EXPECTED}; this one has {length} hex characters"));
+    }
+    if let Some(c) = digits.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{EXPECTED}; '{}' is not a hex digit",
+            c.escape_debug()
+        ));
+    }
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(&digits, &mut digest).map_err(|e| format!("{EXPECTED}; {e}"))?;
+    Ok(digest)
 }
 
 /// 64 hex characters. The value is never repeated in the message: it may be a key pasted by
@@ -271,6 +330,44 @@ mod tests {
                 errors[0].message
             );
         }
+    }
+
+    #[test]
+    fn a_partner_may_be_identified_by_certificates_alone_and_each_names_one_partner() {
+        let fingerprint = "AB:".repeat(31) + "AB";
+        let other = "cd".repeat(32);
+        let text = format!(
+            "[[partner]]\nid = \"bank-b\"\nclient_cert_sha256 = [\"{fingerprint}\", \"{other}\"]\n"
+        );
+        let (partners, errors) = run(&text);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let p = partners.unwrap_or_default();
+        assert!(p[0].keys_sha256.is_empty());
+        assert_eq!(p[0].client_cert_sha256, vec![[0xab; 32], [0xcd; 32]]);
+
+        let text = format!("[[partner]]\nid = \"a\"\nclient_cert_sha256 = [\"{other}\"]\n\n[[partner]]\nid = \"b\"\nclient_cert_sha256 = [\"abc\", \"{}\"]\n", other.to_uppercase());
+        let (partners, errors) = run(&text);
+        assert!(partners.is_none());
+        assert_eq!(
+            paths(&errors),
+            [
+                "partner[1].client_cert_sha256[0]",
+                "partner[1].client_cert_sha256[1]"
+            ]
+        );
+        assert!(
+            errors[0].message.contains("hash-cert"),
+            "{}",
+            errors[0].message
+        );
+        assert!(
+            errors[1]
+                .message
+                .contains("partner[0].client_cert_sha256[0]"),
+            "{}",
+            errors[1].message
+        );
+        assert_eq!((errors[1].line, errors[1].column), (7, 30));
     }
 
     #[test]

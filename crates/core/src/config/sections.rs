@@ -2,7 +2,6 @@
 //! then the rules that tie keys together.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -122,20 +121,9 @@ pub(crate) fn server(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Se
         "a number of bytes from 4096 to 67108864 (64 MiB), like 8388608",
         DEFAULT_MAX_CONFIG_BYTES,
     );
-    let path = |errors: &mut Errors<'_>, key: &str, expected: &str| -> Option<Option<PathBuf>> {
-        match t.string(errors, key, expected) {
-            Some(at) if at.value.trim().is_empty() => {
-                errors.push(
-                    at.span,
-                    &at.path,
-                    format!("expected {expected}, found an empty string"),
-                );
-                None
-            }
-            Some(at) => Some(Some(PathBuf::from(at.value))),
-            None if t.get(key).is_some() => None,
-            None => Some(None),
-        }
+    let path = |errors: &mut Errors<'_>, key: &str, expected: &str| {
+        t.file(errors, key, expected)
+            .map(|file| file.map(|file| file.path))
     };
     let admin_token_file = path(
         errors,
