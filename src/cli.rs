@@ -92,6 +92,12 @@ pub enum Command {
         /// Latency when idle, as a duration (`5ms`).
         #[arg(long, default_value = "5ms")]
         base_latency: String,
+        /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM: PKCS#8, RSA or SEC1); needs --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Replay the 2014 polling storm in-process (stand-in biller, gateway, three partners) and
     /// report what reached the biller and what each partner got; exit 1 if a check fails.

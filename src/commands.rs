@@ -29,6 +29,10 @@ pub async fn serve(
             return Ok(ExitCode::FAILURE);
         }
     };
+    if with_biller && config.biller.url.tls {
+        eprintln!("error: --with-biller starts a plain-HTTP stand-in, and [biller] url is {}: start the stand-in alone with `billgate biller --tls-cert FILE --tls-key FILE` instead", config.biller.url);
+        return Ok(ExitCode::FAILURE);
+    }
     raise_open_files();
     let signals = Signals::register()?;
     let clock = Clock::real();
@@ -59,7 +63,18 @@ pub async fn serve(
         config_path: Some(config_path),
         ..gateway::Options::default()
     };
-    let gateway = Gateway::start(config, options).await?;
+    let gateway = match Gateway::start(config, options).await {
+        Ok(gateway) => gateway,
+        // A file the configuration names (for TLS to the biller) could not be used: told at
+        // its key, as every configuration error is.
+        Err(error) => match error.downcast_ref::<ConfigErrors>() {
+            Some(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::FAILURE);
+            }
+            None => return Err(error),
+        },
+    };
     let pid_file = pid_file.map(PidFile::write).transpose()?;
     signals.serve(&gateway).await;
     tracing::info!("shutting down: no new connections, finishing open requests");
@@ -205,13 +220,14 @@ fn load_file(path: &Path, cap: u64) -> Result<Config, ConfigErrors> {
 }
 
 /// `billgate check`, and with `diff_from`, `billgate check --diff OLD.toml`: both files are
-/// validated in full; errors in either are printed and the exit code is 1. Guardrails are
+/// validated in full (and the new one's TLS files for the biller read); errors in either are
+/// printed and the exit code is 1. Guardrails are
 /// warnings here: exit 0.
 pub fn check(path: &Path, diff_from: Option<&Path>, max_config_bytes: u64) -> ExitCode {
-    // The files the configuration names (certificates, keys) are read too: `check` passes only
-    // what `serve` and a reload would take.
+    // The files the configuration names (certificates, keys, CAs, of both legs) are read too:
+    // `check` passes only what `serve` and a reload would take.
     let new = load_file(path, max_config_bytes)
-        .and_then(|config| crate::tls::load(&config).map(|_| config));
+        .and_then(|config| crate::biller_tls::load_both(&config).map(|_| config));
     let old = diff_from.map(|old| load_file(old, max_config_bytes));
     let (new, old) = match (new, old) {
         (Ok(new), None) => (new, None),
@@ -307,11 +323,15 @@ pub fn hash_cert(file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `billgate biller`
+/// The most bytes read from the stand-in biller's certificate or key file.
+const PEM_FILE_CAP: u64 = 16 * 1024 * 1024;
+
+/// `billgate biller`, in TLS with `tls` (the certificate chain's and the key's paths).
 pub async fn biller(
     listen: std::net::SocketAddr,
     capacity: &str,
     base_latency: &str,
+    tls: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<ExitCode> {
     let capacity =
         config::parse_rate(capacity).map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?;
@@ -320,17 +340,33 @@ pub async fn biller(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let tls = match tls {
+        Some((cert, key)) => {
+            let read = |flag: &str, path: &Path| {
+                config::read_regular_file(path, PEM_FILE_CAP)
+                    .with_context(|| format!("{flag}: cannot read {}", path.display()))
+            };
+            let (cert_pem, key_pem) = (read("--tls-cert", &cert)?, read("--tls-key", &key)?);
+            let tls = billgate_sim::biller::server_config(&cert_pem, &key_pem)
+                .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
+            Some(tls)
+        }
+        None => None,
+    };
     let options = BillerOptions {
         capacity_per_sec: capacity.per_second(),
         base_latency,
         ..BillerOptions::default()
     };
-    tracing::info!(%listen, capacity = %capacity, "stand-in biller listening");
-    StandInBiller::new(options, Clock::real())
-        .serve(listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let biller = StandInBiller::new(options, Clock::real());
+    let stopped = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tracing::info!(%listen, capacity = %capacity, tls = tls.is_some(), "stand-in biller listening");
+    match tls {
+        Some(tls) => biller.serve_tls(listener, tls, stopped).await?,
+        None => biller.serve(listener, stopped).await?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 

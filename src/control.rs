@@ -229,16 +229,17 @@ impl Control {
         // The running configuration says how much may be read: a file swapped in at the path
         // cannot make the gateway read more than the operators allowed.
         let cap = self.shared.snapshot().config.server.max_config_bytes;
-        // The certificate and key files are read with the configuration, under the same time
-        // limit: a reload whose TLS files are bad changes nothing.
+        // The certificate, key and CA files of both legs are read with the configuration, on
+        // the same thread and under the same time limit: a reload naming a bad one changes
+        // nothing.
         let load = move || {
             let config = config::load_file_within(
                 &path,
                 cap,
                 "the running configuration's [server] max_config_bytes",
             )?;
-            let tls = crate::tls::load(&config)?;
-            Ok((config, tls))
+            let (tls, biller_tls) = crate::biller_tls::load_both(&config)?;
+            Ok((config, tls, biller_tls))
         };
         let deadline = tokio::time::sleep(LOAD_TIME_LIMIT);
         let loaded = match bounded(&self.reading, deadline, load).await {
@@ -254,7 +255,7 @@ impl Control {
                 &shown, error,
             ))),
         };
-        let (next, tls) = loaded.map_err(ReloadError::Invalid)?;
+        let (next, tls, biller_tls) = loaded.map_err(ReloadError::Invalid)?;
         let running = self.shared.snapshot_full();
         let change = config::diff(&running.config, &next);
         let hits: Vec<String> = change
@@ -271,7 +272,7 @@ impl Control {
             diff: change.to_string(),
             warnings: next.warnings.iter().map(ToString::to_string).collect(),
         };
-        self.shared.install(next);
+        self.shared.install(next, biller_tls);
         self.shared.set_tls(tls);
         if let Err(error) = self.read_token() {
             tracing::error!("{error}; the previous admin token stays");

@@ -94,9 +94,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds both listeners (port 0 picks a free port) and starts serving.
+    /// Reads the files the configuration names for TLS (the partner listener's and the
+    /// biller's), binds both listeners (port 0 picks a free port) and starts serving.
+    ///
+    /// # Errors
+    /// A file the configuration names cannot be read or used: the error is the located
+    /// [`crate::config::ConfigErrors`] (`downcast_ref` finds it). A listener cannot be bound.
     pub async fn start(config: Config, options: Options) -> anyhow::Result<Gateway> {
-        let tls = crate::tls::load(&config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+        let (tls, biller_tls) = crate::biller_tls::load_both(&config)?;
         let listener = listen(config.server.listen, config.server.listen_backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let admin = TcpListener::bind(config.server.admin_listen)
@@ -111,6 +116,7 @@ impl Gateway {
         let admin_addr = admin.local_addr()?;
         let shared = Arc::new(Shared::new(
             config,
+            biller_tls,
             options.clock.clone(),
             Suspensions::default(),
         )?);

@@ -16,6 +16,7 @@ pub use billgate_core::{
 };
 
 pub mod admin;
+pub mod biller_tls;
 pub mod cli;
 pub mod coalesce;
 mod commands;
@@ -64,8 +65,12 @@ pub fn run(opts: Opts) -> ExitCode {
             listen,
             capacity,
             base_latency,
+            tls_cert,
+            tls_key,
         } => {
-            runtime().and_then(|rt| rt.block_on(commands::biller(listen, &capacity, &base_latency)))
+            let tls = tls_cert.zip(tls_key);
+            runtime()
+                .and_then(|rt| rt.block_on(commands::biller(listen, &capacity, &base_latency, tls)))
         }
         Command::Storm(args) => runtime().and_then(|rt| rt.block_on(commands::storm(args))),
         Command::Polls(args) => runtime().and_then(|rt| rt.block_on(commands::polls(args))),

@@ -276,6 +276,8 @@ async fn stats_count_exactly_and_control_paths_are_not_load() {
             "received": 5, "served": 3, "failed_overload": 0, "failed_down": 0,
             "failed_brownout": 0, "inquiries": 3, "payments": 1, "down": false,
             "times_down": 0, "current_rate": 0.0,
+            // Its client reuses one connection; in plain TCP there is no handshake.
+            "connections": 1, "tls_handshakes": 0,
         })
     );
     b.hand.advance(Duration::from_millis(100));

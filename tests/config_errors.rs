@@ -9,7 +9,7 @@ use billgate::config::{load_file, ConfigError};
 type Expected = (&'static str, usize, usize, &'static [&'static str]);
 
 const RATE: &str = "expected a rate like \"50/s\"";
-const URL: &str = "expected an http URL like \"http://127.0.0.1:9000\"";
+const URL: &str = "expected an http or https URL like \"http://127.0.0.1:9000\"";
 const PATH: &str = "expected a path like \"/v1/bills/{account}\"";
 
 #[rustfmt::skip]
@@ -41,7 +41,14 @@ const CASES: &[(&str, &[Expected])] = &[
     ("cache_for_payment.toml", &[("route[0].cache_for", 11, 13, &["cache_for only applies to inquiry routes"])]),
     ("route_as_table.toml", &[("route", 6, 1, &["expected an array of tables, written [[route]] before each item, found a table"])]),
     ("malformed_url.toml", &[("biller.url", 3, 7, &[URL, "\"http://bill er:9000\" is not a valid URL"])]),
-    ("https_url.toml", &[("biller.url", 3, 7, &[URL, "it is https", "TLS to the biller is not supported yet"])]),
+    ("tls_file_with_http_url.toml", &[(
+        "biller.ca_file", 5, 11,
+        &["ca_file is for TLS to the biller, and url is http://bills.internal:9000: use an https:// url, or leave ca_file out"],
+    )]),
+    ("client_cert_without_key.toml", &[(
+        "biller.client_cert", 5, 15,
+        &["client_cert needs client_key: a client certificate and its private key go together"],
+    )]),
     ("userinfo_url.toml", &[("biller.url", 3, 7, &[URL, "it carries credentials"])]),
     ("bad_header_name.toml", &[(
         "server.key_header", 3, 14,
@@ -72,7 +79,7 @@ const CASES: &[(&str, &[Expected])] = &[
     ("syntax_error.toml", &[("", 12, 1, &["invalid TOML: missing comma between key-value pairs, expected `,`"])]),
     ("several_errors.toml", &[
         ("server.admin_listn", 4, 1, &["unknown key `admin_listn`", "did you mean `admin_listen`?"]),
-        ("biller.url", 7, 7, &[URL, "TLS to the biller is not supported yet"]),
+        ("biller.url", 7, 7, &[URL, "the scheme \"ftp\" is neither http nor https"]),
         ("biller.capacity", 8, 12, &[RATE, "unexpected \"burst\""]),
         ("biller.breaker.failure_rate", 11, 16, &["expected a share of failed calls above 0 and at most 1", "1.5 is outside it"]),
         ("route[0].path", 16, 8, &[PATH, "segment 2 is empty"]),

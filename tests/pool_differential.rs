@@ -61,6 +61,7 @@ async fn the_pool_answers_as_hyper_utils_pooled_client() {
             let target = Target {
                 address: &address,
                 connect_timeout: Duration::from_secs(1),
+                tls: None,
             };
             let ours = pool
                 .send(

@@ -7,6 +7,7 @@ mod access;
 mod answer;
 mod body;
 mod cached;
+mod connect;
 mod handler;
 mod headers;
 mod heads;
@@ -30,6 +31,7 @@ pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
 
 use crate::admission::Suspensions;
+use crate::biller_tls::BillerTls;
 use crate::cache::{AnswerCache, CacheSettings};
 use crate::clock::Clock;
 use crate::coalesce::Coalescer;
@@ -54,9 +56,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state for `config`: metrics, the cache and the first snapshot.
+    /// Builds the shared state for `config` (and the TLS to the biller loaded for it): metrics,
+    /// the cache and the first snapshot.
     pub fn new(
         config: Config,
+        biller_tls: Option<Arc<BillerTls>>,
         clock: Clock,
         suspensions: Suspensions,
     ) -> Result<Shared, prometheus::Error> {
@@ -70,7 +74,7 @@ impl Shared {
             clock.clone(),
         );
         let coalescer = Coalescer::for_cache(&cache);
-        let snapshot = Snapshot::build(config, None, &clock, &metrics, &suspensions);
+        let snapshot = Snapshot::build(config, biller_tls, None, &clock, &metrics, &suspensions);
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -98,11 +102,13 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// Builds a snapshot for `config` carrying over limiter state, and swaps it in.
-    pub fn install(&self, config: Config) {
+    /// Builds a snapshot for `config` (and the TLS to the biller loaded for it) carrying over
+    /// limiter state, and swaps it in.
+    pub fn install(&self, config: Config, biller_tls: Option<Arc<BillerTls>>) {
         let previous = self.snapshot.load_full();
         let next = Snapshot::build(
             config,
+            biller_tls,
             Some(&previous),
             &self.clock,
             &self.metrics,

@@ -9,6 +9,7 @@ use http::uri::{Authority, Scheme};
 use super::answer::{insert_ratelimit, insert_ratelimit_with, policy_header, Prepared};
 use super::pool::Target;
 use crate::admission::{Denied, Gate, Limit, Policy, Reason, Remaining, Suspensions};
+use crate::biller_tls::BillerTls;
 use crate::clock::Clock;
 use crate::config::{Class, Config};
 use crate::ids::PerPartner;
@@ -87,6 +88,8 @@ pub struct Upstream {
     pub authority: Authority,
     pub base_path: String,
     pub host: HeaderValue,
+    /// TLS for an https biller, built when this configuration was loaded; `None` for http.
+    pub tls: Option<Arc<BillerTls>>,
 }
 
 impl Upstream {
@@ -96,14 +99,17 @@ impl Upstream {
         Target {
             address: &self.address,
             connect_timeout: self.connect_timeout,
+            tls: self.tls.as_deref(),
         }
     }
 }
 
 impl Snapshot {
     /// Builds a snapshot, carrying limiter state over from `previous` where quotas are unchanged.
+    /// `biller_tls` is what [`crate::biller_tls::load`] made of `config`.
     pub fn build(
         config: Config,
+        biller_tls: Option<Arc<BillerTls>>,
         previous: Option<&Snapshot>,
         clock: &Clock,
         metrics: &Metrics,
@@ -136,13 +142,25 @@ impl Snapshot {
         let authority = config.biller.url.authority.clone();
         let host =
             HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("biller"));
+        // Made of the same files as the running one: keep the running one, and with it its
+        // TLS sessions to resume.
+        let running = previous.and_then(|p| p.upstream.tls.as_ref());
+        let tls = match (biller_tls, running) {
+            (Some(new), Some(running)) if new.id == running.id => Some(Arc::clone(running)),
+            (new, _) => new,
+        };
         let upstream = Upstream {
             address: Arc::from(config.biller.url.host_port()),
             connect_timeout: config.biller.connect_timeout,
-            scheme: Scheme::HTTP,
+            scheme: if tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
             authority,
             base_path: config.biller.url.base_path.clone(),
             host,
+            tls,
         };
         metrics.set_config(&config.source_sha256);
         Snapshot {

@@ -211,6 +211,7 @@ mod tests {
             authority: Authority::from_static("127.0.0.1:9"),
             base_path: base_path.to_owned(),
             host: HeaderValue::from_static("127.0.0.1:9"),
+            tls: None,
         }
     }
 

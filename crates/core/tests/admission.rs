@@ -52,6 +52,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             url: BillerUrl {
                 authority: "127.0.0.1:9".parse().unwrap(),
                 base_path: String::new(),
+                tls: false,
             },
             timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(1),
@@ -66,6 +67,9 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
                 min_calls: 20,
                 open_for: Duration::from_secs(5),
             },
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         },
         cache: Cache::default(),
         routes: vec![

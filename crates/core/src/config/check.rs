@@ -125,9 +125,8 @@ pub fn check_report(config: &Config) -> CheckReport {
         );
     }
     warnings.extend(config.warnings.iter().cloned());
-    let url = &config.biller.url;
     CheckReport {
-        biller_url: format!("http://{}{}", url.authority, url.base_path),
+        biller_url: config.biller.url.to_string(),
         capacity,
         source_sha256: config.source_sha256.clone(),
         partners,

@@ -126,22 +126,51 @@ pub struct Biller {
     /// pause; without it (or when absent from the answer) the whole class is paused.
     pub pause_partner_header: Option<HeaderName>,
     pub breaker: BreakerConfig,
+    /// PEM CA certificates trusted for the biller's certificate besides the system's roots
+    /// (https only).
+    pub ca_file: Option<FileRef>,
+    /// The gateway's client certificate chain for the biller, PEM, leaf first (https only;
+    /// given together with `client_key`).
+    pub client_cert: Option<FileRef>,
+    /// The private key of `client_cert`, PEM: PKCS#8, RSA or SEC1.
+    pub client_key: Option<FileRef>,
 }
 
-/// The biller's base URL, split for cheap per-request URI building. Only `http` is accepted.
+/// The biller's base URL, split for cheap per-request URI building: `http` or `https`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BillerUrl {
-    /// `host:port`, as sent in the request URI authority.
+    /// `host[:port]`, as sent in the request URI authority.
     pub authority: http::uri::Authority,
     /// A path prefix without a trailing slash (empty for none), prepended to every forwarded path.
     pub base_path: String,
+    /// `https`: connections to the biller are TLS (HTTP/1.1 inside).
+    pub tls: bool,
 }
 
 impl BillerUrl {
-    /// The `host:port` a TCP connection goes to.
+    /// The `host:port` a TCP connection goes to: the port written, or 443 for https and 80
+    /// for http.
     pub fn host_port(&self) -> String {
-        let port = self.authority.port_u16().unwrap_or(80);
+        let default = if self.tls { 443 } else { 80 };
+        let port = self.authority.port_u16().unwrap_or(default);
         format!("{}:{}", self.authority.host(), port)
+    }
+
+    /// The name the biller's certificate must carry: the URL's host, an IPv6 address without
+    /// its brackets.
+    pub fn server_name(&self) -> &str {
+        let host = self.authority.host();
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+}
+
+/// The URL as an operator writes it: `https://bills.internal:8443/ebpp`.
+impl std::fmt::Display for BillerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority, self.base_path)
     }
 }
 

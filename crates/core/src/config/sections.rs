@@ -9,7 +9,9 @@ use toml::de::DeTable;
 
 use super::fields::{Errors, Table};
 use super::load::{DEFAULT_MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MIN_CONFIG_BYTES};
-use super::model::{Biller, BreakerConfig, Cache, ClientAuth, Server, ServerTls};
+use super::model::{
+    Biller, BillerUrl, BreakerConfig, Cache, ClientAuth, FileRef, Server, ServerTls,
+};
 use super::rate::{parse_rate, Period, Rate};
 use super::values::{biller_url, header_name, positive_duration, socket_addr};
 
@@ -39,6 +41,9 @@ pub(crate) const BILLER_KEYS: &[&str] = &[
     "user_reserve",
     "pause_partner_header",
     "breaker",
+    "ca_file",
+    "client_cert",
+    "client_key",
 ];
 pub(crate) const BREAKER_KEYS: &[&str] = &["failure_rate", "window", "min_calls", "open_for"];
 
@@ -304,6 +309,7 @@ pub(crate) fn biller(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Bi
     let breaker = t
         .section(errors, "breaker", BREAKER_KEYS, &empty)
         .and_then(|b| breaker(errors, &b));
+    let (ca_file, client_cert, client_key) = biller_tls(errors, &t, url.as_ref());
     Some(Biller {
         url: url?,
         timeout: timeout?,
@@ -314,7 +320,61 @@ pub(crate) fn biller(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Bi
         user_reserve: user_reserve?,
         pause_partner_header: pause_partner_header?,
         breaker: breaker?,
+        ca_file: ca_file?,
+        client_cert: client_cert?,
+        client_key: client_key?,
     })
+}
+
+type MaybeFile = Option<Option<FileRef>>;
+
+/// `ca_file`, `client_cert` and `client_key` of `[biller]`: files for TLS to the biller, so
+/// only with an https `url`; a client certificate and its key go together.
+fn biller_tls(
+    errors: &mut Errors<'_>,
+    t: &Table<'_, '_>,
+    url: Option<&BillerUrl>,
+) -> (MaybeFile, MaybeFile, MaybeFile) {
+    let ca_file = t.file(
+        errors,
+        "ca_file",
+        "the path of CA certificates (PEM) the biller's certificate is verified against, besides the system's",
+    );
+    let client_cert = t.file(
+        errors,
+        "client_cert",
+        "the path of the gateway's client certificate chain for the biller, PEM, leaf first",
+    );
+    let client_key = t.file(
+        errors,
+        "client_key",
+        "the path of the private key of client_cert, PEM (PKCS#8, RSA or SEC1)",
+    );
+    let before = errors.count();
+    if let Some(url) = url.filter(|url| !url.tls) {
+        for key in ["ca_file", "client_cert", "client_key"] {
+            if t.get(key).is_some() {
+                let message = format!(
+                    "{key} is for TLS to the biller, and url is {url}: use an https:// url, or leave {key} out"
+                );
+                report_at(errors, t, key, message);
+            }
+        }
+    } else {
+        let pair = [("client_cert", "client_key"), ("client_key", "client_cert")];
+        for (given, missing) in pair {
+            if t.get(given).is_some() && t.get(missing).is_none() {
+                let message = format!(
+                    "{given} needs {missing}: a client certificate and its private key go together"
+                );
+                report_at(errors, t, given, message);
+            }
+        }
+    }
+    if errors.count() != before {
+        return (None, None, None);
+    }
+    (ca_file, client_cert, client_key)
 }
 
 /// `capacity`: a rate whose burst is at most its count. The capacity is a ceiling over every
@@ -581,6 +641,68 @@ mod tests {
         let (_, errors) = run(text, biller);
         assert_eq!(paths(&errors), ["biller.capacity"]);
         assert_eq!(errors[0].message, "expected a capacity like \"400/s\" with a burst of at most its count; \"400/s burst 800\" has a burst of 800 over its count of 400: at most 400 can ever pass in one second");
+    }
+
+    #[test]
+    fn biller_tls_files_need_https_and_a_cert_goes_with_its_key() {
+        let text = "[biller]\nurl = \"https://bills.internal\"\ncapacity = \"10/s\"\nca_file = \"ca.pem\"\nclient_cert = \"gw.pem\"\nclient_key = \"gw-key.pem\"\n";
+        let (read, errors) = run(text, biller);
+        assert!(errors.is_empty(), "{errors:?}");
+        let read = read.expect("valid");
+        assert!(read.url.tls);
+        let path = |f: &Option<FileRef>| f.as_ref().map(|f| f.path.display().to_string());
+        assert_eq!(path(&read.ca_file).as_deref(), Some("ca.pem"));
+        assert_eq!(path(&read.client_cert).as_deref(), Some("gw.pem"));
+        assert_eq!(path(&read.client_key).as_deref(), Some("gw-key.pem"));
+        // A file found bad when the gateway reads it is reported at the key that named it.
+        let error = read
+            .ca_file
+            .as_ref()
+            .expect("given")
+            .error("no certificate in the file");
+        assert_eq!((error.line, error.column), (4, 11));
+        assert_eq!(error.key_path, "biller.ca_file");
+        assert_eq!(error.message, "ca.pem: no certificate in the file");
+
+        // None of them is needed with https, and none is set by default.
+        let (read, errors) = run(
+            "[biller]\nurl = \"https://b\"\ncapacity = \"10/s\"\n",
+            biller,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let read = read.expect("valid");
+        assert!(read.ca_file.is_none() && read.client_cert.is_none() && read.client_key.is_none());
+
+        // With http they would do nothing: each is refused where it is written.
+        let text = "[biller]\nurl = \"http://b:1\"\ncapacity = \"10/s\"\nca_file = \"ca.pem\"\nclient_key = \"k.pem\"\n";
+        let (read, errors) = run(text, biller);
+        assert!(read.is_none());
+        assert_eq!(paths(&errors), ["biller.ca_file", "biller.client_key"]);
+        assert_eq!(
+            errors[0].message,
+            "ca_file is for TLS to the biller, and url is http://b:1: use an https:// url, or leave ca_file out"
+        );
+        assert_eq!((errors[1].line, errors[1].column), (5, 14));
+
+        // A certificate without its key, or a key without its certificate.
+        for (key, other) in [("client_cert", "client_key"), ("client_key", "client_cert")] {
+            let text =
+                format!("[biller]\nurl = \"https://b\"\ncapacity = \"10/s\"\n{key} = \"f.pem\"\n");
+            let (read, errors) = run(&text, biller);
+            assert!(read.is_none());
+            assert_eq!(paths(&errors), [format!("biller.{key}").as_str()]);
+            assert_eq!(
+                errors[0].message,
+                format!(
+                    "{key} needs {other}: a client certificate and its private key go together"
+                )
+            );
+            assert_eq!(errors[0].line, 4);
+        }
+
+        let text = "[biller]\nurl = \"https://b\"\ncapacity = \"10/s\"\nca_file = \"\"\nclient_cert = 3\nclient_key = \"k\"\n";
+        let (_, errors) = run(text, biller);
+        assert_eq!(paths(&errors), ["biller.ca_file", "biller.client_cert"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::Uri;
+use rustls_pki_types::ServerName;
 
 use super::model::BillerUrl;
 use super::rate::parse_duration;
@@ -55,9 +56,11 @@ pub(crate) fn header_name(text: &str) -> Result<HeaderName, String> {
     Ok(name)
 }
 
-/// `http://host:port[/base/path]`. The port defaults to 80 when left out.
+/// `http://host[:port][/base/path]` or `https://…`. The port defaults to 80 for http and 443
+/// for https; with https the host is also the name the biller's certificate must carry, so it
+/// must be a DNS name or an IP address.
 pub(crate) fn biller_url(text: &str) -> Result<BillerUrl, String> {
-    const EXPECTED: &str = "an http URL like \"http://127.0.0.1:9000\" or \"http://bills.internal:8080/ebpp\" (http://host:port with an optional base path)";
+    const EXPECTED: &str = "an http or https URL like \"http://127.0.0.1:9000\" or \"https://bills.internal:8443/ebpp\" (scheme://host:port with an optional base path)";
     let bad = |why: &str| format!("{EXPECTED}; {why}");
     if text.contains('#') {
         return Err(bad(
@@ -65,7 +68,7 @@ pub(crate) fn biller_url(text: &str) -> Result<BillerUrl, String> {
         ));
     }
     if !text.contains("://") {
-        return Err(bad("it has no scheme; start it with http://"));
+        return Err(bad("it has no scheme; start it with http:// or https://"));
     }
     let uri: Uri = text.parse().map_err(|e| {
         bad(&format!(
@@ -73,14 +76,16 @@ pub(crate) fn biller_url(text: &str) -> Result<BillerUrl, String> {
             text.escape_debug()
         ))
     })?;
-    match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("http") => {}
-        Some(s) if s.eq_ignore_ascii_case("https") => {
-            return Err(bad("it is https, and TLS to the biller is not supported yet: use http:// to a biller on a trusted network, or a local TLS-terminating sidecar"));
+    let tls = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => false,
+        Some(s) if s.eq_ignore_ascii_case("https") => true,
+        Some(s) => {
+            return Err(bad(&format!(
+                "the scheme \"{s}\" is neither http nor https"
+            )))
         }
-        Some(s) => return Err(bad(&format!("the scheme \"{s}\" is not http"))),
-        None => return Err(bad("it has no scheme; start it with http://")),
-    }
+        None => return Err(bad("it has no scheme; start it with http:// or https://")),
+    };
     let Some(authority) = uri.authority() else {
         return Err(bad("it has no host"));
     };
@@ -96,10 +101,20 @@ pub(crate) fn biller_url(text: &str) -> Result<BillerUrl, String> {
     if uri.query().is_some() {
         return Err(bad("it has a query ('?…'): each forwarded request keeps its own query, a base URL cannot add one"));
     }
-    Ok(BillerUrl {
+    let url = BillerUrl {
         authority: authority.clone(),
         base_path: uri.path().trim_end_matches('/').to_owned(),
-    })
+        tls,
+    };
+    // Checked here rather than when connecting: a host rustls cannot verify a certificate for
+    // would otherwise fail every call, with the error far from this line.
+    if tls && ServerName::try_from(url.server_name()).is_err() {
+        return Err(bad(&format!(
+            "\"{}\" is neither a DNS name nor an IP address, so no certificate can be checked against it",
+            url.server_name().escape_debug()
+        )));
+    }
+    Ok(url)
 }
 
 /// A duration above 0 and at most [`MAX_DURATION`].
@@ -156,17 +171,45 @@ mod tests {
         assert_eq!(url.host_port(), "bills.internal:8080");
         let url = biller_url("http://bills.internal").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(url.host_port(), "bills.internal:80");
-        assert!(url_error("https://bills:443").contains("TLS to the biller is not supported yet"));
+        assert!(!url.tls);
         assert!(url_error("http://me:pw@bills:9000").contains("credentials"));
         assert!(url_error("http://bills:9000/?a=1").contains("query"));
         assert!(url_error("http://bills:9000/#top").contains("fragment"));
-        assert!(url_error("127.0.0.1:9000").starts_with("an http URL like"));
+        assert!(url_error("127.0.0.1:9000").starts_with("an http or https URL like"));
         assert!(url_error("bills/path").contains("no scheme"));
         assert!(url_error("127.0.0.1:9000").contains("no scheme"));
-        assert!(url_error("ftp://bills:21").contains("\"ftp\" is not http"));
+        assert!(url_error("ftp://bills:21").contains("\"ftp\" is neither http nor https"));
         assert!(url_error("http://bills:/x").contains("port"));
         assert!(url_error("http://bills:0").contains("port"));
         assert!(url_error("http:// bills").contains("not a valid URL"));
+    }
+
+    #[test]
+    fn https_biller_urls_default_to_443_and_name_their_host() {
+        let url = biller_url("https://bills.internal/ebpp/").unwrap_or_else(|e| panic!("{e}"));
+        assert!(url.tls);
+        assert_eq!(url.host_port(), "bills.internal:443");
+        assert_eq!(url.server_name(), "bills.internal");
+        assert_eq!(url.base_path, "/ebpp");
+        assert_eq!(url.to_string(), "https://bills.internal/ebpp");
+        let url = biller_url("HTTPS://127.0.0.1:8443").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (url.tls, url.host_port().as_str(), url.server_name()),
+            (true, "127.0.0.1:8443", "127.0.0.1")
+        );
+        let url = biller_url("https://[::1]:8443").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (url.host_port().as_str(), url.server_name()),
+            ("[::1]:8443", "::1")
+        );
+        let url = biller_url("http://bills:9000/x").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(url.to_string(), "http://bills:9000/x");
+        // A host no certificate can name fails here, not at every call.
+        assert_eq!(
+            url_error("https://bills..internal:443"),
+            "an http or https URL like \"http://127.0.0.1:9000\" or \"https://bills.internal:8443/ebpp\" (scheme://host:port with an optional base path); \"bills..internal\" is neither a DNS name nor an IP address, so no certificate can be checked against it"
+        );
+        assert!(url_error("https://me@bills").contains("credentials"));
     }
 
     #[test]

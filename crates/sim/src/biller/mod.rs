@@ -1,7 +1,7 @@
 //! The stand-in EBPP biller: a realistic fake of the bill API billgate protects, with latency
 //! that climbs under load, failures past capacity and collapse under sustained overload.
 //!
-//! The API it serves (HTTP/1.1):
+//! The API it serves (HTTP/1.1, in plain TCP or, with [`StandInBiller::serve_tls`], in TLS):
 //!
 //! - `GET /v1/bills/{account}`: 200 with a bill derived from the account (about one account in
 //!   five answers `"status":"no_bill_due"`); 400 unless the account is 1–32 of `[A-Za-z0-9-]`.
@@ -26,6 +26,7 @@ mod bills;
 mod http;
 mod load;
 mod problem;
+mod tls;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -43,6 +44,7 @@ use crate::clock::Clock;
 use arrivals::ArrivalLog;
 pub use arrivals::Arrivals;
 use load::{LoadModel, LoadOptions};
+pub use tls::server_config;
 
 /// How many requests [`Biller::recent_requests`] remembers.
 const RECENT_CAPACITY: usize = 256;
@@ -105,6 +107,11 @@ pub struct BillerStats {
     /// Calls to the bill and payment routes per second, over the last completed second
     /// (measured in 100 ms steps, so a burst shows up to 100 ms late).
     pub current_rate: f64,
+    /// Connections accepted, TLS or not, whatever became of them.
+    pub connections: u64,
+    /// TLS handshakes completed (0 in plain mode): with connections, shows how many clients
+    /// reuse theirs and how many handshakes failed.
+    pub tls_handshakes: u64,
 }
 
 /// One request as the biller received it (before reading its body).
@@ -136,6 +143,8 @@ struct Shared {
     payments: AtomicU64,
     /// The last receipt number issued.
     receipts: AtomicU64,
+    connections: AtomicU64,
+    tls_handshakes: AtomicU64,
     recent: Mutex<VecDeque<SeenRequest>>,
 }
 
@@ -163,6 +172,8 @@ impl StandInBiller {
                 inquiries: AtomicU64::new(0),
                 payments: AtomicU64::new(0),
                 receipts: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
+                tls_handshakes: AtomicU64::new(0),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             }),
         }
@@ -174,6 +185,29 @@ impl StandInBiller {
     pub async fn serve(
         self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// Like [`StandInBiller::serve`], in TLS under `tls` (see [`server_config`]; a test may
+    /// build its own, asking for client certificates). Each connection's handshake runs on its
+    /// own task, within the time a request head is given: a client that stalls it holds only
+    /// its own connection. A failed handshake is logged at debug and the connection closed.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        self.serve_with(listener, Some(acceptor), shutdown).await
+    }
+
+    async fn serve_with(
+        self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (closing, _) = tokio::sync::watch::channel(());
@@ -192,28 +226,27 @@ impl StandInBiller {
                     }
                 },
             };
+            self.shared.connections.fetch_add(1, Ordering::Relaxed);
             let shared = Arc::clone(&self.shared);
-            let mut closing = closing.subscribe();
+            let closing = closing.subscribe();
+            let Some(acceptor) = tls.clone() else {
+                tokio::spawn(connection(shared, stream, closing));
+                continue;
+            };
             tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let shared = Arc::clone(&shared);
-                    async move { Ok::<_, Infallible>(http::handle(&shared, request).await) }
-                });
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(connection);
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    _ = closing.changed() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
+                let handshake =
+                    tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await;
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        shared.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                        connection(shared, stream, closing).await;
                     }
-                };
-                if let Err(error) = result {
-                    tracing::debug!(%error, "stand-in biller: connection ended with an error");
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "stand-in biller: TLS handshake failed");
+                    }
+                    Err(_elapsed) => {
+                        tracing::debug!("stand-in biller: TLS handshake timed out");
+                    }
                 }
             });
         }
@@ -270,6 +303,8 @@ impl Shared {
             down: load.down,
             times_down: load.times_down,
             current_rate: load.current_rate,
+            connections: self.connections.load(Ordering::Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
         }
     }
 
@@ -289,6 +324,37 @@ impl Shared {
         self.recent
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted connection, plain or TLS, until it ends or `closing` asks
+/// it to finish its current request.
+async fn connection<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    mut closing: tokio::sync::watch::Receiver<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(http::handle(&shared, request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = closing.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "stand-in biller: connection ended with an error");
     }
 }
 

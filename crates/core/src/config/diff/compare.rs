@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::{show, Commitment, PartnerChange, PartnerDiff, RouteDiff, SettingChange};
-use crate::config::model::{AccountSource, BillerUrl, Class, Config, Partner, Route, RouteClass};
+use crate::config::model::{
+    AccountSource, BillerUrl, Class, Config, FileRef, Partner, Route, RouteClass,
+};
 use crate::config::rate::Rate;
 use crate::config::values::format_duration;
 
@@ -261,8 +263,7 @@ pub(super) fn server(old: &Config, new: &Config) -> Vec<SettingChange> {
 pub(super) fn biller(old: &Config, new: &Config) -> Vec<SettingChange> {
     let (o, n) = (&old.biller, &new.biller);
     let mut s = Settings(Vec::new());
-    let url = |u: &BillerUrl| format!("http://{}{}", u.authority, u.base_path);
-    s.compare("url", &o.url, &n.url, url);
+    s.compare("url", &o.url, &n.url, BillerUrl::to_string);
     s.compare("timeout", o.timeout, n.timeout, format_duration);
     s.compare(
         "connect_timeout",
@@ -295,6 +296,18 @@ pub(super) fn biller(old: &Config, new: &Config) -> Vec<SettingChange> {
         &n.pause_partner_header,
         header,
     );
+    // Compared by path: where in the file a key sits is no change. The files are read again
+    // at every reload, so new contents at the same path take effect without showing here.
+    let path = |f: &Option<FileRef>| f.as_ref().map(|f| f.path.clone());
+    let shown =
+        |p: Option<std::path::PathBuf>| p.map_or("none".to_owned(), |p| p.display().to_string());
+    for (key, old, new) in [
+        ("ca_file", &o.ca_file, &n.ca_file),
+        ("client_cert", &o.client_cert, &n.client_cert),
+        ("client_key", &o.client_key, &n.client_key),
+    ] {
+        s.compare(key, path(old), path(new), shown);
+    }
     let (ob, nb) = (&o.breaker, &n.breaker);
     s.compare(
         "breaker.failure_rate",
@@ -313,4 +326,37 @@ pub(super) fn biller(old: &Config, new: &Config) -> Vec<SettingChange> {
         format_duration,
     );
     s.0
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    fn changes(old: &str, new: &str) -> Vec<(String, String, String)> {
+        let load = |text: &str| load_str(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        super::biller(&load(old), &load(new))
+            .into_iter()
+            .map(|c| (c.key, c.old, c.new))
+            .collect()
+    }
+
+    #[test]
+    fn biller_tls_files_are_compared_by_path_not_by_place() {
+        let old = "[biller]\nurl = \"https://b\"\ncapacity = \"10/s\"\nca_file = \"ca.pem\"\n";
+        // The same file, written further down: no change.
+        let moved = "[biller]\nurl = \"https://b\"\n\ncapacity = \"10/s\"\nca_file = \"ca.pem\"\n";
+        assert_eq!(changes(old, moved), []);
+        let new = "[biller]\nurl = \"https://b:8443\"\ncapacity = \"10/s\"\nca_file = \"ca-2.pem\"\nclient_cert = \"gw.pem\"\nclient_key = \"gw.key\"\n";
+        let owned = |(k, o, n): (&str, &str, &str)| (k.to_owned(), o.to_owned(), n.to_owned());
+        assert_eq!(
+            changes(old, new),
+            [
+                ("url", "https://b", "https://b:8443"),
+                ("ca_file", "ca.pem", "ca-2.pem"),
+                ("client_cert", "none", "gw.pem"),
+                ("client_key", "none", "gw.key"),
+            ]
+            .map(owned)
+        );
+    }
 }
