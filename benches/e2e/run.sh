@@ -9,6 +9,8 @@
 #                                 PROFILE_KEY=bench-tiny-key PROFILE_CONNECTIONS=64, refusing)
 #   benches/e2e/run.sh serve      start the backend, nginx and billgate and keep them up until
 #                                 interrupted, for experiments by hand (strace, perf trace)
+#   benches/e2e/run.sh tls        the TLS scenario alone (TLS=1 runs it after the others):
+#                                 billgate and nginx terminating TLS with one certificate, pinned
 #
 # Loopback only. Every load run is bounded by `timeout`; every server this script starts is
 # stopped on exit (trap). Knobs (environment):
@@ -32,6 +34,16 @@
 #   OUT=target/e2e   where results, logs and the servers' run files go
 #   NICE=0           e.g. -5 (root) to run servers and load generators ahead of other work on
 #                    a shared machine; everything measured gets the same priority either way
+#   TLS=0            1: also the TLS scenario after the others (the `tls` mode runs it alone)
+#   TLS_ROUNDS=3     its rounds                         TLS_SECONDS=10  seconds per TLS run
+#   TLS_CLIENTS=4    `openssl s_time` processes at once for handshakes per second
+#   TLS_H2_CLIENTS=16 TLS_H2_STREAMS=4   h2load's connections and streams each for h2 (h1:
+#                    CONNECTIONS connections, one request at a time each)
+#   TLS_LOW=4        the h1 and h2 runs again with this many requests in flight (h1: that many
+#                    connections; h2: one connection, that many streams); 0: none
+#   IDLE_CONNECTIONS=2000  idle TLS connections opened for memory per connection
+#   SERVER_CPU=1 LOAD_CPU=0  the TLS scenario's pinning: each server under test (one worker) on
+#                    SERVER_CPU; the load generators and the backend on LOAD_CPU (as ab.sh)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -55,6 +67,16 @@ STORM=${STORM:-1}
 STORM_CONNECTIONS=${STORM_CONNECTIONS:-3000}
 OUT=${OUT:-$ROOT/target/e2e}
 NICE=${NICE:-0}
+TLS=${TLS:-0}
+TLS_ROUNDS=${TLS_ROUNDS:-3}
+TLS_SECONDS=${TLS_SECONDS:-10}
+TLS_CLIENTS=${TLS_CLIENTS:-4}
+TLS_H2_CLIENTS=${TLS_H2_CLIENTS:-16}
+TLS_H2_STREAMS=${TLS_H2_STREAMS:-4}
+TLS_LOW=${TLS_LOW:-4}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-2000}
+SERVER_CPU=${SERVER_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
 RUN=$OUT/run
 
 BACKEND_ADDR=127.0.0.1:18000
@@ -93,6 +115,12 @@ need_tools() {
     if [[ $MODE == profile ]] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
     if [[ $MODE == run && $STORM == 1 ]] && ! command -v python3 >/dev/null; then missing+=(python3); fi
     if [[ $MODE == run && $FLOOR == 1 ]] && ! command -v cc >/dev/null; then missing+=(gcc); fi
+    if [[ $MODE == tls || $TLS == 1 ]]; then
+        command -v openssl >/dev/null || missing+=(openssl)
+        command -v h2load >/dev/null || missing+=(nghttp2-client)
+        command -v python3 >/dev/null || missing+=(python3)
+        command -v taskset >/dev/null || missing+=(util-linux)
+    fi
     if ((${#missing[@]})); then
         [[ $(id -u) == 0 ]] || die "missing ${missing[*]}: install them (apt-get install -y ${missing[*]})"
         log "installing ${missing[*]} (apt-get)"
@@ -140,41 +168,44 @@ fill_template() { # template out
         "$1" >"$2"
 }
 
-wait_port() { # addr what
+# Every server is started as "${PIN[@]}" COMMAND: empty, or e.g. (taskset -c 1) to pin it.
+PIN=()
+
+wait_port() { # addr what [scheme]
     for _ in $(seq 100); do
-        if curl -s -o /dev/null --max-time 1 "http://$1/"; then return 0; fi
+        if curl -sk -o /dev/null --max-time 1 "${3:-http}://$1/"; then return 0; fi
         sleep 0.1
     done
     die "$2 did not start listening on $1 (see $RUN/*.log)"
 }
 
-port_free() { # addr
-    ! curl -s -o /dev/null --max-time 1 "http://$1/" || die "$1 is already in use: stop what listens there first"
+port_free() { # addr [scheme]
+    ! curl -sk -o /dev/null --max-time 1 "${2:-http}://$1/" || die "$1 is already in use: stop what listens there first"
 }
 
-start_nginx() { # name template addr -> sets PID_<name>
+start_nginx() { # name template addr [scheme] -> sets PID_<name>
     local name=$1 conf=$RUN/$1.conf
-    port_free "$3"
+    port_free "$3" "${4:-http}"
     fill_template "$2" "$conf"
     nginx -t -q -p "$RUN" -c "$conf" 2>"$RUN/$name-check.log" || die "nginx rejects $conf: $(cat "$RUN/$name-check.log")"
-    nginx -p "$RUN" -c "$conf" >"$RUN/$name.log" 2>&1 &
+    "${PIN[@]}" nginx -p "$RUN" -c "$conf" >"$RUN/$name.log" 2>&1 &
     STARTED+=($!)
     printf -v "PID_$name" %s $!
-    wait_port "$3" "nginx ($name)"
+    wait_port "$3" "nginx ($name)" "${4:-http}"
 }
 
-start_billgate() { # name config addr
+start_billgate() { # name config addr [scheme]
     local name=$1 conf=$RUN/$1.toml
-    port_free "$3"
+    port_free "$3" "${4:-http}"
     # The worker count matches nginx's worker_processes; the main runtime (acceptor, admin
     # API, probes) gets one thread.
     sed -e "s|^\[server\]$|[server]\nworkers = $WORKERS|" "$2" >"$conf"
     grep -q "^workers = $WORKERS$" "$conf" || die "could not set workers in $conf"
     "$BILLGATE" check --config "$conf" >"$RUN/$name-check.log" 2>&1 || die "billgate check failed: $(cat "$RUN/$name-check.log")"
-    TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$BILLGATE" serve --config "$conf" >"$RUN/$name.log" 2>&1 &
+    TOKIO_WORKER_THREADS=1 RUST_LOG=warn "${PIN[@]}" "$BILLGATE" serve --config "$conf" >"$RUN/$name.log" 2>&1 &
     STARTED+=($!)
     printf -v "PID_$name" %s $!
-    wait_port "$3" "billgate ($name)"
+    wait_port "$3" "billgate ($name)" "${4:-http}"
 }
 
 # Starts a reference server that logs to $RUN/NAME.log, and waits for it to listen.
@@ -606,6 +637,271 @@ summary() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# TLS: billgate and nginx terminating TLS with the same certificate, each pinned
+# ---------------------------------------------------------------------------------------------
+# Each server under test runs one worker (nginx worker_processes 1; billgate workers = 1 and its
+# accepting runtime) pinned to SERVER_CPU; the load generators (openssl s_time, h2load,
+# tls_idle.py) and the backend run on LOAD_CPU, as in ab.sh. Both servers offer TLS 1.2 and 1.3,
+# ALPN h2 and http/1.1 and stateless session tickets (nginx's default: ssl_session_tickets on,
+# no session cache), require no client certificate, and apply the plain scenarios' quotas
+# (nginx-proxy.conf and billgate.toml otherwise unchanged). The certificate (ECDSA P-256, leaf
+# only, signed by a CA made for the run) and the keys are made with openssl in $RUN/tls.
+#
+# Figures, each round (TLS_ROUNDS, the order of the two servers alternating):
+#   handshakes/s, full and resumed: TLS_CLIENTS `openssl s_time -new|-reuse -tls1_3 -www /`
+#     at once for TLS_SECONDS (each connection a handshake, one HTTP/1.0 GET / answered 404 by
+#     both servers, and a close); the share resumed is counted from s_time's progress marks
+#   requests/s: h2load over TLS, HTTP/1.1 keep-alive (-c CONNECTIONS) and h2 (-c TLS_H2_CLIENTS
+#     -m TLS_H2_STREAMS), GET /v1/bills/100234 as bench-pass: every request to the backend; then
+#     again with TLS_LOW requests in flight (h1-low: -c TLS_LOW; h2-low: -c 1 -m TLS_LOW), few
+#     enough that billgate's adaptive in-flight limit (never under 4) refuses none: with the
+#     backend on the loaded LOAD_CPU its answers slow, and at 64 in flight the limit falls to
+#     4-8 and billgate answers most requests 503 biller_busy, which nginx has no counterpart of
+#   CPU per handshake or answer: utime + stime of the server's processes over the run (as above)
+#   and the share of SERVER_CPU the server kept busy (below ~95%, the load side set the pace).
+# Memory per idle TLS connection (once, each server started afresh for each of the two ways):
+# tls_idle.py opens IDLE_CONNECTIONS connections, handshake only or one bill asked on each, and
+# reads the server's VmRSS before and with them open.
+
+NGINX_TLS_ADDR=127.0.0.1:18021
+BILLGATE_TLS_ADDR=127.0.0.1:18022
+BILLGATE_TLS_ADMIN=127.0.0.1:18122
+TLS_RESULTS=$OUT/tls.tsv
+
+make_certificate() {
+    local dir=$RUN/tls
+    mkdir -p "$dir"
+    {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=billgate bench CA" -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+                -keyout "$dir/server-key.pem" -out "$dir/server.csr" &&
+            openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" -days 2 \
+                -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth') \
+                -out "$dir/server.pem"
+    } >"$dir/openssl.log" 2>&1 || die "openssl could not make the certificate (see $dir/openssl.log)"
+}
+
+start_tls_servers() {
+    stop_all
+    rm -rf "$RUN"
+    mkdir -p "$RUN/tmp" "$OUT/tls"
+    make_certificate
+    PIN=(taskset -c "$LOAD_CPU")
+    start_nginx backend "$HERE/nginx-backend.conf" "$BACKEND_ADDR"
+    PIN=(taskset -c "$SERVER_CPU")
+    # nginx-proxy.conf with one worker, its own run files, and a TLS listener.
+    sed -e 's|^worker_processes @WORKERS@;|worker_processes 1;|' -e 's|proxy\.pid|tlsproxy.pid|' \
+        -e 's|proxy-error\.log|tlsproxy-error.log|' -e 's|/tmp/proxy-|/tmp/tlsproxy-|' \
+        -e "s|^        listen @PROXY_ADDR@ backlog=4096;|        listen $NGINX_TLS_ADDR ssl http2 backlog=4096;\n        ssl_certificate $RUN/tls/server.pem;\n        ssl_certificate_key $RUN/tls/server-key.pem;\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_tickets on;|" \
+        "$HERE/nginx-proxy.conf" >"$RUN/tlsproxy.template"
+    grep -q "listen $NGINX_TLS_ADDR ssl http2" "$RUN/tlsproxy.template" || die "could not derive the nginx TLS configuration"
+    start_nginx tlsproxy "$RUN/tlsproxy.template" "$NGINX_TLS_ADDR" https
+    # billgate.toml on other ports with [server.tls].
+    sed -e "s|$BILLGATE_ADDR|$BILLGATE_TLS_ADDR|" -e "s|$BILLGATE_ADMIN|$BILLGATE_TLS_ADMIN|" \
+        -e "s|^\[biller\]$|[server.tls]\ncert = \"$RUN/tls/server.pem\"\nkey = \"$RUN/tls/server-key.pem\"\n\n[biller]|" \
+        "$HERE/billgate.toml" >"$RUN/billgate-tls-base.toml"
+    grep -q '^\[server.tls\]$' "$RUN/billgate-tls-base.toml" || die "could not derive billgate-tls.toml"
+    WORKERS=1 start_billgate billgatetls "$RUN/billgate-tls-base.toml" "$BILLGATE_TLS_ADDR" https
+    PIN=()
+}
+
+# name | address | server whose CPU is counted
+tls_targets() {
+    echo "nginx $NGINX_TLS_ADDR tlsproxy"
+    echo "billgate $BILLGATE_TLS_ADDR billgatetls"
+}
+
+tls_status() { # addr key http-version-flag -> "status version"
+    local args=(-sk -o /dev/null -w '%{http_code} %{http_version}' --max-time 3 "$3")
+    [[ $2 != - ]] && args+=(-H "x-api-key: $2")
+    curl "${args[@]}" "https://$1/v1/bills/100234"
+}
+
+tls_preflight() {
+    log "TLS preflight: h1 and h2 answer a bill, unknown keys get 401, bench-tiny is refused, sessions resume"
+    local name addr s refused
+    while read -r name addr _; do
+        s=$(tls_status "$addr" "$PASS_KEY" --http1.1); [[ $s == "200 1.1" ]] || die "$name over TLS, HTTP/1.1: got $s"
+        s=$(tls_status "$addr" "$PASS_KEY" --http2); [[ $s == "200 2" ]] || die "$name over TLS, h2: got $s"
+        s=$(tls_status "$addr" not-a-key --http2); [[ $s == "401 2" ]] || die "$name over TLS, an unknown key: got $s"
+        refused=0
+        for _ in $(seq 30); do
+            [[ $(tls_status "$addr" "$TINY_KEY" --http1.1) == "429 1.1" ]] && refused=$((refused + 1))
+        done
+        ((refused > 0)) || die "$name over TLS: 30 quick requests from $TINY_KEY were never refused"
+        s=$(timeout 10 openssl s_time -connect "$addr" -reuse -tls1_3 -time 1 -www / 2>&1 | grep -o 'r' | wc -l)
+        ((s > 0)) || die "$name: openssl s_time -reuse resumed no session"
+    done < <(tls_targets)
+}
+
+# Appends to $TLS_RESULTS: phase round target per-second ok-per-second cpu-us user-us sys-us
+# busy-share extra (the share resumed for handshakes; non-2xx answers/s for requests)
+tls_row() { # phase round name count ok seconds user-ticks sys-ticks extra
+    awk -v ph="$1" -v r="$2" -v n="$3" -v c="$4" -v ok="$5" -v s="$6" -v user="$7" -v sys="$8" \
+        -v extra="$9" -v hz="$CLK_TCK" 'BEGIN {
+        printf "%s\t%s\t%s\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%.3f\t%s\n", ph, r, n, c / s, ok / s,
+            (c ? (user + sys) / hz * 1e6 / c : 0), (c ? user / hz * 1e6 / c : 0),
+            (c ? sys / hz * 1e6 / c : 0), (user + sys) / hz / s, extra
+    }' >>"$TLS_RESULTS"
+}
+
+run_handshakes() { # phase round name addr server new|reuse
+    local phase=$1 round=$2 name=$3 addr=$4 server=$5 how=$6
+    local pids user0 sys0 user1 sys1 t0 t1 i clients=() logs=() count=0 marks total resumed n
+    pids=$(pids_of "$server")
+    read -r user0 sys0 < <(cpu_ticks $pids)
+    t0=$(date +%s.%N)
+    for ((i = 1; i <= TLS_CLIENTS; i++)); do
+        logs+=("$OUT/tls/s_time-$phase-$round-$name-$how-$i.log")
+        timeout $((TLS_SECONDS + 30)) taskset -c "$LOAD_CPU" openssl s_time -connect "$addr" -"$how" \
+            -tls1_3 -time "$TLS_SECONDS" -www / >"${logs[-1]}" 2>&1 &
+        clients+=($!)
+    done
+    for i in "${clients[@]}"; do wait "$i" || die "openssl s_time against $name failed (see ${logs[*]})"; done
+    t1=$(date +%s.%N)
+    read -r user1 sys1 < <(cpu_ticks $pids)
+    [[ $phase == warmup ]] && return 0
+    for i in "${logs[@]}"; do
+        # "N connections in Xs; ... connections/user sec, bytes read B"
+        n=$(awk '/connections in .*s;/ { n = $1 } END { print n + 0 }' "$i")
+        ((n > 0)) || die "openssl s_time against $name counted no connection (see $i)"
+        count=$((count + n))
+    done
+    # Progress marks: '*' a full handshake, 'r' a resumed one (s_time -reuse starts with one full).
+    marks=$(cat "${logs[@]}" | grep -v 'connections' | tr -cd '*r')
+    total=${#marks}
+    resumed=$(tr -cd 'r' <<<"$marks" | wc -c)
+    tls_row "$phase" "$round" "$name-$how" "$count" "$count" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
+        $((user1 - user0)) $((sys1 - sys0)) "$(awk -v r="$resumed" -v t="$total" 'BEGIN { printf "%.3f", t ? r / t : 0 }')"
+}
+
+run_h2load() { # phase round name addr server h1|h2|h1-low|h2-low seconds
+    local phase=$1 round=$2 name=$3 addr=$4 server=$5 proto=$6 secs=$7
+    local pids user0 sys0 user1 sys1 out args=(-t1 -D "$secs" -H "x-api-key: $PASS_KEY")
+    case $proto in
+        h1) args+=(--h1 -c "$CONNECTIONS") ;;
+        h2) args+=(-c "$TLS_H2_CLIENTS" -m "$TLS_H2_STREAMS") ;;
+        h1-low) args+=(--h1 -c "$TLS_LOW") ;;
+        h2-low) args+=(-c 1 -m "$TLS_LOW") ;;
+    esac
+    pids=$(pids_of "$server")
+    read -r user0 sys0 < <(cpu_ticks $pids)
+    out=$(timeout $((secs + 30)) taskset -c "$LOAD_CPU" h2load "${args[@]}" "https://$addr/v1/bills/100234" 2>&1) ||
+        die "h2load against $name failed: $out"
+    read -r user1 sys1 < <(cpu_ticks $pids)
+    printf '## %s round %s %s %s\n%s\n' "$phase" "$round" "$name" "$proto" "$out" >>"$OUT/tls/h2load.log"
+    [[ $phase == warmup ]] && return 0
+    local took codes ok answered
+    # "finished in 10.00s, ..." and "status codes: A 2xx, B 3xx, C 4xx, D 5xx"
+    took=$(awk '/^finished in/ { sub(/s,$/, "", $3); print $3 }' <<<"$out")
+    codes=$(awk '/^status codes:/ { print $3, $5, $7, $9 }' <<<"$out")
+    [[ -n $took && -n $codes ]] || die "cannot read h2load's output against $name (see $OUT/tls/h2load.log)"
+    read -r ok _ _ _ <<<"$codes"
+    answered=$(awk '{ print $1 + $2 + $3 + $4 }' <<<"$codes")
+    tls_row "$phase" "$round" "$name-$proto" "$answered" "$ok" "$took" $((user1 - user0)) $((sys1 - sys0)) \
+        "$(awk -v a="$answered" -v o="$ok" -v s="$took" 'BEGIN { printf "%.0f", (a - o) / s }')"
+}
+
+run_idle() { # way(handshake|request)
+    local way=$1 name addr server pids line extra=()
+    [[ $way == request ]] && extra=(--request "$PASS_KEY")
+    start_tls_servers
+    while read -r name addr server; do
+        pids=$(pids_of "$server" | tr ' ' ',')
+        # A handful of handshakes and requests first, so one-time set-up is not counted.
+        timeout 30 taskset -c "$LOAD_CPU" h2load -t1 --h1 -c 8 -n 64 -H "x-api-key: $PASS_KEY" \
+            "https://$addr/v1/bills/100234" >/dev/null 2>&1 || die "h2load against $name failed"
+        sleep 1
+        line=$(timeout 120 taskset -c "$LOAD_CPU" python3 "$HERE/tls_idle.py" "$addr" --pids "$pids" \
+            --connections "$IDLE_CONNECTIONS" "${extra[@]}" 2>&1) || die "tls_idle.py against $name failed: $line"
+        echo "$name $way $line" >>"$OUT/tls/idle.txt"
+        log "  idle TLS, $name, $way: $line"
+    done < <(tls_targets)
+}
+
+tls_median() { # phase scenario column
+    awk -F'\t' -v ph="$1" -v n="$2" -v c="$3" '$1 == ph && $3 == n { print $c }' "$TLS_RESULTS" |
+        sort -g | awk '{ v[NR] = $1 } END {
+            if (NR == 0) { print "nan"; exit }
+            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+tls_measure() {
+    : >"$TLS_RESULTS"
+    mkdir -p "$OUT/tls"
+    : >"$OUT/tls/h2load.log"
+    : >"$OUT/tls/idle.txt"
+    TLS_LOAD_BEFORE=$(uptime | sed 's/.*load average: //')
+    log "TLS: memory per idle connection first, each server fresh ($IDLE_CONNECTIONS connections)"
+    run_idle handshake
+    run_idle request
+    start_tls_servers
+    tls_preflight
+    local name addr server round how targets
+    log "TLS warm-up: ${WARMUP}s of each load per target"
+    while read -r name addr server; do
+        run_h2load warmup 0 "$name" "$addr" "$server" h1 "$WARMUP"
+        run_h2load warmup 0 "$name" "$addr" "$server" h2 "$WARMUP"
+    done < <(tls_targets)
+    for ((round = 1; round <= TLS_ROUNDS; round++)); do
+        log "TLS round $round/$TLS_ROUNDS (load $(cut -d' ' -f1-3 /proc/loadavg))"
+        if ((round % 2)); then targets=$(tls_targets); else targets=$(tls_targets | tac); fi
+        for how in new reuse; do
+            while read -r name addr server; do
+                run_handshakes handshake "$round" "$name" "$addr" "$server" "$how"
+                log "  $name $how: $(tail -1 "$TLS_RESULTS" | cut -f4) handshakes/s, $(tail -1 "$TLS_RESULTS" | cut -f6) µs CPU each, core busy $(tail -1 "$TLS_RESULTS" | cut -f9), resumed $(tail -1 "$TLS_RESULTS" | cut -f10)"
+            done <<<"$targets"
+        done
+        for how in h1 h2 $( ((TLS_LOW > 0)) && echo h1-low h2-low); do
+            while read -r name addr server; do
+                run_h2load requests "$round" "$name" "$addr" "$server" "$how" "$TLS_SECONDS"
+                log "  $name $how: $(tail -1 "$TLS_RESULTS" | cut -f4) answers/s ($(tail -1 "$TLS_RESULTS" | cut -f5) 2xx/s), $(tail -1 "$TLS_RESULTS" | cut -f6) µs CPU each, core busy $(tail -1 "$TLS_RESULTS" | cut -f9)"
+            done <<<"$targets"
+        done
+    done
+    tls_summary | tee "$OUT/tls-summary.md"
+    log "rows: $TLS_RESULTS (phase round target per-second 2xx-per-second cpu-us user-us sys-us core-busy resumed-share|non-2xx-per-second)"
+}
+
+tls_summary() {
+    local row ph sc label b n
+    echo
+    echo "## billgate vs nginx over TLS ($(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    echo
+    echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); shared with other work; load average $TLS_LOAD_BEFORE before, $(uptime | sed 's/.*load average: //') after"
+    echo "- each server one worker pinned to core $SERVER_CPU; load generators and backend on core $LOAD_CPU; ECDSA P-256 certificate; TLS 1.3 (X25519 both)"
+    echo "- handshakes: $TLS_CLIENTS × openssl s_time -new|-reuse -tls1_3 -www / for ${TLS_SECONDS}s; requests: h2load -t1 --h1 -c$CONNECTIONS and h2load -t1 -c$TLS_H2_CLIENTS -m$TLS_H2_STREAMS for ${TLS_SECONDS}s; $TLS_ROUNDS rounds, medians"
+    echo
+    echo "| figure | billgate | nginx | billgate/nginx | CPU µs each (user + sys), billgate / nginx | core busy, billgate / nginx |"
+    echo "|---|---|---|---|---|---|"
+    for row in "handshake new full handshakes/s" "handshake reuse resumed handshakes/s" \
+        "requests h1 HTTP/1.1, -c$CONNECTIONS, answers/s" "requests h2 h2, -c$TLS_H2_CLIENTS -m$TLS_H2_STREAMS, answers/s" \
+        "requests h1-low HTTP/1.1, -c$TLS_LOW, answers/s" "requests h2-low h2, -c1 -m$TLS_LOW, answers/s"; do
+        [[ $row == *-low* ]] && ((TLS_LOW == 0)) && continue
+        read -r ph sc label <<<"$row"
+        b=$(tls_median "$ph" "billgate-$sc" 4); n=$(tls_median "$ph" "nginx-$sc" 4)
+        printf '| %s | %s | %s | ×%s | %s (%s + %s) / %s (%s + %s) | %s / %s |\n' "$label" "$(whole "$b")" "$(whole "$n")" \
+            "$(ratio "$b" "$n")" "$(tls_median "$ph" "billgate-$sc" 6)" "$(tls_median "$ph" "billgate-$sc" 7)" \
+            "$(tls_median "$ph" "billgate-$sc" 8)" "$(tls_median "$ph" "nginx-$sc" 6)" "$(tls_median "$ph" "nginx-$sc" 7)" \
+            "$(tls_median "$ph" "nginx-$sc" 8)" "$(tls_median "$ph" "billgate-$sc" 9)" "$(tls_median "$ph" "nginx-$sc" 9)"
+    done
+    echo
+    echo "Resumed share (s_time's marks), median: billgate $(tls_median handshake billgate-reuse 10), nginx $(tls_median handshake nginx-reuse 10) (full runs: $(tls_median handshake billgate-new 10), $(tls_median handshake nginx-new 10))."
+    echo "2xx/s over TLS, median (h1, h2, h1-low, h2-low): billgate $(for sc in h1 h2 h1-low h2-low; do printf '%s ' "$(whole "$(tls_median requests "billgate-$sc" 5)")"; done); nginx $(for sc in h1 h2 h1-low h2-low; do printf '%s ' "$(whole "$(tls_median requests "nginx-$sc" 5)")"; done)"
+    echo "One core's worth at the CPU per handshake or answer above (1e6 / µs, the ceiling if the server had its core to itself): billgate $(for sc in handshake:new handshake:reuse requests:h1-low requests:h2-low; do printf '%s ' "$(awk -v x="$(tls_median "${sc%%:*}" "billgate-${sc#*:}" 6)" 'BEGIN { printf "%.0f", (x > 0 ? 1e6 / x : 0) }')"; done); nginx $(for sc in handshake:new handshake:reuse requests:h1-low requests:h2-low; do printf '%s ' "$(awk -v x="$(tls_median "${sc%%:*}" "nginx-${sc#*:}" 6)" 'BEGIN { printf "%.0f", (x > 0 ? 1e6 / x : 0) }')"; done)(full, resumed, h1-low, h2-low)."
+    echo
+    echo "Memory per idle TLS connection ($IDLE_CONNECTIONS connections, VmRSS of the server's processes):"
+    sed 's/^/- /' "$OUT/tls/idle.txt"
+    echo
+    echo "Checks: billgate's refusals and TLS failures over the measured runs ($BILLGATE_TLS_ADMIN/metrics), its log, nginx's error log:"
+    curl -s --max-time 3 "http://$BILLGATE_TLS_ADMIN/metrics" |
+        awk '/^billgate_(rejections_total|tls_handshake_failures_total)/ && $NF != "0" { print "- " $0; n++ } END { if (!n) print "- no refusal, no TLS failure" }'
+    echo "- billgate log: $(wc -l <"$RUN/billgatetls.log") lines$(grep -m3 -iE 'panic|error' "$RUN/billgatetls.log" | sed 's/^/; /' | tr -d '\n')"
+    echo "- nginx error log: $(wc -l <"$RUN/tlsproxy-error.log") lines$(head -3 "$RUN/tlsproxy-error.log" | sed 's/^/; /' | tr -d '\n')"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Modes
 # ---------------------------------------------------------------------------------------------
 
@@ -674,6 +970,7 @@ measure() {
     LOAD_AFTER=$(uptime | sed 's/.*load average: //')
     summary | tee "$OUT/summary.md"
     log "rows: $RESULTS (phase round scenario req/s refused/s refused-share p50 p99 p99.9 cpu-us/req socket-errors load1 2xx/s user-us/req sys-us/req)"
+    if [[ $TLS == 1 ]]; then tls_measure; fi
 }
 
 # A reconnect storm (storm.py): STORM_CONNECTIONS connections opened at once, one bill asked on
@@ -736,13 +1033,15 @@ need_tools
 ulimit -n 65536 2>/dev/null || true
 build
 [[ -x $BILLGATE ]] || die "no $BILLGATE after the build"
-start_servers
+# The TLS scenario starts its own servers (tls_measure).
+if [[ $MODE != tls ]]; then start_servers; fi
 case $MODE in
     run) measure ;;
+    tls) tls_measure ;;
     profile) profile ;;
     serve)
         log "serving until interrupted: backend $BACKEND_ADDR, nginx $NGINX_ADDR, billgate $BILLGATE_ADDR (admin $BILLGATE_ADMIN)"
         while sleep 3600; do :; done
         ;;
-    *) die "unknown mode $MODE (run, profile or serve)" ;;
+    *) die "unknown mode $MODE (run, tls, profile or serve)" ;;
 esac
