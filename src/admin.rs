@@ -73,6 +73,7 @@ async fn answer(control: Arc<Control>, request: Request<Incoming>) -> Result<Ans
             Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Metrics unavailable", &error.to_string()),
         },
         (&Method::GET, ["admin", "config"]) => guarded(&control, &request, false, || config(&control)),
+        (&Method::GET, ["admin", "fleet"]) => guarded(&control, &request, false, || fleet(&control)),
         (&Method::GET, ["admin", "partners"]) => guarded(&control, &request, false, || partners(&control)),
         (&Method::GET, ["admin", "partners", id]) => guarded(&control, &request, false, || partner_view(&control, id)),
         (&Method::POST, ["admin", "reload"]) => match authorize(&control, &request, true) {
@@ -93,12 +94,12 @@ async fn answer(control: Arc<Control>, request: Request<Incoming>) -> Result<Ans
                 Ok(()) => suspend(&control, &id, request).await,
             }
         }
-        (_, ["healthz" | "readyz" | "metrics"] | ["admin", "config" | "partners"] | ["admin", "partners", _]) => not_allowed("GET"),
+        (_, ["healthz" | "readyz" | "metrics"] | ["admin", "config" | "fleet" | "partners"] | ["admin", "partners", _]) => not_allowed("GET"),
         (_, ["admin", "reload"] | ["admin", "partners", _, "suspend" | "resume"]) => not_allowed("POST"),
         _ => problem(
             StatusCode::NOT_FOUND,
             "Not found",
-            "the admin listener serves /metrics, /healthz, /readyz and /admin/{config,partners,reload}",
+            "the admin listener serves /metrics, /healthz, /readyz and /admin/{config,fleet,partners,reload}",
         ),
     };
     Ok(response)
@@ -184,10 +185,26 @@ fn config(control: &Control) -> Answer {
         "sha256": c.source_sha256,
         "partners": c.partners.len(),
         "routes": c.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
-        "biller": { "url": format!("http://{}{}", c.biller.url.authority, c.biller.url.base_path), "capacity": c.biller.capacity.to_string() },
+        "biller": { "url": c.biller.url.to_string(), "capacity": c.biller.capacity.to_string() },
         "admin_mutations": control.has_token(),
     });
     plain(StatusCode::OK, JSON, body.to_string())
+}
+
+/// The fleet as this instance last saw it: each live instance, its last heartbeat, its share
+/// of the tokens lately granted and its configuration's hash.
+fn fleet(control: &Control) -> Answer {
+    match control.shared.fleet() {
+        Some(fleet) => match serde_json::to_string(&*fleet.view()) {
+            Ok(body) => plain(StatusCode::OK, JSON, body),
+            Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Fleet view unavailable", &error.to_string()),
+        },
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "Not in a fleet",
+            "this gateway runs alone: its configuration has no [fleet] table",
+        ),
+    }
 }
 
 fn partners(control: &Control) -> Answer {

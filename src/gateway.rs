@@ -147,8 +147,14 @@ impl Gateway {
                 options.probe_every,
                 stopped.clone(),
             )),
-            tokio::spawn(sweeping(Arc::clone(&shared), options.sweep_every, stopped)),
+            tokio::spawn(sweeping(Arc::clone(&shared), options.sweep_every, stopped.clone())),
         ];
+        let mut tasks = tasks;
+        if let Some(fleet) = shared.fleet() {
+            tasks.push(tokio::spawn(
+                Arc::clone(fleet).run(Arc::clone(&shared), stopped),
+            ));
+        }
         tracing::info!(%addr, %admin_addr, "billgate listening");
         Ok(Gateway {
             addr,

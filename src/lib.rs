@@ -19,6 +19,7 @@ pub mod admin;
 pub mod biller_tls;
 pub mod cli;
 pub mod coalesce;
+pub mod fleet;
 mod commands;
 pub mod control;
 pub mod gateway;

@@ -497,6 +497,11 @@ impl Metrics {
     }
 
     /// Counts a failed partner TLS handshake (`reason` one of [`TLS_FAILURE_REASONS`]).
+    /// The registry, for families registered later (the fleet's, when there is one).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn tls_handshake_failed(&self, reason: &str) {
         self.tls_handshake_failures
             .with_label_values(&[reason])

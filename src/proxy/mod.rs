@@ -36,6 +36,7 @@ use crate::cache::{AnswerCache, CacheSettings};
 use crate::clock::Clock;
 use crate::coalesce::Coalescer;
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 
 /// State shared by every connection and the admin listener.
@@ -53,6 +54,8 @@ pub struct Shared {
     biller_reachable: AtomicBool,
     /// The partner listener's TLS, swapped by reloads: each handshake reads it once.
     tls: arc_swap::ArcSwapOption<crate::tls::ListenerTls>,
+    /// This instance's part in a fleet, when `[fleet]` was set at start.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Shared {
@@ -63,8 +66,16 @@ impl Shared {
         biller_tls: Option<Arc<BillerTls>>,
         clock: Clock,
         suspensions: Suspensions,
-    ) -> Result<Shared, prometheus::Error> {
+    ) -> anyhow::Result<Shared> {
         let metrics = Metrics::new()?;
+        let fleet = match &config.fleet {
+            Some(settings) => Some(Arc::new(Fleet::new(
+                settings,
+                metrics.registry(),
+                &config.source_sha256,
+            )?)),
+            None => None,
+        };
         let cache = AnswerCache::new(
             CacheSettings {
                 max_entries: config.cache.max_entries,
@@ -74,7 +85,15 @@ impl Shared {
             clock.clone(),
         );
         let coalescer = Coalescer::for_cache(&cache);
-        let snapshot = Snapshot::build(config, biller_tls, None, &clock, &metrics, &suspensions);
+        let snapshot = Snapshot::build(
+            config,
+            biller_tls,
+            None,
+            &clock,
+            &metrics,
+            &suspensions,
+            fleet.as_ref().map(|f| f.state()),
+        );
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -84,7 +103,13 @@ impl Shared {
             coalescer,
             biller_reachable: AtomicBool::new(false),
             tls: arc_swap::ArcSwapOption::empty(),
+            fleet,
         })
+    }
+
+    /// This instance's part in a fleet: `None` for a gateway that runs alone.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// The gateway's clock.
@@ -113,6 +138,7 @@ impl Shared {
             &self.clock,
             &self.metrics,
             &self.suspensions,
+            self.fleet.as_ref().map(|f| f.state()),
         );
         self.snapshot.store(Arc::new(next));
     }

@@ -12,6 +12,7 @@ use crate::admission::{Denied, Gate, Limit, Policy, Reason, Remaining, Suspensio
 use crate::biller_tls::BillerTls;
 use crate::clock::Clock;
 use crate::config::{Class, Config};
+use crate::fleet::FleetState;
 use crate::ids::PerPartner;
 use crate::metrics::{Metrics, PartnerMetrics};
 
@@ -114,8 +115,15 @@ impl Snapshot {
         clock: &Clock,
         metrics: &Metrics,
         suspensions: &Suspensions,
+        fleet: Option<&Arc<FleetState>>,
     ) -> Snapshot {
-        let gate = Gate::build(&config, previous.map(|s| &s.gate), clock, suspensions);
+        let previous_gate = previous.map(|s| &s.gate);
+        let gate = Gate::build(&config, previous_gate, clock, suspensions);
+        // In a fleet, every gate spends leases on the fleet's buckets beside its own quotas.
+        let gate = match fleet {
+            Some(state) => gate.in_fleet(&config, Arc::clone(state), previous_gate),
+            None => gate,
+        };
         let partners = config
             .partners
             .iter()

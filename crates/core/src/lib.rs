@@ -15,6 +15,7 @@ pub mod cache;
 pub mod clock;
 pub mod concurrency;
 pub mod config;
+pub mod fleet;
 pub mod ids;
 pub mod memory;
 pub mod shards;

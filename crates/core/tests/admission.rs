@@ -72,6 +72,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
             client_key: None,
         },
         cache: Cache::default(),
+        fleet: None,
         routes: vec![
             Route {
                 name: "bill-inquiry".into(),

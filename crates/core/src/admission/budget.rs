@@ -120,7 +120,11 @@ fn scaled(rate: Rate, share: f64) -> Rate {
 
 /// Each level's rate: the whole capacity, the inquiries' share, the scheduled polls' share
 /// (`None` for a level whose reserve is zero).
-fn level_rates(capacity: Rate, payment_reserve: f64, user_reserve: f64) -> [Option<Rate>; 3] {
+pub(crate) fn level_rates(
+    capacity: Rate,
+    payment_reserve: f64,
+    user_reserve: f64,
+) -> [Option<Rate>; 3] {
     let level = |share: f64| (share < 1.0).then(|| scaled(capacity, share));
     [
         Some(capacity),

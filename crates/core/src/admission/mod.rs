@@ -17,7 +17,7 @@
 mod accounts;
 mod biller;
 mod budget;
-mod gcra;
+pub(crate) mod gcra;
 mod identify;
 mod quota;
 mod route;
@@ -45,7 +45,14 @@ pub use suspension::{CellRef, PartnerCell, Suspension, Suspensions, CHUNK};
 
 use crate::clock::Clock;
 use crate::config::{Class, Config, Mode, Rate, RouteClass};
+use crate::fleet::{FleetState, Lease, Ledger, Taken};
 use crate::ids::{PartnerId, PerPartner, RouteId};
+
+/// The biller's capacity levels as `[biller]` sets them: the whole, what inquiries may use,
+/// what scheduled polls may use (`None` for a level whose reserve is zero).
+pub fn biller_levels(biller: &crate::config::Biller) -> [Option<Rate>; 3] {
+    budget::level_rates(biller.capacity, biller.payment_reserve, biller.user_reserve)
+}
 
 /// What the decision reads of a request.
 #[derive(Debug, Clone, Copy)]
@@ -267,6 +274,8 @@ pub struct Gate {
     cell_chunks: Box<[usize]>,
     protection: Arc<Protection>,
     clock: Clock,
+    /// In a fleet: the leases on the fleet's buckets, spent beside the local quotas.
+    fleet: Option<Ledger>,
 }
 
 impl Gate {
@@ -354,7 +363,23 @@ impl Gate {
             cell_chunks: suspensions.chunk_addresses(),
             protection,
             clock: clock.clone(),
+            fleet: None,
         }
+    }
+
+    /// This gate, one of a fleet's (see [`crate::fleet`]): every partner quota and level of
+    /// the biller's capacity is also spent from a lease on the fleet's bucket, and per-account
+    /// quotas are shared among the instances alive. Leases `previous` held on unchanged quotas
+    /// are carried over.
+    pub fn in_fleet(mut self, config: &Config, state: Arc<FleetState>, previous: Option<&Gate>) -> Gate {
+        let before = previous.and_then(|g| g.fleet.as_ref());
+        self.fleet = Some(Ledger::build(config, before, state));
+        self
+    }
+
+    /// The fleet's leases, when this gate is one of a fleet's.
+    pub fn fleet(&self) -> Option<&Ledger> {
+        self.fleet.as_ref()
     }
 
     pub fn partners(&self) -> &PerPartner<PartnerGate> {
@@ -552,6 +577,21 @@ impl Gate {
             rate: quota.rate(),
             remaining,
         };
+        // In a fleet, the fleet's lease first: a request it refuses spends nothing here. A
+        // later refusal gives its token back.
+        let mut leased = Leased::default();
+        if let Some(fleet) = &self.fleet {
+            if let Some(lease) = fleet.partner(c.partner, c.class) {
+                match lease.take(fleet.state(), now.as_u64(), 1) {
+                    Ok(taken) => leased.partner = Some((lease, taken)),
+                    Err(_) if shadow => would_refuse = Some(Reason::PartnerQuota),
+                    Err(wait) => {
+                        let remaining = Remaining::refused(quota.rate(), wait);
+                        return deny(Reason::PartnerQuota, Some(class_limit(remaining)));
+                    }
+                }
+            }
+        }
         // What remains of the quota is worked out only once the request is admitted.
         let spent = match quota.pass_n(own, now, 1) {
             Ok(passed) => Ok(passed),
@@ -559,14 +599,18 @@ impl Gate {
                 would_refuse = Some(Reason::PartnerQuota);
                 Err(remaining)
             }
-            Err(remaining) => return deny(Reason::PartnerQuota, Some(class_limit(remaining))),
+            Err(remaining) => {
+                leased.refund();
+                return deny(Reason::PartnerQuota, Some(class_limit(remaining)));
+            }
         };
 
         // The account's key is worked out only now: a refusal at the partner's quota never
         // reads the per-account limit's line.
         if let (Some(accounts), Some(place)) = (&partner.accounts, c.account_place) {
             let key = self.accounts.key_at(place, accounts.tag());
-            if let Err(denial) = accounts.check_key(key, now) {
+            let instances = self.fleet.as_ref().map_or(1, |f| f.state().instances());
+            if let Err(denial) = accounts.check_shared(key, now, instances) {
                 let (reason, wait) = match denial {
                     AccountDenial::TooOften(wait) => (Reason::AccountQuota, wait),
                     // A full table frees up as idle accounts are swept; one replenish interval
@@ -582,15 +626,36 @@ impl Gate {
                         rate: accounts.rate(),
                         remaining: Remaining::refused(accounts.rate(), wait),
                     };
+                    leased.refund();
                     return deny(reason, Some(limit));
                 }
                 would_refuse = would_refuse.or(Some(reason));
             }
         }
 
+        // The fleet's leases on the biller's capacity, level by level, before the local budget.
+        if let Some(fleet) = &self.fleet {
+            for (level, lease) in fleet.biller(c.class).enumerate() {
+                match lease.take(fleet.state(), now.as_u64(), 1) {
+                    Ok(taken) => leased.levels[level] = Some((lease, taken)),
+                    Err(wait) => {
+                        leased.refund();
+                        return Decision::Deny(Denied {
+                            reason: Reason::BillerCapacity,
+                            partner: Some(c.partner),
+                            class: Some(c.class),
+                            route: Some(c.route),
+                            limit: None,
+                            retry_after: Some(wait),
+                        });
+                    }
+                }
+            }
+        }
         let ticket = match self.protection.admit(c.class, partner.cell.pause(), now) {
             Ok(ticket) => ticket,
             Err(shed) => {
+                leased.refund();
                 let (reason, wait) = match shed {
                     Shed::Paused(wait) => (Reason::BillerPaused, wait),
                     Shed::BreakerOpen(wait) => (Reason::BreakerOpen, wait),
@@ -632,7 +697,42 @@ impl Gate {
             });
         };
         let now = self.clock.now();
-        match self.spend_quota(c.partner, c.class, cost.get(), now) {
+        // In a fleet, a hit spends the fleet's lease too: the quota is the fleet's.
+        let mut leased = Leased::default();
+        if let Some(fleet) = &self.fleet {
+            if let Some(lease) = fleet.partner(c.partner, c.class) {
+                match lease.take(fleet.state(), now.as_u64(), cost.get()) {
+                    Ok(taken) => leased.partner = Some((lease, taken)),
+                    Err(wait) => {
+                        let rate = lease.rate();
+                        let limit = Limit {
+                            policy: Policy::Class(c.class),
+                            rate,
+                            remaining: Remaining::refused(rate, wait),
+                        };
+                        if self.partners[c.partner].mode == Mode::Shadow {
+                            return Ok(CachedAdmission {
+                                limit: Some(limit),
+                                shadow: Some(Reason::PartnerQuota),
+                            });
+                        }
+                        return Err(Denied {
+                            reason: Reason::PartnerQuota,
+                            partner: Some(c.partner),
+                            class: Some(c.class),
+                            route: Some(c.route),
+                            retry_after: Some(wait),
+                            limit: Some(limit),
+                        });
+                    }
+                }
+            }
+        }
+        let spent = self.spend_quota(c.partner, c.class, cost.get(), now);
+        if !matches!(spent, Some(Ok(_))) {
+            leased.refund_n(cost.get());
+        }
+        match spent {
             Some(Ok(limit)) => Ok(CachedAdmission {
                 limit: Some(limit),
                 shadow: None,
@@ -677,6 +777,25 @@ impl Gate {
             remaining,
         };
         Some(quota.check_n(own, now, cost).map(limit).map_err(limit))
+    }
+}
+
+/// What one decision took of the fleet's leases, to give back if a later check refuses.
+#[derive(Default)]
+struct Leased<'g> {
+    partner: Option<(&'g Lease, Taken)>,
+    levels: [Option<(&'g Lease, Taken)>; 3],
+}
+
+impl Leased<'_> {
+    fn refund(&self) {
+        self.refund_n(1);
+    }
+
+    fn refund_n(&self, n: u32) {
+        for (lease, taken) in self.partner.iter().chain(self.levels.iter().flatten()) {
+            lease.refund(*taken, n);
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use super::{partners, routes, sections};
 /// The shipped `config.toml`, embedded: the configuration used when none is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../../config.toml");
 
-const TOP_KEYS: &[&str] = &["server", "biller", "cache", "route", "partner"];
+const TOP_KEYS: &[&str] = &["server", "biller", "cache", "fleet", "route", "partner"];
 
 /// The default `[server] max_config_bytes`: a generous ceiling for hand-written files (the
 /// shipped one is under 5 KiB), low enough that reading and checking a file stays quick.
@@ -170,16 +170,18 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     let server = sections::server(&mut errors, &root);
     let biller = sections::biller(&mut errors, &root);
     let cache = sections::cache(&mut errors, &root);
+    let fleet = sections::fleet(&mut errors, &root);
     let routes = routes::routes(&mut errors, &root);
     let partners = partners::partners(&mut errors, &root);
     if errors.count() == 0 {
-        if let (Some(server), Some(biller), Some(cache), Some(routes), Some(partners)) =
-            (server, biller, cache, routes, partners)
+        if let (Some(server), Some(biller), Some(cache), Some(fleet), Some(routes), Some(partners)) =
+            (server, biller, cache, fleet, routes, partners)
         {
             return Ok(Config {
                 server,
                 biller,
                 cache,
+                fleet,
                 routes: routes.into(),
                 partners: partners.into(),
                 source_sha256: hex::encode(Sha256::digest(text.as_bytes())),

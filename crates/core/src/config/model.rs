@@ -18,6 +18,8 @@ pub struct Config {
     pub server: Server,
     pub biller: Biller,
     pub cache: Cache,
+    /// `[fleet]`: absent for a gateway that runs alone.
+    pub fleet: Option<Fleet>,
     pub routes: PerRoute<Route>,
     pub partners: PerPartner<Partner>,
     /// SHA-256 of the file's bytes, hex: tells operators which configuration is running.
@@ -172,6 +174,19 @@ impl std::fmt::Display for BillerUrl {
         let scheme = if self.tls { "https" } else { "http" };
         write!(f, "{scheme}://{}{}", self.authority, self.base_path)
     }
+}
+
+/// `[fleet]`: quotas and the biller's capacity shared by every gateway instance that names the
+/// same Redis (see `billgate_core::fleet`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// `redis://…` or `rediss://…` (TLS); checked further by the Redis client at start.
+    pub redis: String,
+    /// This instance's name in the fleet; default the host name and the process id.
+    pub instance: Option<String>,
+    /// How long a call to Redis may take before the instance treats Redis as down and falls
+    /// back to its share. Default 250ms.
+    pub timeout: Duration,
 }
 
 /// `[cache]`: the memory for inquiry answers of routes with `cache_for`.

@@ -10,7 +10,7 @@ use toml::de::DeTable;
 use super::fields::{Errors, Table};
 use super::load::{DEFAULT_MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MIN_CONFIG_BYTES};
 use super::model::{
-    Biller, BillerUrl, BreakerConfig, Cache, ClientAuth, FileRef, Server, ServerTls,
+    Biller, BillerUrl, BreakerConfig, Cache, ClientAuth, FileRef, Fleet, Server, ServerTls,
 };
 use super::rate::{parse_rate, Period, Rate};
 use super::values::{biller_url, header_name, positive_duration, socket_addr};
@@ -428,6 +428,59 @@ pub(crate) fn cache(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Cac
         max_bytes: max_bytes?,
         hit_cost: hit_cost?,
     })
+}
+
+pub(crate) const FLEET_KEYS: &[&str] = &["redis", "instance", "timeout"];
+
+/// `[fleet]`: `Some(None)` when absent (the gateway runs alone), `None` when wrong (reported).
+pub(crate) fn fleet(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Option<Fleet>> {
+    if root.get("fleet").is_none() {
+        return Some(None);
+    }
+    let t = root.table(errors, "fleet", FLEET_KEYS)?;
+    const URL: &str = "a Redis URL like \"redis://127.0.0.1:6379/0\" or \"rediss://…\"";
+    let redis = t.required_string(errors, "redis", URL).and_then(|at| {
+        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| at.value.starts_with(scheme));
+        if scheme_ok && at.value.len() > at.value.find("//").unwrap_or(0) + 2 {
+            Some(at.value.to_string())
+        } else {
+            errors.push(at.span, &at.path, format!("expected {URL}, found {:?}", at.value));
+            None
+        }
+    });
+    const NAME: &str = "an instance name of letters, digits, '.', '_' or '-', at most 64 long";
+    let instance = match t.string(errors, "instance", NAME) {
+        Some(at) => {
+            let fits = !at.value.is_empty()
+                && at.value.len() <= 64
+                && at
+                    .value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if fits {
+                Some(Some(at.value.to_string()))
+            } else {
+                errors.push(at.span, &at.path, format!("expected {NAME}, found {:?}", at.value));
+                None
+            }
+        }
+        None if t.get("instance").is_some() => None,
+        None => Some(None),
+    };
+    let timeout = t.parse_or(
+        errors,
+        "timeout",
+        DURATION,
+        Duration::from_millis(250),
+        positive_duration,
+    );
+    Some(Some(Fleet {
+        redis: redis?,
+        instance: instance?,
+        timeout: timeout?,
+    }))
 }
 
 fn breaker(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Option<BreakerConfig> {

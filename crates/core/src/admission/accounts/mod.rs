@@ -357,30 +357,46 @@ impl AccountLimiter {
     /// [`AccountLimiter::check`] for an account by its [`AccountLimiter::key`].
     #[inline]
     pub fn check_key(&self, key: u64, now: Nanos) -> Result<(), AccountDenial> {
+        self.check_shared(key, now, 1)
+    }
+
+    /// [`AccountLimiter::check_key`] for one of `instances` gateways sharing the quota (see
+    /// `crate::fleet`): each holds each account to the rate and burst divided by them.
+    #[inline]
+    pub fn check_shared(&self, key: u64, now: Nanos, instances: u32) -> Result<(), AccountDenial> {
         let now = now.as_u64();
+        let gcra = if instances <= 1 {
+            self.gcra
+        } else {
+            let burst = (self.rate.burst.get() / instances).max(1);
+            Gcra::from_nanos(
+                self.gcra.t().saturating_mul(u64::from(instances)),
+                std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN),
+            )
+        };
         let shard = self.table.shard(key);
         if let Some(slot) = shard.slots.load().find(key) {
-            if let Some(verdict) = self.spend(slot, now) {
+            if let Some(verdict) = Self::spend(gcra, slot, now) {
                 return verdict;
             }
         }
-        self.check_locked(shard, key, now)
+        self.check_locked(gcra, shard, key, now)
     }
 
     /// GCRA on one slot by compare-and-swap; `None` if the slot is frozen (copied away).
     #[inline]
-    fn spend(&self, slot: &Slot, now: u64) -> Option<Result<(), AccountDenial>> {
+    fn spend(gcra: Gcra, slot: &Slot, now: u64) -> Option<Result<(), AccountDenial>> {
         let mut seen = slot.tat.load(Ordering::Acquire);
         loop {
             if seen & FROZEN != 0 {
                 return None;
             }
-            let earliest = self.gcra.earliest(seen, 1);
+            let earliest = gcra.earliest(seen, 1);
             if now < earliest {
                 let wait = Duration::from_nanos(earliest - now);
                 return Some(Err(AccountDenial::TooOften(wait)));
             }
-            let next = self.gcra.next(seen, now, 1).min(FROZEN - 1);
+            let next = gcra.next(seen, now, 1).min(FROZEN - 1);
             match slot
                 .tat
                 .compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Acquire)
@@ -394,13 +410,18 @@ impl AccountLimiter {
     /// The slow path, under the shard's lock: an account not found (new, or being moved), or
     /// found frozen. Nothing else changes the shard meanwhile.
     #[cold]
-    fn check_locked(&self, shard: &Shard, key: u64, now: u64) -> Result<(), AccountDenial> {
+    fn check_locked(
+        &self,
+        gcra: Gcra,
+        shard: &Shard,
+        key: u64,
+        now: u64,
+    ) -> Result<(), AccountDenial> {
         let mut len = lock(&shard.writer);
         let mut slots = shard.slots.load_full();
         if let Some(slot) = slots.find(key) {
             // Only lock holders freeze slots, and they publish a new array before unlocking.
-            return self
-                .spend(slot, now)
+            return Self::spend(gcra, slot, now)
                 .unwrap_or(Err(AccountDenial::TableFull));
         }
         // Over the ceiling a new account cannot be tracked, so it is refused rather than let
@@ -421,7 +442,7 @@ impl AccountLimiter {
         slots.insert(Entry {
             key,
             owner: self.tag,
-            tat: self.gcra.next(0, now, 1),
+            tat: gcra.next(0, now, 1),
         });
         *len += 1;
         Ok(())

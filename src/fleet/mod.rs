@@ -1,0 +1,525 @@
+//! This instance's side of a fleet (`[fleet]`): the background tasks that keep its leases on
+//! the fleet's buckets filled, beat its heartbeat, learn who else is alive, and carry
+//! suspensions both ways. The admission decision reads only what these tasks leave in
+//! [`FleetState`] and the leases (see `billgate_core::fleet`); nothing here is on a request's
+//! path, and no request waits on Redis.
+
+pub mod redis;
+
+pub use billgate_core::fleet::*;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use self::redis::{Beat, Fleet as Heard, LinkError, Refill, RedisLink};
+use crate::admission::Suspension;
+use crate::config;
+use crate::proxy::Shared;
+
+/// How often the heartbeat is written and the fleet read: suspensions reach every instance
+/// within two of these.
+pub const BEAT: Duration = Duration::from_millis(250);
+
+/// An instance not heard from for this long is no longer counted alive.
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(2);
+
+/// What an instance publishes about itself with each heartbeat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Info {
+    config_sha256: String,
+    /// Tokens its leases were granted per second since its previous heartbeat.
+    granted_per_second: f64,
+    started_unix: u64,
+}
+
+/// One instance as `/admin/fleet` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    pub instance: String,
+    /// Milliseconds since its last heartbeat, by Redis's clock.
+    pub last_heartbeat_ms_ago: u64,
+    pub config_sha256: String,
+    /// Its part of the tokens the fleet granted lately (0 to 1; an even split when idle).
+    pub share: f64,
+    pub granted_per_second: f64,
+    pub this: bool,
+}
+
+/// The fleet as this instance last saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub instance: String,
+    pub redis_up: bool,
+    /// `leases` while Redis answers; `shares` when every quota is divided among the instances
+    /// last seen alive.
+    pub mode: &'static str,
+    pub instances: Vec<MemberView>,
+    pub config_sha256: String,
+    /// Some live instance runs another configuration.
+    pub config_mismatch: bool,
+}
+
+/// The fleet's metrics, registered on the gateway's registry when the fleet starts.
+struct FleetMetrics {
+    instances: IntGauge,
+    refills: IntCounterVec,
+    redis_up: IntGauge,
+    config_mismatch: IntGauge,
+    fallbacks: IntCounter,
+}
+
+impl FleetMetrics {
+    fn register(registry: &prometheus::Registry) -> Result<FleetMetrics, prometheus::Error> {
+        let instances = IntGauge::new(
+            "billgate_fleet_instances",
+            "Gateway instances alive at the last heartbeat, this one included.",
+        )?;
+        let refills = IntCounterVec::new(
+            Opts::new(
+                "billgate_fleet_lease_refills_total",
+                "Lease refills asked of Redis, by result: granted (tokens came), empty (the \
+                 fleet's bucket had none), error (no answer in time).",
+            ),
+            &["result"],
+        )?;
+        let redis_up = IntGauge::new(
+            "billgate_fleet_redis_up",
+            "1 while Redis answers in time (quotas spent from leases), 0 while each quota falls \
+             back to this instance's share.",
+        )?;
+        let config_mismatch = IntGauge::new(
+            "billgate_fleet_config_mismatch",
+            "1 when some live instance runs a configuration other than this one's.",
+        )?;
+        let fallbacks = IntCounter::new(
+            "billgate_fleet_fallbacks_total",
+            "Times this instance lost Redis and fell back to its share of every quota.",
+        )?;
+        registry.register(Box::new(instances.clone()))?;
+        registry.register(Box::new(refills.clone()))?;
+        registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(config_mismatch.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
+        for result in ["granted", "empty", "error"] {
+            refills.with_label_values(&[result]);
+        }
+        instances.set(1);
+        Ok(FleetMetrics {
+            instances,
+            refills,
+            redis_up,
+            config_mismatch,
+            fallbacks,
+        })
+    }
+}
+
+/// Suspensions as last agreed with the fleet.
+#[derive(Default)]
+struct Agreed {
+    /// This instance's suspensions after the last heartbeat.
+    local: HashMap<String, Suspension>,
+    /// The fleet's at the last heartbeat.
+    fleet: HashSet<String>,
+}
+
+/// This instance in the fleet.
+pub struct Fleet {
+    instance: String,
+    link: RedisLink,
+    state: Arc<FleetState>,
+    metrics: FleetMetrics,
+    view: ArcSwap<View>,
+    started_unix: u64,
+    /// Tokens granted to this instance, ever, and at the last heartbeat.
+    granted: AtomicU64,
+    granted_at_beat: Mutex<(u64, std::time::Instant)>,
+    /// Redis has answered at least once.
+    joined: AtomicBool,
+    agreed: Mutex<Agreed>,
+}
+
+impl Fleet {
+    /// This instance's part in the fleet `settings` name; nothing is sent until [`Fleet::run`].
+    ///
+    /// # Errors
+    /// The Redis URL is refused by the client, or the metrics cannot be registered.
+    pub fn new(
+        settings: &config::Fleet,
+        registry: &prometheus::Registry,
+        config_sha256: &str,
+    ) -> anyhow::Result<Fleet> {
+        let instance = settings.instance.clone().unwrap_or_else(default_instance);
+        let link = RedisLink::open(&settings.redis, "fleet", settings.timeout)
+            .map_err(|e| anyhow::anyhow!("[fleet] redis: {e}"))?;
+        let metrics = FleetMetrics::register(registry)?;
+        let view = View {
+            instance: instance.clone(),
+            redis_up: false,
+            mode: "shares",
+            instances: Vec::new(),
+            config_sha256: config_sha256.to_string(),
+            config_mismatch: false,
+        };
+        Ok(Fleet {
+            instance,
+            link,
+            state: Arc::new(FleetState::new()),
+            metrics,
+            view: ArcSwap::from_pointee(view),
+            started_unix: unix_now(),
+            granted: AtomicU64::new(0),
+            granted_at_beat: Mutex::new((0, std::time::Instant::now())),
+            joined: AtomicBool::new(false),
+            agreed: Mutex::new(Agreed::default()),
+        })
+    }
+
+    /// What every gate of this instance reads.
+    pub fn state(&self) -> &Arc<FleetState> {
+        &self.state
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The fleet as last seen, for `/admin/fleet`.
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// Refills and heartbeats until `shutdown` turns true. The first heartbeat is tried at
+    /// once, so the instance knows its fleet before its first refill.
+    pub async fn run(self: Arc<Self>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+        let beats = {
+            let fleet = Arc::clone(&self);
+            let shared = Arc::clone(&shared);
+            let mut shutdown = shutdown.clone();
+            async move {
+                loop {
+                    fleet.beat(&shared).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(BEAT) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        };
+        let refills = {
+            let mut shutdown = shutdown.clone();
+            async move {
+                let mut tick = tokio::time::interval(TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    let snapshot = shared.snapshot_full();
+                    if let Some(ledger) = snapshot.gate.fleet() {
+                        self.refill(ledger, shared.clock().now().as_u64()).await;
+                    }
+                }
+            }
+        };
+        tokio::join!(beats, refills);
+    }
+
+    /// One refill round: every lease that needs something asks it of its bucket, all in one
+    /// round trip.
+    async fn refill(&self, ledger: &Ledger, now: u64) {
+        let asks: Vec<(&Arc<Lease>, Ask)> = ledger
+            .leases()
+            .map(|lease| (lease, lease.plan(now)))
+            .filter(|(_, ask)| !ask.is_empty())
+            .collect();
+        if asks.is_empty() {
+            return;
+        }
+        let batch: Vec<Refill> = asks
+            .iter()
+            .map(|(lease, ask)| Refill {
+                key: lease.key().to_string(),
+                per_second: lease.per_second(),
+                burst: u64::from(lease.rate().burst.get()),
+                want: ask.want,
+                give_back: ask.give_back,
+                debt: ask.debt,
+            })
+            .collect();
+        match self.link.refill(&batch).await {
+            Ok(grants) if grants.len() == asks.len() => {
+                let (mut granted, mut empty, mut tokens) = (0, 0, 0);
+                for ((lease, ask), grant) in asks.iter().zip(&grants) {
+                    lease.granted(ask, grant.granted);
+                    if ask.want > 0 {
+                        tokens += grant.granted;
+                        if grant.granted > 0 {
+                            granted += 1;
+                        } else {
+                            empty += 1;
+                        }
+                    }
+                }
+                self.granted.fetch_add(tokens, Ordering::Relaxed);
+                self.metrics
+                    .refills
+                    .with_label_values(&["granted"])
+                    .inc_by(granted);
+                self.metrics.refills.with_label_values(&["empty"]).inc_by(empty);
+                self.answered();
+            }
+            Ok(grants) => {
+                let error = LinkError::Reply(format!(
+                    "{} grants for {} refills",
+                    grants.len(),
+                    asks.len()
+                ));
+                self.lost(ledger, &error);
+            }
+            Err(error) => self.lost(ledger, &error),
+        }
+    }
+
+    /// Redis answered: leases from now on.
+    fn answered(&self) {
+        self.metrics.redis_up.set(1);
+        if self.state.set_up(true) {
+            if self.joined.swap(true, Ordering::AcqRel) {
+                tracing::warn!(instance = %self.instance, "Redis answers again: quotas are spent from the fleet's leases again");
+            } else {
+                tracing::info!(instance = %self.instance, "joined the fleet");
+            }
+        }
+    }
+
+    /// Redis did not answer in time: every lease lapses and each quota falls back to this
+    /// instance's share until it answers again. Said once per outage.
+    fn lost(&self, ledger: &Ledger, error: &LinkError) {
+        self.metrics.refills.with_label_values(&["error"]).inc();
+        self.metrics.redis_up.set(0);
+        let changed = self.state.set_up(false);
+        for lease in ledger.leases() {
+            lease.lapse();
+        }
+        if changed || !self.joined.swap(true, Ordering::AcqRel) {
+            self.metrics.fallbacks.inc();
+            tracing::warn!(
+                instance = %self.instance,
+                instances = self.state.instances(),
+                %error,
+                "Redis is out of reach: each quota falls back to this instance's share (the quota divided by the instances last seen alive) until it answers"
+            );
+        }
+    }
+
+    /// One heartbeat: push this instance's suspension changes, beat, read the fleet, take in
+    /// its suspensions.
+    async fn beat(&self, shared: &Shared) {
+        let snapshot = shared.snapshot_full();
+        let config_sha256 = snapshot.config.source_sha256.clone();
+        let local: HashMap<String, Suspension> = shared.suspensions().list().into_iter().collect();
+        let (pushes, removals) = {
+            let agreed = self.agreed.lock().unwrap_or_else(PoisonError::into_inner);
+            let pushes: Vec<(String, Suspension)> = local
+                .iter()
+                .filter(|(id, s)| agreed.local.get(*id) != Some(*s))
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect();
+            let removals: Vec<String> = agreed
+                .local
+                .keys()
+                .filter(|id| !local.contains_key(*id))
+                .cloned()
+                .collect();
+            (pushes, removals)
+        };
+        let ledger = snapshot.gate.fleet();
+        let lost = |error: &LinkError| match ledger {
+            Some(ledger) => self.lost(ledger, error),
+            None => {
+                self.metrics.redis_up.set(0);
+                self.state.set_up(false);
+            }
+        };
+        for (id, suspension) in &pushes {
+            let json = serde_json::to_string(suspension).unwrap_or_default();
+            if let Err(error) = self.link.set_suspension(id, Some(&json)).await {
+                return lost(&error);
+            }
+        }
+        for id in &removals {
+            if let Err(error) = self.link.set_suspension(id, None).await {
+                return lost(&error);
+            }
+        }
+        let info = Info {
+            config_sha256: config_sha256.clone(),
+            granted_per_second: self.granted_rate(),
+            started_unix: self.started_unix,
+        };
+        let info = serde_json::to_string(&info).unwrap_or_default();
+        let heard = match self
+            .link
+            .heartbeat(&Beat {
+                instance: &self.instance,
+                info: &info,
+                alive_within: ALIVE_WITHIN,
+            })
+            .await
+        {
+            Ok(heard) => heard,
+            Err(error) => return lost(&error),
+        };
+        self.answered();
+        let alive = u32::try_from(heard.instances.len()).unwrap_or(u32::MAX);
+        // This instance is alive whatever the reply says (a beat written just now).
+        let alive = if heard.instances.iter().any(|m| m.id == self.instance) {
+            alive
+        } else {
+            alive.saturating_add(1)
+        };
+        self.state.set_instances(alive);
+        self.metrics.instances.set(i64::from(alive));
+        self.take_suspensions(shared, &snapshot.config, local, &pushes, &removals, &heard);
+        let view = self.view_of(&heard, &config_sha256);
+        self.metrics
+            .config_mismatch
+            .set(i64::from(view.config_mismatch));
+        self.view.store(Arc::new(view));
+    }
+
+    /// Applies the fleet's suspension changes here: one the fleet has and this instance has
+    /// not (and did not just lift) is taken; one this instance has, the fleet had and no
+    /// longer has, was lifted elsewhere and is lifted here.
+    fn take_suspensions(
+        &self,
+        shared: &Shared,
+        config: &config::Config,
+        mut local: HashMap<String, Suspension>,
+        pushed: &[(String, Suspension)],
+        removed: &[String],
+        heard: &Heard,
+    ) {
+        let mut agreed = self.agreed.lock().unwrap_or_else(PoisonError::into_inner);
+        let fleet: HashMap<&str, &str> = heard
+            .suspensions
+            .iter()
+            .map(|(id, json)| (id.as_str(), json.as_str()))
+            .collect();
+        let known = |id: &str| config.partners.iter().any(|p| p.id == id);
+        for (&id, &json) in &fleet {
+            if local.contains_key(id) || removed.iter().any(|r| r == id) || !known(id) {
+                continue;
+            }
+            let suspension = serde_json::from_str::<Suspension>(json).unwrap_or(Suspension {
+                reason: "suspended on another instance of the fleet".into(),
+                since_unix: unix_now(),
+            });
+            shared.suspensions().suspend(id, suspension.clone());
+            tracing::warn!(partner = %id, "partner suspended (by another instance of the fleet)");
+            local.insert(id.to_string(), suspension);
+        }
+        let lifted: Vec<String> = local
+            .keys()
+            .filter(|id| {
+                !fleet.contains_key(id.as_str())
+                    && agreed.fleet.contains(*id)
+                    && !pushed.iter().any(|(p, _)| p == *id)
+            })
+            .cloned()
+            .collect();
+        for id in lifted {
+            shared.suspensions().resume(&id);
+            tracing::warn!(partner = %id, "partner resumed (by another instance of the fleet)");
+            local.remove(&id);
+        }
+        agreed.fleet = fleet.keys().map(|id| id.to_string()).collect();
+        agreed.local = local;
+    }
+
+    /// Tokens granted per second since the last call.
+    fn granted_rate(&self) -> f64 {
+        let now = std::time::Instant::now();
+        let total = self.granted.load(Ordering::Relaxed);
+        let mut last = self
+            .granted_at_beat
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let elapsed = now.duration_since(last.1).as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            total.saturating_sub(last.0) as f64 / elapsed
+        } else {
+            0.0
+        };
+        *last = (total, now);
+        rate
+    }
+
+    fn view_of(&self, heard: &Heard, config_sha256: &str) -> View {
+        let members: Vec<(String, u64, Info)> = heard
+            .instances
+            .iter()
+            .map(|m| {
+                let info = serde_json::from_str::<Info>(&m.info).unwrap_or_default();
+                (m.id.clone(), m.since_ms, info)
+            })
+            .collect();
+        let total: f64 = members.iter().map(|(_, _, i)| i.granted_per_second).sum();
+        let count = members.len().max(1) as f64;
+        let instances: Vec<MemberView> = members
+            .into_iter()
+            .map(|(id, since_ms, info)| MemberView {
+                this: id == self.instance,
+                instance: id,
+                last_heartbeat_ms_ago: since_ms,
+                share: if total > 0.0 {
+                    info.granted_per_second / total
+                } else {
+                    1.0 / count
+                },
+                granted_per_second: info.granted_per_second,
+                config_sha256: info.config_sha256,
+            })
+            .collect();
+        let config_mismatch = instances
+            .iter()
+            .any(|m| !m.config_sha256.is_empty() && m.config_sha256 != config_sha256);
+        View {
+            instance: self.instance.clone(),
+            redis_up: self.state.is_up(),
+            mode: if self.state.is_up() {
+                "leases"
+            } else {
+                "shares"
+            },
+            instances,
+            config_sha256: config_sha256.to_string(),
+            config_mismatch,
+        }
+    }
+}
+
+/// The host name and the process id: unique on a machine, readable in `/admin/fleet`.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "billgate".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
