@@ -197,7 +197,11 @@ fn fleet(control: &Control) -> Answer {
     match control.shared.fleet() {
         Some(fleet) => match serde_json::to_string(&*fleet.view()) {
             Ok(body) => plain(StatusCode::OK, JSON, body),
-            Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Fleet view unavailable", &error.to_string()),
+            Err(error) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Fleet view unavailable",
+                &error.to_string(),
+            ),
         },
         None => problem(
             StatusCode::NOT_FOUND,

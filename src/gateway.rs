@@ -147,7 +147,11 @@ impl Gateway {
                 options.probe_every,
                 stopped.clone(),
             )),
-            tokio::spawn(sweeping(Arc::clone(&shared), options.sweep_every, stopped.clone())),
+            tokio::spawn(sweeping(
+                Arc::clone(&shared),
+                options.sweep_every,
+                stopped.clone(),
+            )),
         ];
         let mut tasks = tasks;
         if let Some(fleet) = shared.fleet() {

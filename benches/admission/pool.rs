@@ -89,7 +89,7 @@ fn helper(worker: usize, shared: &Shared) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % (1 << 20) == 0 {
+            if spins.is_multiple_of(1 << 20) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

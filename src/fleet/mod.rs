@@ -18,7 +18,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use self::redis::{Beat, Fleet as Heard, LinkError, Refill, RedisLink};
+use self::redis::{Beat, Fleet as Heard, LinkError, RedisLink, Refill};
 use crate::admission::Suspension;
 use crate::config;
 use crate::proxy::Shared;
@@ -45,6 +45,8 @@ pub struct MemberView {
     pub instance: String,
     /// Milliseconds since its last heartbeat, by Redis's clock.
     pub last_heartbeat_ms_ago: u64,
+    /// [`crate::config::Config::fleet_sha256`] of its configuration: what every instance must
+    /// agree on (all but `[server]` and `[fleet]`).
     pub config_sha256: String,
     /// Its part of the tokens the fleet granted lately (0 to 1; an even split when idle).
     pub share: f64,
@@ -143,6 +145,9 @@ pub struct Fleet {
     granted_at_beat: Mutex<(u64, std::time::Instant)>,
     /// Redis has answered at least once.
     joined: AtomicBool,
+    /// How long a refill round trip took lately, in nanoseconds (smoothed): leases are
+    /// refilled that much further ahead.
+    round_trip: AtomicU64,
     agreed: Mutex<Agreed>,
 }
 
@@ -178,6 +183,7 @@ impl Fleet {
             granted: AtomicU64::new(0),
             granted_at_beat: Mutex::new((0, std::time::Instant::now())),
             joined: AtomicBool::new(false),
+            round_trip: AtomicU64::new(0),
             agreed: Mutex::new(Agreed::default()),
         })
     }
@@ -236,9 +242,11 @@ impl Fleet {
     /// One refill round: every lease that needs something asks it of its bucket, all in one
     /// round trip.
     async fn refill(&self, ledger: &Ledger, now: u64) {
+        // A refill asked now lands a round trip later, and the next one a tick after that.
+        let lead = TICK + 2 * Duration::from_nanos(self.round_trip.load(Ordering::Relaxed));
         let asks: Vec<(&Arc<Lease>, Ask)> = ledger
             .leases()
-            .map(|lease| (lease, lease.plan(now)))
+            .map(|lease| (lease, lease.plan(now, lead)))
             .filter(|(_, ask)| !ask.is_empty())
             .collect();
         if asks.is_empty() {
@@ -255,7 +263,17 @@ impl Fleet {
                 debt: ask.debt,
             })
             .collect();
-        match self.link.refill(&batch).await {
+        let sent = std::time::Instant::now();
+        let reply = self.link.refill(&batch).await;
+        let took = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let before = self.round_trip.load(Ordering::Relaxed);
+        let smoothed = if before == 0 {
+            took
+        } else {
+            (before + took) / 2
+        };
+        self.round_trip.store(smoothed, Ordering::Relaxed);
+        match reply {
             Ok(grants) if grants.len() == asks.len() => {
                 let (mut granted, mut empty, mut tokens) = (0, 0, 0);
                 for ((lease, ask), grant) in asks.iter().zip(&grants) {
@@ -274,7 +292,10 @@ impl Fleet {
                     .refills
                     .with_label_values(&["granted"])
                     .inc_by(granted);
-                self.metrics.refills.with_label_values(&["empty"]).inc_by(empty);
+                self.metrics
+                    .refills
+                    .with_label_values(&["empty"])
+                    .inc_by(empty);
                 self.answered();
             }
             Ok(grants) => {
@@ -325,7 +346,7 @@ impl Fleet {
     /// its suspensions.
     async fn beat(&self, shared: &Shared) {
         let snapshot = shared.snapshot_full();
-        let config_sha256 = snapshot.config.source_sha256.clone();
+        let config_sha256 = snapshot.config.fleet_sha256.clone();
         let local: HashMap<String, Suspension> = shared.suspensions().list().into_iter().collect();
         let (pushes, removals) = {
             let agreed = self.agreed.lock().unwrap_or_else(PoisonError::into_inner);

@@ -72,7 +72,7 @@ impl Shared {
             Some(settings) => Some(Arc::new(Fleet::new(
                 settings,
                 metrics.registry(),
-                &config.source_sha256,
+                &config.fleet_sha256,
             )?)),
             None => None,
         };

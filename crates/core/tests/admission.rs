@@ -111,6 +111,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
         .into(),
         partners: partners.into(),
         source_sha256: String::new(),
+        fleet_sha256: String::new(),
         warnings: Vec::new(),
     }
 }

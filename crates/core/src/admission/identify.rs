@@ -141,7 +141,7 @@ impl Entry {
             let word = <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes);
             diff |= stored.load(Ordering::Relaxed) ^ word;
         }
-        if key.len() % 8 != 0 {
+        if !key.len().is_multiple_of(8) {
             let stored = self.words.get(key.len() / 8);
             diff |= stored.map_or(0, |w| w.load(Ordering::Relaxed)) ^ tail_word(key);
         }

@@ -371,7 +371,12 @@ impl Gate {
     /// the biller's capacity is also spent from a lease on the fleet's bucket, and per-account
     /// quotas are shared among the instances alive. Leases `previous` held on unchanged quotas
     /// are carried over.
-    pub fn in_fleet(mut self, config: &Config, state: Arc<FleetState>, previous: Option<&Gate>) -> Gate {
+    pub fn in_fleet(
+        mut self,
+        config: &Config,
+        state: Arc<FleetState>,
+        previous: Option<&Gate>,
+    ) -> Gate {
         let before = previous.and_then(|g| g.fleet.as_ref());
         self.fleet = Some(Ledger::build(config, before, state));
         self

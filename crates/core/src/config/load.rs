@@ -174,8 +174,14 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     let routes = routes::routes(&mut errors, &root);
     let partners = partners::partners(&mut errors, &root);
     if errors.count() == 0 {
-        if let (Some(server), Some(biller), Some(cache), Some(fleet), Some(routes), Some(partners)) =
-            (server, biller, cache, fleet, routes, partners)
+        if let (
+            Some(server),
+            Some(biller),
+            Some(cache),
+            Some(fleet),
+            Some(routes),
+            Some(partners),
+        ) = (server, biller, cache, fleet, routes, partners)
         {
             return Ok(Config {
                 server,
@@ -185,6 +191,7 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
                 routes: routes.into(),
                 partners: partners.into(),
                 source_sha256: hex::encode(Sha256::digest(text.as_bytes())),
+                fleet_sha256: fleet_sha256(text),
                 warnings: errors.warnings,
             });
         }
@@ -192,6 +199,18 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
         errors.push(0..0, "", "the configuration is invalid");
     }
     Err(errors.finish())
+}
+
+/// See [`Config::fleet_sha256`]. The text has already parsed; should it not parse as a table
+/// here, the file's own hash stands in.
+fn fleet_sha256(text: &str) -> String {
+    let canonical = text.parse::<toml::Table>().ok().and_then(|mut table| {
+        table.remove("server");
+        table.remove("fleet");
+        toml::to_string(&table).ok()
+    });
+    let bytes = canonical.as_deref().unwrap_or(text).as_bytes();
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Hex SHA-256 of an API key, as `keys_sha256` holds it. One trailing `"\n"` or `"\r\n"` is
@@ -219,6 +238,28 @@ mod tests {
             hash_key(""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    /// Instances of one fleet differ in their listeners and names, not in what they enforce.
+    #[test]
+    fn the_fleet_hash_leaves_out_each_instances_own_tables() {
+        let config = |listen: &str, instance: &str, quota: &str| {
+            let text =
+                std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config.toml"))
+                    .unwrap_or_default()
+                    .replace("127.0.0.1:8080", listen)
+                    .replace("payment = \"200/s\"", quota);
+            let text = format!("# {instance}\n{text}\n[fleet]\nredis = \"redis://127.0.0.1/\"\ninstance = \"{instance}\"\n");
+            load_str(&text, "c.toml")
+                .map(|c| (c.source_sha256, c.fleet_sha256))
+                .ok()
+        };
+        let one = config("127.0.0.1:8081", "gw-1", "payment = \"200/s\"").unwrap();
+        let two = config("127.0.0.1:8082", "gw-2", "payment = \"200/s\"").unwrap();
+        let other = config("127.0.0.1:8081", "gw-1", "payment = \"300/s\"").unwrap();
+        assert_ne!(one.0, two.0);
+        assert_eq!(one.1, two.1);
+        assert_ne!(one.1, other.1);
     }
 
     #[test]

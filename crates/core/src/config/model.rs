@@ -24,6 +24,10 @@ pub struct Config {
     pub partners: PerPartner<Partner>,
     /// SHA-256 of the file's bytes, hex: tells operators which configuration is running.
     pub source_sha256: String,
+    /// SHA-256 of what every instance of a fleet must agree on: the configuration without
+    /// `[server]` and `[fleet]` (each instance's own listeners and name), its comments and
+    /// layout, written out again in one canonical form. Hex.
+    pub fleet_sha256: String,
     /// What reading the file found worth a second look without making it invalid (a route no
     /// request can reach), located; `billgate check` lists them with its own.
     pub warnings: Vec<Warning>,

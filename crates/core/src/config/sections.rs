@@ -446,7 +446,11 @@ pub(crate) fn fleet(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Opt
         if scheme_ok && at.value.len() > at.value.find("//").unwrap_or(0) + 2 {
             Some(at.value.to_string())
         } else {
-            errors.push(at.span, &at.path, format!("expected {URL}, found {:?}", at.value));
+            errors.push(
+                at.span,
+                &at.path,
+                format!("expected {URL}, found {:?}", at.value),
+            );
             None
         }
     });
@@ -462,7 +466,11 @@ pub(crate) fn fleet(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Opt
             if fits {
                 Some(Some(at.value.to_string()))
             } else {
-                errors.push(at.span, &at.path, format!("expected {NAME}, found {:?}", at.value));
+                errors.push(
+                    at.span,
+                    &at.path,
+                    format!("expected {NAME}, found {:?}", at.value),
+                );
                 None
             }
         }

@@ -91,8 +91,12 @@ pub struct Lease {
     /// Held tokens: spent by subtraction; below zero only for an instant, between a
     /// subtraction and its undoing.
     tokens: AtomicI64,
-    /// The lease is live: requests spend held tokens (and are refused without them).
+    /// The lease is live: requests spend held tokens.
     leased: AtomicBool,
+    /// The last refill got less than it asked: the fleet's bucket is dry, so a live lease
+    /// without tokens refuses. Otherwise tokens are on their way, and the share answers
+    /// until they come.
+    dry: AtomicBool,
     /// Requests admitted through this lease, ever (leased and shared).
     spent: AtomicU64,
     /// Requests refused by it, ever.
@@ -113,6 +117,7 @@ impl Lease {
             interval: nanos(rate.replenish_interval()).max(1),
             tokens: AtomicI64::new(0),
             leased: AtomicBool::new(false),
+            dry: AtomicBool::new(false),
             spent: AtomicU64::new(0),
             wanted: AtomicU64::new(0),
             owed: AtomicU64::new(0),
@@ -162,8 +167,9 @@ impl Lease {
                 return Ok(Taken::Leased);
             }
             self.tokens.fetch_add(n64, Ordering::AcqRel);
-            // Given back just now: the share answers instead.
-            if self.leased.load(Ordering::Acquire) {
+            // The fleet has none to spare: refused. (Given back just now, or a refill still on
+            // its way: the share answers instead.)
+            if self.leased.load(Ordering::Acquire) && self.dry.load(Ordering::Acquire) {
                 self.wanted.fetch_add(u64::from(n), Ordering::Relaxed);
                 // The fleet's next token is one interval away; the refill after it brings it.
                 return Err(Duration::from_nanos(self.interval).max(TICK));
@@ -190,9 +196,9 @@ impl Lease {
                 self.wanted.fetch_add(u64::from(n), Ordering::Relaxed);
                 Err(match refused {
                     Refused::Until(earliest) => Duration::from_nanos(earliest.saturating_sub(now)),
-                    Refused::TooMany => Duration::from_nanos(
-                        gcra.t().saturating_mul(u64::from(burst)),
-                    ),
+                    Refused::TooMany => {
+                        Duration::from_nanos(gcra.t().saturating_mul(u64::from(burst)))
+                    }
                 })
             }
         }
@@ -215,9 +221,11 @@ impl Lease {
         }
     }
 
-    /// The refiller's look at this lease at `now`: what to ask of the bucket, if anything. An
-    /// idle lease is given back here (requests spend the share until the next ask lands).
-    pub fn plan(&self, now: u64) -> Ask {
+    /// The refiller's look at this lease at `now`: what to ask of the bucket, if anything, to
+    /// hold what the next `lead` will spend (at least [`AHEAD`]'s worth: the caller adds the
+    /// time a refill takes to land). An idle lease is given back here (requests spend the
+    /// share until the next ask lands).
+    pub fn plan(&self, now: u64, lead: Duration) -> Ask {
         let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
         let spent = self.spent.load(Ordering::Relaxed);
         let wanted = self.wanted.load(Ordering::Relaxed);
@@ -255,7 +263,8 @@ impl Lease {
                 owed,
             };
         }
-        let target = ((plan.demand * AHEAD.as_secs_f64()).ceil() as u64).clamp(1, self.slice());
+        let lead = lead.max(AHEAD).as_secs_f64();
+        let target = ((plan.demand * lead).ceil() as u64).clamp(1, self.slice());
         let held = if self.leased.load(Ordering::Acquire) {
             self.held()
         } else {
@@ -284,6 +293,7 @@ impl Lease {
                 Some(owed.saturating_sub(ask.owed))
             });
         if ask.want > 0 {
+            self.dry.store(granted < ask.want, Ordering::Release);
             let granted = i64::try_from(granted).unwrap_or(i64::MAX);
             self.tokens.fetch_add(granted, Ordering::AcqRel);
             self.leased.store(true, Ordering::Release);
@@ -329,7 +339,7 @@ mod tests {
             .filter(|_| lease.take(&state, ms(1), 1).is_ok())
             .count();
         assert_eq!(passed, 10, "half the burst");
-        let ask = lease.plan(ms(1));
+        let ask = lease.plan(ms(1), AHEAD);
         assert_eq!((ask.debt, ask.give_back), (10, 0));
         // 30 seen in a tick: 600/s lately, 90 wanted ahead, at most the slice of 20.
         assert_eq!(ask.want, 20);
@@ -340,8 +350,10 @@ mod tests {
             .filter(|_| lease.take(&state, ms(2), 1) == Ok(Taken::Leased))
             .count();
         assert_eq!(passed, 20);
-        assert_eq!(lease.take(&state, ms(2), 1), Err(TICK));
-        assert_eq!(lease.plan(ms(2)).debt, 0, "the debt was settled");
+        // Dry, but the fleet gave all that was asked: the share answers until more comes,
+        // and this instance's share is spent.
+        assert!(lease.take(&state, ms(2), 1).is_err());
+        assert_eq!(lease.plan(ms(2), AHEAD).debt, 0, "the debt was settled");
     }
 
     /// A lease granted nothing is still live: the fleet has no tokens to spare, so the share
@@ -351,7 +363,7 @@ mod tests {
         let lease = Lease::new("q".into(), parse_rate("10/s").unwrap());
         let state = up(1);
         assert!(lease.take(&state, ms(1), 1).is_ok());
-        let ask = lease.plan(ms(1));
+        let ask = lease.plan(ms(1), AHEAD);
         lease.granted(&ask, 0);
         assert!(lease.take(&state, ms(2), 1).is_err());
         assert!(lease.take(&state, ms(500), 1).is_err());
@@ -363,18 +375,18 @@ mod tests {
         let lease = Lease::new("q".into(), parse_rate("1000/s").unwrap());
         let state = up(1);
         assert!(lease.take(&state, ms(1), 1).is_ok());
-        let ask = lease.plan(ms(1));
+        let ask = lease.plan(ms(1), AHEAD);
         lease.granted(&ask, ask.want);
         let held = lease.held();
         assert!(held > 0);
-        assert_eq!(lease.plan(ms(500)).give_back, 0);
-        let back = lease.plan(ms(1002));
+        assert_eq!(lease.plan(ms(500), AHEAD).give_back, 0);
+        let back = lease.plan(ms(1002), AHEAD);
         assert_eq!((back.give_back, back.want), (held, 0));
         assert!(!lease.is_leased());
         assert_eq!(lease.held(), 0);
 
         assert!(lease.take(&state, ms(1100), 1).is_ok());
-        let ask = lease.plan(ms(1100));
+        let ask = lease.plan(ms(1100), AHEAD);
         lease.granted(&ask, 5);
         state.set_up(false);
         lease.lapse();
@@ -389,7 +401,7 @@ mod tests {
         let lease = Lease::new("q".into(), parse_rate("10/s").unwrap());
         let state = up(1);
         let _ = lease.take(&state, ms(1), 1);
-        let ask = lease.plan(ms(1));
+        let ask = lease.plan(ms(1), AHEAD);
         lease.granted(&ask, 1);
         assert_eq!(lease.take(&state, ms(2), 1), Ok(Taken::Leased));
         lease.refund(Taken::Leased, 1);
@@ -407,9 +419,9 @@ mod tests {
             let _ = lease.take(&state, now, 1);
             now += ms(100);
         }
-        let ask = lease.plan(now);
+        let ask = lease.plan(now, AHEAD);
         assert_eq!(ask.debt, 10);
         lease.granted(&ask, 0);
-        assert_eq!(lease.plan(now + ms(1)).debt, 0);
+        assert_eq!(lease.plan(now + ms(1), AHEAD).debt, 0);
     }
 }

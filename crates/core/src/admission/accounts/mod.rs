@@ -421,8 +421,7 @@ impl AccountLimiter {
         let mut slots = shard.slots.load_full();
         if let Some(slot) = slots.find(key) {
             // Only lock holders freeze slots, and they publish a new array before unlocking.
-            return Self::spend(gcra, slot, now)
-                .unwrap_or(Err(AccountDenial::TableFull));
+            return Self::spend(gcra, slot, now).unwrap_or(Err(AccountDenial::TableFull));
         }
         // Over the ceiling a new account cannot be tracked, so it is refused rather than let
         // through unlimited; known accounts are still served.
