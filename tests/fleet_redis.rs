@@ -91,7 +91,7 @@ async fn given_back_tokens_are_capped_at_the_burst() {
 }
 
 #[tokio::test]
-async fn debt_takes_the_bucket_down_to_minus_its_burst_and_nothing_is_granted() {
+async fn debt_empties_the_bucket_and_no_further() {
     let server = RedisServer::start();
     let link = link(&server.url());
     let owe = |debt| Refill {
@@ -99,15 +99,15 @@ async fn debt_takes_the_bucket_down_to_minus_its_burst_and_nothing_is_granted() 
         ..still("k", 5, 0)
     };
     assert_eq!(one(&link, owe(3)).await, grant(0, 2.0));
-    assert_eq!(one(&link, owe(4)).await, grant(0, -2.0));
-    assert_eq!(one(&link, owe(100)).await, grant(0, -5.0));
+    assert_eq!(one(&link, owe(4)).await, grant(0, 0.0));
+    assert_eq!(one(&link, owe(100)).await, grant(0, 0.0));
     // Debt and a want in the same call: the debt is counted first.
     let both = Refill {
         debt: 1,
         ..still("k2", 5, 5)
     };
     assert_eq!(one(&link, both).await, grant(4, 0.0));
-    assert_eq!(one(&link, still("k", 5, 1)).await, grant(0, -5.0));
+    assert_eq!(one(&link, still("k", 5, 1)).await, grant(0, 0.0));
 }
 
 #[tokio::test]
@@ -122,9 +122,9 @@ async fn an_indebted_bucket_grants_again_once_it_has_refilled() {
         give_back: 0,
         debt,
     };
-    // A fresh bucket is full (5) before the debt is subtracted: exactly -5 after.
-    assert_eq!(one(&link, fast(0, 100)).await, grant(0, -5.0));
-    // 1000/s: ten tokens, from -5 to 5, take 10 ms of Redis's clock.
+    // A fresh bucket is full (5) before the debt is subtracted: empty after, not below.
+    assert_eq!(one(&link, fast(0, 100)).await, grant(0, 0.0));
+    // 1000/s: a token takes 1 ms of Redis's clock.
     let got = until_ok(async || match one(&link, fast(1, 0)).await {
         Grant { granted: 1, left } => Ok(left),
         other => Err(LinkError::Reply(format!("not yet: {other:?}"))),

@@ -310,9 +310,21 @@ impl Fleet {
         }
     }
 
+    /// Says in the view whether Redis answers (the rest of it is as last heard).
+    fn show_up(&self, up: bool) {
+        let view = self.view.load();
+        if view.redis_up != up {
+            let mut next = View::clone(&view);
+            next.redis_up = up;
+            next.mode = if up { "leases" } else { "shares" };
+            self.view.store(Arc::new(next));
+        }
+    }
+
     /// Redis answered: leases from now on.
     fn answered(&self) {
         self.metrics.redis_up.set(1);
+        self.show_up(true);
         if self.state.set_up(true) {
             if self.joined.swap(true, Ordering::AcqRel) {
                 tracing::warn!(instance = %self.instance, "Redis answers again: quotas are spent from the fleet's leases again");
@@ -328,6 +340,7 @@ impl Fleet {
         self.metrics.refills.with_label_values(&["error"]).inc();
         self.metrics.redis_up.set(0);
         let changed = self.state.set_up(false);
+        self.show_up(false);
         for lease in ledger.leases() {
             lease.lapse();
         }
@@ -369,6 +382,7 @@ impl Fleet {
             None => {
                 self.metrics.redis_up.set(0);
                 self.state.set_up(false);
+                self.show_up(false);
             }
         };
         for (id, suspension) in &pushes {

@@ -82,8 +82,8 @@ pub struct Refill {
     pub want: u64,
     /// Unspent tokens the instance gives back (added, capped at burst).
     pub give_back: u64,
-    /// Tokens the instance spent without a lease (while it held none); subtracted, and the
-    /// bucket may go negative, down to -burst, never lower.
+    /// Tokens the instance spent without a lease (while it held none); subtracted, taking
+    /// the bucket down to empty, never lower.
     pub debt: u64,
 }
 
@@ -91,7 +91,7 @@ pub struct Refill {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Grant {
     pub granted: u64,
-    /// Tokens left in the bucket after the grant (may be negative).
+    /// Tokens left in the bucket after the grant.
     pub left: f64,
 }
 

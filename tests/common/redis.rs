@@ -96,7 +96,7 @@ impl RedisServer {
         };
         let deadline = Instant::now() + START_DEADLINE;
         loop {
-            if ping(self.addr()) {
+            if answers_as(self.addr(), child.id()) {
                 self.child = Some(child);
                 return true;
             }
@@ -127,16 +127,33 @@ pub fn free_port() -> u16 {
 }
 
 /// Whether a Redis at `addr` answers PING with PONG.
-fn ping(addr: SocketAddr) -> bool {
+/// Whether the redis-server answering at `addr` is process `pid`: another test's server may
+/// hold the port this one was told to take (picked free a moment before by both), and must
+/// not be taken for this one.
+fn answers_as(addr: SocketAddr, pid: u32) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
+    if stream.write_all(b"INFO server\r\n").is_err() {
         return false;
     }
-    let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while reply.len() < 64 * 1024 {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+        }
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(at) = text.find("process_id:") {
+            let rest = &text[at + "process_id:".len()..];
+            if let Some(end) = rest.find("\r\n") {
+                return rest[..end].trim().parse::<u32>().ok() == Some(pid);
+            }
+        }
+    }
+    false
 }
 
 /// A TCP proxy on a free loopback port, forwarding to one target, that can delay or hold back

@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  the bucket: a hash {tokens = float, at = µs of Redis's clock when last written}
 -- ARGV     per_second, burst, want, give_back, debt (decimal strings)
--- Returns  {granted (integer), tokens left (string, may be negative)}
+-- Returns  {granted (integer), tokens left (string)}
 --
 -- Time is Redis's own (TIME), one clock for the whole fleet. A missing bucket starts full.
 -- Each argument a finite number >= 0 (`x ~= x` is NaN; `x - x ~= 0` is an infinity).
@@ -33,7 +33,11 @@ if elapsed < 0 then
 end
 tokens = math.min(burst, tokens + elapsed * rate / 1000000)
 tokens = math.min(burst, tokens + give_back)
-tokens = math.max(-burst, tokens - debt)
+-- Debt (what instances spent on their shares, without a lease) empties the bucket but takes
+-- it no lower: after an outage the fleet goes on at the rate, with neither a burst (the bucket
+-- refilled meanwhile is spent by the debt) nor a dip (a bucket below empty would refuse
+-- everyone until it climbed back).
+tokens = math.max(0, tokens - debt)
 
 local granted = math.min(want, math.floor(math.max(tokens, 0)))
 tokens = tokens - granted
