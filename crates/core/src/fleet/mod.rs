@@ -146,3 +146,6 @@ impl Ledger {
             .chain(self.biller.iter().flatten())
     }
 }
+
+#[cfg(test)]
+mod simulation;
