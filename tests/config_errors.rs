@@ -76,6 +76,11 @@ const CASES: &[(&str, &[Expected])] = &[
         "partner[0].keys_sha256[0]", 8, 16,
         &["expected a key's SHA-256 as 64 hex characters", "17 characters long", "only its hash belongs here"],
     )]),
+    ("fleet_settings.toml", &[
+        ("fleet.redis", 7, 9, &["expected a Redis URL like \"redis://127.0.0.1:6379/0\"", "found \"http://127.0.0.1:6379\""]),
+        ("fleet.instance", 8, 12, &["expected an instance name of letters, digits", "found \"gw 1\""]),
+        ("fleet.timeout", 9, 11, &["expected a duration like \"250ms\"", "\"soon\" does not start with a whole number"]),
+    ]),
     ("syntax_error.toml", &[("", 12, 1, &["invalid TOML: missing comma between key-value pairs, expected `,`"])]),
     ("several_errors.toml", &[
         ("server.admin_listn", 4, 1, &["unknown key `admin_listn`", "did you mean `admin_listen`?"]),

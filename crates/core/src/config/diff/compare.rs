@@ -257,6 +257,30 @@ pub(super) fn server(old: &Config, new: &Config) -> Vec<SettingChange> {
         "state_file",
         "suspensions are read from it at start: takes effect on restart".to_owned(),
     );
+    // `[fleet]` is joined at start; shown with the server's settings, as each instance's own.
+    let (of, nf) = (old.fleet.as_ref(), new.fleet.as_ref());
+    let joined = "the fleet is joined at start: takes effect on restart".to_owned();
+    s.compare(
+        "fleet.redis",
+        of.map(|f| &f.redis),
+        nf.map(|f| &f.redis),
+        |r| r.map_or("none (alone)".to_owned(), |r| r.clone()),
+    );
+    s.note("fleet.redis", joined.clone());
+    s.compare(
+        "fleet.instance",
+        of.and_then(|f| f.instance.as_ref()),
+        nf.and_then(|f| f.instance.as_ref()),
+        |i| i.map_or("host name and pid".to_owned(), |i| i.clone()),
+    );
+    s.note("fleet.instance", joined.clone());
+    s.compare(
+        "fleet.timeout",
+        of.map(|f| f.timeout),
+        nf.map(|f| f.timeout),
+        |t| t.map_or("none".to_owned(), format_duration),
+    );
+    s.note("fleet.timeout", joined);
     s.0
 }
 
