@@ -477,3 +477,34 @@ async fn the_fleet_view_shows_instances_and_a_configuration_mismatch() {
         gw.shutdown().await;
     }
 }
+
+/// Per-account quotas are divided among the instances alive: a client asking about one
+/// account through two instances in turn gets the account's burst once, not once per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_account_quota_is_the_fleets() {
+    let biller = TestBiller::roomy().await;
+    let redis = RedisServer::start();
+    let partners = partner(
+        "wallet-a",
+        "key-a",
+        r#"inquiry_scheduled = "1000/s""#,
+        "per_account = \"10/min\"",
+    );
+    let fleet = fleet(&biller.url(), "10000/s", &partners, &redis.url(), 2).await;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let reply = get(
+            &fleet.url(i % 2, "/v1/bills/100234"),
+            &[("x-api-key", "key-a")],
+        )
+        .await;
+        statuses.push(reply.status.as_u16());
+    }
+    // 10 a minute, burst 10: each instance holds the account to 5 a minute, burst 5.
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((admitted, refused), (10, 30), "{statuses:?}");
+    for gw in fleet.instances {
+        gw.shutdown().await;
+    }
+}
