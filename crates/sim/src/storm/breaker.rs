@@ -19,6 +19,9 @@ pub struct SeenTransition {
     pub at_secs: f64,
     pub from: String,
     pub to: String,
+    /// The instance whose breaker it was, in a fleet (`--instances`); `None` for one gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// What the samples of `/metrics` showed of the breaker.
@@ -75,7 +78,12 @@ impl BreakerTrace {
                 .unwrap_or(0);
             let (from, to) = new.swap_remove(next);
             current = to.clone();
-            self.transitions.push(SeenTransition { at_secs, from, to });
+            self.transitions.push(SeenTransition {
+                at_secs,
+                from,
+                to,
+                instance: None,
+            });
         }
         if state.is_some() {
             self.state = state;

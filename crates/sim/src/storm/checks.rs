@@ -2,7 +2,7 @@
 //! (or N/A when this run cannot measure it; INFO when shown for comparison only).
 
 use super::histogram::LatencyHistogram;
-use super::report::{Check, ReplayMode, Status, StormReport, StreamReport};
+use super::report::{BreakerReport, Check, ReplayMode, Status, StormReport, StreamReport};
 use super::scenario::{Phase, POLLER, WELL_BEHAVED};
 use crate::config::Class;
 
@@ -285,6 +285,26 @@ fn breaker_checks(report: &StormReport) -> [Check; 2] {
             ),
         ),
     };
+    let [mut open, mut close] = [open, close];
+    if let Some(fleet) = &report.fleet {
+        let each = |pick: &dyn Fn(&BreakerReport) -> String| {
+            let said: Vec<String> = fleet
+                .instances
+                .iter()
+                .map(|i| format!("{} {}", i.instance, pick(&i.breaker)))
+                .collect();
+            format!(" (the slowest instance; {})", said.join(", "))
+        };
+        open.measured += &each(&|b| match b.opened_at {
+            Some(o) => format!("opened at +{o:.1} s"),
+            None => "never opened".to_owned(),
+        });
+        close.measured += &each(&|b| match (b.state_at_recovery.as_str(), b.closed_at) {
+            ("closed", _) => "closed at recovery".to_owned(),
+            (_, Some(at)) => format!("closed {:.1} s after", at - b.recovery_at),
+            (state, None) => format!("{state} at recovery, {} at the end", b.state_at_end),
+        });
+    }
     [open, close]
 }
 
@@ -363,6 +383,7 @@ mod tests {
             at_secs,
             from: from.to_owned(),
             to: to.to_owned(),
+            instance: None,
         };
         StormReport {
             mode: ReplayMode::Gateway,
@@ -375,6 +396,7 @@ mod tests {
             biller: BillerReport::default(),
             biller_down_at: Vec::new(),
             biller_up_at: Vec::new(),
+            fleet: None,
             breaker: BreakerReport {
                 exported: true,
                 failure_rate: 0.2,

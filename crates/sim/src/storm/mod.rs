@@ -24,6 +24,7 @@
 
 mod breaker;
 mod checks;
+pub mod fleet;
 mod histogram;
 pub mod polls;
 mod report;
@@ -38,6 +39,7 @@ use std::time::Duration;
 use crate::config::BreakerConfig;
 
 pub use breaker::SeenTransition;
+pub use fleet::{FleetReport, InstanceReport};
 pub use histogram::LatencyHistogram;
 pub use report::{
     BillerReport, BreakerReport, Check, LoadReport, PhaseReport, ReplayMode, Status, StormReport,
@@ -86,6 +88,13 @@ pub struct StormOptions {
     pub request_timeout: Duration,
     /// How often the biller's state and the gateway's `/metrics` are sampled. Default 100 ms.
     pub sample_every: Duration,
+    /// Gateway instances (1–16), each with the same configuration plus a `[fleet]` table
+    /// naming one Redis, the partners' requests dealt to them in turn (see [`fleet`]).
+    /// Default 1: one gateway, in no fleet unless `redis` is set.
+    pub instances: u32,
+    /// The fleet's Redis (`redis://…`). Default `None`: with more than one instance, a
+    /// `redis-server` from `PATH` is started for the run and stopped at its end.
+    pub redis: Option<String>,
 }
 
 impl Default for StormOptions {
@@ -114,6 +123,8 @@ impl Default for StormOptions {
             max_outstanding: 1024,
             request_timeout: Duration::from_secs(5),
             sample_every: Duration::from_millis(100),
+            instances: 1,
+            redis: None,
         }
     }
 }
@@ -161,6 +172,11 @@ impl StormOptions {
             .iter()
             .map(|&p| self.length(p))
             .sum()
+    }
+
+    /// Whether the gateways form a fleet: more than one, or a Redis named for one.
+    pub fn in_fleet(&self) -> bool {
+        !self.bypass && (self.instances > 1 || self.redis.is_some())
     }
 
     /// The whole run.
@@ -231,7 +247,21 @@ impl StormOptions {
         check(
             (Duration::from_millis(10)..=second).contains(&self.sample_every),
             "sample_every must be 10ms to 1s",
-        )
+        )?;
+        check(
+            (1..=fleet::MAX_INSTANCES).contains(&self.instances),
+            &format!("--instances must be 1 to {}", fleet::MAX_INSTANCES),
+        )?;
+        check(
+            !self.bypass || (self.instances == 1 && self.redis.is_none()),
+            "--bypass sends the load past every gateway: it takes no --instances or --redis",
+        )?;
+        match &self.redis {
+            Some(url) => {
+                fleet::redis::check_url(url).map_err(|e| anyhow::anyhow!("storm: --redis: {e}"))
+            }
+            None => Ok(()),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::breaker::SeenTransition;
+use super::fleet::FleetReport;
 use super::histogram::LatencyHistogram;
 use super::scenario::Phase;
 use crate::config::Class;
@@ -36,7 +37,13 @@ pub struct StormReport {
     /// Seconds into the run at which the biller was seen going down, and coming back up.
     pub biller_down_at: Vec<f64>,
     pub biller_up_at: Vec<f64>,
+    /// The inquiry breaker; in a fleet, every instance's as one (see
+    /// [`super::fleet::combined_breaker`]).
     pub breaker: BreakerReport,
+    /// The gateway instances and the Redis they shared (`--instances`, `--redis`); `None` for
+    /// one gateway alone, or none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
     pub checks: Vec<Check>,
 }
 
@@ -118,7 +125,7 @@ pub struct StreamReport {
 
 /// The breaker, as the gateway's `/metrics` showed it, against the failure share the generator
 /// saw among calls that reached the biller.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BreakerReport {
     /// Whether the gateway exported any breaker metric (never when bypassing it).
     pub exported: bool,
@@ -221,10 +228,14 @@ impl fmt::Display for StormReport {
         }
         writeln!(
             f,
-            "\nbrown-out: latency ×{}, {:.0} % of the biller's calls fail\n",
+            "\nbrown-out: latency ×{}, {:.0} % of the biller's calls fail",
             self.brownout_latency_factor,
             self.brownout_failure_share * 100.0
         )?;
+        if let Some(fleet) = &self.fleet {
+            fmt_fleet(f, fleet)?;
+        }
+        writeln!(f)?;
 
         writeln!(
             f,
@@ -348,6 +359,37 @@ impl fmt::Display for StormReport {
     }
 }
 
+/// The one line naming the fleet: its instances, its Redis, how the load was dealt, and whether
+/// they saw each other and Redis throughout.
+fn fmt_fleet(f: &mut fmt::Formatter<'_>, fleet: &FleetReport) -> fmt::Result {
+    let names: Vec<&str> = fleet
+        .instances
+        .iter()
+        .map(|i| i.instance.as_str())
+        .collect();
+    let alive = |pick: fn(&super::fleet::InstanceReport) -> Option<u32>| {
+        fleet.instances.iter().filter_map(pick).collect::<Vec<_>>()
+    };
+    let (least, most) = (alive(|i| i.alive_min), alive(|i| i.alive_max));
+    writeln!(
+        f,
+        "fleet: {} gateway instances ({}) sharing Redis {} ({}; keys {}), {}; Redis answered in {:.1} % of their /metrics samples, instances counted alive {}–{}",
+        names.len(),
+        names.join(", "),
+        fleet.redis,
+        if fleet.redis_started {
+            "a redis-server started for this run"
+        } else {
+            "--redis"
+        },
+        fleet.keys,
+        fleet.split,
+        fleet.redis_up_share() * 100.0,
+        least.iter().min().map_or("?".to_owned(), u32::to_string),
+        most.iter().max().map_or("?".to_owned(), u32::to_string),
+    )
+}
+
 impl StormReport {
     fn fmt_breaker(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let br = &self.breaker;
@@ -355,16 +397,26 @@ impl StormReport {
             ReplayMode::Bypass => return writeln!(f, "breaker: none (no gateway)"),
             ReplayMode::Gateway if !br.exported => writeln!(f, "breaker: not exported")?,
             ReplayMode::Gateway => {
+                let whose = if self.fleet.is_some() {
+                    "each instance's /metrics; the fleet's opening and closing are its slowest \
+                     instance's"
+                } else {
+                    "/metrics"
+                };
                 writeln!(
                     f,
-                    "breaker (failure_rate {}, window {} s, min_calls {}, open_for {} s), from /metrics:",
+                    "breaker (failure_rate {}, window {} s, min_calls {}, open_for {} s), from {whose}:",
                     br.failure_rate, br.window_secs, br.min_calls, br.open_for_secs
                 )?;
                 if br.transitions.is_empty() {
                     writeln!(f, "  no transitions")?;
                 }
                 for t in &br.transitions {
-                    writeln!(f, "  +{:.1} s  {} → {}", t.at_secs, t.from, t.to)?;
+                    let on = t
+                        .instance
+                        .as_ref()
+                        .map_or(String::new(), |i| format!("{i}: "));
+                    writeln!(f, "  +{:.1} s  {on}{} → {}", t.at_secs, t.from, t.to)?;
                 }
             }
         }

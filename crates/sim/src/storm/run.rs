@@ -9,17 +9,18 @@ use tokio::time::Instant;
 
 use super::breaker::BreakerTrace;
 use super::checks::checks;
+use super::fleet::{self, redis::FleetRedis, FleetReport};
 use super::report::{
     BillerReport, BreakerReport, LoadReport, PhaseReport, ReplayMode, StormReport, StreamReport,
 };
 use super::scenario::{self, Phase, Stream};
 use super::traffic::{Recorder, Traffic};
-use super::watch::{self, Watched};
+use super::watch;
 use super::windows::{self, ShareRule, BUCKET_MS, PER_SECOND};
 use super::StormOptions;
 use crate::biller::{Arrivals, BillerOptions, BillerStats, StandInBiller};
 use crate::clock::Clock;
-use crate::launch::Launch;
+use crate::launch::{Launch, Running};
 
 const BUCKET_NANOS: u64 = BUCKET_MS * 1_000_000;
 
@@ -48,14 +49,20 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
     let biller_task = tokio::spawn(biller.clone().serve(listener, async move {
         let _ = biller_stopped.await;
     }));
-    let gateway = if options.bypass {
-        None
-    } else {
-        let config = scenario::gateway_config(&options, biller_addr)?;
-        Some(gateways.launch(config, clock.clone()).await?)
+    let started = start_gateways(&options, biller_addr, gateways, &clock).await;
+    let (running, redis) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            let _ = stop_biller.send(());
+            return Err(error);
+        }
     };
-    let target = gateway.as_ref().map_or(biller_addr, |g| g.addr());
-    let admin = gateway.as_ref().map(|g| g.admin_addr());
+    let targets: Vec<_> = if running.is_empty() {
+        vec![biller_addr]
+    } else {
+        running.iter().map(|g| g.addr()).collect()
+    };
+    let admins = running.iter().map(|g| g.admin_addr()).collect();
 
     // Start on a 100 ms boundary of the biller's clock, so phases and its arrival buckets align.
     let now = clock.now().as_u64();
@@ -64,7 +71,7 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
     let lengths = Phase::ALL.map(|p| options.length(p));
     let streams = scenario::streams(&options);
     let traffic = Arc::new(Traffic::new(
-        target,
+        &targets,
         start,
         lengths,
         streams.len(),
@@ -73,7 +80,7 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
     let end = start + options.total();
     let sampler = tokio::spawn(watch::sample(
         biller.clone(),
-        admin,
+        admins,
         start,
         end + Duration::from_millis(500),
         options.sample_every,
@@ -84,13 +91,34 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
     let watched = sampler.await?;
     let arrivals = biller.arrivals();
 
-    if let Some(gateway) = gateway {
-        gateway.shutdown().await;
-    }
+    stop(running).await;
+    let fleet = redis.map(|redis| {
+        let report = FleetReport {
+            redis: fleet::redacted(redis.url()),
+            redis_started: redis.started(),
+            keys: fleet::KEYS,
+            split: fleet::SPLIT,
+            instances: watched
+                .gateways
+                .iter()
+                .enumerate()
+                .map(|(i, (trace, seen))| {
+                    seen.report(fleet::instance_name(i), breaker(&options, &recorder, trace))
+                })
+                .collect(),
+        };
+        redis.stop();
+        report
+    });
     let _ = stop_biller.send(());
     if let Ok(Err(error)) = biller_task.await {
         tracing::warn!(%error, "storm: the stand-in biller stopped with an error");
     }
+    let breaker = match (&fleet, watched.gateways.first()) {
+        (Some(fleet), _) => fleet::combined_breaker(&fleet.instances),
+        (None, Some((trace, _))) => breaker(&options, &recorder, trace),
+        (None, None) => breaker(&options, &recorder, &BreakerTrace::default()),
+    };
 
     let mut report = StormReport {
         mode: if options.bypass {
@@ -118,11 +146,66 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
         biller: delta(readings.first(), readings.last()),
         biller_down_at: watched.down_at.clone(),
         biller_up_at: watched.up_at.clone(),
-        breaker: breaker(&options, &recorder, &watched),
+        breaker,
+        fleet,
         checks: Vec::new(),
     };
     report.checks = checks(&report);
     Ok(report)
+}
+
+/// The gateways of the run: none when bypassing them, one alone, or `options.instances` in a
+/// fleet on a Redis (started here unless `options.redis` names one) and formed before the load.
+///
+/// # Errors
+/// A gateway or the Redis cannot start, or the fleet does not form; whatever started is
+/// stopped.
+async fn start_gateways(
+    options: &StormOptions,
+    biller_addr: std::net::SocketAddr,
+    gateways: &dyn Launch,
+    clock: &Clock,
+) -> anyhow::Result<(Vec<Box<dyn Running>>, Option<FleetRedis>)> {
+    if options.bypass {
+        return Ok((Vec::new(), None));
+    }
+    if !options.in_fleet() {
+        let config = scenario::gateway_config(options, biller_addr)?;
+        return Ok((vec![gateways.launch(config, clock.clone()).await?], None));
+    }
+    let redis = FleetRedis::for_run(options.redis.as_deref()).await?;
+    let mut running = Vec::new();
+    for i in 0..options.instances as usize {
+        let name = fleet::instance_name(i);
+        let launched = match scenario::member_config(options, biller_addr, redis.url(), &name) {
+            Ok(config) => gateways.launch(config, clock.clone()).await,
+            Err(error) => Err(error),
+        };
+        match launched {
+            Ok(gateway) => running.push(gateway),
+            Err(error) => {
+                stop(running).await;
+                return Err(error.context(format!("storm: starting {name}")));
+            }
+        }
+    }
+    let admins: Vec<_> = running.iter().map(|g| g.admin_addr()).collect();
+    if let Err(error) = fleet::formed(&admins, redis.url()).await {
+        stop(running).await;
+        return Err(error);
+    }
+    Ok((running, Some(redis)))
+}
+
+/// Stops every gateway, all at once.
+async fn stop(running: Vec<Box<dyn Running>>) {
+    let stopping: Vec<_> = running
+        .into_iter()
+        .map(|g| tokio::spawn(g.shutdown()))
+        .collect();
+    for task in stopping {
+        let _ = task.await;
+    }
 }
 
 fn bucket_count(d: Duration) -> u64 {
@@ -208,7 +291,7 @@ fn stream_report(stream: &Stream, recorder: &Recorder, phase: Phase, index: usiz
     }
 }
 
-fn breaker(options: &StormOptions, recorder: &Recorder, watched: &Watched) -> BreakerReport {
+fn breaker(options: &StormOptions, recorder: &Recorder, trace: &BreakerTrace) -> BreakerReport {
     let settings = &options.breaker;
     let rule = ShareRule {
         width: usize::try_from(bucket_count(settings.window))
@@ -221,7 +304,6 @@ fn breaker(options: &StormOptions, recorder: &Recorder, watched: &Watched) -> Br
     let crossed_at =
         windows::first_crossing(&recorder.forwarded_ok, &recorder.forwarded_failed, 0, rule)
             .map(|end| (end + 1) as f64 * bucket_secs);
-    let trace: &BreakerTrace = &watched.breaker;
     let brownout_at = options.start_of(Phase::Brownout).as_secs_f64();
     let open_from = crossed_at.map_or(brownout_at, |c| c.min(brownout_at));
     let recovery_at = options.start_of(Phase::Recovery).as_secs_f64();

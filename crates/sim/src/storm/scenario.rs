@@ -241,6 +241,28 @@ pub fn gateway_config(
     })
 }
 
+/// The `[fleet]` table of instance `instance` sharing the Redis at `redis` (a URL already
+/// checked to need no escaping), the timeout left at its default.
+pub fn fleet_toml(redis: &str, instance: &str) -> String {
+    format!("\n[fleet]\nredis = \"{redis}\"\ninstance = \"{instance}\"\n")
+}
+
+/// [`gateway_config`] for instance `instance` of a fleet sharing the Redis at `redis`.
+///
+/// # Errors
+/// As [`gateway_config`]; also a Redis URL the loader refuses.
+pub fn member_config(
+    options: &StormOptions,
+    biller_addr: std::net::SocketAddr,
+    redis: &str,
+    instance: &str,
+) -> anyhow::Result<Config> {
+    let text = gateway_toml(options, biller_addr) + &fleet_toml(redis, instance);
+    config::load_str(&text, "storm.toml").map_err(|errors| {
+        anyhow::anyhow!("the generated gateway configuration is invalid:\n{errors}")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +282,21 @@ mod tests {
         let poller = config.partners.iter().find(|p| p.id == POLLER).unwrap();
         let quota = poller.quota.get(Class::InquiryScheduled).unwrap();
         assert_eq!(quota.per_second(), 40.0);
+    }
+
+    #[test]
+    fn each_member_of_a_fleet_names_the_redis_and_itself() {
+        let options = StormOptions::short();
+        let addr = "127.0.0.1:9999".parse().unwrap();
+        let config = member_config(&options, addr, "redis://127.0.0.1:6390/0", "gw-2").unwrap();
+        let fleet = config.fleet.expect("a [fleet] table");
+        assert_eq!(fleet.redis, "redis://127.0.0.1:6390/0");
+        assert_eq!(fleet.instance.as_deref(), Some("gw-2"));
+        assert_eq!(
+            config.partners,
+            gateway_config(&options, addr).unwrap().partners
+        );
+        assert!(gateway_config(&options, addr).unwrap().fleet.is_none());
     }
 
     #[test]

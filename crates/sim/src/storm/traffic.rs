@@ -143,8 +143,8 @@ impl Recorder {
 /// The generator: where to send, when the phases run, and what it saw.
 pub(crate) struct Traffic {
     client: Client<HttpConnector, Full<Bytes>>,
-    /// `http://host:port` of the gateway, or of the biller when bypassing it.
-    base: String,
+    /// `http://host:port` of each gateway instance, or of the biller when bypassing them.
+    bases: Vec<String>,
     start: Instant,
     /// When each phase ends, from `start`.
     ends: [Duration; 4],
@@ -156,9 +156,10 @@ pub(crate) struct Traffic {
 }
 
 impl Traffic {
-    /// A generator sending to `target`, its phases starting at `start` and lasting `lengths`.
+    /// A generator sending to `targets`, each stream's requests dealt to them in turn (the k-th
+    /// to `targets[k mod n]`), its phases starting at `start` and lasting `lengths`.
     pub(crate) fn new(
-        target: std::net::SocketAddr,
+        targets: &[std::net::SocketAddr],
         start: Instant,
         lengths: [Duration; 4],
         streams: usize,
@@ -183,7 +184,7 @@ impl Traffic {
             .max(1);
         Traffic {
             client,
-            base: format!("http://{target}"),
+            bases: targets.iter().map(|t| format!("http://{t}")).collect(),
             start,
             ends,
             permits: Arc::new(Semaphore::new(options.max_outstanding as usize)),
@@ -274,11 +275,16 @@ impl Traffic {
                 format!("ACC-{}", draw % u64::from(pool.max(1)))
             }
         };
+        // Round-robin per request, as a load balancer in front of a fleet deals them.
+        let base = match self.bases.len() {
+            0 => return None,
+            n => &self.bases[usize::try_from(k % n as u64).unwrap_or(0)],
+        };
         let builder = Request::builder().header("x-api-key", stream.key.as_str());
         let request = match stream.class {
             Class::Payment => builder
                 .method(Method::POST)
-                .uri(format!("{}/v1/payments", self.base))
+                .uri(format!("{base}/v1/payments"))
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(format!(
                     r#"{{"account":"{account}","amount":"12.34"}}"#
@@ -286,7 +292,7 @@ impl Traffic {
             Class::InquiryUser | Class::InquiryScheduled => {
                 let builder = builder
                     .method(Method::GET)
-                    .uri(format!("{}/v1/bills/{account}", self.base));
+                    .uri(format!("{base}/v1/bills/{account}"));
                 let builder = if stream.class == Class::InquiryUser {
                     builder.header("x-request-origin", "user")
                 } else {

@@ -11,6 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use super::breaker::BreakerTrace;
+use super::fleet::FleetSeen;
 use super::StormOptions;
 use crate::biller::{BillerStats, StandInBiller};
 
@@ -49,19 +50,24 @@ pub(crate) struct Watched {
     pub down_at: Vec<f64>,
     /// Seconds into the run at which it was first seen up again.
     pub up_at: Vec<f64>,
-    pub breaker: BreakerTrace,
+    /// Each gateway's breaker and fleet, in the order of the admin addresses.
+    pub gateways: Vec<(BreakerTrace, FleetSeen)>,
 }
 
-/// Sample every `every` from `start` until `until`: the biller's `down` flag and, when there is
-/// a gateway, its `/metrics` at `admin`.
+/// Sample every `every` from `start` until `until`: the biller's `down` flag and the `/metrics`
+/// of each gateway at `admins` (none when bypassing the gateway).
 pub(crate) async fn sample(
     biller: StandInBiller,
-    admin: Option<SocketAddr>,
+    admins: Vec<SocketAddr>,
     start: Instant,
     until: Instant,
     every: Duration,
 ) -> Watched {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    // Each gateway is read by a task of its own, so a slow one cannot delay the others' samples.
+    let gateways: Vec<_> = admins
+        .into_iter()
+        .map(|admin| tokio::spawn(gateway(admin, start, until, every)))
+        .collect();
     let mut watched = Watched::default();
     let mut down = false;
     let mut ticks = tokio::time::interval_at(start, every);
@@ -83,13 +89,38 @@ pub(crate) async fn sample(
             }
             down = now_down;
         }
-        if let Some(admin) = admin {
-            if let Some(text) = scrape(&client, admin).await {
-                watched.breaker.observe(at, &text);
-            }
-        }
+    }
+    for task in gateways {
+        watched.gateways.push(task.await.unwrap_or_default());
     }
     watched
+}
+
+/// One gateway's `/metrics` at `admin`, every `every` from `start` until `until`.
+async fn gateway(
+    admin: SocketAddr,
+    start: Instant,
+    until: Instant,
+    every: Duration,
+) -> (BreakerTrace, FleetSeen) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let (mut breaker, mut fleet) = (BreakerTrace::default(), FleetSeen::default());
+    let mut ticks = tokio::time::interval_at(start, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let tick = ticks.tick().await;
+        if tick > until {
+            break;
+        }
+        let at = Instant::now()
+            .saturating_duration_since(start)
+            .as_secs_f64();
+        if let Some(text) = scrape(&client, admin).await {
+            breaker.observe(at, &text);
+            fleet.observe(&text);
+        }
+    }
+    (breaker, fleet)
 }
 
 /// `GET /metrics` on the admin listener; `None` on any failure.
