@@ -16,6 +16,7 @@ use std::sync::Arc;
 use billgate::admission::Quota;
 use billgate::clock::Clock;
 use billgate::config::Rate;
+use billgate::fleet::{FleetState, Lease, AHEAD};
 use criterion::{BenchmarkId, Criterion};
 use governor::middleware::StateInformationMiddleware;
 use governor::RateLimiter;
@@ -25,6 +26,28 @@ use crate::scaling::{self, Contender};
 
 /// Requests spent at once by the `_n3` contenders (`check_n`).
 const N: NonZeroU32 = NonZeroU32::new(3).unwrap();
+
+/// billgate's check in a fleet: the fleet's lease first (one atomic subtraction on a word
+/// every thread shares), then the quota as alone. The lease holds more than any run spends.
+fn billgate_in_fleet(rate: Rate) -> Job {
+    let quota = Quota::new(rate);
+    let own = AtomicU64::new(0);
+    let clock = Clock::real();
+    let state = Arc::new(FleetState::new());
+    state.set_up(true);
+    let lease = Arc::new(Lease::new("q:bench:payment".into(), rate));
+    let now = clock.now().as_u64();
+    let _ = lease.take(&state, now, 1);
+    let ask = lease.plan(now, AHEAD);
+    lease.granted(&ask, 1 << 60);
+    Arc::new(move |_, iters, _| {
+        for _ in 0..iters {
+            let now = clock.now();
+            black_box(lease.take(&state, now.as_u64(), 1).is_ok());
+            black_box(quota.check_n(&own, now, 1).map(|r| r.remaining).ok());
+        }
+    })
+}
 
 /// billgate's check: one clock reading, then the quota, what remains worked out.
 fn billgate(rate: Rate, n: u32) -> Job {
@@ -86,6 +109,7 @@ type MakeJob = Box<dyn Fn() -> Job>;
 fn contenders(rate: Rate) -> Vec<(&'static str, MakeJob)> {
     vec![
         ("billgate", Box::new(move || billgate(rate, 1))),
+        ("billgate_fleet", Box::new(move || billgate_in_fleet(rate))),
         ("governor", Box::new(move || governor(rate))),
         ("governor_plain", Box::new(move || governor_plain(rate))),
         ("billgate_n3", Box::new(move || billgate(rate, N.get()))),
