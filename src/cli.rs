@@ -135,6 +135,17 @@ pub struct StormArgs {
     /// Seeds the poller's choice of accounts (default 2014).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Gateway instances sharing quotas and the biller's capacity through one Redis
+    /// (`[fleet]`), each partner's requests dealt to them in turn, request by request (1–16;
+    /// default 1: one gateway, no Redis).
+    #[arg(long, default_value_t = 1, conflicts_with = "bypass")]
+    pub instances: u32,
+    /// The fleet's Redis, e.g. redis://127.0.0.1:6379/0 (default: a redis-server from PATH
+    /// started on a free loopback port for the run; Debian's redis-server package). With
+    /// `--instances 1` the gateway joins it as a fleet of one. Its `billgate:fleet:*` keys are
+    /// shared with any other fleet on it, and never flushed.
+    #[arg(long, value_name = "URL", conflicts_with = "bypass")]
+    pub redis: Option<String>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -373,7 +373,12 @@ pub async fn biller(
 /// `billgate storm`: the report on stdout (a table, or JSON with `--json`); exit 1 if a check
 /// failed.
 pub async fn storm(args: StormArgs) -> anyhow::Result<ExitCode> {
-    let options = storm_options(&args)?;
+    let options = StormOptions {
+        instances: args.instances,
+        redis: args.redis.clone(),
+        ..storm_options(&args)?
+    };
+    options.validate()?;
     let report = replay::storm(options).await?;
     print_report(&report, args.json, report.passed())
 }
