@@ -1,20 +1,32 @@
-//! The storm replay, short form, over real loopback sockets: through the gateway and bypassing
-//! it. Assertions are on counts, never on timings, so a busy machine cannot fail them.
+//! The storm replay, short form, over real loopback sockets: through the gateway, through a
+//! fleet of two sharing a real Redis, and bypassing them. Assertions are on counts, never on
+//! timings, so a busy machine cannot fail them.
+
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use billgate::config::Class;
 use billgate::replay;
 use billgate_sim::storm::{self, Phase, ReplayMode, StormOptions, StormReport};
+use tokio::sync::Mutex;
+
+use redis_server::RedisServer;
 
 const WELL_BEHAVED: [&str; 2] = ["wallet", "bank"];
+
+/// Held by each test for its whole replay: run side by side, two replays would share the
+/// machine's cores and disturb each other's latencies, which the gateway's adaptive parts react
+/// to.
+static ONE_REPLAY_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 fn every_stream(report: &StormReport) -> impl Iterator<Item = &storm::StreamReport> {
     report.phases.iter().flat_map(|p| p.streams.iter())
 }
 
-/// Both replays in one test, one after the other: run side by side they would share the two
-/// cores and disturb each other's latencies, which the gateway's adaptive parts react to.
+/// Both replays in one test, one after the other (see [`ONE_REPLAY_AT_A_TIME`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_storm_replayed_with_and_without_the_gateway() {
+    let _alone = ONE_REPLAY_AT_A_TIME.lock().await;
     through_the_gateway_the_biller_never_sees_more_than_its_capacity().await;
     without_the_gateway_the_storm_takes_the_biller_down().await;
 }
@@ -23,6 +35,64 @@ async fn through_the_gateway_the_biller_never_sees_more_than_its_capacity() {
     let options = StormOptions::short();
     let c = u64::from(options.capacity_per_sec);
     let report = replay::storm(options).await.expect("the replay runs");
+    assert!(report.fleet.is_none(), "one gateway is in no fleet");
+    assert!(!report.to_string().contains("fleet:"));
+    the_gateway_protected_the_biller(&report, c);
+}
+
+/// `--instances 2` on a Redis the test started: the stand-in (one, shared) sees the whole
+/// fleet's load, and it stays within C in every second, with the same counts as one gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_fleet_of_two_the_biller_never_sees_more_than_its_capacity() {
+    let redis = RedisServer::start();
+    let _alone = ONE_REPLAY_AT_A_TIME.lock().await;
+    let options = StormOptions {
+        instances: 2,
+        redis: Some(redis.url()),
+        ..StormOptions::short()
+    };
+    let c = u64::from(options.capacity_per_sec);
+    let report = replay::storm(options).await.expect("the replay runs");
+
+    let fleet = report.fleet.as_ref().expect("a fleet report");
+    let names: Vec<_> = fleet
+        .instances
+        .iter()
+        .map(|i| i.instance.as_str())
+        .collect();
+    assert_eq!(names, ["gw-1", "gw-2"]);
+    assert_eq!(fleet.redis, redis.url());
+    assert!(!fleet.redis_started, "the named Redis is used");
+    for instance in &fleet.instances {
+        // The replay starts the load only once both count each other and hear Redis.
+        assert_eq!(instance.alive_max, Some(2), "{instance:?}");
+        assert!(instance.redis_up_samples > 0, "{instance:?}");
+        assert!(instance.refills_granted > 0, "{instance:?}");
+        assert!(instance.breaker.exported, "{instance:?}");
+    }
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!(
+            "fleet: 2 gateway instances (gw-1, gw-2) sharing Redis {}",
+            redis.url()
+        )),
+        "{text}"
+    );
+    the_gateway_protected_the_biller(&report, c);
+    // The busiest second of the whole run, on the one stand-in every instance calls.
+    let busiest = report
+        .phases
+        .iter()
+        .filter_map(|p| p.load.max_per_sec)
+        .max()
+        .expect("whole seconds");
+    assert!(busiest <= c, "{busiest}/s reached the biller, C = {c}/s");
+}
+
+/// What the short storm through the gateway (one, or a fleet) must show, whatever the machine:
+/// the biller within C in every second, the well-behaved partners and payments served, the
+/// poller refused, the stand-in up.
+fn the_gateway_protected_the_biller(report: &StormReport, c: u64) {
     assert_eq!(report.mode, ReplayMode::Gateway);
     assert_eq!(report.phases.len(), 4);
 
@@ -95,17 +165,17 @@ async fn through_the_gateway_the_biller_never_sees_more_than_its_capacity() {
     }
     assert_eq!(report.biller.times_down, 0, "the stand-in stayed up");
     assert!(
-        every_stream(&report).all(|s| s.other == 0),
+        every_stream(report).all(|s| s.other == 0),
         "no unexpected statuses"
     );
-    assert!(every_stream(&report).all(|s| s.sent == s.ok + s.rejected + s.failed + s.unsent));
+    assert!(every_stream(report).all(|s| s.sent == s.ok + s.rejected + s.failed + s.unsent));
 
     // Every figure is reported, judged or marked as not measurable.
     assert!(report.checks.len() >= 8, "{:#?}", report.checks);
     let text = report.to_string();
     assert!(text.contains("checks"), "{text}");
     assert!(text.contains("breaker"), "{text}");
-    let json = serde_json::to_value(&report).expect("JSON");
+    let json = serde_json::to_value(report).expect("JSON");
     assert_eq!(json["mode"], "gateway");
     assert_eq!(json["phases"][1]["phase"], "storm");
 }
@@ -139,4 +209,46 @@ async fn without_the_gateway_the_storm_takes_the_biller_down() {
     assert!(!report.breaker.exported);
     assert!(report.to_string().contains("breaker: none (no gateway)"));
     assert!(report.passed(), "{report}");
+}
+
+/// `--instances` and `--redis` parse, default to one gateway, and refuse `--bypass`.
+#[test]
+fn the_fleet_flags_parse_and_refuse_bypass() {
+    use billgate::cli::{Command, Opts};
+    use clap::Parser;
+
+    let storm = |args: &[&str]| {
+        let argv = ["billgate", "storm"].iter().chain(args);
+        Opts::try_parse_from(argv).map(|opts| match opts.command {
+            Command::Storm(args) => args,
+            other => panic!("parsed as {other:?}"),
+        })
+    };
+    let alone = storm(&["--short"]).expect("parses");
+    assert_eq!((alone.instances, alone.redis), (1, None));
+    let fleet = storm(&[
+        "--short",
+        "--instances",
+        "3",
+        "--redis",
+        "redis://127.0.0.1:6379/2",
+    ])
+    .expect("parses");
+    assert_eq!(fleet.instances, 3);
+    assert_eq!(fleet.redis.as_deref(), Some("redis://127.0.0.1:6379/2"));
+    assert!(storm(&["--bypass", "--instances", "2"]).is_err());
+    assert!(storm(&["--bypass", "--redis", "redis://127.0.0.1/0"]).is_err());
+
+    let refused = |options: StormOptions| options.validate().unwrap_err().to_string();
+    let too_many = StormOptions {
+        instances: 17,
+        ..StormOptions::short()
+    };
+    assert!(refused(too_many).contains("--instances"));
+    let not_redis = StormOptions {
+        instances: 2,
+        redis: Some("http://127.0.0.1:6379".into()),
+        ..StormOptions::short()
+    };
+    assert!(refused(not_redis).contains("--redis"));
 }
