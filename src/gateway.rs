@@ -125,6 +125,9 @@ impl Gateway {
             Control::new(Arc::clone(&shared), options.config_path.clone())
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
+        if let Some(fleet) = shared.fleet() {
+            fleet.join(&shared).await;
+        }
         let (stop, stopped) = watch::channel(false);
         let probes = BillerPool::for_config(&shared.snapshot().config);
         let workers = proxy::Workers::start(

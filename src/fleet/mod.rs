@@ -202,6 +202,13 @@ impl Fleet {
         self.view.load_full()
     }
 
+    /// One heartbeat before the listeners serve, so that the first requests are shared among
+    /// the instances alive rather than each taking the whole quota (a start is not a request:
+    /// it may wait, at most `[fleet] timeout`, for Redis).
+    pub async fn join(&self, shared: &Shared) {
+        self.beat(shared).await;
+    }
+
     /// Refills and heartbeats until `shutdown` turns true. The first heartbeat is tried at
     /// once, so the instance knows its fleet before its first refill.
     pub async fn run(self: Arc<Self>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
