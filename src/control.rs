@@ -310,6 +310,27 @@ impl Control {
         Ok(lifted)
     }
 
+    /// Takes in a suspension made (`Some`) or lifted (`None`) on another instance of the
+    /// fleet, and records it in the state file, so that a restart without Redis keeps it.
+    pub async fn from_fleet(&self, id: &str, suspension: Option<Suspension>) {
+        let _serial = self.suspensions.lock().await;
+        match suspension {
+            Some(suspension) => {
+                tracing::warn!(partner = %id, reason = %printable(&suspension.reason), "partner suspended (on another instance of the fleet)");
+                self.shared.suspensions().suspend(id, suspension);
+            }
+            None => {
+                if !self.shared.suspensions().resume(id) {
+                    return;
+                }
+                tracing::warn!(partner = %id, "partner resumed (on another instance of the fleet)");
+            }
+        }
+        if let Err(error) = self.write_state() {
+            tracing::error!("{error}");
+        }
+    }
+
     fn known(&self, id: &str) -> Result<(), ControlError> {
         let snapshot = self.shared.snapshot();
         if snapshot.config.partners.iter().any(|p| p.id == id) {

@@ -126,7 +126,7 @@ impl Gateway {
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
         if let Some(fleet) = shared.fleet() {
-            fleet.join(&shared).await;
+            fleet.join(&control).await;
         }
         let (stop, stopped) = watch::channel(false);
         let probes = BillerPool::for_config(&shared.snapshot().config);
@@ -159,7 +159,7 @@ impl Gateway {
         let mut tasks = tasks;
         if let Some(fleet) = shared.fleet() {
             tasks.push(tokio::spawn(
-                Arc::clone(fleet).run(Arc::clone(&shared), stopped),
+                Arc::clone(fleet).run(Arc::clone(&control), stopped),
             ));
         }
         tracing::info!(%addr, %admin_addr, "billgate listening");

@@ -42,8 +42,9 @@ fn instance_config(
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).expect("token file");
     let text = config_toml(biller, "2s", capacity, partners);
     let server = format!(
-        "[server]\nadmin_token_file = \"{}\"\n",
-        dir.join("token").display()
+        "[server]\nadmin_token_file = \"{}\"\nstate_file = \"{}\"\n",
+        dir.join("token").display(),
+        dir.join(&format!("state-{n}.json")).display()
     );
     let text = text.replacen("[server]\n", &server, 1);
     format!("{text}\n[fleet]\nredis = \"{redis}\"\ninstance = \"gw-{n}\"\ntimeout = \"250ms\"\n")
@@ -393,6 +394,12 @@ async fn a_suspension_reaches_the_whole_fleet() {
     };
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
     assert!(reply.text().contains("polling storm"), "{}", reply.text());
+    // The second instance keeps it in its own state file too: a restart without Redis keeps it.
+    let state = std::fs::read_to_string(fleet._dir.join("state-2.json")).unwrap_or_default();
+    assert!(
+        state.contains("wallet-a") && state.contains("polling storm"),
+        "{state}"
+    );
 
     let resumed = send(
         Method::POST,

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use self::redis::{Beat, Fleet as Heard, LinkError, RedisLink, Refill};
 use crate::admission::Suspension;
 use crate::config;
-use crate::proxy::Shared;
+use crate::control::Control;
 
 /// How often the heartbeat is written and the fleet read: suspensions reach every instance
 /// within two of these.
@@ -205,20 +205,20 @@ impl Fleet {
     /// One heartbeat before the listeners serve, so that the first requests are shared among
     /// the instances alive rather than each taking the whole quota (a start is not a request:
     /// it may wait, at most `[fleet] timeout`, for Redis).
-    pub async fn join(&self, shared: &Shared) {
-        self.beat(shared).await;
+    pub async fn join(&self, control: &Control) {
+        self.beat(control).await;
     }
 
     /// Refills and heartbeats until `shutdown` turns true. The first heartbeat is tried at
     /// once, so the instance knows its fleet before its first refill.
-    pub async fn run(self: Arc<Self>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, control: Arc<Control>, shutdown: watch::Receiver<bool>) {
+        let shared = Arc::clone(&control.shared);
         let beats = {
             let fleet = Arc::clone(&self);
-            let shared = Arc::clone(&shared);
             let mut shutdown = shutdown.clone();
             async move {
                 loop {
-                    fleet.beat(&shared).await;
+                    fleet.beat(&control).await;
                     tokio::select! {
                         _ = tokio::time::sleep(BEAT) => {}
                         _ = shutdown.changed() => return,
@@ -364,7 +364,8 @@ impl Fleet {
 
     /// One heartbeat: push this instance's suspension changes, beat, read the fleet, take in
     /// its suspensions.
-    async fn beat(&self, shared: &Shared) {
+    async fn beat(&self, control: &Control) {
+        let shared = &*control.shared;
         let snapshot = shared.snapshot_full();
         let config_sha256 = snapshot.config.fleet_sha256.clone();
         let local: HashMap<String, Suspension> = shared.suspensions().list().into_iter().collect();
@@ -431,7 +432,8 @@ impl Fleet {
         };
         self.state.set_instances(alive);
         self.metrics.instances.set(i64::from(alive));
-        self.take_suspensions(shared, &snapshot.config, local, &pushes, &removals, &heard);
+        self.take_suspensions(control, &snapshot.config, local, &pushes, &removals, &heard)
+            .await;
         let view = self.view_of(&heard, &config_sha256);
         self.metrics
             .config_mismatch
@@ -441,49 +443,57 @@ impl Fleet {
 
     /// Applies the fleet's suspension changes here: one the fleet has and this instance has
     /// not (and did not just lift) is taken; one this instance has, the fleet had and no
-    /// longer has, was lifted elsewhere and is lifted here.
-    fn take_suspensions(
+    /// longer has, was lifted elsewhere and is lifted here. Both go through `control`, which
+    /// records them in the state file.
+    async fn take_suspensions(
         &self,
-        shared: &Shared,
+        control: &Control,
         config: &config::Config,
         mut local: HashMap<String, Suspension>,
         pushed: &[(String, Suspension)],
         removed: &[String],
         heard: &Heard,
     ) {
-        let mut agreed = self.agreed.lock().unwrap_or_else(PoisonError::into_inner);
         let fleet: HashMap<&str, &str> = heard
             .suspensions
             .iter()
             .map(|(id, json)| (id.as_str(), json.as_str()))
             .collect();
         let known = |id: &str| config.partners.iter().any(|p| p.id == id);
-        for (&id, &json) in &fleet {
-            if local.contains_key(id) || removed.iter().any(|r| r == id) || !known(id) {
-                continue;
-            }
-            let suspension = serde_json::from_str::<Suspension>(json).unwrap_or(Suspension {
-                reason: "suspended on another instance of the fleet".into(),
-                since_unix: unix_now(),
-            });
-            shared.suspensions().suspend(id, suspension.clone());
-            tracing::warn!(partner = %id, "partner suspended (by another instance of the fleet)");
-            local.insert(id.to_string(), suspension);
-        }
-        let lifted: Vec<String> = local
-            .keys()
-            .filter(|id| {
-                !fleet.contains_key(id.as_str())
-                    && agreed.fleet.contains(*id)
-                    && !pushed.iter().any(|(p, _)| p == *id)
+        let taken: Vec<(String, Suspension)> = fleet
+            .iter()
+            .filter(|(id, _)| {
+                !local.contains_key(**id) && !removed.iter().any(|r| r == *id) && known(id)
             })
-            .cloned()
+            .map(|(id, json)| {
+                let suspension = serde_json::from_str::<Suspension>(json).unwrap_or(Suspension {
+                    reason: "suspended on another instance of the fleet".into(),
+                    since_unix: unix_now(),
+                });
+                (id.to_string(), suspension)
+            })
             .collect();
+        let lifted: Vec<String> = {
+            let agreed = self.agreed.lock().unwrap_or_else(PoisonError::into_inner);
+            local
+                .keys()
+                .filter(|id| {
+                    !fleet.contains_key(id.as_str())
+                        && agreed.fleet.contains(*id)
+                        && !pushed.iter().any(|(p, _)| p == *id)
+                })
+                .cloned()
+                .collect()
+        };
+        for (id, suspension) in taken {
+            control.from_fleet(&id, Some(suspension.clone())).await;
+            local.insert(id, suspension);
+        }
         for id in lifted {
-            shared.suspensions().resume(&id);
-            tracing::warn!(partner = %id, "partner resumed (by another instance of the fleet)");
+            control.from_fleet(&id, None).await;
             local.remove(&id);
         }
+        let mut agreed = self.agreed.lock().unwrap_or_else(PoisonError::into_inner);
         agreed.fleet = fleet.keys().map(|id| id.to_string()).collect();
         agreed.local = local;
     }
