@@ -3,10 +3,18 @@
 //! listener, and every query of every panel run through Prometheus's HTTP API. Also lints
 //! `/metrics` with `promtool check metrics` and checks the example `grafana/prometheus.yml`.
 //!
-//! Needs `prometheus` and `promtool` on the PATH (Debian's `prometheus` package); `.ci/run`
-//! installs them. Without them this test fails and says so.
+//! The fleet's panels read a second gateway scraped beside the first: a fleet of one on a
+//! `redis-server` of the test's own, on the real clock. The traffic's gateway stays alone: it
+//! runs on a fake clock, which the fleet's buckets (kept on Redis's clock) would not follow, so
+//! its quotas would no longer refill when the test moves the clock. `tests/fleet.rs` checks the
+//! fleet's metrics' values across instances.
+//!
+//! Needs `prometheus` and `promtool` (Debian's `prometheus` package) and `redis-server` on the
+//! PATH; `.ci/run` installs them. Without them this test fails and says so.
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -22,6 +30,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use redis_server::RedisServer;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
@@ -72,6 +81,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let (gw, hand) = start_gateway(&dir, &biller.url()).await;
     let admin = format!("http://{}", gw.admin_addr);
     let proxy = format!("http://{}", gw.addr);
+    let redis = RedisServer::start();
+    let member = start_fleet_member(&biller.url(), &redis.url()).await;
 
     // billgate creates a transition's series at its first occurrence, and `increase()` cannot
     // see a series' first sample as an increase: this first cycle makes the series, the one
@@ -89,7 +100,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         Arc::clone(&pause),
     ));
 
-    let mut prometheus = Prometheus::start(&dir, gw.admin_addr).await;
+    let mut prometheus = Prometheus::start(&dir, &[gw.admin_addr, member.admin_addr]).await;
     let scraped = prometheus.wait_for_scrapes(2.0).await;
 
     // Between scrapes: a reload through the admin API, and the breaker opened and closed again,
@@ -106,11 +117,36 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
         open_and_close_the_breaker(&biller, &hand, &proxy).await;
     }
+    // And a few requests through the fleet member, so its leases are refilled between scrapes.
+    for n in 0..5 {
+        let reply = get(
+            &format!("http://{}/v1/bills/m{n}", member.addr),
+            &[("x-api-key", "key-a"), ("x-request-origin", "user")],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
     prometheus.wait_for_scrapes(scraped + 2.0).await;
 
     // Every family has its series by now, the breaker transitions' included.
     let metrics = get(&format!("{admin}/metrics"), &[]).await.text();
     lint_metrics(&metrics).await;
+    let fleet_metrics = get(&format!("http://{}/metrics", member.admin_addr), &[])
+        .await
+        .text();
+    lint_metrics(&fleet_metrics).await;
+    for (series, value) in [
+        ("billgate_fleet_redis_up", 1.0),
+        ("billgate_fleet_instances", 1.0),
+        ("billgate_fleet_config_mismatch", 0.0),
+        ("billgate_fleet_fallbacks_total", 0.0),
+    ] {
+        assert!(
+            fleet_metrics.contains(&format!("\n{series} ")),
+            "the fleet member's /metrics lacks {series}"
+        );
+        assert_eq!(sample(&fleet_metrics, series), value, "{series}");
+    }
 
     let cache_present = metrics.contains(&format!("# TYPE {CACHE_FAMILY} "));
     if !cache_present {
@@ -143,7 +179,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         results.insert(panel, result);
         checked += 1;
     }
-    assert!(checked >= 18, "only {checked} panel queries were checked");
+    assert!(checked >= 24, "only {checked} panel queries were checked");
     let increased = |panel: &str, label: &str, value: &str| {
         results[panel]
             .as_array()
@@ -167,6 +203,11 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         "the transitions panel does not show the breaker opening: {}",
         results["Breaker transitions"]
     );
+    assert!(
+        increased("Fleet: lease refills by result", "result", "granted"),
+        "the refills panel shows no lease granted: {}",
+        results["Fleet: lease refills by result"]
+    );
 
     // The `partner` variable's query, as Grafana asks it.
     let values = prometheus.partner_values().await;
@@ -187,6 +228,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     prometheus.stop().await;
     gw.shutdown().await;
+    member.shutdown().await;
 }
 
 /// Fails, saying how to get them, unless `prometheus` and `promtool` run.
@@ -356,6 +398,18 @@ async fn start_gateway(dir: &TempDir, biller_url: &str) -> (Gateway, FakeClock) 
     (gw, hand)
 }
 
+/// A gateway in a fleet of one on the Redis at `redis_url`, on the real clock, with the same
+/// partners; idle but for what the test sends it.
+async fn start_fleet_member(biller_url: &str, redis_url: &str) -> Gateway {
+    let text = format!(
+        "{}\n[fleet]\nredis = \"{redis_url}\"\ninstance = \"dashboard\"\n",
+        config_toml(biller_url, "2s", "10000/s", &partners())
+    );
+    Gateway::start(load(&text), gateway::Options::default())
+        .await
+        .expect("start the fleet member")
+}
+
 /// Failing biller calls open the breaker; after `open_for`, probes to a recovered biller close
 /// it: three transitions for the breaker panels. First moves the clock past the breaker's window
 /// so the traffic's successes do not outvote the failures.
@@ -480,7 +534,8 @@ async fn check_example_config() {
     }
 }
 
-/// A `prometheus` started for this test on a free loopback port, its data in the temp dir.
+/// A `prometheus` started for this test on a free loopback port, its data in the temp dir,
+/// scraping every target as job `billgate`.
 struct Prometheus {
     child: Child,
     base: String,
@@ -488,14 +543,16 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    async fn start(dir: &TempDir, target: std::net::SocketAddr) -> Prometheus {
+    async fn start(dir: &TempDir, targets: &[std::net::SocketAddr]) -> Prometheus {
         let config = dir.join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let targets = targets.join(", ");
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                  scrape_configs:\n  - job_name: billgate\n    metrics_path: /metrics\n    \
-                 static_configs:\n      - targets: [\"{target}\"]\n"
+                 static_configs:\n      - targets: [{targets}]\n"
             ),
         )
         .expect("write prometheus.yml");
@@ -550,12 +607,14 @@ impl Prometheus {
         }
     }
 
-    /// Polls until `count` scrapes of the gateway have succeeded, for up to 20s; returns how many
-    /// have.
+    /// Polls until `count` scrapes of each gateway have succeeded, for up to 20s; returns how
+    /// many have (of the gateway scraped least).
     async fn wait_for_scrapes(&mut self, count: f64) -> f64 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let result = self.query(r#"sum_over_time(up{job="billgate"}[1m])"#).await;
+            let result = self
+                .query(r#"min(sum_over_time(up{job="billgate"}[1m]))"#)
+                .await;
             let scraped = result[0]["value"][1]
                 .as_str()
                 .and_then(|v| v.parse::<f64>().ok())
