@@ -127,6 +127,8 @@ impl Gateway {
         );
         if let Some(fleet) = shared.fleet() {
             fleet.join(&control).await;
+            // Built for the instances the heartbeat found alive (the in-flight limit's share).
+            shared.rebuild();
         }
         let (stop, stopped) = watch::channel(false);
         let probes = BillerPool::for_config(&shared.snapshot().config);

@@ -430,6 +430,10 @@ impl Fleet {
         } else {
             alive.saturating_add(1)
         };
+        if alive != self.state.instances() {
+            // The breakers and the shedder judge on this instance's share of the calls.
+            snapshot.gate.protection().share_among(alive);
+        }
         self.state.set_instances(alive);
         self.metrics.instances.set(i64::from(alive));
         self.take_suspensions(control, &snapshot.config, local, &pushes, &removals, &heard)

@@ -143,6 +143,14 @@ impl Shared {
         self.snapshot.store(Arc::new(next));
     }
 
+    /// Builds the running configuration's snapshot again, carrying every state over as a
+    /// reload of the same file does: what it is built for outside the file (the fleet's
+    /// instances alive) has changed.
+    pub fn rebuild(&self) {
+        let running = self.snapshot.load_full();
+        self.install(Config::clone(&running.config), running.upstream.tls.clone());
+    }
+
     /// The partner listener's TLS now: `None` for plain HTTP.
     pub fn tls(&self) -> Option<Arc<crate::tls::ListenerTls>> {
         self.tls.load_full()

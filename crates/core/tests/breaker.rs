@@ -374,3 +374,26 @@ fn concurrent_probes_never_exceed_the_slots() {
     assert!(peak.load(Ordering::SeqCst) <= 3);
     assert_eq!(b.state(), BreakerState::HalfOpen);
 }
+
+/// One of a fleet's gateways sees its share of the calls and judges on its share of
+/// `min_calls`: with 20 to wait for alone, 10 failures open it as one of two.
+#[test]
+fn one_of_a_fleet_judges_on_its_share_of_the_calls() {
+    let (b, _hand) = breaker(BreakerSettings::default());
+    for _ in 0..10 {
+        b.record(CallOutcome::Failure);
+    }
+    assert_eq!(
+        b.state(),
+        BreakerState::Closed,
+        "20 calls are waited for alone"
+    );
+    let (b, _hand) = breaker(BreakerSettings::default());
+    b.judge_on(10);
+    for _ in 0..9 {
+        b.record(CallOutcome::Failure);
+    }
+    assert_eq!(b.state(), BreakerState::Closed);
+    b.record(CallOutcome::Failure);
+    assert_eq!(b.state(), BreakerState::Open);
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use governor::nanos::Nanos;
 
 use super::budget::Budget;
-use super::shed::Shedder;
+use super::shed::{share_of_calls, Shedder};
 use crate::breaker::{outcome_of_status, Admission, Breaker, BreakerSettings, CallOutcome, Probe};
 use crate::clock::Clock;
 use crate::concurrency::{AdaptiveLimit, ConcurrencySettings, Slot};
@@ -54,6 +54,9 @@ pub struct Protection {
     breaker_settings: config::BreakerConfig,
     max_in_flight: u32,
     reserves: (f64, f64),
+    /// The gateways sharing the biller when this was built: 1 alone, else the fleet's
+    /// instances then alive.
+    instances: u32,
 }
 
 impl Protection {
@@ -62,6 +65,23 @@ impl Protection {
         previous: Option<&Protection>,
         clock: &Clock,
     ) -> Protection {
+        Protection::one_of(biller, previous, clock, 1)
+    }
+
+    /// [`Protection::build`] for one of `instances` gateways sharing the biller (a fleet's,
+    /// as many as were alive): the budget is the fleet's (spent from leases beside this one),
+    /// but the breakers, the shedder and the in-flight limit see only this gateway's calls.
+    /// So the breakers and the shedder judge on their share of the calls a lone gateway
+    /// would wait for, and at most a share of `max_in_flight` is in flight from here.
+    pub fn one_of(
+        biller: &config::Biller,
+        previous: Option<&Protection>,
+        clock: &Clock,
+        instances: u32,
+    ) -> Protection {
+        let instances = instances.max(1);
+        // The in-flight limit is kept only for as many instances as it was built for.
+        let same_share = previous.filter(|p| p.instances == instances);
         let (capacity, payment, user) =
             (biller.capacity, biller.payment_reserve, biller.user_reserve);
         let budget = match previous {
@@ -84,16 +104,16 @@ impl Protection {
                 settings.failure_rate = settings.failure_rate.max(PAYMENT_FAILURE_RATE);
                 Arc::new(Breaker::new(settings, clock.clone()))
             });
-        let concurrency = previous
+        let concurrency = same_share
             .filter(|p| p.max_in_flight == biller.max_in_flight)
             .map(|p| Arc::clone(&p.concurrency))
             .unwrap_or_else(|| {
                 Arc::new(AdaptiveLimit::new(
-                    ConcurrencySettings::from(biller),
+                    ConcurrencySettings::new(biller.max_in_flight.div_ceil(instances)),
                     clock.clone(),
                 ))
             });
-        Protection {
+        let protection = Protection {
             budget,
             breaker,
             payment_breaker,
@@ -105,7 +125,21 @@ impl Protection {
             breaker_settings: biller.breaker.clone(),
             max_in_flight: biller.max_in_flight,
             reserves: (biller.payment_reserve, biller.user_reserve),
-        }
+            instances,
+        };
+        protection.share_among(instances);
+        protection
+    }
+
+    /// From now on, one of `instances` gateways sharing the biller: the breakers and the
+    /// shedder judge on their share of the calls a lone gateway waits for. (The in-flight
+    /// limit's share is set when the configuration is loaded.)
+    pub fn share_among(&self, instances: u32) {
+        let min_calls = self.breaker_settings.min_calls;
+        self.breaker.judge_on(share_of_calls(min_calls, instances));
+        self.payment_breaker
+            .judge_on(share_of_calls(min_calls, instances));
+        self.shedder.share_among(instances);
     }
 
     /// In-flight slots `class` must leave free for the classes above it.

@@ -369,14 +369,23 @@ impl Gate {
 
     /// This gate, one of a fleet's (see [`crate::fleet`]): every partner quota and level of
     /// the biller's capacity is also spent from a lease on the fleet's bucket, and per-account
-    /// quotas are shared among the instances alive. Leases `previous` held on unchanged quotas
-    /// are carried over.
+    /// quotas are shared among the instances alive, and so are the breakers' and the shedder's
+    /// evidence and the in-flight limit (see [`Protection::one_of`]), for as many instances as
+    /// are alive now. Leases `previous` held on unchanged quotas are carried over.
     pub fn in_fleet(
         mut self,
         config: &Config,
         state: Arc<FleetState>,
         previous: Option<&Gate>,
     ) -> Gate {
+        // The breakers, the shedder and the in-flight limit see this instance's calls alone:
+        // built for its share of them.
+        self.protection = Arc::new(Protection::one_of(
+            &config.biller,
+            previous.map(|g| &*g.protection),
+            &self.clock,
+            state.instances(),
+        ));
         let before = previous.and_then(|g| g.fleet.as_ref());
         self.fleet = Some(Ledger::build(config, before, state));
         self

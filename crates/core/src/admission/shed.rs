@@ -19,7 +19,9 @@ pub const INTERVAL: Duration = Duration::from_millis(250);
 pub const TARGET: f64 = 0.03;
 /// Intervals judged together (a second's worth).
 const WINDOW: u64 = 4;
-/// Fewer calls than this in the window tell nothing; the level then grows back.
+/// Fewer calls than this in the window tell nothing; the level then grows back. One of `N`
+/// gateways in a fleet sees `1/N` of the calls, and judges on `1/N` as many (see
+/// [`Shedder::share_among`]).
 const MIN_CALLS: u32 = 20;
 /// The level runs from 0 (no inquiry passes) through 1000 (every user inquiry, no scheduled
 /// poll) to 2000 (everything passes).
@@ -34,6 +36,15 @@ const USER_ONLY: u32 = 1000;
 const CUT: u32 = 500;
 const GROW: u32 = 100;
 const PPM: u64 = 1_000_000;
+
+/// One of `instances` gateways' share of `calls`, at least 4: as much evidence as a lone
+/// gateway would wait for, gathered by the fleet together.
+pub fn share_of_calls(calls: u32, instances: u32) -> u32 {
+    if instances <= 1 {
+        return calls;
+    }
+    calls.div_ceil(instances).max(calls.min(4))
+}
 
 /// The shedder's state: all atomics, read and updated without a lock.
 pub struct Shedder {
@@ -52,11 +63,20 @@ pub struct Shedder {
     level: AtomicU32,
     /// Accumulated admission credit per shed class, in millionths.
     credit: [AtomicU64; 2],
+    /// [`MIN_CALLS`], or its share in a fleet.
+    min_calls: AtomicU32,
 }
 
 impl Shedder {
+    /// From now on, one of `instances` gateways: judges on its share of [`MIN_CALLS`].
+    pub fn share_among(&self, instances: u32) {
+        self.min_calls
+            .store(share_of_calls(MIN_CALLS, instances), Ordering::Relaxed);
+    }
+
     pub fn new(clock: Clock) -> Shedder {
         Shedder {
+            min_calls: AtomicU32::new(MIN_CALLS),
             interval: AtomicU64::new(0),
             calls: AtomicU32::new(0),
             failures: AtomicU32::new(0),
@@ -160,7 +180,8 @@ impl Shedder {
                 (c.saturating_add(dc), f.saturating_add(df))
             });
         let level = self.level.load(Ordering::Relaxed);
-        let judged = window_calls >= MIN_CALLS;
+        let min_calls = self.min_calls.load(Ordering::Relaxed);
+        let judged = window_calls >= min_calls;
         let share = f64::from(window_failures) / f64::from(window_calls.max(1));
         // Several intervals may have passed without a call: each quiet one counts as good.
         let quiet = u32::try_from(now - seen - 1).unwrap_or(u32::MAX);
@@ -174,7 +195,7 @@ impl Shedder {
             self.clean_fast.store(0, Ordering::Relaxed);
             0
         };
-        let recovered = clean_fast >= MIN_CALLS / 2 && calls > 0 && fast * 2 >= calls;
+        let recovered = clean_fast >= min_calls / 2 && calls > 0 && fast * 2 >= calls;
         let next = if recovered {
             FULL
         } else if judged && share > TARGET {
@@ -237,6 +258,23 @@ mod tests {
         for _ in 0..n {
             interval(s, hand, calls, failures);
         }
+    }
+
+    /// One of two gateways sees half the calls, and cuts on half the evidence: a second of
+    /// 12 calls, 3 failed, is judged (and cut) there, and tells a lone gateway nothing.
+    #[test]
+    fn in_a_fleet_a_share_of_the_calls_is_judged() {
+        for (instances, cut) in [(1, false), (2, true)] {
+            let (clock, hand) = Clock::fake();
+            let s = Shedder::new(clock);
+            s.share_among(instances);
+            intervals(&s, &hand, 4, 3, 1);
+            assert_eq!(s.level() < 2.0, cut, "{instances} instances: {}", s.level());
+        }
+        assert_eq!(share_of_calls(20, 1), 20);
+        assert_eq!(share_of_calls(20, 3), 7);
+        assert_eq!(share_of_calls(20, 16), 4);
+        assert_eq!(share_of_calls(2, 3), 2);
     }
 
     #[test]

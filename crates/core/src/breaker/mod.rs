@@ -61,7 +61,9 @@ pub struct Breaker {
     clock: Clock,
     /// `failure_rate` in millionths, 1..=1 000 000.
     rate_ppm: u64,
-    min_calls: u64,
+    /// Calls the window must hold before it is judged: the settings', or this gateway's share
+    /// of them in a fleet ([`Breaker::judge_on`]).
+    min_calls: AtomicU64,
     probes_to_close: u64,
     open_nanos: u64,
     max_open_nanos: u64,
@@ -111,7 +113,7 @@ impl Breaker {
         };
         Breaker {
             rate_ppm,
-            min_calls: u64::from(settings.min_calls.max(1)),
+            min_calls: AtomicU64::new(u64::from(settings.min_calls.max(1))),
             probes_to_close: u64::from(settings.probes_to_close.max(1)),
             open_nanos,
             max_open_nanos: nanos(settings.max_open_for).max(open_nanos),
@@ -126,6 +128,13 @@ impl Breaker {
             settings,
             clock,
         }
+    }
+
+    /// Judges the window once it holds `min_calls` calls (at least 1) from now on: one of a
+    /// fleet's gateways sees its share of the calls, and waits for its share of the evidence.
+    pub fn judge_on(&self, min_calls: u32) {
+        self.min_calls
+            .store(u64::from(min_calls.max(1)), Ordering::Relaxed);
     }
 
     /// The settings it was built with (before clamping).
@@ -188,7 +197,7 @@ impl Breaker {
             return;
         }
         let (calls, failures) = self.window.sum(now);
-        if calls >= self.min_calls
+        if calls >= self.min_calls.load(Ordering::Relaxed)
             && u128::from(failures) * 1_000_000 >= u128::from(self.rate_ppm) * u128::from(calls)
         {
             self.open(word, 0, now);
