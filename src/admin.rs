@@ -195,7 +195,7 @@ fn config(control: &Control) -> Answer {
 /// of the tokens lately granted and its configuration's hash.
 fn fleet(control: &Control) -> Answer {
     match control.shared.fleet() {
-        Some(fleet) => match serde_json::to_string(&*fleet.view()) {
+        Some(fleet) => match serde_json::to_string(&fleet.view()) {
             Ok(body) => plain(StatusCode::OK, JSON, body),
             Err(error) => problem(
                 StatusCode::INTERNAL_SERVER_ERROR,

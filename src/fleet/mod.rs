@@ -142,9 +142,11 @@ pub struct Fleet {
     started_unix: u64,
     /// Tokens granted to this instance, ever, and at the last heartbeat.
     granted: AtomicU64,
-    granted_at_beat: Mutex<(u64, std::time::Instant)>,
+    granted_at_beat: Mutex<(u64, std::time::Instant, f64)>,
     /// Redis has answered at least once.
     joined: AtomicBool,
+    /// When the last heartbeat was answered.
+    heard_at: Mutex<Option<std::time::Instant>>,
     /// How long a refill round trip took lately, in nanoseconds (smoothed): leases are
     /// refilled that much further ahead.
     round_trip: AtomicU64,
@@ -181,8 +183,9 @@ impl Fleet {
             view: ArcSwap::from_pointee(view),
             started_unix: unix_now(),
             granted: AtomicU64::new(0),
-            granted_at_beat: Mutex::new((0, std::time::Instant::now())),
+            granted_at_beat: Mutex::new((0, std::time::Instant::now(), 0.0)),
             joined: AtomicBool::new(false),
+            heard_at: Mutex::new(None),
             round_trip: AtomicU64::new(0),
             agreed: Mutex::new(Agreed::default()),
         })
@@ -197,9 +200,21 @@ impl Fleet {
         &self.instance
     }
 
-    /// The fleet as last seen, for `/admin/fleet`.
-    pub fn view(&self) -> Arc<View> {
-        self.view.load_full()
+    /// The fleet as last seen, for `/admin/fleet`: each heartbeat's age counts the time since
+    /// it was heard, so that during an outage the ages keep growing.
+    pub fn view(&self) -> View {
+        let mut view = View::clone(&self.view.load());
+        let since = self
+            .heard_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or(0, |at| {
+                u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
+            });
+        for member in &mut view.instances {
+            member.last_heartbeat_ms_ago = member.last_heartbeat_ms_ago.saturating_add(since);
+        }
+        view
     }
 
     /// One heartbeat before the listeners serve, so that the first requests are shared among
@@ -439,9 +454,24 @@ impl Fleet {
         self.take_suspensions(control, &snapshot.config, local, &pushes, &removals, &heard)
             .await;
         let view = self.view_of(&heard, &config_sha256);
+        if view.config_mismatch != self.view.load().config_mismatch {
+            let others: Vec<&str> = view
+                .instances
+                .iter()
+                .filter(|m| m.config_sha256 != config_sha256)
+                .map(|m| m.instance.as_str())
+                .collect();
+            if view.config_mismatch {
+                tracing::warn!(instance = %self.instance, ?others, "instances of the fleet run another configuration (all but [server] and [fleet] differ from this one's)");
+            } else {
+                tracing::info!(instance = %self.instance, "every instance of the fleet runs this configuration again");
+            }
+        }
         self.metrics
             .config_mismatch
             .set(i64::from(view.config_mismatch));
+        *self.heard_at.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(std::time::Instant::now());
         self.view.store(Arc::new(view));
     }
 
@@ -502,7 +532,8 @@ impl Fleet {
         agreed.local = local;
     }
 
-    /// Tokens granted per second since the last call.
+    /// Tokens granted per second lately: smoothed over heartbeats (a quarter of each new
+    /// reading), as one 250 ms beat sees a refill or none.
     fn granted_rate(&self) -> f64 {
         let now = std::time::Instant::now();
         let total = self.granted.load(Ordering::Relaxed);
@@ -511,12 +542,13 @@ impl Fleet {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let elapsed = now.duration_since(last.1).as_secs_f64();
-        let rate = if elapsed > 0.0 {
+        let lately = if elapsed > 0.0 {
             total.saturating_sub(last.0) as f64 / elapsed
         } else {
             0.0
         };
-        *last = (total, now);
+        let rate = 0.75 * last.2 + 0.25 * lately;
+        *last = (total, now, rate);
         rate
     }
 
