@@ -38,7 +38,7 @@ fn billgate_in_fleet(rate: Rate) -> Job {
     let lease = Arc::new(Lease::new("q:bench:payment".into(), rate));
     let now = clock.now().as_u64();
     let _ = lease.take(&state, now, 1);
-    let ask = lease.plan(now, AHEAD);
+    let ask = lease.plan(&state, now, AHEAD);
     lease.granted(&ask, 1 << 60);
     Arc::new(move |_, iters, _| {
         for _ in 0..iters {

@@ -268,7 +268,7 @@ impl Fleet {
         let lead = TICK + 2 * Duration::from_nanos(self.round_trip.load(Ordering::Relaxed));
         let asks: Vec<(&Arc<Lease>, Ask)> = ledger
             .leases()
-            .map(|lease| (lease, lease.plan(now, lead)))
+            .map(|lease| (lease, lease.plan(&self.state, now, lead)))
             .filter(|(_, ask)| !ask.is_empty())
             .collect();
         if asks.is_empty() {

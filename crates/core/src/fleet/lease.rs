@@ -14,6 +14,15 @@
 //! `rate × T + burst` from the bucket, plus what the instances held when the window opened
 //! (each at most [`SLICE`] of the rate), plus what was spent on shares and not yet subtracted
 //! (each instance at most its share's burst, `burst / N`): `rate × (T + N × SLICE) + 2 × burst`.
+//!
+//! What an instance spent on its share while Redis was out of reach is settled differently:
+//! not all of it, which would count against the bucket every token the outage spent while
+//! the bucket (capped at its burst) forgot the refill that paid for them, and so refuse
+//! requests under the quota for the first refills back; but what the share's cell still
+//! holds against the instance, its part of the fleet's bucket as spent as an ideal bucket
+//! would be (the cells' deficits add up to at least the ideal bucket's). The bucket, which
+//! also refilled over the outage, may so count the outage's refill twice: at most one burst
+//! more per outage.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -105,6 +114,9 @@ pub struct Lease {
     owed: AtomicU64,
     /// The share's GCRA arrival time.
     share_tat: AtomicU64,
+    /// Lapsed (Redis out of reach) and not refilled since: what is owed is settled as the
+    /// share's cell holds it (see the module's bound).
+    lapsed: AtomicBool,
     plan: Mutex<Plan>,
 }
 
@@ -122,6 +134,7 @@ impl Lease {
             wanted: AtomicU64::new(0),
             owed: AtomicU64::new(0),
             share_tat: AtomicU64::new(0),
+            lapsed: AtomicBool::new(false),
             plan: Mutex::new(Plan::default()),
         }
     }
@@ -180,12 +193,7 @@ impl Lease {
 
     /// Spends `n` of this instance's share: the quota divided by the `instances` alive.
     fn take_share(&self, instances: u32, now: u64, n: u32) -> Result<Taken, Duration> {
-        let instances = instances.max(1);
-        let burst = (self.rate.burst.get() / instances).max(1);
-        let gcra = Gcra::from_nanos(
-            self.interval.saturating_mul(u64::from(instances)),
-            NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
-        );
+        let (gcra, burst) = self.share(instances);
         match gcra.spend(&self.share_tat, now, n) {
             Ok(_) => {
                 self.spent.fetch_add(u64::from(n), Ordering::Relaxed);
@@ -202,6 +210,17 @@ impl Lease {
                 })
             }
         }
+    }
+
+    /// The share's cell among `instances`, and its burst.
+    fn share(&self, instances: u32) -> (Gcra, u32) {
+        let instances = instances.max(1);
+        let burst = (self.rate.burst.get() / instances).max(1);
+        let gcra = Gcra::from_nanos(
+            self.interval.saturating_mul(u64::from(instances)),
+            NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
+        );
+        (gcra, burst)
     }
 
     /// Undoes a [`Lease::take`] of `n` whose request a later check refused.
@@ -221,11 +240,11 @@ impl Lease {
         }
     }
 
-    /// The refiller's look at this lease at `now`: what to ask of the bucket, if anything, to
-    /// hold what the next `lead` will spend (at least [`AHEAD`]'s worth: the caller adds the
-    /// time a refill takes to land). An idle lease is given back here (requests spend the
-    /// share until the next ask lands).
-    pub fn plan(&self, now: u64, lead: Duration) -> Ask {
+    /// The refiller's look at this lease at `now`, `state` as last heard: what to ask of the
+    /// bucket, if anything, to hold what the next `lead` will spend (at least [`AHEAD`]'s
+    /// worth: the caller adds the time a refill takes to land). An idle lease is given back
+    /// here (requests spend the share until the next ask lands).
+    pub fn plan(&self, state: &FleetState, now: u64, lead: Duration) -> Ask {
         let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
         let spent = self.spent.load(Ordering::Relaxed);
         let wanted = self.wanted.load(Ordering::Relaxed);
@@ -248,7 +267,14 @@ impl Lease {
             plan.active = now;
         }
         let owed = self.owed.load(Ordering::Acquire);
-        let debt = owed.min(u64::from(self.rate.burst.get()));
+        let debt = if self.lapsed.load(Ordering::Acquire) {
+            let (gcra, burst) = self.share(state.instances());
+            let held =
+                burst.saturating_sub(gcra.remaining(now, self.share_tat.load(Ordering::Acquire)));
+            owed.min(u64::from(held))
+        } else {
+            owed.min(u64::from(self.rate.burst.get()))
+        };
         let idle = plan.active == 0 || now.saturating_sub(plan.active) >= nanos(IDLE);
         if idle {
             let give_back = if self.leased.swap(false, Ordering::AcqRel) {
@@ -292,6 +318,7 @@ impl Lease {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
                 Some(owed.saturating_sub(ask.owed))
             });
+        self.lapsed.store(false, Ordering::Release);
         if ask.want > 0 {
             self.dry.store(granted < ask.want, Ordering::Release);
             let granted = i64::try_from(granted).unwrap_or(i64::MAX);
@@ -303,6 +330,7 @@ impl Lease {
     /// Redis is out of reach: the held tokens are dropped (the bucket counted them) and
     /// requests spend the share until a refill lands again.
     pub fn lapse(&self) {
+        self.lapsed.store(true, Ordering::Release);
         self.leased.store(false, Ordering::Release);
         self.tokens.store(0, Ordering::Release);
     }
@@ -339,7 +367,7 @@ mod tests {
             .filter(|_| lease.take(&state, ms(1), 1).is_ok())
             .count();
         assert_eq!(passed, 10, "half the burst");
-        let ask = lease.plan(ms(1), AHEAD);
+        let ask = lease.plan(&state, ms(1), AHEAD);
         assert_eq!((ask.debt, ask.give_back), (10, 0));
         // 30 seen in a tick: 600/s lately, 90 wanted ahead, at most the slice of 20.
         assert_eq!(ask.want, 20);
@@ -353,7 +381,11 @@ mod tests {
         // Dry, but the fleet gave all that was asked: the share answers until more comes,
         // and this instance's share is spent.
         assert!(lease.take(&state, ms(2), 1).is_err());
-        assert_eq!(lease.plan(ms(2), AHEAD).debt, 0, "the debt was settled");
+        assert_eq!(
+            lease.plan(&state, ms(2), AHEAD).debt,
+            0,
+            "the debt was settled"
+        );
     }
 
     /// A lease granted nothing is still live: the fleet has no tokens to spare, so the share
@@ -363,7 +395,7 @@ mod tests {
         let lease = Lease::new("q".into(), parse_rate("10/s").unwrap());
         let state = up(1);
         assert!(lease.take(&state, ms(1), 1).is_ok());
-        let ask = lease.plan(ms(1), AHEAD);
+        let ask = lease.plan(&state, ms(1), AHEAD);
         lease.granted(&ask, 0);
         assert!(lease.take(&state, ms(2), 1).is_err());
         assert!(lease.take(&state, ms(500), 1).is_err());
@@ -375,18 +407,18 @@ mod tests {
         let lease = Lease::new("q".into(), parse_rate("1000/s").unwrap());
         let state = up(1);
         assert!(lease.take(&state, ms(1), 1).is_ok());
-        let ask = lease.plan(ms(1), AHEAD);
+        let ask = lease.plan(&state, ms(1), AHEAD);
         lease.granted(&ask, ask.want);
         let held = lease.held();
         assert!(held > 0);
-        assert_eq!(lease.plan(ms(500), AHEAD).give_back, 0);
-        let back = lease.plan(ms(1002), AHEAD);
+        assert_eq!(lease.plan(&state, ms(500), AHEAD).give_back, 0);
+        let back = lease.plan(&state, ms(1002), AHEAD);
         assert_eq!((back.give_back, back.want), (held, 0));
         assert!(!lease.is_leased());
         assert_eq!(lease.held(), 0);
 
         assert!(lease.take(&state, ms(1100), 1).is_ok());
-        let ask = lease.plan(ms(1100), AHEAD);
+        let ask = lease.plan(&state, ms(1100), AHEAD);
         lease.granted(&ask, 5);
         state.set_up(false);
         lease.lapse();
@@ -401,7 +433,7 @@ mod tests {
         let lease = Lease::new("q".into(), parse_rate("10/s").unwrap());
         let state = up(1);
         let _ = lease.take(&state, ms(1), 1);
-        let ask = lease.plan(ms(1), AHEAD);
+        let ask = lease.plan(&state, ms(1), AHEAD);
         lease.granted(&ask, 1);
         assert_eq!(lease.take(&state, ms(2), 1), Ok(Taken::Leased));
         lease.refund(Taken::Leased, 1);
@@ -419,9 +451,48 @@ mod tests {
             let _ = lease.take(&state, now, 1);
             now += ms(100);
         }
-        let ask = lease.plan(now, AHEAD);
+        let ask = lease.plan(&state, now, AHEAD);
         assert_eq!(ask.debt, 10);
         lease.granted(&ask, 0);
-        assert_eq!(lease.plan(now + ms(1), AHEAD).debt, 0);
+        assert_eq!(lease.plan(&state, now + ms(1), AHEAD).debt, 0);
+    }
+
+    /// After an outage, what was spent on the share is settled as the share's cell holds it:
+    /// spent under the share's rate, almost nothing (the bucket refilled as it was spent);
+    /// spent over it, the share's whole burst (the bucket is empty, as an ideal one would be).
+    #[test]
+    fn an_outage_is_settled_as_the_share_holds_it() {
+        let rate = parse_rate("200/s burst 200").unwrap();
+        let state = up(2);
+        for (every, expected) in [(ms(20), 0..=1), (ms(2), 99..=100)] {
+            let lease = Lease::new("q".into(), rate);
+            let ask = lease.plan(&state, ms(1), AHEAD);
+            lease.granted(&ask, 0);
+            state.set_up(false);
+            lease.lapse();
+            let mut now = ms(1);
+            let mut owed = 0;
+            // Three seconds: at 50/s of the share's 100/s, then at 500/s.
+            while now < ms(3_001) {
+                owed += u64::from(lease.take(&state, now, 1).is_ok());
+                now += every;
+            }
+            state.set_up(true);
+            let ask = lease.plan(&state, now, AHEAD);
+            assert!(owed >= 150, "spent {owed} on the share");
+            assert!(
+                expected.contains(&ask.debt),
+                "every {every} ns: debt {} of {owed} owed",
+                ask.debt
+            );
+            lease.granted(&ask, ask.want);
+            assert_eq!(lease.plan(&state, now + ms(1), AHEAD).debt, 0);
+        }
+        // Not lapsed (a lease idle, or not yet granted): everything owed is settled.
+        let lease = Lease::new("q".into(), rate);
+        for k in 0..50 {
+            let _ = lease.take(&state, ms(1 + 20 * k), 1);
+        }
+        assert_eq!(lease.plan(&state, ms(1_001), AHEAD).debt, 50);
     }
 }

@@ -100,7 +100,7 @@ impl Fleet {
             }
             if now >= instance.next_tick && instance.in_flight.is_none() {
                 instance.next_tick = now + nanos(TICK);
-                let ask = instance.lease.plan(now, lead);
+                let ask = instance.lease.plan(&instance.state, now, lead);
                 if !ask.is_empty() {
                     instance.in_flight = Some((now + self.round_trip, ask));
                 }
@@ -203,6 +203,39 @@ fn an_outage_changes_neither_the_rate_nor_the_quota() {
     );
     assert!(busiest(&after, 1_000) as f64 <= bound(200.0, 200.0, 1.0, 2));
     assert!(sum(&before) >= 200.0 * 10.0 * 0.95);
+}
+
+/// Under its quota (150/s of 200/s), a partner is refused nothing: not before, not during an
+/// outage (each share 100/s), and not as Redis comes back and the outage is settled.
+#[test]
+fn under_the_quota_an_outage_refuses_nothing() {
+    for n in [2, 3] {
+        let mut fleet = Fleet::new("200/s burst 200", n, 1);
+        let run = |fleet: &mut Fleet, start: u64| {
+            let mut refused = 0;
+            let mut turn = 0;
+            for k in 0..3_000u64 {
+                let now = start + k * MS;
+                fleet.refill(now);
+                // 150/s: three in every twenty milliseconds.
+                if k % 20 < 3 {
+                    let instance = &fleet.instances[turn % n];
+                    turn += 1;
+                    refused += u64::from(instance.lease.take(&instance.state, now, 1).is_err());
+                }
+            }
+            refused
+        };
+        assert_eq!(run(&mut fleet, 0), 0, "{n} instances, before");
+        fleet.redis_up = false;
+        assert_eq!(run(&mut fleet, 3_000 * MS), 0, "{n} instances, down");
+        fleet.redis_up = true;
+        assert_eq!(run(&mut fleet, 6_000 * MS), 0, "{n} instances, back");
+        assert!(fleet
+            .instances
+            .iter()
+            .all(|i| i.state.is_up() && i.lease.is_leased()));
+    }
 }
 
 /// A quiet partner on an idle lease is served at once from the share, and a fleet that has
