@@ -64,6 +64,7 @@ fn gate(class_quota: &str, per_account: &str, ceiling: usize, capacity: &str) ->
         per_account: Some(rate(per_account)),
         max_tracked_accounts: ceiling,
         mode: Mode::Enforce,
+        webhooks: None,
     }]
     .into();
     Gate::build(&cfg, None, &Clock::real(), &Suspensions::default())

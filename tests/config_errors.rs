@@ -81,6 +81,13 @@ const CASES: &[(&str, &[Expected])] = &[
         ("fleet.instance", 8, 12, &["expected an instance name of letters, digits", "found \"gw 1\""]),
         ("fleet.timeout", 9, 11, &["expected a duration like \"250ms\"", "\"soon\" does not start with a whole number"]),
     ]),
+    ("subscription_settings.toml", &[
+        ("subscriptions.store", 7, 9, &["expected a database URL like \"sqlite://billgate.db\" or \"postgres://", "found \"mysql://db/billgate\""]),
+        ("subscriptions.capacity_share", 8, 18, &["expected a share of the biller's capacity above 0 and at most 1", "1.5 is outside it"]),
+        ("subscriptions.refresh", 9, 11, &["expected a duration like \"250ms\"", "\"daily\" does not start with a whole number"]),
+        ("partner[0].webhook_prefixes[0]", 15, 21, &["expected a callback URL prefix like", "has no path after its host (end it with /)"]),
+        ("partner[1].webhook_secret_file", 21, 23, &["webhook_secret_file is set but quota.subscription is not"]),
+    ]),
     ("syntax_error.toml", &[("", 12, 1, &["invalid TOML: missing comma between key-value pairs, expected `,`"])]),
     ("several_errors.toml", &[
         ("server.admin_listn", 4, 1, &["unknown key `admin_listn`", "did you mean `admin_listen`?"]),

@@ -141,6 +141,7 @@ pub fn config(partners: usize, per_partner: usize, shape: Shape) -> Config {
             per_account: Some(per_account),
             max_tracked_accounts: (2 * per_partner).max(config::DEFAULT_MAX_TRACKED_ACCOUNTS),
             mode: Mode::Enforce,
+            webhooks: None,
         })
         .collect();
     cfg

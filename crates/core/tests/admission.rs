@@ -28,6 +28,7 @@ fn partner(id: &str, key: &str, quotas: [Option<&str>; 3], per_account: Option<&
         per_account: per_account.map(rate),
         max_tracked_accounts: 3,
         mode: Mode::Enforce,
+        webhooks: None,
     }
 }
 
@@ -73,6 +74,7 @@ fn config(capacity: &str, partners: Vec<Partner>) -> Config {
         },
         cache: Cache::default(),
         fleet: None,
+        subscriptions: None,
         routes: vec![
             Route {
                 name: "bill-inquiry".into(),

@@ -13,7 +13,15 @@ use super::{partners, routes, sections};
 /// The shipped `config.toml`, embedded: the configuration used when none is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../../config.toml");
 
-const TOP_KEYS: &[&str] = &["server", "biller", "cache", "fleet", "route", "partner"];
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "biller",
+    "cache",
+    "fleet",
+    "subscriptions",
+    "route",
+    "partner",
+];
 
 /// The default `[server] max_config_bytes`: a generous ceiling for hand-written files (the
 /// shipped one is under 5 KiB), low enough that reading and checking a file stays quick.
@@ -171,23 +179,33 @@ pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     let biller = sections::biller(&mut errors, &root);
     let cache = sections::cache(&mut errors, &root);
     let fleet = sections::fleet(&mut errors, &root);
+    let subscriptions = sections::subscriptions(&mut errors, &root);
     let routes = routes::routes(&mut errors, &root);
-    let partners = partners::partners(&mut errors, &root);
+    let partners = partners::partners(&mut errors, &root, matches!(subscriptions, Some(Some(_))));
     if errors.count() == 0 {
         if let (
             Some(server),
             Some(biller),
             Some(cache),
             Some(fleet),
+            Some(subscriptions),
             Some(routes),
             Some(partners),
-        ) = (server, biller, cache, fleet, routes, partners)
-        {
+        ) = (
+            server,
+            biller,
+            cache,
+            fleet,
+            subscriptions,
+            routes,
+            partners,
+        ) {
             return Ok(Config {
                 server,
                 biller,
                 cache,
                 fleet,
+                subscriptions,
                 routes: routes.into(),
                 partners: partners.into(),
                 source_sha256: hex::encode(Sha256::digest(text.as_bytes())),

@@ -20,6 +20,9 @@ pub struct Config {
     pub cache: Cache,
     /// `[fleet]`: absent for a gateway that runs alone.
     pub fleet: Option<Fleet>,
+    /// `[subscriptions]`: absent, the subscription API is off (`/v1/subscriptions` answers
+    /// 404 like any path no route names).
+    pub subscriptions: Option<Subscriptions>,
     pub routes: PerRoute<Route>,
     pub partners: PerPartner<Partner>,
     /// SHA-256 of the file's bytes, hex: tells operators which configuration is running.
@@ -193,6 +196,55 @@ pub struct Fleet {
     pub timeout: Duration,
 }
 
+/// `[subscriptions]`: partners subscribe to bill accounts instead of polling them, and are told
+/// by signed webhook when a bill appears, changes or is paid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscriptions {
+    /// Where subscriptions, known bills and pending deliveries live: `sqlite://billgate.db`
+    /// (the default; created on first start) or `postgres://…` (for a fleet).
+    pub store: String,
+    /// Each subscribed account is asked about once per this period, spread evenly over it.
+    /// Default 6h.
+    pub refresh: Duration,
+    /// The share of the biller's capacity the refresher may spend (0 < x ≤ 1). Default 0.1.
+    pub capacity_share: f64,
+    /// The bearer token the biller pushes bill events with (`POST /v1/bill-events` on the
+    /// admin listener); without it that endpoint is off.
+    pub biller_token_file: Option<FileRef>,
+    /// How long a delivery is retried after its event, before it goes to the dead letters.
+    /// Default 24h.
+    pub delivery_horizon: Duration,
+    /// Deliveries in flight at once to one callback host. Default 4.
+    pub per_host: u32,
+    /// How long one delivery attempt may take. Default 10s.
+    pub attempt_timeout: Duration,
+}
+
+/// Where a partner's webhook signing secret is read from: never the configuration itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretSource {
+    /// `webhook_secret_file`.
+    File(FileRef),
+    /// `webhook_secret_env`: the name of an environment variable.
+    Env(String),
+}
+
+/// A partner's side of `[subscriptions]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartnerWebhooks {
+    /// `quota.subscription`: the subscription API's own quota.
+    pub quota: Rate,
+    /// The most subscriptions the partner may hold. Default 10 000.
+    pub max_subscriptions: u64,
+    /// A callback must start with one of these.
+    pub prefixes: Vec<String>,
+    /// The signing secret.
+    pub secret: SecretSource,
+}
+
+/// Default for [`PartnerWebhooks::max_subscriptions`].
+pub const DEFAULT_MAX_SUBSCRIPTIONS: u64 = 10_000;
+
 /// `[cache]`: the memory for inquiry answers of routes with `cache_for`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cache {
@@ -359,6 +411,9 @@ pub struct Partner {
     /// The most bill accounts tracked at once for `per_account`. Default 100 000.
     pub max_tracked_accounts: usize,
     pub mode: Mode,
+    /// May subscribe to bill accounts (`quota.subscription` set): its quota, limit, callback
+    /// prefixes and signing secret. `None`: the subscription API is closed to it (403).
+    pub webhooks: Option<PartnerWebhooks>,
 }
 
 /// Default for [`Partner::max_tracked_accounts`].

@@ -4,8 +4,11 @@
 use std::collections::HashMap;
 
 use super::fields::{At, Errors, Table};
-use super::model::{Class, ClassQuotas, Mode, Partner, DEFAULT_MAX_TRACKED_ACCOUNTS};
-use super::rate::parse_rate;
+use super::model::{
+    Class, ClassQuotas, Mode, Partner, PartnerWebhooks, SecretSource, DEFAULT_MAX_SUBSCRIPTIONS,
+    DEFAULT_MAX_TRACKED_ACCOUNTS,
+};
+use super::rate::{parse_rate, Rate};
 
 pub(crate) const PARTNER_KEYS: &[&str] = &[
     "id",
@@ -15,8 +18,20 @@ pub(crate) const PARTNER_KEYS: &[&str] = &[
     "per_account",
     "max_tracked_accounts",
     "mode",
+    "max_subscriptions",
+    "webhook_prefixes",
+    "webhook_secret_file",
+    "webhook_secret_env",
 ];
-pub(crate) const QUOTA_KEYS: &[&str] = &["payment", "inquiry_user", "inquiry_scheduled"];
+pub(crate) const QUOTA_KEYS: &[&str] = &[
+    "payment",
+    "inquiry_user",
+    "inquiry_scheduled",
+    "subscription",
+];
+
+/// The most subscriptions one partner may be allowed: each is a row and a refresh.
+const MAX_SUBSCRIPTIONS_CEILING: u64 = 100_000_000;
 
 /// The most bill accounts one partner may track: each costs memory, and beyond this a number is
 /// a typo rather than a plan.
@@ -34,11 +49,17 @@ struct Read {
 }
 
 /// Every `[[partner]]`, in file order; `None` when any has an error (all reported).
-pub(crate) fn partners(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Vec<Partner>> {
+/// `subscriptions`: whether `[subscriptions]` is there, which a partner that may subscribe
+/// needs.
+pub(crate) fn partners(
+    errors: &mut Errors<'_>,
+    root: &Table<'_, '_>,
+    subscriptions: bool,
+) -> Option<Vec<Partner>> {
     let items = root.tables(errors, "partner", PARTNER_KEYS);
     let read: Vec<Option<Read>> = items
         .iter()
-        .map(|item| item.as_ref().map(|t| partner(errors, t)))
+        .map(|item| item.as_ref().map(|t| partner(errors, t, subscriptions)))
         .collect();
 
     let mut ids: HashMap<&str, &At<()>> = HashMap::new();
@@ -94,7 +115,7 @@ fn once_each<'r>(
     }
 }
 
-fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
+fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>, subscriptions: bool) -> Read {
     let before = errors.count();
     let id = t
         .required_string(errors, "id", "a partner id like \"wallet-a\"")
@@ -138,6 +159,7 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
         .iter()
         .filter_map(|at| Some((errors.parse(at, certificate_hash)?, place(at))))
         .collect();
+    let mut subscription = None;
     let quota = match t.table(errors, "quota", QUOTA_KEYS) {
         Some(q) => {
             let mut rates = [None; 3];
@@ -147,11 +169,24 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
                 });
                 rates[class.index()] = rate.flatten();
             }
+            subscription = q
+                .parse_or(errors, "subscription", RATE, None, |s| {
+                    parse_rate(s).map(Some)
+                })
+                .flatten()
+                .map(|rate| {
+                    (
+                        rate,
+                        q.child("subscription"),
+                        q.get("subscription").map(|v| v.span()),
+                    )
+                });
             ClassQuotas(rates)
         }
         // Left out (or not a table, reported): every class is closed, never unlimited.
         None => ClassQuotas::default(),
     };
+    let webhooks = webhooks(errors, t, subscription, subscriptions);
     let per_account = t.parse_or(errors, "per_account", RATE, None, |s| {
         parse_rate(s).map(Some)
     });
@@ -181,6 +216,7 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
             per_account,
             max_tracked_accounts,
             mode,
+            webhooks: webhooks.flatten(),
         }),
         _ => None,
     };
@@ -189,6 +225,145 @@ fn partner(errors: &mut Errors<'_>, t: &Table<'_, '_>) -> Read {
         id,
         keys,
         certificates,
+    }
+}
+
+/// A partner's subscription settings: `Some(None)` when it may not subscribe, `None` when
+/// something is wrong (reported). A partner with `quota.subscription` needs `[subscriptions]`,
+/// callback prefixes and a signing secret; the webhook keys without that quota are a mistake.
+fn webhooks(
+    errors: &mut Errors<'_>,
+    t: &Table<'_, '_>,
+    quota: Option<(Rate, String, Option<std::ops::Range<usize>>)>,
+    subscriptions: bool,
+) -> Option<Option<PartnerWebhooks>> {
+    const PREFIX: &str = "callback URL prefixes like \"https://hooks.bank-b.example/billgate/\"";
+    let before = errors.count();
+    let max = t.integer(
+        errors,
+        "max_subscriptions",
+        (1, MAX_SUBSCRIPTIONS_CEILING),
+        "a number of subscriptions above 0, like 100000",
+    );
+    let prefixes: Vec<String> = t
+        .strings(errors, "webhook_prefixes", PREFIX)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|at| errors.parse(at, webhook_prefix))
+        .collect();
+    let file = t.file(
+        errors,
+        "webhook_secret_file",
+        "the path of a file holding the webhook signing secret",
+    )?;
+    const ENV: &str = "the name of an environment variable holding the webhook signing secret, like \"BANK_B_WHSEC\"";
+    let env = match t.string(errors, "webhook_secret_env", ENV) {
+        Some(at) => errors.parse(&at, |name| {
+            let fits = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if fits {
+                Ok(name.to_string())
+            } else {
+                Err(format!("{ENV} (A-Z, 0-9 and '_')"))
+            }
+        }),
+        None => None,
+    };
+    if errors.count() != before {
+        return None;
+    }
+    let Some((rate, quota_path, quota_span)) = quota else {
+        for key in [
+            "max_subscriptions",
+            "webhook_prefixes",
+            "webhook_secret_file",
+            "webhook_secret_env",
+        ] {
+            if let Some(value) = t.get(key) {
+                let message = format!("{key} is set but quota.subscription is not: without that quota the partner cannot subscribe; add it, like subscription = \"5/s\", or take {key} out");
+                errors.push(value.span(), &t.child(key), message);
+            }
+        }
+        return if errors.count() == before {
+            Some(None)
+        } else {
+            None
+        };
+    };
+    let span = quota_span.unwrap_or(t.span.clone());
+    if !subscriptions {
+        let message = "quota.subscription needs a [subscriptions] table (where subscriptions are stored, how often accounts are refreshed); add one, or take the quota out";
+        errors.push(span.clone(), &quota_path, message);
+    }
+    if prefixes.is_empty() {
+        let message = format!("expected at least one of {PREFIX} in webhook_prefixes: a partner that may subscribe must say where its webhooks may go");
+        match t.get("webhook_prefixes") {
+            Some(value) => errors.push(value.span(), &t.child("webhook_prefixes"), message),
+            None => t.missing(errors, "webhook_prefixes", &message),
+        }
+    }
+    let secret = match (file, env) {
+        (Some(file), None) => Some(SecretSource::File(file)),
+        (None, Some(env)) => Some(SecretSource::Env(env)),
+        (Some(_), Some(_)) => {
+            let message = "webhook_secret_file or webhook_secret_env, not both";
+            let span = t
+                .get("webhook_secret_env")
+                .map_or(span.clone(), |v| v.span());
+            errors.push(span, &t.child("webhook_secret_env"), message);
+            None
+        }
+        (None, None) => {
+            t.missing(
+                errors,
+                "webhook_secret_file",
+                "webhook_secret_file (or webhook_secret_env): the secret webhooks are signed with, read from a file or the environment, never written in this file",
+            );
+            None
+        }
+    };
+    if errors.count() != before {
+        return None;
+    }
+    Some(Some(PartnerWebhooks {
+        quota: rate,
+        max_subscriptions: max.map_or(DEFAULT_MAX_SUBSCRIPTIONS, |at| at.value),
+        prefixes,
+        secret: secret?,
+    }))
+}
+
+/// A callback prefix: `http://` or `https://`, a host, and a path starting with `/` (so the
+/// host cannot be extended: "https://hooks.example" would admit "https://hooks.example.evil/").
+fn webhook_prefix(text: &str) -> Result<String, String> {
+    const EXPECTED: &str = "a callback URL prefix like \"https://hooks.bank-b.example/billgate/\": http:// or https://, a host, and a path that starts with /";
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| format!("{EXPECTED}; \"{}\" has neither scheme", text.escape_debug()))?;
+    let Some(slash) = rest.find('/') else {
+        return Err(format!(
+            "{EXPECTED}; \"{}\" has no path after its host (end it with /)",
+            text.escape_debug()
+        ));
+    };
+    let authority = &rest[..slash];
+    let fits = !authority.is_empty()
+        && !authority.contains('@')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'\\'))
+        && text.parse::<http::Uri>().is_ok();
+    if fits {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{EXPECTED}; \"{}\" is not one (no user info, query, fragment, spaces or backslashes)",
+            text.escape_debug()
+        ))
     }
 }
 
@@ -283,7 +458,7 @@ mod tests {
         let doc = toml::de::DeTable::parse(text).expect("test documents are valid TOML");
         let mut errors = Errors::new(Source::new("t.toml", text));
         let root = Table::root(&mut errors, &doc, &["partner"]);
-        let partners = partners(&mut errors, &root);
+        let partners = partners(&mut errors, &root, true);
         (partners, errors.pushed())
     }
 
@@ -428,5 +603,44 @@ mod tests {
         assert!(key_hash("abc").is_err_and(|e| e.contains("3 characters long")));
         assert!(parse_mode("shadow").is_ok());
         assert!(parse_mode("SHADOW").is_err());
+    }
+
+    #[test]
+    fn reads_webhook_settings_and_their_rules() {
+        let key = hash_key("k");
+        let text = format!("[[partner]]\nid = \"bank-b\"\nkeys_sha256 = [\"{key}\"]\nquota = {{ subscription = \"5/s\" }}\nmax_subscriptions = 100\nwebhook_prefixes = [\"https://hooks.bank-b.example/billgate/\", \"http://127.0.0.1:9/x/\"]\nwebhook_secret_env = \"BANK_B_WHSEC\"\n");
+        let (partners, errors) = run(&text);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let partners = partners.unwrap_or_default();
+        let webhooks = partners[0].webhooks.clone().expect("may subscribe");
+        assert_eq!(webhooks.quota, parse_rate("5/s").unwrap());
+        assert_eq!(webhooks.max_subscriptions, 100);
+        assert_eq!(webhooks.prefixes.len(), 2);
+        assert_eq!(webhooks.secret, SecretSource::Env("BANK_B_WHSEC".into()));
+
+        for (line, path, says) in [
+            ("webhook_prefixes = [\"https://hooks.example\"]\nwebhook_secret_env = \"S\"", "partner[0].webhook_prefixes[0]", "no path after its host"),
+            ("webhook_prefixes = [\"https://me@hooks.example/x/\"]\nwebhook_secret_env = \"S\"", "partner[0].webhook_prefixes[0]", "no user info"),
+            ("webhook_prefixes = [\"ftp://hooks.example/x/\"]\nwebhook_secret_env = \"S\"", "partner[0].webhook_prefixes[0]", "has neither scheme"),
+            ("webhook_prefixes = []\nwebhook_secret_env = \"S\"", "partner[0].webhook_prefixes", "at least one"),
+            ("webhook_prefixes = [\"https://h/x/\"]", "partner[0].webhook_secret_file", "never written in this file"),
+            ("webhook_prefixes = [\"https://h/x/\"]\nwebhook_secret_env = \"S\"\nwebhook_secret_file = \"s\"", "partner[0].webhook_secret_env", "not both"),
+            ("webhook_prefixes = [\"https://h/x/\"]\nwebhook_secret_env = \"lower\"", "partner[0].webhook_secret_env", "A-Z, 0-9"),
+        ] {
+            let text = format!("[[partner]]\nid = \"bank-b\"\nkeys_sha256 = [\"{key}\"]\nquota = {{ subscription = \"5/s\" }}\n{line}\n");
+            let (partners, errors) = run(&text);
+            assert!(partners.is_none(), "{line}");
+            assert_eq!(paths(&errors), [path], "{line}: {errors:#?}");
+            assert!(errors[0].message.contains(says), "{line}: {}", errors[0].message);
+        }
+
+        // Without [subscriptions], the quota itself is refused.
+        let doc = toml::de::DeTable::parse(&text).expect("valid TOML");
+        let mut errors = Errors::new(Source::new("t.toml", &text));
+        let root = Table::root(&mut errors, &doc, &["partner"]);
+        assert!(super::partners(&mut errors, &root, false).is_none());
+        let pushed = errors.pushed();
+        assert_eq!(paths(&pushed), ["partner[0].quota.subscription"]);
+        assert!(pushed[0].message.contains("needs a [subscriptions] table"));
     }
 }

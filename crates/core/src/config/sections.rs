@@ -11,6 +11,7 @@ use super::fields::{Errors, Table};
 use super::load::{DEFAULT_MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MIN_CONFIG_BYTES};
 use super::model::{
     Biller, BillerUrl, BreakerConfig, Cache, ClientAuth, FileRef, Fleet, Server, ServerTls,
+    Subscriptions,
 };
 use super::rate::{parse_rate, Period, Rate};
 use super::values::{biller_url, header_name, positive_duration, socket_addr};
@@ -488,6 +489,100 @@ pub(crate) fn fleet(errors: &mut Errors<'_>, root: &Table<'_, '_>) -> Option<Opt
         redis: redis?,
         instance: instance?,
         timeout: timeout?,
+    }))
+}
+
+pub(crate) const SUBSCRIPTIONS_KEYS: &[&str] = &[
+    "store",
+    "refresh",
+    "capacity_share",
+    "biller_token_file",
+    "delivery_horizon",
+    "per_host",
+    "attempt_timeout",
+];
+
+/// The most deliveries in flight to one callback host `per_host` may allow.
+const MAX_PER_HOST: u64 = 256;
+
+/// `[subscriptions]`: `Some(None)` when absent (the subscription API is off), `None` when
+/// wrong (reported).
+pub(crate) fn subscriptions(
+    errors: &mut Errors<'_>,
+    root: &Table<'_, '_>,
+) -> Option<Option<Subscriptions>> {
+    if root.get("subscriptions").is_none() {
+        return Some(None);
+    }
+    let t = root.table(errors, "subscriptions", SUBSCRIPTIONS_KEYS)?;
+    const STORE: &str =
+        "a database URL like \"sqlite://billgate.db\" or \"postgres://user@host/billgate\"";
+    let store = match t.string(errors, "store", STORE) {
+        Some(at) => {
+            let fits = ["sqlite://", "sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| at.value.len() > scheme.len() && at.value.starts_with(scheme));
+            if fits {
+                Some(at.value.to_string())
+            } else {
+                errors.push(
+                    at.span,
+                    &at.path,
+                    format!("expected {STORE}, found {:?}", at.value),
+                );
+                None
+            }
+        }
+        None if t.get("store").is_some() => None,
+        None => Some("sqlite://billgate.db".to_string()),
+    };
+    let refresh = t.parse_or(
+        errors,
+        "refresh",
+        DURATION,
+        Duration::from_secs(6 * 3600),
+        positive_duration,
+    );
+    const SHARE: &str = "a share of the biller's capacity above 0 and at most 1, like 0.1";
+    let capacity_share = match t.number(errors, "capacity_share", SHARE) {
+        Some(at) if at.value > 0.0 && at.value <= 1.0 => Some(at.value),
+        Some(at) => {
+            let message = format!("expected {SHARE}; {} is outside it", at.value);
+            errors.push(at.span, &at.path, message);
+            None
+        }
+        None if t.get("capacity_share").is_some() => None,
+        None => Some(0.1),
+    };
+    let biller_token_file = t.file(
+        errors,
+        "biller_token_file",
+        "the path of a file holding the biller's bearer token",
+    );
+    let delivery_horizon = t.parse_or(
+        errors,
+        "delivery_horizon",
+        DURATION,
+        Duration::from_secs(24 * 3600),
+        positive_duration,
+    );
+    let per_host =
+        integer_or(errors, &t, "per_host", MAX_PER_HOST, 4).and_then(|n| u32::try_from(n).ok());
+    let attempt_timeout = t.parse_or(
+        errors,
+        "attempt_timeout",
+        DURATION,
+        Duration::from_secs(10),
+        positive_duration,
+    );
+    Some(Some(Subscriptions {
+        store: store?,
+        refresh: refresh?,
+        capacity_share: capacity_share?,
+        biller_token_file: biller_token_file?,
+        delivery_horizon: delivery_horizon?,
+        per_host: per_host?,
+        attempt_timeout: attempt_timeout?,
     }))
 }
 

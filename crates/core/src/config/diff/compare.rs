@@ -98,7 +98,30 @@ fn partner_changes(old: &Partner, new: &Partner) -> Vec<PartnerChange> {
             new: new.max_tracked_accounts,
         });
     }
+    if old.webhooks != new.webhooks {
+        changes.push(PartnerChange::Webhooks {
+            old: describe_webhooks(old.webhooks.as_ref()),
+            new: describe_webhooks(new.webhooks.as_ref()),
+        });
+    }
     changes
+}
+
+/// A partner's subscription settings in words, for the diff.
+fn describe_webhooks(webhooks: Option<&crate::config::PartnerWebhooks>) -> String {
+    let Some(w) = webhooks else {
+        return "closed".to_owned();
+    };
+    let secret = match &w.secret {
+        crate::config::SecretSource::File(file) => format!("secret from {}", file.path.display()),
+        crate::config::SecretSource::Env(name) => format!("secret from ${name}"),
+    };
+    format!(
+        "{} up to {}, callbacks under {}, {secret}",
+        w.quota,
+        w.max_subscriptions,
+        w.prefixes.join(" ")
+    )
 }
 
 pub(super) fn routes(old: &[Route], new: &[Route]) -> Vec<RouteDiff> {
@@ -281,6 +304,26 @@ pub(super) fn server(old: &Config, new: &Config) -> Vec<SettingChange> {
         |t| t.map_or("none".to_owned(), format_duration),
     );
     s.note("fleet.timeout", joined);
+    // `[subscriptions]`: the store is opened and the refresher and deliverer started at start.
+    let summary = |c: &Config| {
+        c.subscriptions.as_ref().map_or("off".to_owned(), |s| {
+            format!(
+                "store {}, refresh {}, capacity_share {}, delivery_horizon {}, per_host {}, attempt_timeout {}",
+                s.store,
+                format_duration(s.refresh),
+                s.capacity_share,
+                format_duration(s.delivery_horizon),
+                s.per_host,
+                format_duration(s.attempt_timeout)
+            )
+        })
+    };
+    s.compare("subscriptions", summary(old), summary(new), |t| t.clone());
+    s.note(
+        "subscriptions",
+        "the store and the subscription workers start with the process: takes effect on restart"
+            .to_owned(),
+    );
     s.0
 }
 

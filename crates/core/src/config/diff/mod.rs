@@ -143,6 +143,12 @@ pub enum PartnerChange {
         old: usize,
         new: usize,
     },
+    /// The subscription settings (`quota.subscription`, `max_subscriptions`, the callback
+    /// prefixes, where the secret is read from), each side summed up in words.
+    Webhooks {
+        old: String,
+        new: String,
+    },
 }
 
 /// One route that differs, or a change in the order routes are matched in.

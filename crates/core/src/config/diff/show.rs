@@ -127,6 +127,7 @@ fn partner_change(change: &PartnerChange) -> String {
         PartnerChange::MaxTrackedAccounts { old, new } => {
             format!("max_tracked_accounts  {old} → {new}")
         }
+        PartnerChange::Webhooks { old, new } => format!("subscriptions  {old} → {new}"),
     }
 }
 
