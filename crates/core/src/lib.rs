@@ -19,3 +19,4 @@ pub mod fleet;
 pub mod ids;
 pub mod memory;
 pub mod shards;
+pub mod subscriptions;

@@ -157,6 +157,8 @@ pub enum Policy {
     Class(Class),
     PerAccount,
     Biller,
+    /// The subscription API's own quota (`quota.subscription`).
+    Subscription,
 }
 
 impl Policy {
@@ -166,6 +168,7 @@ impl Policy {
             Policy::Class(class) => class.as_str(),
             Policy::PerAccount => "per_account",
             Policy::Biller => "biller",
+            Policy::Subscription => "subscription",
         }
     }
 }
@@ -504,28 +507,10 @@ impl Gate {
             crate::memory::prefetch_address(self.cell_address(slot));
         };
         let found = asked.map(|asked| self.keys.find_asked(asked, early));
-        let partner = match (found, by_certificate) {
-            (None, Some(by_cert)) => {
-                early(by_cert, card_of(&self.partners[by_cert]));
-                by_cert
-            }
-            (Some(Some(by_key)), Some(by_cert)) if by_key == by_cert => by_key,
-            (Some(_), Some(by_cert)) => {
-                return Err(deny(
-                    Reason::KeyCertificateMismatch,
-                    Some(by_cert),
-                    None,
-                    None,
-                ))
-            }
-            (Some(Some(by_key)), None) if self.partners[by_key].needs_certificate => {
-                return Err(deny(Reason::CertificateRequired, Some(by_key), None, None));
-            }
-            (Some(Some(by_key)), None) => by_key,
-            (Some(None), None) | (None, None) => {
-                return Err(deny(Reason::UnknownKey, None, None, None))
-            }
-        };
+        if let (None, Some(by_cert)) = (found, by_certificate) {
+            early(by_cert, card_of(&self.partners[by_cert]));
+        }
+        let partner = self.who(found, by_certificate)?;
         let gate = &self.partners[partner];
         if let Some(class) = class {
             // A sharded quota's cells, found from the gate.
@@ -564,6 +549,68 @@ impl Gate {
             account: matched.account,
             account_place: place,
         })
+    }
+
+    /// The partner a request's key (`found`: looked up, `None` when it carried none) and
+    /// verified client certificate name: a certificate names its partner outright, a key with
+    /// it must name the same one, and a partner that lists certificates is not reached by its
+    /// key alone.
+    #[inline]
+    fn who(
+        &self,
+        found: Option<Option<PartnerId>>,
+        by_certificate: Option<PartnerId>,
+    ) -> Result<PartnerId, Denied> {
+        let deny = |reason, partner| Denied {
+            reason,
+            partner,
+            class: None,
+            route: None,
+            limit: None,
+            retry_after: None,
+        };
+        match (found, by_certificate) {
+            (None, Some(by_cert)) => Ok(by_cert),
+            (Some(Some(by_key)), Some(by_cert)) if by_key == by_cert => Ok(by_key),
+            (Some(_), Some(by_cert)) => Err(deny(Reason::KeyCertificateMismatch, Some(by_cert))),
+            (Some(Some(by_key)), None) if self.partners[by_key].needs_certificate => {
+                Err(deny(Reason::CertificateRequired, Some(by_key)))
+            }
+            (Some(Some(by_key)), None) => Ok(by_key),
+            (Some(None), None) | (None, None) => Err(deny(Reason::UnknownKey, None)),
+        }
+    }
+
+    /// Who is asking, for a request the gateway answers itself (the subscription API): the
+    /// partner its key and client certificate name, as [`Gate::classify`] finds it, not
+    /// suspended. Spends nothing.
+    pub fn identify(
+        &self,
+        key: Option<&[u8]>,
+        certificate: Option<&[u8; 32]>,
+    ) -> Result<PartnerId, Denied> {
+        let by_certificate = certificate.and_then(|digest| self.certificates.get(digest).copied());
+        if key.is_none() && by_certificate.is_none() {
+            return Err(self.denied(Reason::MissingKey, None));
+        }
+        let found = key.map(|key| self.keys.find(key));
+        let partner = self.who(found, by_certificate)?;
+        if self.partners[partner].cell.is_suspended() {
+            return Err(self.denied(Reason::Suspended, Some(partner)));
+        }
+        Ok(partner)
+    }
+
+    /// A refusal that names no class, route or quota.
+    fn denied(&self, reason: Reason, partner: Option<PartnerId>) -> Denied {
+        Denied {
+            reason,
+            partner,
+            class: None,
+            route: None,
+            limit: None,
+            retry_after: None,
+        }
     }
 
     /// Spends the partner's quota for the class, the per-account quota and the biller's

@@ -106,6 +106,12 @@ impl Quota {
         Quota::split_over(rate, shards::count().min(fit).max(1))
     }
 
+    /// A quota of one cell, whose arrival time is the `own` each check is handed: state that
+    /// the caller keeps where it outlives the quota.
+    pub fn one_cell(rate: Rate) -> Self {
+        Quota::split_over(rate, 1)
+    }
+
     /// A quota split over exactly `n` cells (each must get some burst).
     fn split_over(rate: Rate, n: usize) -> Self {
         let interval = rate
