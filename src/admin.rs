@@ -1,7 +1,9 @@
 //! The admin listener. Open: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (a
 //! snapshot is loaded and the biller accepted a connection at the last probe). Behind the bearer
 //! token: `/admin/config`, `/admin/partners`, `/admin/partners/{id}`, `/admin/reload`,
-//! `/admin/partners/{id}/suspend` and `…/resume`. Without a token the reads stay open and the mutations are off.
+//! `/admin/partners/{id}/suspend` and `…/resume`, `/admin/deliveries` and
+//! `/admin/deliveries/{id}/replay`. Without a token the reads stay open and the mutations are
+//! off. `POST /v1/bill-events` is the biller's, behind its own token.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -94,12 +96,28 @@ async fn answer(control: Arc<Control>, request: Request<Incoming>) -> Result<Ans
                 Ok(()) => suspend(&control, &id, request).await,
             }
         }
-        (_, ["healthz" | "readyz" | "metrics"] | ["admin", "config" | "fleet" | "partners"] | ["admin", "partners", _]) => not_allowed("GET"),
+        (&Method::POST, ["v1", "bill-events"]) => bill_events(&control, request).await,
+        (&Method::GET, ["admin", "deliveries"]) => {
+            let query = request.uri().query().map(str::to_owned);
+            match authorize(&control, &request, false) {
+                Err(refused) => refused,
+                Ok(()) => deliveries(&control, query.as_deref()).await,
+            }
+        }
+        (&Method::POST, ["admin", "deliveries", id, "replay"]) => {
+            let id = (*id).to_owned();
+            match authorize(&control, &request, true) {
+                Err(refused) => refused,
+                Ok(()) => replay(&control, &id).await,
+            }
+        }
+        (_, ["v1", "bill-events"] | ["admin", "deliveries", _, "replay"]) => not_allowed("POST"),
+        (_, ["healthz" | "readyz" | "metrics"] | ["admin", "config" | "fleet" | "partners" | "deliveries"] | ["admin", "partners", _]) => not_allowed("GET"),
         (_, ["admin", "reload"] | ["admin", "partners", _, "suspend" | "resume"]) => not_allowed("POST"),
         _ => problem(
             StatusCode::NOT_FOUND,
             "Not found",
-            "the admin listener serves /metrics, /healthz, /readyz and /admin/{config,fleet,partners,reload}",
+            "the admin listener serves /metrics, /healthz, /readyz, /admin/{config,fleet,partners,reload,deliveries} and POST /v1/bill-events",
         ),
     };
     Ok(response)
@@ -408,6 +426,211 @@ fn control_error(error: ControlError) -> Answer {
         ControlError::State { .. } => problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "State not saved",
+            &error.to_string(),
+        ),
+    }
+}
+
+/// One bill event the biller pushes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BillEvent {
+    account: String,
+    bill_id: String,
+    status: String,
+    #[serde(default)]
+    amount_due: Option<serde_json::Value>,
+    #[serde(default)]
+    due_date: Option<String>,
+}
+
+/// `POST /v1/bill-events`: the biller tells of a bill that appeared, changed or was paid,
+/// with its own bearer token (`[subscriptions] biller_token_file`); every subscriber of the
+/// account is told at once. One event, or `{"events": [...]}` (at most 1 000).
+async fn bill_events(control: &Control, request: Request<Incoming>) -> Answer {
+    let Some(subscriptions) = control.shared.subscriptions() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Subscriptions are off",
+            "this gateway has no [subscriptions]: there is no one to tell of bill events",
+        );
+    };
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    match (
+        presented,
+        subscriptions.biller_token_matches(presented.unwrap_or_default().as_bytes()),
+    ) {
+        (_, None) => return problem(
+            StatusCode::FORBIDDEN,
+            "Bill events are off",
+            "[subscriptions] biller_token_file is not set, so the biller cannot push bill events",
+        ),
+        (Some(_), Some(true)) => {}
+        (Some(_), Some(false)) => return unauthorized("the bearer token is not the biller's"),
+        (None, Some(_)) => {
+            return unauthorized("send the biller's token as `Authorization: Bearer <token>`")
+        }
+    }
+    let body = match Limited::new(request.into_body(), 1024 * 1024)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Body too large",
+                "send at most 1 MiB",
+            )
+        }
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Events {
+        Many { events: Vec<BillEvent> },
+        One(BillEvent),
+    }
+    let events = match serde_json::from_slice::<Events>(&body) {
+        Ok(Events::One(event)) => vec![event],
+        Ok(Events::Many { events }) if events.len() <= 1000 => events,
+        Ok(Events::Many { .. }) => {
+            return problem(StatusCode::BAD_REQUEST, "Too many events", "send at most 1 000 events at once")
+        }
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Not a bill event",
+                "send JSON like {\"account\": \"…\", \"bill_id\": \"…\", \"status\": \"due\", \"amount_due\": \"12.30\", \"due_date\": \"2026-12-15\"}, or {\"events\": [...]}",
+            )
+        }
+    };
+    let fits = |text: &str, most: usize| {
+        !text.is_empty() && text.len() <= most && !text.chars().any(char::is_control)
+    };
+    let mut enqueued = 0;
+    for event in events {
+        let amount_due = match &event.amount_due {
+            None => String::new(),
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::Object(money)) => money
+                .get("value")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            Some(_) => String::new(),
+        };
+        let due_date = event.due_date.unwrap_or_default();
+        if !crate::admission::account_ok(&event.account)
+            || !fits(&event.bill_id, 64)
+            || !fits(&event.status, 32)
+            || amount_due.len() > 32
+            || due_date.len() > 32
+        {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bill event not accepted",
+                "account as partners send it, bill_id (1–64 characters), status (1–32), amount_due and due_date (at most 32 each), no control characters",
+            );
+        }
+        let bill = billgate_subs::store::BillState {
+            bill_id: event.bill_id,
+            status: event.status,
+            amount_due,
+            due_date,
+        };
+        match subscriptions
+            .ingest(&event.account, &[bill], crate::subscriptions::Source::Push)
+            .await
+        {
+            Ok(n) => enqueued += n,
+            Err(error) => {
+                tracing::warn!(%error, "a pushed bill event could not be stored");
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Subscription store unavailable",
+                    "the event was not stored; send it again",
+                );
+            }
+        }
+    }
+    plain(
+        StatusCode::ACCEPTED,
+        JSON,
+        json!({ "enqueued": enqueued }).to_string(),
+    )
+}
+
+/// `GET /admin/deliveries?cursor=…`: the dead letters (deliveries given up past the horizon),
+/// a page at a time, and the queue's counts.
+async fn deliveries(control: &Control, query: Option<&str>) -> Answer {
+    let Some(subscriptions) = control.shared.subscriptions() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Subscriptions are off",
+            "this gateway has no [subscriptions]",
+        );
+    };
+    let cursor = query.and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("cursor="))
+            .filter(|c| !c.is_empty())
+    });
+    let store = &subscriptions.store;
+    let read = async {
+        let dead = store.dead_letters(cursor, 100).await?;
+        let counts = store.queue_counts().await?;
+        Ok::<_, billgate_subs::store::StoreError>((dead, counts))
+    };
+    match read.await {
+        Ok((dead, counts)) => {
+            let next = (dead.len() == 100)
+                .then(|| dead.last().map(|d| d.id.clone()))
+                .flatten();
+            let body = json!({
+                "pending": counts.pending,
+                "delivered": counts.delivered,
+                "dead": counts.dead,
+                "dead_letters": dead,
+                "next_cursor": next,
+            });
+            plain(StatusCode::OK, JSON, body.to_string())
+        }
+        Err(error) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Subscription store unavailable",
+            &error.to_string(),
+        ),
+    }
+}
+
+/// `POST /admin/deliveries/{id}/replay`: a dead letter goes back to the queue, due now.
+async fn replay(control: &Control, id: &str) -> Answer {
+    let Some(subscriptions) = control.shared.subscriptions() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Subscriptions are off",
+            "this gateway has no [subscriptions]",
+        );
+    };
+    match subscriptions.store.replay(id, subscriptions.now_ms()).await {
+        Ok(true) => {
+            subscriptions.wake.notify_one();
+            tracing::info!(delivery = %id, "dead letter replayed by the operators");
+            plain(StatusCode::OK, JSON, json!({ "replayed": id }).to_string())
+        }
+        Ok(false) => problem(
+            StatusCode::NOT_FOUND,
+            "No such dead letter",
+            "no dead delivery has that id",
+        ),
+        Err(error) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Subscription store unavailable",
             &error.to_string(),
         ),
     }

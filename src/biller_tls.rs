@@ -162,7 +162,7 @@ pub fn load(biller: &Biller) -> Result<Option<Arc<BillerTls>>, ConfigErrors> {
 /// The system's CA certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set). Ones that cannot
 /// be read or parsed are warned of and left out: the rest still serve, and `ca_file` may hold
 /// what the biller needs.
-fn system_roots() -> RootCertStore {
+pub(crate) fn system_roots() -> RootCertStore {
     let found = rustls_native_certs::load_native_certs();
     for error in &found.errors {
         tracing::warn!(%error, "some of the system's CA certificates could not be loaded");

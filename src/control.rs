@@ -272,6 +272,11 @@ impl Control {
             diff: change.to_string(),
             warnings: next.warnings.iter().map(ToString::to_string).collect(),
         };
+        if let Some(subscriptions) = self.shared.subscriptions() {
+            if let Err(error) = subscriptions.reload(&next) {
+                tracing::error!("{error}; the previous webhook secrets and biller token stay");
+            }
+        }
         self.shared.install(next, biller_tls);
         self.shared.set_tls(tls);
         if let Err(error) = self.read_token() {

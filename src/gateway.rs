@@ -130,6 +130,14 @@ impl Gateway {
             // Built for the instances the heartbeat found alive (the in-flight limit's share).
             shared.rebuild();
         }
+        let subscriptions = if shared.snapshot().config.subscriptions.is_some() {
+            let config = shared.snapshot_full().config.clone();
+            let subscriptions = crate::subscriptions::Subscriptions::open(&config, &shared).await?;
+            shared.set_subscriptions(Arc::clone(&subscriptions));
+            Some(subscriptions)
+        } else {
+            None
+        };
         let (stop, stopped) = watch::channel(false);
         let probes = BillerPool::for_config(&shared.snapshot().config);
         let workers = proxy::Workers::start(
@@ -159,6 +167,13 @@ impl Gateway {
             )),
         ];
         let mut tasks = tasks;
+        if let Some(subscriptions) = subscriptions {
+            tasks.extend(crate::subscriptions::start(
+                subscriptions,
+                &shared,
+                &stopped,
+            ));
+        }
         if let Some(fleet) = shared.fleet() {
             tasks.push(tokio::spawn(
                 Arc::clone(fleet).run(Arc::clone(&control), stopped),

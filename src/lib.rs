@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod recent;
 pub mod replay;
+pub mod subscriptions;
 pub mod tls;
 
 use std::process::ExitCode;

@@ -30,6 +30,13 @@ pub const BEAT: Duration = Duration::from_millis(250);
 /// An instance not heard from for this long is no longer counted alive.
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(2);
 
+/// How long a fleet role (see [`Fleet::lead`]) is held from its last renewal: the longest a
+/// dead leader's work waits for another instance to take it.
+pub const LEAD_FOR: Duration = Duration::from_secs(3);
+
+/// How often a role is renewed, or asked for by the instances that do not hold it.
+pub const LEAD_EVERY: Duration = Duration::from_millis(500);
+
 /// What an instance publishes about itself with each heartbeat.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Info {
@@ -374,6 +381,43 @@ impl Fleet {
                 %error,
                 "Redis is out of reach: each quota falls back to this instance's share (the quota divided by the instances last seen alive) until it answers"
             );
+        }
+    }
+
+    /// Holds `role` (one instance of the fleet at a time does its work) until `shutdown`:
+    /// `leading` is true while this instance holds it. The role is renewed every [`LEAD_EVERY`]
+    /// for [`LEAD_FOR`]; an instance that cannot renew it steps down before its hold expires,
+    /// so two instances never both hold it (and while Redis is out of reach, none does).
+    pub async fn lead(
+        self: Arc<Self>,
+        role: &'static str,
+        leading: watch::Sender<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut held_until: Option<std::time::Instant> = None;
+        loop {
+            let asked = std::time::Instant::now();
+            match self.link.lead(role, &self.instance, LEAD_FOR).await {
+                Ok(true) => held_until = Some(asked + LEAD_FOR),
+                Ok(false) => held_until = None,
+                Err(error) => {
+                    tracing::debug!(%error, role, "could not renew a fleet role");
+                }
+            }
+            // A hold not renewed is given up a renewal early, before another may take it.
+            let holds =
+                held_until.is_some_and(|until| std::time::Instant::now() + LEAD_EVERY < until);
+            if holds != *leading.borrow() {
+                tracing::info!(instance = %self.instance, role, leading = holds, "fleet role changed hands");
+                leading.send_replace(holds);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LEAD_EVERY) => {}
+                _ = shutdown.changed() => {
+                    leading.send_replace(false);
+                    return;
+                }
+            }
         }
     }
 

@@ -29,6 +29,10 @@ static HEARTBEAT: Lua = Lua {
     code: include_str!("scripts/heartbeat.lua"),
     script: LazyLock::new(|| Script::new(include_str!("scripts/heartbeat.lua"))),
 };
+static LEAD: Lua = Lua {
+    code: include_str!("scripts/lead.lua"),
+    script: LazyLock::new(|| Script::new(include_str!("scripts/lead.lua"))),
+};
 
 /// Calls in a row that fail without an answer from Redis (timeouts, a connection that cannot be
 /// made) before the connection is dropped and a new one made: redis-rs reconnects on its own
@@ -221,6 +225,29 @@ impl RedisLink {
                 reply => reply?,
             };
             fleet(reply)
+        })
+        .await
+    }
+
+    /// Takes or renews `role` for `instance` for `ttl`: true when this instance holds it now.
+    pub async fn lead(&self, role: &str, instance: &str, ttl: Duration) -> Result<bool, LinkError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let invocation = Invocation {
+            lua: &LEAD,
+            keys: vec![self.key(&format!("leader:{role}"))],
+            args: vec![instance.to_owned(), ttl_ms.to_string()],
+        };
+        self.call(async |conn: &mut ConnectionManager| {
+            let reply = match send(conn, &invocation.eval_sha()).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    send(conn, &invocation.eval()).await?
+                }
+                reply => reply?,
+            };
+            match reply {
+                Value::Int(held) => Ok(held == 1),
+                other => Err(LinkError::Reply(format!("lead: {other:?}"))),
+            }
         })
         .await
     }

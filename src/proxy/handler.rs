@@ -102,6 +102,17 @@ async fn serve(
         Ok(key) => key,
         Err(denied) => return deny(shared, snapshot, denied, log),
     };
+    if let Some(subscriptions) = shared.subscriptions() {
+        if crate::subscriptions::api::is_api(parts.uri.path()) {
+            *log = AccessLog {
+                outcome: "subscription_api",
+                ..AccessLog::default()
+            };
+            let caller = crate::subscriptions::api::Caller { key, certificate };
+            return crate::subscriptions::api::serve(subscriptions, snapshot, caller, &parts, body)
+                .await;
+        }
+    }
     let classified = snapshot.gate.classify(&RequestParts {
         method: &parts.method,
         path: parts.uri.path(),
@@ -138,7 +149,7 @@ async fn serve(
     // The body is read whole before anything of the biller's is taken (the in-flight slot, a
     // breaker probe, a capacity token): a partner sending it slowly holds its own connection
     // and nothing the other partners need.
-    let body = match read_body(&snapshot.config, &parts.headers, body).await {
+    let body = match read_body(&snapshot.config, &parts.headers, body, u64::MAX).await {
         Ok(body) => body,
         Err((refusal, reason)) => {
             let partner = &snapshot.partners[classified.partner];
@@ -359,12 +370,13 @@ impl<'a> Answering<'a> {
 /// call's timeout, and a slow body is the partner's 408, never a biller timeout counted against
 /// the breaker. Reading a body, which inquiries do not have, is boxed: the request's future
 /// stays no larger than an inquiry needs.
-async fn read_body(
+pub async fn read_body(
     config: &Config,
     headers: &http::HeaderMap,
     body: Incoming,
+    most: u64,
 ) -> Result<Bytes, (Refusal, RejectReason)> {
-    let limit = config.server.max_body_bytes;
+    let limit = config.server.max_body_bytes.min(most);
     let too_large = || (Refusal::BodyTooLarge { limit }, RejectReason::BodyTooLarge);
     let declared = headers
         .get(CONTENT_LENGTH)

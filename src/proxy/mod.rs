@@ -26,6 +26,7 @@ use arc_swap::{ArcSwap, Guard};
 pub use accept::Acceptor;
 pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
+pub use handler::read_body;
 pub use pool::{is_gateway_exhausted, BillerPool, PoolError, PooledBody, Target};
 pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};
@@ -56,6 +57,8 @@ pub struct Shared {
     tls: arc_swap::ArcSwapOption<crate::tls::ListenerTls>,
     /// This instance's part in a fleet, when `[fleet]` was set at start.
     fleet: Option<Arc<Fleet>>,
+    /// The subscriptions' store and workers, once started (`[subscriptions]` set at start).
+    subscriptions: std::sync::OnceLock<Arc<crate::subscriptions::Subscriptions>>,
 }
 
 impl Shared {
@@ -104,12 +107,24 @@ impl Shared {
             biller_reachable: AtomicBool::new(false),
             tls: arc_swap::ArcSwapOption::empty(),
             fleet,
+            subscriptions: std::sync::OnceLock::new(),
         })
     }
 
     /// This instance's part in a fleet: `None` for a gateway that runs alone.
     pub fn fleet(&self) -> Option<&Arc<Fleet>> {
         self.fleet.as_ref()
+    }
+
+    /// The subscriptions' store and workers: `None` without `[subscriptions]`, or before
+    /// they started.
+    pub fn subscriptions(&self) -> Option<&Arc<crate::subscriptions::Subscriptions>> {
+        self.subscriptions.get()
+    }
+
+    /// Hands the started subscriptions to every request from now on (once).
+    pub fn set_subscriptions(&self, subscriptions: Arc<crate::subscriptions::Subscriptions>) {
+        let _ = self.subscriptions.set(subscriptions);
     }
 
     /// The gateway's clock.

@@ -74,6 +74,8 @@ impl PreparedDenials {
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub gate: Gate,
+    /// The subscription API's quotas.
+    pub subscriptions: billgate_core::subscriptions::SubscriptionGate,
     pub partners: PerPartner<PartnerRuntime>,
     pub upstream: Upstream,
     /// Denials of callers not known as a partner (no key, an unknown key).
@@ -171,9 +173,14 @@ impl Snapshot {
             tls,
         };
         metrics.set_config(&config.source_sha256);
+        let subscriptions = billgate_core::subscriptions::SubscriptionGate::build(
+            &config,
+            previous.map(|p| &p.subscriptions),
+        );
         Snapshot {
             config: Arc::new(config),
             gate,
+            subscriptions,
             partners,
             upstream,
             anonymous: PreparedDenials::default(),

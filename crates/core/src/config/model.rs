@@ -214,6 +214,9 @@ pub struct Subscriptions {
     /// How long a delivery is retried after its event, before it goes to the dead letters.
     /// Default 24h.
     pub delivery_horizon: Duration,
+    /// The wait before a failed delivery's first retry; each later one waits twice the one
+    /// before (with jitter), up to an hour. Default 5s.
+    pub first_retry: Duration,
     /// Deliveries in flight at once to one callback host. Default 4.
     pub per_host: u32,
     /// How long one delivery attempt may take. Default 10s.

@@ -498,6 +498,7 @@ pub(crate) const SUBSCRIPTIONS_KEYS: &[&str] = &[
     "capacity_share",
     "biller_token_file",
     "delivery_horizon",
+    "first_retry",
     "per_host",
     "attempt_timeout",
 ];
@@ -566,6 +567,13 @@ pub(crate) fn subscriptions(
         Duration::from_secs(24 * 3600),
         positive_duration,
     );
+    let first_retry = t.parse_or(
+        errors,
+        "first_retry",
+        DURATION,
+        Duration::from_secs(5),
+        positive_duration,
+    );
     let per_host =
         integer_or(errors, &t, "per_host", MAX_PER_HOST, 4).and_then(|n| u32::try_from(n).ok());
     let attempt_timeout = t.parse_or(
@@ -581,6 +589,7 @@ pub(crate) fn subscriptions(
         capacity_share: capacity_share?,
         biller_token_file: biller_token_file?,
         delivery_horizon: delivery_horizon?,
+        first_retry: first_retry?,
         per_host: per_host?,
         attempt_timeout: attempt_timeout?,
     }))

@@ -1,0 +1,778 @@
+//! The subscription API over real sockets: a gateway with `[subscriptions]` on a SQLite store
+//! of the test's own, the stand-in biller, and partners subscribing, listing and deleting.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, StatusCode};
+
+const BANK_KEY: &str = "bank-b-key";
+const WALLET_KEY: &str = "wallet-a-key";
+const CLOSED_KEY: &str = "closed-c-key";
+const PREFIX: &str = "https://hooks.bank-b.example/billgate/";
+
+/// A gateway whose bank-b may subscribe (2/s burst 4, at most 3 subscriptions), wallet-a may
+/// too (its own prefix), closed-c may not; the store and the secrets in `dir`.
+async fn gateway(biller: &TestBiller, dir: &TempDir, extra: &str) -> TestGateway {
+    std::fs::write(
+        dir.join("bank-b.whsec"),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
+    )
+    .expect("secret");
+    std::fs::write(
+        dir.join("wallet-a.whsec"),
+        "whsec_c2VjcmV0LW9mLXdhbGxldC1h\n",
+    )
+    .expect("secret");
+    std::fs::write(dir.join("biller.token"), "biller-events-token\n").expect("token");
+    std::fs::write(dir.join("admin.token"), "admin-token\n").expect("token");
+    let partners = format!(
+        "{}{}{}",
+        partner(
+            "bank-b",
+            BANK_KEY,
+            "payment = \"10/s\", subscription = \"2/s burst 4\"",
+            &format!(
+                "max_subscriptions = 3\nwebhook_prefixes = [\"{PREFIX}\"]\nwebhook_secret_file = \"{}\"",
+                dir.join("bank-b.whsec").display()
+            ),
+        ),
+        partner(
+            "wallet-a",
+            WALLET_KEY,
+            "subscription = \"100/s\"",
+            &format!(
+                "webhook_prefixes = [\"https://hooks.wallet-a.example/\"]\nwebhook_secret_file = \"{}\"",
+                dir.join("wallet-a.whsec").display()
+            ),
+        ),
+        partner("closed-c", CLOSED_KEY, "payment = \"10/s\"", ""),
+    );
+    let text = config_toml(&biller.url(), "2s", "10000/s", &partners).replacen(
+        "max_body_bytes = 4096",
+        &format!(
+            "max_body_bytes = 4096\nadmin_token_file = \"{}\"",
+            dir.join("admin.token").display()
+        ),
+        1,
+    );
+    let block = format!(
+        "[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"1h\"\nbiller_token_file = \"{}\"\n{extra}",
+        dir.join("billgate.db").display(),
+        dir.join("biller.token").display()
+    );
+    TestGateway::start(load(&with_block(&text, &block))).await
+}
+
+async fn subscribe(gw: &TestGateway, key: &str, account: &str, callback: &str) -> Reply {
+    let body = serde_json::json!({ "account": account, "callback": callback }).to_string();
+    send(
+        Method::POST,
+        &gw.url("/v1/subscriptions"),
+        &[("x-api-key", key), ("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn partners_subscribe_list_and_delete_their_own() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-api");
+    let gw = gateway(&biller, &dir, "").await;
+
+    let created = subscribe(&gw, BANK_KEY, "100234", &format!("{PREFIX}a")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let first = created.json();
+    let id = first["id"].as_str().unwrap_or_default().to_owned();
+    assert!(id.starts_with("sub_"), "{first}");
+    assert_eq!(first["account"], "100234");
+    assert_eq!(
+        created.header("ratelimit-policy"),
+        Some("\"subscription\";q=2;w=1")
+    );
+
+    // The same partner, account and callback: the same subscription, 200.
+    let again = subscribe(&gw, BANK_KEY, "100234", &format!("{PREFIX}a")).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["id"], id.as_str());
+
+    gw.hand.advance(std::time::Duration::from_secs(10));
+    let other = subscribe(&gw, BANK_KEY, "100235", &format!("{PREFIX}a")).await;
+    assert_eq!(other.status, StatusCode::CREATED);
+    let third = subscribe(&gw, BANK_KEY, "100236", &format!("{PREFIX}b")).await;
+    assert_eq!(third.status, StatusCode::CREATED);
+    gw.hand.advance(std::time::Duration::from_secs(10));
+    let over = subscribe(&gw, BANK_KEY, "100237", &format!("{PREFIX}b")).await;
+    assert_eq!(over.status, StatusCode::FORBIDDEN, "{}", over.text());
+    assert_eq!(over.json()["reason"], "max_subscriptions");
+    assert_eq!(
+        over.header("content-type"),
+        Some("application/problem+json")
+    );
+
+    // Pages of two: every subscription once, in order.
+    let page = get(
+        &gw.url("/v1/subscriptions?limit=2"),
+        &[("x-api-key", BANK_KEY)],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    let page = page.json();
+    assert_eq!(page["subscriptions"].as_array().map(Vec::len), Some(2));
+    let cursor = page["next_cursor"].as_str().unwrap_or_default().to_owned();
+    gw.hand.advance(std::time::Duration::from_secs(10));
+    let rest = get(
+        &gw.url(&format!("/v1/subscriptions?limit=2&cursor={cursor}")),
+        &[("x-api-key", BANK_KEY)],
+    )
+    .await
+    .json();
+    assert_eq!(rest["subscriptions"].as_array().map(Vec::len), Some(1));
+    assert!(rest["next_cursor"].is_null());
+    let mut accounts: Vec<String> = page["subscriptions"]
+        .as_array()
+        .into_iter()
+        .chain(rest["subscriptions"].as_array())
+        .flatten()
+        .map(|s| s["account"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    accounts.sort();
+    assert_eq!(accounts, ["100234", "100235", "100236"]);
+
+    // Another partner sees none of them, and cannot read or delete one.
+    let theirs = get(
+        &gw.url(&format!("/v1/subscriptions/{id}")),
+        &[("x-api-key", WALLET_KEY)],
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.json()["reason"], "no_such_subscription");
+    let listed = get(&gw.url("/v1/subscriptions"), &[("x-api-key", WALLET_KEY)])
+        .await
+        .json();
+    assert_eq!(listed["subscriptions"].as_array().map(Vec::len), Some(0));
+    let deleted = send(
+        Method::DELETE,
+        &gw.url(&format!("/v1/subscriptions/{id}")),
+        &[("x-api-key", WALLET_KEY)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NOT_FOUND);
+
+    gw.hand.advance(std::time::Duration::from_secs(10));
+    let mine = get(
+        &gw.url(&format!("/v1/subscriptions/{id}")),
+        &[("x-api-key", BANK_KEY)],
+    )
+    .await;
+    assert_eq!(mine.status, StatusCode::OK);
+    assert_eq!(mine.json()["callback"], format!("{PREFIX}a"));
+    let deleted = send(
+        Method::DELETE,
+        &gw.url(&format!("/v1/subscriptions/{id}")),
+        &[("x-api-key", BANK_KEY)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(deleted.body.is_empty());
+    let gone = get(
+        &gw.url(&format!("/v1/subscriptions/{id}")),
+        &[("x-api-key", BANK_KEY)],
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    // Room again under the limit.
+    let room = subscribe(&gw, BANK_KEY, "100237", &format!("{PREFIX}b")).await;
+    assert_eq!(room.status, StatusCode::CREATED);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_subscriptions_and_strangers_are_refused_with_problems() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-refused");
+    let gw = gateway(&biller, &dir, "").await;
+    let cases: [(&str, &str, StatusCode, &str); 5] = [
+        (
+            "100234",
+            "https://evil.example/billgate/",
+            StatusCode::BAD_REQUEST,
+            "callback_not_allowed",
+        ),
+        (
+            "100234",
+            "https://hooks.bank-b.example/billgate/../admin",
+            StatusCode::BAD_REQUEST,
+            "bad_callback",
+        ),
+        (
+            "100234",
+            "http://hooks.bank-b.example/billgate/",
+            StatusCode::BAD_REQUEST,
+            "callback_not_allowed",
+        ),
+        (
+            "../x",
+            &format!("{PREFIX}a"),
+            StatusCode::BAD_REQUEST,
+            "bad_account",
+        ),
+        (
+            "",
+            &format!("{PREFIX}a"),
+            StatusCode::BAD_REQUEST,
+            "bad_account",
+        ),
+    ];
+    for (account, callback, status, reason) in cases {
+        gw.hand.advance(std::time::Duration::from_secs(1));
+        let reply = subscribe(&gw, BANK_KEY, account, callback).await;
+        assert_eq!(
+            (reply.status, reply.json()["reason"].clone()),
+            (status, reason.into()),
+            "{account} {callback}"
+        );
+    }
+    let not_json = send(
+        Method::POST,
+        &gw.url("/v1/subscriptions"),
+        &[("x-api-key", BANK_KEY)],
+        "account=1",
+    )
+    .await;
+    assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
+    assert_eq!(not_json.json()["reason"], "invalid_body");
+
+    let anonymous = get(&gw.url("/v1/subscriptions"), &[]).await;
+    assert_eq!(
+        (anonymous.status, anonymous.json()["reason"].clone()),
+        (StatusCode::UNAUTHORIZED, "missing_key".into())
+    );
+    let unknown = get(&gw.url("/v1/subscriptions"), &[("x-api-key", "nobody")]).await;
+    assert_eq!(
+        (unknown.status, unknown.json()["reason"].clone()),
+        (StatusCode::UNAUTHORIZED, "unknown_key".into())
+    );
+    let closed = get(&gw.url("/v1/subscriptions"), &[("x-api-key", CLOSED_KEY)]).await;
+    assert_eq!(
+        (closed.status, closed.json()["reason"].clone()),
+        (StatusCode::FORBIDDEN, "class_closed".into())
+    );
+    let put = send(
+        Method::PUT,
+        &gw.url("/v1/subscriptions"),
+        &[("x-api-key", WALLET_KEY)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(put.header("allow"), Some("GET, POST"));
+
+    // The quota: a burst of 4, then 429 with Retry-After, on a clock that does not move.
+    gw.hand.advance(std::time::Duration::from_secs(10));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            get(&gw.url("/v1/subscriptions"), &[("x-api-key", BANK_KEY)])
+                .await
+                .status,
+        );
+    }
+    let refused = get(&gw.url("/v1/subscriptions"), &[("x-api-key", BANK_KEY)]).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json()["reason"], "partner_quota");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        4,
+        "{statuses:?}"
+    );
+    // None of it reached the biller.
+    assert_eq!(biller.biller.stats().received, 0);
+
+    // Suspended: 403 suspended, as on every other path.
+    let suspend = send(
+        Method::POST,
+        &gw.admin_url("/admin/partners/bank-b/suspend"),
+        &[("authorization", "Bearer admin-token")],
+        Bytes::from_static(b"{\"reason\": \"test\"}"),
+    )
+    .await;
+    assert_eq!(suspend.status, StatusCode::OK, "{}", suspend.text());
+    gw.hand.advance(std::time::Duration::from_secs(10));
+    let suspended = get(&gw.url("/v1/subscriptions"), &[("x-api-key", BANK_KEY)]).await;
+    assert_eq!(suspended.status, StatusCode::FORBIDDEN);
+    assert_eq!(suspended.json()["reason"], "suspended");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_billers_events_need_its_token() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-events");
+    let gw = gateway(&biller, &dir, "").await;
+    let event = r#"{"account":"100234","bill_id":"BILL-1","status":"due","amount_due":"12.30","due_date":"2026-12-15"}"#;
+    let url = gw.admin_url("/v1/bill-events");
+    let none = send(Method::POST, &url, &[], event).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    let wrong = send(
+        Method::POST,
+        &url,
+        &[("authorization", "Bearer nope")],
+        event,
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let bad = send(
+        Method::POST,
+        &url,
+        &[("authorization", "Bearer biller-events-token")],
+        "{}",
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // Nobody subscribed yet: stored, nothing to deliver.
+    let ok = send(
+        Method::POST,
+        &url,
+        &[("authorization", "Bearer biller-events-token")],
+        event,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.text());
+    assert_eq!(ok.json()["enqueued"], 0);
+    gw.gateway.shutdown().await;
+}
+
+/// A webhook receiver: records what it is sent, answers `fail_first` requests 500 and the
+/// rest 204 (or never answers, with `stall`).
+struct Receiver {
+    addr: std::net::SocketAddr,
+    got: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Received>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct Received {
+    id: String,
+    timestamp: i64,
+    signature: String,
+    body: Bytes,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize, stall: bool) -> Receiver {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let failures = Arc::new(AtomicUsize::new(fail_first));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let tx = tx.clone();
+                let failures = Arc::clone(&failures);
+                tokio::spawn(async move {
+                    if stall {
+                        // Says it has the connection, then holds it: reads nothing, answers
+                        // nothing.
+                        let _ = tx.send(Received {
+                            id: String::new(),
+                            timestamp: 0,
+                            signature: String::new(),
+                            body: Bytes::new(),
+                        });
+                        let _held = &stream;
+                        std::future::pending::<()>().await;
+                    }
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let tx = tx.clone();
+                            let failures = Arc::clone(&failures);
+                            async move {
+                                use http_body_util::BodyExt;
+                                let header = |name: &str| {
+                                    request
+                                        .headers()
+                                        .get(name)
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or_default()
+                                        .to_owned()
+                                };
+                                let (id, timestamp, signature) = (
+                                    header("webhook-id"),
+                                    header("webhook-timestamp"),
+                                    header("webhook-signature"),
+                                );
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let _ = tx.send(Received {
+                                    id,
+                                    timestamp: timestamp.parse().unwrap_or(0),
+                                    signature,
+                                    body,
+                                });
+                                let fail = failures
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                        n.checked_sub(1)
+                                    })
+                                    .is_ok();
+                                let status = if fail { 500 } else { 204 };
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .status(status)
+                                        .body(http_body_util::Full::new(Bytes::new()))
+                                        .expect("response"),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            got: tokio::sync::Mutex::new(rx),
+            accepted,
+        }
+    }
+
+    fn prefix(&self) -> String {
+        format!("http://{}/hooks/", self.addr)
+    }
+
+    /// The next webhook, waiting at most 20 s for it.
+    async fn next(&self) -> Received {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            self.got.lock().await.recv(),
+        )
+        .await
+        .expect("a webhook within 20 s")
+        .expect("the receiver runs")
+    }
+}
+
+/// A gateway whose bank-b and wallet-a may send webhooks to `bank` and `wallet`.
+async fn webhook_gateway(
+    biller: &TestBiller,
+    dir: &TempDir,
+    bank: &Receiver,
+    wallet: &Receiver,
+    extra: &str,
+) -> TestGateway {
+    std::fs::write(
+        dir.join("bank-b.whsec"),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
+    )
+    .expect("secret");
+    std::fs::write(
+        dir.join("wallet-a.whsec"),
+        "whsec_c2VjcmV0LW9mLXdhbGxldC1h\n",
+    )
+    .expect("secret");
+    std::fs::write(dir.join("biller.token"), "biller-events-token\n").expect("token");
+    let partners = format!(
+        "{}{}",
+        partner(
+            "bank-b",
+            BANK_KEY,
+            "subscription = \"100/s\"",
+            &format!(
+                "webhook_prefixes = [\"{}\"]\nwebhook_secret_file = \"{}\"",
+                bank.prefix(),
+                dir.join("bank-b.whsec").display()
+            )
+        ),
+        partner(
+            "wallet-a",
+            WALLET_KEY,
+            "subscription = \"100/s\"",
+            &format!(
+                "webhook_prefixes = [\"{}\"]\nwebhook_secret_file = \"{}\"",
+                wallet.prefix(),
+                dir.join("wallet-a.whsec").display()
+            )
+        ),
+    );
+    let text = config_toml(&biller.url(), "2s", "10000/s", &partners);
+    let block = format!(
+        "[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"1h\"\nbiller_token_file = \"{}\"\nfirst_retry = \"50ms\"\n{extra}",
+        dir.join("billgate.db").display(),
+        dir.join("biller.token").display()
+    );
+    TestGateway::start(load(&with_block(&text, &block))).await
+}
+
+async fn push(gw: &TestGateway, event: &str) -> serde_json::Value {
+    let reply = send(
+        Method::POST,
+        &gw.admin_url("/v1/bill-events"),
+        &[("authorization", "Bearer biller-events-token")],
+        event.to_owned(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    reply.json()
+}
+
+fn verified(secret: &str, got: &Received) -> serde_json::Value {
+    let secret = billgate_subs::webhook::Secret::parse(secret).expect("secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    assert!(
+        secret.verify(&got.id, got.timestamp, &got.body, &got.signature, now, 300),
+        "signature of {got:?}"
+    );
+    serde_json::from_slice(&got.body).expect("a JSON body")
+}
+
+const DUE: &str = r#"{"account":"100234","bill_id":"BILL-7","status":"due","amount_due":"12.30","due_date":"2026-12-15"}"#;
+const PAID: &str = r#"{"account":"100234","bill_id":"BILL-7","status":"paid","amount_due":"12.30","due_date":"2026-12-15"}"#;
+
+#[tokio::test]
+async fn a_new_bill_reaches_every_subscriber_once_signed() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-deliver");
+    let (bank, wallet) = (
+        Receiver::start(0, false).await,
+        Receiver::start(0, false).await,
+    );
+    let gw = webhook_gateway(&biller, &dir, &bank, &wallet, "").await;
+    assert_eq!(
+        subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        subscribe(
+            &gw,
+            WALLET_KEY,
+            "100234",
+            &format!("{}wallet", wallet.prefix())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        subscribe(
+            &gw,
+            WALLET_KEY,
+            "999999",
+            &format!("{}wallet", wallet.prefix())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+
+    assert_eq!(push(&gw, DUE).await["enqueued"], 2);
+    let to_bank = bank.next().await;
+    let event = verified("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &to_bank);
+    assert_eq!(
+        (event["type"].as_str(), event["specversion"].as_str()),
+        (Some("bill.due"), Some("1.0"))
+    );
+    assert_eq!(event["data"]["bill_id"], "BILL-7");
+    assert_eq!(event["data"]["amount_due"], "12.30");
+    assert_eq!(event["id"].as_str(), Some(to_bank.id.as_str()));
+    let to_wallet = wallet.next().await;
+    let event = verified("whsec_c2VjcmV0LW9mLXdhbGxldC1h", &to_wallet);
+    assert_eq!(event["type"], "bill.due");
+    assert_ne!(to_wallet.id, to_bank.id, "one event id per subscription");
+
+    // The same change heard again is not delivered again; the next change is, in order.
+    assert_eq!(push(&gw, DUE).await["enqueued"], 0);
+    assert_eq!(push(&gw, PAID).await["enqueued"], 2);
+    let paid = verified("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &bank.next().await);
+    assert_eq!(paid["type"], "bill.paid");
+    assert_eq!(
+        verified("whsec_c2VjcmV0LW9mLXdhbGxldC1h", &wallet.next().await)["type"],
+        "bill.paid"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "billgate_subscription_events_total{source=\"push\",type=\"bill.due\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "billgate_subscription_events_total{source=\"push\",type=\"bill.paid\"}"
+        ),
+        1.0
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_receiver_failing_three_times_gets_the_fourth() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-retry");
+    let (bank, wallet) = (
+        Receiver::start(3, false).await,
+        Receiver::start(0, false).await,
+    );
+    let gw = webhook_gateway(&biller, &dir, &bank, &wallet, "").await;
+    assert_eq!(
+        subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(push(&gw, DUE).await["enqueued"], 1);
+    let tries: Vec<Received> = vec![
+        bank.next().await,
+        bank.next().await,
+        bank.next().await,
+        bank.next().await,
+    ];
+    assert!(
+        tries.iter().all(|t| t.id == tries[0].id),
+        "the same event each time"
+    );
+    for t in &tries {
+        verified("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", t);
+    }
+    // The subscription's next event goes only once this one is settled: when it arrives, the
+    // first is counted delivered (and the second may be already).
+    assert_eq!(push(&gw, PAID).await["enqueued"], 1);
+    let paid = bank.next().await;
+    assert_ne!(paid.id, tries[0].id);
+    let metrics = gw.metrics().await;
+    let delivered = sample(
+        &metrics,
+        "billgate_webhook_deliveries_total{result=\"delivered\"}",
+    );
+    assert!((1.0..=2.0).contains(&delivered), "{delivered}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "billgate_webhook_deliveries_total{result=\"retried\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "billgate_webhook_deliveries_total{result=\"dead\"}"
+        ),
+        0.0
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_receiver_does_not_delay_a_live_one() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-isolated");
+    let (stalled, live) = (
+        Receiver::start(0, true).await,
+        Receiver::start(0, false).await,
+    );
+    let gw = webhook_gateway(&biller, &dir, &stalled, &live, "attempt_timeout = \"60s\"").await;
+    assert_eq!(
+        subscribe(
+            &gw,
+            BANK_KEY,
+            "100234",
+            &format!("{}bank", stalled.prefix())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(push(&gw, DUE).await["enqueued"], 1);
+    // The stalled receiver has the bank's delivery in hand, unanswered …
+    let _ = stalled.next().await;
+    assert_eq!(
+        stalled.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // … while the wallet subscribes and is told of the next bill at once.
+    assert_eq!(
+        subscribe(
+            &gw,
+            WALLET_KEY,
+            "100234",
+            &format!("{}wallet", live.prefix())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(push(&gw, PAID).await["enqueued"], 2);
+    let event = verified("whsec_c2VjcmV0LW9mLXdhbGxldC1h", &live.next().await);
+    assert_eq!(event["type"], "bill.paid");
+    assert_eq!(
+        stalled.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the bank's events wait, in order"
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_loses_no_pending_delivery() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-restart");
+    // Refused for ever by the first receiver; the second takes it.
+    let (refusing, wallet) = (
+        Receiver::start(usize::MAX, false).await,
+        Receiver::start(0, false).await,
+    );
+    let gw = webhook_gateway(&biller, &dir, &refusing, &wallet, "").await;
+    assert_eq!(
+        subscribe(
+            &gw,
+            BANK_KEY,
+            "100234",
+            &format!("{}bank", refusing.prefix())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(push(&gw, DUE).await["enqueued"], 1);
+    let first = refusing.next().await;
+    gw.gateway.shutdown().await;
+
+    // The same store, the bank's prefix now at a receiver that answers: the pending
+    // delivery goes there, with the id it had.
+    let taking = Receiver::start(0, false).await;
+    assert!(dir.join("billgate.db").exists());
+    let gw = webhook_gateway(&biller, &dir, &taking, &wallet, "").await;
+    let moved = subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", taking.prefix())).await;
+    assert_eq!(moved.status, StatusCode::CREATED);
+    // The old subscription's delivery still targets the refusing receiver, and is retried
+    // there after the restart: it was not lost.
+    let again = refusing.next().await;
+    assert_eq!(again.id, first.id);
+    gw.gateway.shutdown().await;
+}
