@@ -125,8 +125,13 @@ pub async fn run(
             }
             after = Some(last);
         }
-        // The next period starts when this one ends (at once when it overran).
-        let end = started + period;
+        // The next period starts when this one ends (at once when it overran); with nothing
+        // subscribed yet, a first subscription is looked for every few seconds.
+        let end = if count == 0 {
+            started + period.min(Duration::from_secs(5))
+        } else {
+            started + period
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(end) => {}
             _ = shutdown.changed() => return,
