@@ -13,6 +13,8 @@
 //! PATH; `.ci/run` installs them. Without them this test fails and says so.
 
 mod common;
+#[path = "common/hooks.rs"]
+mod hooks;
 #[path = "common/redis.rs"]
 mod redis_server;
 
@@ -82,7 +84,25 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let admin = format!("http://{}", gw.admin_addr);
     let proxy = format!("http://{}", gw.addr);
     let redis = RedisServer::start();
-    let member = start_fleet_member(&biller.url(), &redis.url()).await;
+    let hooks = hooks::Receiver::start(0, false).await;
+    let member = start_fleet_member(&biller.url(), &redis.url(), &dir, &hooks).await;
+    // A subscription on the fleet member, refreshed every 2 s, for the Subscriptions row.
+    let subscribed = send(
+        Method::POST,
+        &format!("http://{}/v1/subscriptions", member.addr),
+        &[("x-api-key", "key-a")],
+        format!(
+            "{{\"account\": \"dash-1\", \"callback\": \"{}dash\"}}",
+            hooks.prefix()
+        ),
+    )
+    .await;
+    assert_eq!(
+        subscribed.status,
+        StatusCode::CREATED,
+        "{}",
+        subscribed.text()
+    );
 
     // billgate creates a transition's series at its first occurrence, and `increase()` cannot
     // see a series' first sample as an increase: this first cycle makes the series, the one
@@ -117,6 +137,16 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
         open_and_close_the_breaker(&biller, &hand, &proxy).await;
     }
+    // A bill event pushed to the fleet member, delivered to its subscriber between scrapes.
+    let pushed = send(
+        Method::POST,
+        &format!("http://{}/v1/bill-events", member.admin_addr),
+        &[("authorization", "Bearer dashboard-biller-token")],
+        r#"{"account":"dash-1","bill_id":"DASH-1","status":"due","amount_due":"1.00","due_date":"2026-12-31"}"#,
+    )
+    .await;
+    assert_eq!(pushed.status, StatusCode::ACCEPTED, "{}", pushed.text());
+    assert!(!hooks.next().await.id.is_empty());
     // And a few requests through the fleet member, so its leases are refilled between scrapes.
     for n in 0..5 {
         let reply = get(
@@ -400,10 +430,45 @@ async fn start_gateway(dir: &TempDir, biller_url: &str) -> (Gateway, FakeClock) 
 
 /// A gateway in a fleet of one on the Redis at `redis_url`, on the real clock, with the same
 /// partners; idle but for what the test sends it.
-async fn start_fleet_member(biller_url: &str, redis_url: &str) -> Gateway {
+/// A fleet of one, whose wallet-a may also subscribe (webhooks to `hooks`).
+async fn start_fleet_member(
+    biller_url: &str,
+    redis_url: &str,
+    dir: &TempDir,
+    hooks: &hooks::Receiver,
+) -> Gateway {
+    std::fs::write(
+        dir.join("wallet-a.whsec"),
+        "whsec_c2VjcmV0LW9mLXdhbGxldC1h\n",
+    )
+    .expect("secret");
+    std::fs::write(dir.join("biller.token"), "dashboard-biller-token\n").expect("token");
+    let partners = partners()
+        .replacen(
+            r#"inquiry_scheduled = "5/s" }"#,
+            r#"inquiry_scheduled = "5/s", subscription = "100/s" }"#,
+            1,
+        )
+        .replacen(
+            "per_account = \"30/min\"",
+            &format!(
+                "per_account = \"30/min\"\nwebhook_prefixes = [\"{}\"]\nwebhook_secret_file = \"{}\"",
+                hooks.prefix(),
+                dir.join("wallet-a.whsec").display()
+            ),
+            1,
+        );
+    let subscriptions = format!(
+        "[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"2s\"\nbiller_token_file = \"{}\"\n",
+        dir.join("member.db").display(),
+        dir.join("biller.token").display()
+    );
     let text = format!(
         "{}\n[fleet]\nredis = \"{redis_url}\"\ninstance = \"dashboard\"\n",
-        config_toml(biller_url, "2s", "10000/s", &partners())
+        with_block(
+            &config_toml(biller_url, "2s", "10000/s", &partners),
+            &subscriptions
+        )
     );
     Gateway::start(load(&text), gateway::Options::default())
         .await

@@ -2,9 +2,12 @@
 //! of the test's own, the stand-in biller, and partners subscribing, listing and deleting.
 
 mod common;
+#[path = "common/hooks.rs"]
+mod hooks;
 
 use bytes::Bytes;
 use common::*;
+use hooks::{Received, Receiver};
 use http::{Method, StatusCode};
 
 const BANK_KEY: &str = "bank-b-key";
@@ -346,130 +349,6 @@ async fn the_billers_events_need_its_token() {
     assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.text());
     assert_eq!(ok.json()["enqueued"], 0);
     gw.gateway.shutdown().await;
-}
-
-/// A webhook receiver: records what it is sent, answers `fail_first` requests 500 and the
-/// rest 204 (or never answers, with `stall`).
-struct Receiver {
-    addr: std::net::SocketAddr,
-    got: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Received>>,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[derive(Debug)]
-struct Received {
-    id: String,
-    timestamp: i64,
-    signature: String,
-    body: Bytes,
-}
-
-impl Receiver {
-    async fn start(fail_first: usize, stall: bool) -> Receiver {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::Arc;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let failures = Arc::new(AtomicUsize::new(fail_first));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                counted.fetch_add(1, Ordering::SeqCst);
-                let tx = tx.clone();
-                let failures = Arc::clone(&failures);
-                tokio::spawn(async move {
-                    if stall {
-                        // Says it has the connection, then holds it: reads nothing, answers
-                        // nothing.
-                        let _ = tx.send(Received {
-                            id: String::new(),
-                            timestamp: 0,
-                            signature: String::new(),
-                            body: Bytes::new(),
-                        });
-                        let _held = &stream;
-                        std::future::pending::<()>().await;
-                    }
-                    let service = hyper::service::service_fn(
-                        move |request: http::Request<hyper::body::Incoming>| {
-                            let tx = tx.clone();
-                            let failures = Arc::clone(&failures);
-                            async move {
-                                use http_body_util::BodyExt;
-                                let header = |name: &str| {
-                                    request
-                                        .headers()
-                                        .get(name)
-                                        .and_then(|v| v.to_str().ok())
-                                        .unwrap_or_default()
-                                        .to_owned()
-                                };
-                                let (id, timestamp, signature) = (
-                                    header("webhook-id"),
-                                    header("webhook-timestamp"),
-                                    header("webhook-signature"),
-                                );
-                                let body = request
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let _ = tx.send(Received {
-                                    id,
-                                    timestamp: timestamp.parse().unwrap_or(0),
-                                    signature,
-                                    body,
-                                });
-                                let fail = failures
-                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                        n.checked_sub(1)
-                                    })
-                                    .is_ok();
-                                let status = if fail { 500 } else { 204 };
-                                Ok::<_, std::convert::Infallible>(
-                                    http::Response::builder()
-                                        .status(status)
-                                        .body(http_body_util::Full::new(Bytes::new()))
-                                        .expect("response"),
-                                )
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Receiver {
-            addr,
-            got: tokio::sync::Mutex::new(rx),
-            accepted,
-        }
-    }
-
-    fn prefix(&self) -> String {
-        format!("http://{}/hooks/", self.addr)
-    }
-
-    /// The next webhook, waiting at most 20 s for it.
-    async fn next(&self) -> Received {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            self.got.lock().await.recv(),
-        )
-        .await
-        .expect("a webhook within 20 s")
-        .expect("the receiver runs")
-    }
 }
 
 /// A gateway whose bank-b and wallet-a may send webhooks to `bank` and `wallet`.

@@ -3,6 +3,8 @@
 //! event once, one after the other when the first goes away.
 
 mod common;
+#[path = "common/hooks.rs"]
+mod hooks;
 #[path = "../crates/subs/tests/common/postgres.rs"]
 mod postgres;
 #[path = "common/redis.rs"]
@@ -13,58 +15,13 @@ use std::time::Duration;
 use billgate::clock::Clock;
 use billgate::gateway::{self, Gateway};
 use billgate_subs::store::{Store, Subscribed};
-use bytes::Bytes;
 use common::*;
+use hooks::Receiver;
 use http::{Method, StatusCode};
 use postgres::Postgres;
 use redis_server::RedisServer;
 
 const BANK_KEY: &str = "bank-b-key";
-
-/// A receiver that answers every webhook 204 and hands its `webhook-id` to the test.
-async fn receiver() -> (
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let id = request
-                            .headers()
-                            .get("webhook-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        let _ = tx.send(id);
-                        async {
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(204)
-                                    .body(http_body_util::Full::new(Bytes::new()))
-                                    .expect("response"),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, rx)
-}
 
 /// A gateway configuration: bank-b may subscribe with callbacks under `hooks`, the store at
 /// `store`, `extra` in `[subscriptions]`, and `tail` after everything.
@@ -116,7 +73,8 @@ async fn start(text: &str) -> Gateway {
 async fn ten_thousand_accounts_over_100s_are_a_hundred_calls_a_second() {
     let database = Postgres::start("refresh");
     let store = Store::open(&database.url()).await.expect("store");
-    let (hooks, _ids) = receiver().await;
+    let receiver = Receiver::start(0, false).await;
+    let hooks = receiver.addr;
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let store = store.clone();
@@ -196,7 +154,8 @@ async fn ten_thousand_accounts_over_100s_are_a_hundred_calls_a_second() {
 async fn two_instances_deliver_each_event_once() {
     let database = Postgres::start("fleet");
     let redis = RedisServer::start();
-    let (hooks, mut ids) = receiver().await;
+    let receiver = Receiver::start(0, false).await;
+    let hooks = receiver.addr;
     let biller = TestBiller::roomy().await;
     let dir = TempDir::new("subs-fleet");
     let instance = |n: usize| {
@@ -250,10 +209,7 @@ async fn two_instances_deliver_each_event_once() {
     assert_eq!(enqueued, 10, "the same change heard twice is one event");
     let mut seen = std::collections::HashMap::<String, usize>::new();
     for _ in 0..10 {
-        let id = tokio::time::timeout(Duration::from_secs(20), ids.recv())
-            .await
-            .expect("a webhook within 20 s")
-            .expect("receiver");
+        let id = receiver.next().await.id;
         *seen.entry(id).or_default() += 1;
     }
     assert_eq!(seen.len(), 10);
@@ -266,10 +222,7 @@ async fn two_instances_deliver_each_event_once() {
     }
     assert_eq!(enqueued, 10);
     for _ in 0..10 {
-        let id = tokio::time::timeout(Duration::from_secs(20), ids.recv())
-            .await
-            .expect("a webhook within 20 s of the leader's end")
-            .expect("receiver");
+        let id = receiver.next().await.id;
         *seen.entry(id).or_default() += 1;
     }
     assert_eq!(seen.len(), 20);
