@@ -92,6 +92,17 @@ pub enum Command {
         /// Latency when idle, as a duration (`5ms`).
         #[arg(long, default_value = "5ms")]
         base_latency: String,
+        /// Push bill events (a bill paid, a new bill) to this URL, a gateway's
+        /// `http://ADMIN/v1/bill-events`; needs --push-token-file.
+        #[arg(long, requires = "push_token_file")]
+        push_to: Option<String>,
+        /// The file holding the bearer token the gateway knows the biller by.
+        #[arg(long, requires = "push_to")]
+        push_token_file: Option<PathBuf>,
+        /// Issue a new bill this often (a duration, `1s`), to the accounts asked about so far
+        /// in turn.
+        #[arg(long)]
+        new_bill_every: Option<String>,
         /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,

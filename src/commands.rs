@@ -331,8 +331,38 @@ pub async fn biller(
     listen: std::net::SocketAddr,
     capacity: &str,
     base_latency: &str,
+    push: Option<(String, PathBuf)>,
+    new_bill_every: Option<&str>,
     tls: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<ExitCode> {
+    let push = match push {
+        Some((url, token_file)) => {
+            if !url.starts_with("http://") {
+                anyhow::bail!("--push-to: expected an http:// URL like http://127.0.0.1:9100/v1/bill-events, found {url:?}");
+            }
+            let token = std::fs::read_to_string(&token_file).with_context(|| {
+                format!("--push-token-file: cannot read {}", token_file.display())
+            })?;
+            let token = token.trim().to_owned();
+            if token.is_empty() {
+                anyhow::bail!("--push-token-file: {} is empty", token_file.display());
+            }
+            Some(billgate_sim::biller::PushOptions { url, token })
+        }
+        None => None,
+    };
+    let new_bill_every = new_bill_every
+        .map(|every| {
+            config::parse_duration(every)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--new-bill-every: expected a duration like \"1s\", found {every:?}"
+                    )
+                })
+        })
+        .transpose()?;
     let capacity =
         config::parse_rate(capacity).map_err(|e| anyhow::anyhow!("--capacity: expected {e}"))?;
     let base_latency = config::parse_duration(base_latency)
@@ -356,6 +386,8 @@ pub async fn biller(
     let options = BillerOptions {
         capacity_per_sec: capacity.per_second(),
         base_latency,
+        push,
+        new_bill_every,
         ..BillerOptions::default()
     };
     let biller = StandInBiller::new(options, Clock::real());

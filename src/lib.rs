@@ -67,12 +67,24 @@ pub fn run(opts: Opts) -> ExitCode {
             listen,
             capacity,
             base_latency,
+            push_to,
+            push_token_file,
+            new_bill_every,
             tls_cert,
             tls_key,
         } => {
             let tls = tls_cert.zip(tls_key);
-            runtime()
-                .and_then(|rt| rt.block_on(commands::biller(listen, &capacity, &base_latency, tls)))
+            let push = push_to.zip(push_token_file);
+            runtime().and_then(|rt| {
+                rt.block_on(commands::biller(
+                    listen,
+                    &capacity,
+                    &base_latency,
+                    push,
+                    new_bill_every.as_deref(),
+                    tls,
+                ))
+            })
         }
         Command::Storm(args) => runtime().and_then(|rt| rt.block_on(commands::storm(args))),
         Command::Polls(args) => runtime().and_then(|rt| rt.block_on(commands::polls(args))),

@@ -278,6 +278,8 @@ async fn stats_count_exactly_and_control_paths_are_not_load() {
             "times_down": 0, "current_rate": 0.0,
             // Its client reuses one connection; in plain TCP there is no handshake.
             "connections": 1, "tls_handshakes": 0,
+            // Nothing to push to.
+            "pushed": 0, "push_failures": 0,
         })
     );
     b.hand.advance(Duration::from_millis(100));

@@ -353,7 +353,7 @@ async fn the_billers_events_need_its_token() {
 
 /// A gateway whose bank-b and wallet-a may send webhooks to `bank` and `wallet`.
 async fn webhook_gateway(
-    biller: &TestBiller,
+    biller_url: &str,
     dir: &TempDir,
     bank: &Receiver,
     wallet: &Receiver,
@@ -375,7 +375,7 @@ async fn webhook_gateway(
         partner(
             "bank-b",
             BANK_KEY,
-            "subscription = \"100/s\"",
+            "payment = \"10/s\", subscription = \"100/s\"",
             &format!(
                 "webhook_prefixes = [\"{}\"]\nwebhook_secret_file = \"{}\"",
                 bank.prefix(),
@@ -393,7 +393,7 @@ async fn webhook_gateway(
             )
         ),
     );
-    let text = config_toml(&biller.url(), "2s", "10000/s", &partners);
+    let text = config_toml(biller_url, "2s", "10000/s", &partners);
     let block = format!(
         "[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"1h\"\nbiller_token_file = \"{}\"\nfirst_retry = \"50ms\"\n{extra}",
         dir.join("billgate.db").display(),
@@ -438,7 +438,7 @@ async fn a_new_bill_reaches_every_subscriber_once_signed() {
         Receiver::start(0, false).await,
         Receiver::start(0, false).await,
     );
-    let gw = webhook_gateway(&biller, &dir, &bank, &wallet, "").await;
+    let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
     assert_eq!(
         subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
             .await
@@ -518,7 +518,7 @@ async fn a_receiver_failing_three_times_gets_the_fourth() {
         Receiver::start(3, false).await,
         Receiver::start(0, false).await,
     );
-    let gw = webhook_gateway(&biller, &dir, &bank, &wallet, "").await;
+    let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
     assert_eq!(
         subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
             .await
@@ -575,7 +575,14 @@ async fn a_dead_receiver_does_not_delay_a_live_one() {
         Receiver::start(0, true).await,
         Receiver::start(0, false).await,
     );
-    let gw = webhook_gateway(&biller, &dir, &stalled, &live, "attempt_timeout = \"60s\"").await;
+    let gw = webhook_gateway(
+        &biller.url(),
+        &dir,
+        &stalled,
+        &live,
+        "attempt_timeout = \"60s\"",
+    )
+    .await;
     assert_eq!(
         subscribe(
             &gw,
@@ -626,7 +633,7 @@ async fn a_restart_loses_no_pending_delivery() {
         Receiver::start(usize::MAX, false).await,
         Receiver::start(0, false).await,
     );
-    let gw = webhook_gateway(&biller, &dir, &refusing, &wallet, "").await;
+    let gw = webhook_gateway(&biller.url(), &dir, &refusing, &wallet, "").await;
     assert_eq!(
         subscribe(
             &gw,
@@ -646,12 +653,94 @@ async fn a_restart_loses_no_pending_delivery() {
     // delivery goes there, with the id it had.
     let taking = Receiver::start(0, false).await;
     assert!(dir.join("billgate.db").exists());
-    let gw = webhook_gateway(&biller, &dir, &taking, &wallet, "").await;
+    let gw = webhook_gateway(&biller.url(), &dir, &taking, &wallet, "").await;
     let moved = subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", taking.prefix())).await;
     assert_eq!(moved.status, StatusCode::CREATED);
     // The old subscription's delivery still targets the refusing receiver, and is retried
     // there after the restart: it was not lost.
     let again = refusing.next().await;
     assert_eq!(again.id, first.id);
+    gw.gateway.shutdown().await;
+}
+
+/// The stand-in biller pushing to the gateway: a new bill issued at the biller, and the bill
+/// paid through the gateway, each reach the subscriber as a signed webhook.
+#[tokio::test]
+async fn the_stand_in_billers_bills_reach_subscribers() {
+    use billgate_sim::biller::{BillerOptions, PushOptions, StandInBiller};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let biller_addr = listener.local_addr().expect("addr");
+    let dir = TempDir::new("subs-stand-in");
+    let (bank, wallet) = (
+        Receiver::start(0, false).await,
+        Receiver::start(0, false).await,
+    );
+    // The gateway first (it is where the biller pushes), on the biller's address.
+    let gw = webhook_gateway(&format!("http://{biller_addr}"), &dir, &bank, &wallet, "").await;
+    let biller = StandInBiller::new(
+        BillerOptions {
+            capacity_per_sec: 100_000.0,
+            base_latency: std::time::Duration::from_millis(1),
+            push: Some(PushOptions {
+                url: gw.admin_url("/v1/bill-events"),
+                token: "biller-events-token".into(),
+            }),
+            ..BillerOptions::default()
+        },
+        billgate::clock::Clock::real(),
+    );
+    tokio::spawn(biller.clone().serve(listener, std::future::pending()));
+    assert_eq!(
+        subscribe(&gw, BANK_KEY, "ACC-7", &format!("{}bank", bank.prefix()))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    let issued = send(
+        Method::POST,
+        &format!("http://{biller_addr}/_biller/bills/ACC-7/new"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.text());
+    let bill_id = issued.json()["bill_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(bill_id.ends_with("-1"), "{bill_id}");
+    let due = verified("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &bank.next().await);
+    assert_eq!(
+        (due["type"].as_str(), due["data"]["bill_id"].as_str()),
+        (Some("bill.due"), Some(bill_id.as_str()))
+    );
+
+    // Paid through the gateway: the biller marks it paid and says so.
+    let body = format!(r#"{{"account":"ACC-7","bill_id":"{bill_id}","amount":"10.00"}}"#);
+    let paid = send(
+        Method::POST,
+        &gw.url("/v1/payments"),
+        &[
+            ("x-api-key", BANK_KEY),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text());
+    let event = verified("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &bank.next().await);
+    assert_eq!(
+        (event["type"].as_str(), event["data"]["status"].as_str()),
+        (Some("bill.paid"), Some("paid"))
+    );
+    let inquiry = get(&format!("http://{biller_addr}/v1/bills/ACC-7"), &[])
+        .await
+        .json();
+    assert_eq!(inquiry["status"], "paid");
+    assert_eq!(biller.stats().pushed, 2);
+    assert_eq!(biller.stats().push_failures, 0);
     gw.gateway.shutdown().await;
 }

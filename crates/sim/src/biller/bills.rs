@@ -56,8 +56,38 @@ pub(crate) fn valid_account(account: &str) -> bool {
 
 /// The bill for `account` (already validated): the same account always gets the same bill;
 /// about one account in five has no bill due.
+#[cfg(test)]
 pub(crate) fn bill_for(account: &str, biller: &str) -> Bill {
+    bill_issued(account, biller, 0, false)
+}
+
+/// The account's `issue`-th bill (0 the account's first, the same for ever; each later one is a new bill, for every
+/// account, with its own id and amount), `paid` or due.
+pub(crate) fn bill_issued(account: &str, biller: &str, issue: u32, paid: bool) -> Bill {
     let digest = Sha256::digest(account.as_bytes());
+    let status = if paid { "paid" } else { "due" };
+    if issue > 0 {
+        let again = Sha256::digest(format!("{account}#{issue}").as_bytes());
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&again[..8]);
+        let cents = 1_000 + u64::from_be_bytes(bytes) % 99_000;
+        return Bill::Due {
+            account: account.to_owned(),
+            biller: biller.to_owned(),
+            bill_id: format!(
+                "BILL-{}-{}-{issue}",
+                PERIOD.replace('-', ""),
+                hex::encode_upper(&digest[16..20])
+            ),
+            period: PERIOD,
+            amount_due: Money {
+                value: format_cents(cents),
+                currency: DEFAULT_CURRENCY.to_owned(),
+            },
+            due_date: DUE_DATE,
+            status,
+        };
+    }
     let word = |i: usize| {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(&digest[i..i + 8]);
@@ -86,7 +116,7 @@ pub(crate) fn bill_for(account: &str, biller: &str) -> Bill {
             currency: DEFAULT_CURRENCY.to_owned(),
         },
         due_date: DUE_DATE,
-        status: "due",
+        status,
     }
 }
 

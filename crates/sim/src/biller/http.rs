@@ -79,7 +79,7 @@ async fn inquiry(shared: &Shared, account: &str) -> Answer {
             "the account must be 1 to 32 characters of A-Z, a-z, 0-9 and '-'".to_owned(),
         ));
     }
-    let bill = bills::bill_for(account, &shared.name);
+    let bill = shared.ledger.bill(account, &shared.name);
     shared.served.fetch_add(1, Ordering::Relaxed);
     Ok(json(StatusCode::OK, &bill))
 }
@@ -92,6 +92,9 @@ async fn payment(shared: &Shared, body: Incoming) -> Answer {
     let body = body?;
     tokio::time::sleep(latency).await;
     let payment = bills::parse_payment(&body).map_err(Problem::BadRequest)?;
+    shared
+        .ledger
+        .paid(&payment.account, payment.bill_id.as_deref(), &shared.name);
     let sequence = shared.receipts.fetch_add(1, Ordering::Relaxed) + 1;
     let receipt = bills::receipt(payment, sequence, SystemTime::now());
     shared.served.fetch_add(1, Ordering::Relaxed);
@@ -166,7 +169,19 @@ fn control(shared: &Shared, path: &str, request: &Request<Incoming>) -> Answer {
             Ok(response)
         }
         "brownout" => Err(Problem::MethodNotAllowed("POST, DELETE")),
-        _ => Err(Problem::NotFound),
+        _ => match path
+            .strip_prefix("bills/")
+            .and_then(|rest| rest.strip_suffix("/new"))
+        {
+            Some(account) if bills::valid_account(account) && method == Method::POST => {
+                let bill = shared.ledger.issue(account, &shared.name);
+                Ok(json(StatusCode::CREATED, &bill))
+            }
+            Some(account) if bills::valid_account(account) => {
+                Err(Problem::MethodNotAllowed("POST"))
+            }
+            _ => Err(Problem::NotFound),
+        },
     }
 }
 

@@ -26,6 +26,7 @@ mod bills;
 mod http;
 mod load;
 mod problem;
+mod push;
 mod tls;
 
 use std::collections::VecDeque;
@@ -44,6 +45,7 @@ use crate::clock::Clock;
 use arrivals::ArrivalLog;
 pub use arrivals::Arrivals;
 use load::{LoadModel, LoadOptions};
+pub use push::{BillEvent, PushOptions};
 pub use tls::server_config;
 
 /// How many requests [`Biller::recent_requests`] remembers.
@@ -67,6 +69,10 @@ pub struct BillerOptions {
     pub down_for: Duration,
     /// The biller name in bills. Default "City Water & Power".
     pub name: String,
+    /// Push bill events (a bill paid, a new bill) to the gateway. Default none.
+    pub push: Option<PushOptions>,
+    /// Issue a new bill this often, to the accounts it knows in turn. Default never.
+    pub new_bill_every: Option<Duration>,
 }
 
 impl Default for BillerOptions {
@@ -77,6 +83,8 @@ impl Default for BillerOptions {
             overload_grace: Duration::from_secs(3),
             down_for: Duration::from_secs(10),
             name: "City Water & Power".to_owned(),
+            push: None,
+            new_bill_every: None,
         }
     }
 }
@@ -112,6 +120,10 @@ pub struct BillerStats {
     /// TLS handshakes completed (0 in plain mode): with connections, shows how many clients
     /// reuse theirs and how many handshakes failed.
     pub tls_handshakes: u64,
+    /// Bill events pushed to the gateway (answered 2xx).
+    pub pushed: u64,
+    /// Bill events given up after their tries, or dropped with the queue full.
+    pub push_failures: u64,
 }
 
 /// One request as the biller received it (before reading its body).
@@ -146,6 +158,9 @@ struct Shared {
     connections: AtomicU64,
     tls_handshakes: AtomicU64,
     recent: Mutex<VecDeque<SeenRequest>>,
+    /// The accounts known, their bills, and the bill events pushed.
+    ledger: push::Ledger,
+    new_bill_every: Option<Duration>,
 }
 
 impl StandInBiller {
@@ -175,6 +190,8 @@ impl StandInBiller {
                 connections: AtomicU64::new(0),
                 tls_handshakes: AtomicU64::new(0),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
+                ledger: push::Ledger::new(options.push),
+                new_bill_every: options.new_bill_every,
             }),
         }
     }
@@ -211,6 +228,20 @@ impl StandInBiller {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (closing, _) = tokio::sync::watch::channel(());
+        if let Some(every) = self.shared.new_bill_every {
+            let shared = Arc::clone(&self.shared);
+            let mut stopped = closing.subscribe();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => shared.ledger.issue_next(&shared.name),
+                        _ = stopped.changed() => return,
+                    }
+                }
+            });
+        }
         tokio::pin!(shutdown);
         loop {
             let stream = tokio::select! {
@@ -305,6 +336,8 @@ impl Shared {
             current_rate: load.current_rate,
             connections: self.connections.load(Ordering::Relaxed),
             tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
+            pushed: self.ledger.pushed.load(Ordering::Relaxed),
+            push_failures: self.ledger.push_failures.load(Ordering::Relaxed),
         }
     }
 
