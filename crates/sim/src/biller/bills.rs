@@ -61,62 +61,46 @@ pub(crate) fn bill_for(account: &str, biller: &str) -> Bill {
     bill_issued(account, biller, 0, false)
 }
 
-/// The account's `issue`-th bill (0 the account's first, the same for ever; each later one is a new bill, for every
-/// account, with its own id and amount), `paid` or due.
+/// The account's `issue`-th bill, `paid` or due: 0 is its first, the same for ever (about
+/// one account in five has none); each later one is a new bill, for every account, with an id
+/// and an amount of its own.
 pub(crate) fn bill_issued(account: &str, biller: &str, issue: u32, paid: bool) -> Bill {
     let digest = Sha256::digest(account.as_bytes());
-    let status = if paid { "paid" } else { "due" };
-    if issue > 0 {
-        let again = Sha256::digest(format!("{account}#{issue}").as_bytes());
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&again[..8]);
-        let cents = 1_000 + u64::from_be_bytes(bytes) % 99_000;
-        return Bill::Due {
-            account: account.to_owned(),
-            biller: biller.to_owned(),
-            bill_id: format!(
-                "BILL-{}-{}-{issue}",
-                PERIOD.replace('-', ""),
-                hex::encode_upper(&digest[16..20])
-            ),
-            period: PERIOD,
-            amount_due: Money {
-                value: format_cents(cents),
-                currency: DEFAULT_CURRENCY.to_owned(),
-            },
-            due_date: DUE_DATE,
-            status,
-        };
-    }
-    let word = |i: usize| {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&digest[i..i + 8]);
-        u64::from_be_bytes(bytes)
+    let word = |bytes: &[u8]| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[..8]);
+        u64::from_be_bytes(word)
     };
-    if word(0) % 5 == 0 {
+    if issue == 0 && word(&digest[..]) % 5 == 0 {
         return Bill::NoBillDue {
             account: account.to_owned(),
             biller: biller.to_owned(),
             status: "no_bill_due",
         };
     }
-    // 10.00 to 999.99.
-    let cents = 1_000 + word(8) % 99_000;
+    let base = format!(
+        "BILL-{}-{}",
+        PERIOD.replace('-', ""),
+        hex::encode_upper(&digest[16..20])
+    );
+    let (bill_id, amount) = if issue == 0 {
+        (base, word(&digest[8..]))
+    } else {
+        let again = Sha256::digest(format!("{account}#{issue}").as_bytes());
+        (format!("{base}-{issue}"), word(&again[..]))
+    };
     Bill::Due {
         account: account.to_owned(),
         biller: biller.to_owned(),
-        bill_id: format!(
-            "BILL-{}-{}",
-            PERIOD.replace('-', ""),
-            hex::encode_upper(&digest[16..20])
-        ),
+        bill_id,
         period: PERIOD,
         amount_due: Money {
-            value: format_cents(cents),
+            // 10.00 to 999.99.
+            value: format_cents(1_000 + amount % 99_000),
             currency: DEFAULT_CURRENCY.to_owned(),
         },
         due_date: DUE_DATE,
-        status,
+        status: if paid { "paid" } else { "due" },
     }
 }
 
