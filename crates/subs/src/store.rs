@@ -147,6 +147,12 @@ impl Store {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(&url)
             .await?;
+        if kind == "sqlite" {
+            // Readers (the API, the outbox) need not wait for the writer; kept in the file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool, kind })
     }
