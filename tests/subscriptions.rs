@@ -375,7 +375,7 @@ async fn webhook_gateway(
         partner(
             "bank-b",
             BANK_KEY,
-            "payment = \"10/s\", subscription = \"100/s\"",
+            "payment = \"10/s\", inquiry_user = \"10/s\", subscription = \"100/s\"",
             &format!(
                 "webhook_prefixes = [\"{}\"]\nwebhook_secret_file = \"{}\"",
                 bank.prefix(),
@@ -393,7 +393,11 @@ async fn webhook_gateway(
             )
         ),
     );
-    let text = config_toml(biller_url, "2s", "10000/s", &partners);
+    let text = config_toml(biller_url, "2s", "10000/s", &partners).replacen(
+        "class = \"inquiry\"\n",
+        "class = \"inquiry\"\ncache_for = \"60s\"\n",
+        1,
+    );
     let block = format!(
         "[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"1h\"\nbiller_token_file = \"{}\"\nfirst_retry = \"50ms\"\n{extra}",
         dir.join("billgate.db").display(),
@@ -742,5 +746,39 @@ async fn the_stand_in_billers_bills_reach_subscribers() {
     assert_eq!(inquiry["status"], "paid");
     assert_eq!(biller.stats().pushed, 2);
     assert_eq!(biller.stats().push_failures, 0);
+    gw.gateway.shutdown().await;
+}
+
+/// The refresher's answer is kept in the inquiry cache: a subscribed partner that still polls
+/// its account is answered from memory, and the biller is asked once.
+#[tokio::test]
+async fn a_refreshed_account_is_answered_from_memory() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-cache");
+    let (bank, wallet) = (
+        Receiver::start(0, false).await,
+        Receiver::start(0, false).await,
+    );
+    let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
+    assert_eq!(
+        subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // The refresher finds the subscription within a second and asks the biller; the change it
+    // sees (a bill seen for the first time) is delivered once the answer is cached.
+    assert_eq!(
+        verified("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &bank.next().await)["type"],
+        "bill.due"
+    );
+    let polled = get(
+        &gw.url("/v1/bills/100234"),
+        &[("x-api-key", BANK_KEY), ("x-request-origin", "user")],
+    )
+    .await;
+    assert_eq!(polled.status, StatusCode::OK, "{}", polled.text());
+    assert_eq!(polled.header("x-billgate-cache"), Some("hit"));
+    assert_eq!(biller.biller.stats().received, 1);
     gw.gateway.shutdown().await;
 }

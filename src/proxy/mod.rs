@@ -27,6 +27,7 @@ pub use accept::Acceptor;
 pub use answer::{insert_ratelimit, Refusal};
 pub use body::ProxyBody;
 pub use handler::read_body;
+pub use headers::strip_hop_by_hop;
 pub use pool::{is_gateway_exhausted, BillerPool, PoolError, PooledBody, Target};
 pub use server::{serve, Worker, Workers};
 pub use snapshot::{PartnerRuntime, Snapshot, Upstream};

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use super::{Source, Subscriptions};
 use crate::admission::{BillerOutcome, Pause, Shed};
-use crate::config::{AccountSource, Class, Config, RouteClass, Segment};
+use crate::cache::{KeyRef, Sharing};
+use crate::config::{AccountSource, CacheScope, Class, Config, Route, RouteClass, Segment};
 use crate::proxy::{BillerPool, Shared};
 use billgate_core::subscriptions::Spread;
 use billgate_subs::store::BillState;
@@ -27,10 +28,18 @@ const PAGE: u32 = 500;
 /// The most of an answer the refresher reads.
 const MAX_ANSWER: usize = 64 * 1024;
 
+/// The biller's 200 to a refresh, kept for the inquiry cache.
+struct Answer {
+    requested_at: governor::nanos::Nanos,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
 /// What became of one refresh.
 enum Refreshed {
-    /// The biller answered with the account's bills (none when it has none due).
-    Answered(Vec<BillState>),
+    /// The biller answered with the account's bills (none when it has none due), and its
+    /// answer when it was a 200.
+    Answered(Vec<BillState>, Option<Answer>),
     /// No answer, a 5xx, or an answer that was not a bill.
     Failed,
     /// The biller's protection said wait this long.
@@ -93,9 +102,15 @@ pub async fn run(
                     let min_gap =
                         min_gap(&snapshot.config, subscriptions.settings().capacity_share);
                     next_allowed = Instant::now() + min_gap.max(catch_up);
-                    match refresh(&pool, &snapshot, &account).await {
-                        Refreshed::Answered(bills) => {
+                    match refresh(&pool, &shared, &snapshot, &account).await {
+                        Refreshed::Answered(bills, answer) => {
                             subscriptions.metrics.refreshed("answered");
+                            // Cached first: a subscriber told of a change finds the answer
+                            // in memory if it asks.
+                            if let Some(answer) = answer {
+                                fill_cache(&subscriptions, &shared, &snapshot, &account, answer)
+                                    .await;
+                            }
                             if let Err(error) = subscriptions
                                 .ingest(&account, &bills, Source::Refresh)
                                 .await
@@ -126,9 +141,9 @@ pub async fn run(
             after = Some(last);
         }
         // The next period starts when this one ends (at once when it overran); with nothing
-        // subscribed yet, a first subscription is looked for every few seconds.
+        // subscribed yet, a first subscription is looked for every second.
         let end = if count == 0 {
-            started + period.min(Duration::from_secs(5))
+            started + period.min(Duration::from_secs(1))
         } else {
             started + period
         };
@@ -156,40 +171,95 @@ fn min_gap(config: &Config, share: f64) -> Duration {
     }
 }
 
-/// The biller path an inquiry about `account` takes: the first GET inquiry route that names
-/// its account in the path or the query, and no other parameter.
-pub fn inquiry_path(config: &Config, account: &str) -> Option<String> {
-    config.routes.iter().find_map(|route| {
-        if route.method != http::Method::GET || route.class != RouteClass::Inquiry {
-            return None;
-        }
-        let mut path = String::new();
-        for segment in &route.path.segments {
-            path.push('/');
-            match segment {
-                Segment::Literal(text) => path.push_str(text),
-                Segment::Account => path.push_str(account),
-                Segment::Param(_) => return None,
-            }
-        }
-        match &route.account {
-            AccountSource::PathSegment => Some(path),
-            AccountSource::Query(name) => Some(format!("{path}?{name}={account}")),
-            AccountSource::None => None,
-        }
+/// The route the refresher asks the biller by: the first GET inquiry route that names its
+/// account in the path or the query, and no other parameter.
+pub fn inquiry_route(config: &Config) -> Option<&Route> {
+    config.routes.iter().find(|route| {
+        route.method == http::Method::GET
+            && route.class == RouteClass::Inquiry
+            && route.account != AccountSource::None
+            && !route
+                .path
+                .segments
+                .iter()
+                .any(|s| matches!(s, Segment::Param(_)))
     })
+}
+
+/// The path and query `route` asks about `account` with.
+pub fn inquiry_path(route: &Route, account: &str) -> String {
+    let mut path = String::new();
+    for segment in &route.path.segments {
+        path.push('/');
+        match segment {
+            Segment::Literal(text) | Segment::Param(text) => path.push_str(text),
+            Segment::Account => path.push_str(account),
+        }
+    }
+    match &route.account {
+        AccountSource::Query(name) => format!("{path}?{name}={account}"),
+        AccountSource::PathSegment | AccountSource::None => path,
+    }
+}
+
+/// Keeps a refreshed answer in the inquiry cache, as the route caches a partner's own inquiry
+/// (shared, or once for each partner subscribed to the account), so a partner that still polls
+/// an account it subscribed to is answered from memory.
+async fn fill_cache(
+    subscriptions: &Subscriptions,
+    shared: &Shared,
+    snapshot: &crate::proxy::Snapshot,
+    account: &str,
+    answer: Answer,
+) {
+    let Some(route) = inquiry_route(&snapshot.config) else {
+        return;
+    };
+    let Some(cache_for) = route.cache_for else {
+        return;
+    };
+    let partners: Vec<String> = match route.cache_scope {
+        CacheScope::Shared => vec![String::new()],
+        CacheScope::Partner => match subscriptions.store.subscribers(account).await {
+            Ok(subscribers) => {
+                let mut partners: Vec<String> =
+                    subscribers.into_iter().map(|s| s.partner).collect();
+                partners.sort();
+                partners.dedup();
+                partners
+            }
+            Err(_) => return,
+        },
+    };
+    let sharing = match route.cache_scope {
+        CacheScope::Partner => Sharing::PerPartner,
+        CacheScope::Shared => Sharing::Shared,
+    };
+    for partner in &partners {
+        let key = KeyRef::new(&route.name, sharing, partner, account).to_key();
+        let _ = shared.cache().store(
+            key,
+            answer.requested_at,
+            StatusCode::OK,
+            &answer.headers,
+            answer.body.clone(),
+            cache_for,
+        );
+    }
 }
 
 /// Asks the biller about `account` as a scheduled poll would be.
 async fn refresh(
     pool: &Arc<BillerPool>,
+    shared: &Shared,
     snapshot: &crate::proxy::Snapshot,
     account: &str,
 ) -> Refreshed {
     let config = &snapshot.config;
-    let Some(path) = inquiry_path(config, account) else {
+    let Some(route) = inquiry_route(config) else {
         return Refreshed::Failed;
     };
+    let path = inquiry_path(route, account);
     let protection = snapshot.gate.protection();
     let now = snapshot.gate.clock().now();
     let ticket = match protection.admit(Class::InquiryScheduled, &Pause::default(), now) {
@@ -222,31 +292,41 @@ async fn refresh(
         http::HeaderValue::from_static("application/json"),
     );
     let sent_at = Instant::now();
+    let requested_at = shared.cache().now();
     let timeout = config.biller.timeout;
     let call = async {
         let response = pool.send(upstream.target(), request, sent_at).await.ok()?;
         let status = response.status();
         let rtt = sent_at.elapsed();
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
+        let (mut head, body) = response.into_parts();
+        let body = Limited::new(body, MAX_ANSWER)
             .collect()
             .await
             .ok()?
             .to_bytes();
-        Some((status, rtt, body))
+        crate::proxy::strip_hop_by_hop(&mut head.headers);
+        Some((status, rtt, head.headers, body))
     };
     match tokio::time::timeout(timeout, call).await {
-        Ok(Some((status, rtt, body))) => {
+        Ok(Some((status, rtt, headers, body))) => {
             ticket.finish(BillerOutcome::Answered {
                 status: status.as_u16(),
                 rtt,
             });
             match status {
                 StatusCode::OK => match bills_of(&body) {
-                    Some(bills) => Refreshed::Answered(bills),
+                    Some(bills) => Refreshed::Answered(
+                        bills,
+                        Some(Answer {
+                            requested_at,
+                            headers,
+                            body,
+                        }),
+                    ),
                     None => Refreshed::Failed,
                 },
                 // The biller knows no such account: no bill to tell anyone of.
-                StatusCode::NOT_FOUND => Refreshed::Answered(Vec::new()),
+                StatusCode::NOT_FOUND => Refreshed::Answered(Vec::new(), None),
                 _ => Refreshed::Failed,
             }
         }
