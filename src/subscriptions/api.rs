@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use super::Subscriptions;
 use crate::admission::{account_ok, Reason};
 use crate::clock::ceil_secs;
-use crate::ids::PartnerId;
 use crate::proxy::{insert_ratelimit, read_body, ProxyBody, Refusal, Snapshot};
 use billgate_core::subscriptions::{check_callback, BadCallback};
 use billgate_subs::store::{Subscribed, Subscription};
@@ -112,10 +111,8 @@ pub async fn serve(
     };
     let who = Who {
         subscriptions,
-        partner,
         id,
         max: webhooks.max_subscriptions,
-        snapshot,
     };
     let rest = parts.uri.path()[PREFIX.len()..].trim_start_matches('/');
     let mut answer = match (&parts.method, rest) {
@@ -188,10 +185,8 @@ struct NewSubscription {
 /// The partner an API request is for, and what it may do.
 struct Who<'a> {
     subscriptions: &'a Subscriptions,
-    partner: PartnerId,
     id: &'a str,
     max: u64,
-    snapshot: &'a Snapshot,
 }
 
 impl Who<'_> {
@@ -359,7 +354,6 @@ impl Who<'_> {
 
     fn unavailable(&self, error: &billgate_subs::store::StoreError) -> Response<ProxyBody> {
         tracing::warn!(partner = %self.id, %error, "the subscription store failed a request");
-        let _ = (self.partner, self.snapshot);
         let mut answer = problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
