@@ -157,6 +157,11 @@ pub struct StormArgs {
     /// shared with any other fleet on it, and never flushed.
     #[arg(long, value_name = "URL", conflicts_with = "bypass")]
     pub redis: Option<String>,
+    /// Replay the storm twice: as it was, then with the poller subscribed to its accounts
+    /// (`[subscriptions]`, refresh 6h) instead of polling them; print both reports and the
+    /// biller's load per second side by side.
+    #[arg(long, conflicts_with_all = ["bypass", "redis"])]
+    pub subscribe: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -411,8 +411,58 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<ExitCode> {
         ..storm_options(&args)?
     };
     options.validate()?;
-    let report = replay::storm(options).await?;
-    print_report(&report, args.json, report.passed())
+    if !args.subscribe {
+        let report = replay::storm(options).await?;
+        return print_report(&report, args.json, report.passed());
+    }
+    let polling = replay::storm(options.clone()).await?;
+    let subscribed = replay::storm(StormOptions {
+        subscribe: true,
+        ..options
+    })
+    .await?;
+    let passed = polling.passed() && subscribed.passed();
+    if args.json {
+        let both = serde_json::json!({ "polling": polling, "subscribed": subscribed });
+        return print_report(&JsonOnly(both), true, passed);
+    }
+    let mut out = std::io::stdout();
+    write!(out, "{polling}\n{subscribed}\n")?;
+    writeln!(
+        out,
+        "The biller's load, requests per second (mean / most in any second), polling vs subscribed:"
+    )?;
+    for (p, s) in polling.phases.iter().zip(&subscribed.phases) {
+        writeln!(
+            out,
+            "  {:<9} polling {:>6.1} / {:>4}   subscribed {:>6.1} / {:>4}",
+            p.phase.as_str(),
+            p.load.mean_per_sec,
+            p.load.max_per_sec.unwrap_or(0),
+            s.load.mean_per_sec,
+            s.load.max_per_sec.unwrap_or(0),
+        )?;
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A JSON value printed as the report.
+struct JsonOnly(serde_json::Value);
+
+impl serde::Serialize for JsonOnly {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl std::fmt::Display for JsonOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 /// Prints a scenario's report (a table, or JSON); the exit code says whether its checks passed.

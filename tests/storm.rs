@@ -40,6 +40,43 @@ async fn through_the_gateway_the_biller_never_sees_more_than_its_capacity() {
     the_gateway_protected_the_biller(&report, c);
 }
 
+/// `--subscribe`: the poller subscribes to its accounts and polls none; the biller's load in
+/// the storm is the well-behaved partners' alone, as in the calm (the refresher, at 6 h for 500
+/// accounts, adds a call every 43 s), where polling brought it the poller's whole quota more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_the_storm_leaves_the_billers_load_as_in_the_calm() {
+    let _alone = ONE_REPLAY_AT_A_TIME.lock().await;
+    let options = StormOptions {
+        subscribe: true,
+        poller_accounts: 500,
+        ..StormOptions::short()
+    };
+    let report = replay::storm(options).await.expect("the replay runs");
+    let subscribed = report.subscribed.expect("a subscribed run says so");
+    assert_eq!(subscribed.accounts, 500);
+    assert!(
+        every_stream(&report).all(|s| s.partner != "poller"),
+        "the poller polled"
+    );
+    let load = |phase: Phase| {
+        report
+            .phases
+            .iter()
+            .find(|p| p.phase == phase)
+            .map(|p| p.load.mean_per_sec)
+            .unwrap_or(f64::NAN)
+    };
+    let (calm, storm) = (load(Phase::Calm), load(Phase::Storm));
+    // The well-behaved partners send 0.225 C a second; nothing is added in the storm.
+    assert!(
+        calm > 0.0 && storm <= calm * 1.1 + 2.0,
+        "calm {calm}/s, storm {storm}/s"
+    );
+    assert!(report
+        .to_string()
+        .contains("--subscribe: the poller subscribed to its 500 accounts"));
+}
+
 /// `--instances 2` on a Redis the test started: the stand-in (one, shared) sees the whole
 /// fleet's load, and it stays within C in every second, with the same counts as one gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

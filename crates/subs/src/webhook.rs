@@ -94,13 +94,23 @@ pub enum SecretError {
     NotBase64,
 }
 
-/// A partner's signing secret: the key bytes. Its `Debug` never shows them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+/// A partner's signing secret: the key bytes, and the HMAC keyed with them. Its `Debug` never
+/// shows them.
+#[derive(Clone)]
+pub struct Secret {
+    key: Vec<u8>,
+    mac: Hmac<Sha256>,
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.key == other.key
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secret({} bytes)", self.0.len())
+        write!(f, "Secret({} bytes)", self.key.len())
     }
 }
 
@@ -117,13 +127,18 @@ impl Secret {
                 let key = STANDARD
                     .decode(encoded)
                     .map_err(|_| SecretError::NotBase64)?;
-                if key.is_empty() {
-                    return Err(SecretError::Empty);
-                }
-                Ok(Secret(key))
+                Secret::from_key(key)
             }
-            None => Ok(Secret(text.as_bytes().to_vec())),
+            None => Secret::from_key(text.as_bytes().to_vec()),
         }
+    }
+
+    fn from_key(key: Vec<u8>) -> Result<Secret, SecretError> {
+        if key.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| SecretError::Empty)?;
+        Ok(Secret { key, mac })
     }
 
     /// The secret in the file at `path`.
@@ -139,9 +154,7 @@ impl Secret {
     }
 
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
-        // HMAC takes a key of any length; this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        let mut mac = self.mac.clone();
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
@@ -234,10 +247,7 @@ mod tests {
             Secret::parse("whsec_!!"),
             Err(SecretError::NotBase64)
         ));
-        assert_eq!(
-            Secret::parse("plain-bytes\n").unwrap(),
-            Secret(b"plain-bytes".to_vec())
-        );
+        assert_eq!(Secret::parse("plain-bytes\n").unwrap().key, b"plain-bytes");
     }
 
     #[test]

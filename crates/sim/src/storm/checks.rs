@@ -204,18 +204,21 @@ pub(crate) fn checks(report: &StormReport) -> Vec<Check> {
         judged(pay_settled_sent > 0 && pay_settled >= PAYMENTS_IN_BROWNOUT),
         pay_measured,
     ));
-    let polls = totals(report, &[Phase::Brownout], |s| s.partner == POLLER);
-    let shed = Totals::share(polls.rejected + polls.unsent, polls.sent);
-    list.push(check(
-        "brown-out: scheduled polls shed (≥ 90 % refused)",
-        judged(polls.sent > 0 && shed >= POLLS_SHED),
-        format!(
-            "{} refused, {} admitted of {} sent",
-            pct(shed),
-            polls.admitted,
-            polls.sent
-        ),
-    ));
+    // Subscribed, the poller sends no polls to shed.
+    if report.subscribed.is_none() {
+        let polls = totals(report, &[Phase::Brownout], |s| s.partner == POLLER);
+        let shed = Totals::share(polls.rejected + polls.unsent, polls.sent);
+        list.push(check(
+            "brown-out: scheduled polls shed (≥ 90 % refused)",
+            judged(polls.sent > 0 && shed >= POLLS_SHED),
+            format!(
+                "{} refused, {} admitted of {} sent",
+                pct(shed),
+                polls.admitted,
+                polls.sent
+            ),
+        ));
+    }
     list.extend(breaker_checks(report));
     list.push(check(
         "with the gateway the stand-in stays up",
@@ -397,6 +400,7 @@ mod tests {
             biller_down_at: Vec::new(),
             biller_up_at: Vec::new(),
             fleet: None,
+            subscribed: None,
             breaker: BreakerReport {
                 exported: true,
                 failure_rate: 0.2,
@@ -424,6 +428,21 @@ mod tests {
             .find(|c| c.name.starts_with(starts))
             .map(|c| c.status)
             .unwrap_or_else(|| panic!("no check {starts:?} in {checks:#?}"))
+    }
+
+    /// Subscribed, the poller polls nothing: there are no polls to shed, and no check of them.
+    #[test]
+    fn a_subscribed_run_has_no_polls_to_shed() {
+        let mut run = good_run();
+        run.subscribed = Some(crate::storm::SubscribedReport {
+            accounts: 10,
+            webhooks: 3,
+        });
+        let checks = checks(&run);
+        assert!(checks
+            .iter()
+            .all(|c| !c.name.contains("scheduled polls shed")));
+        assert_eq!(checks.len(), super::checks(&good_run()).len() - 1);
     }
 
     #[test]

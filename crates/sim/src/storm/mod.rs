@@ -30,6 +30,7 @@ pub mod polls;
 mod report;
 mod run;
 pub mod scenario;
+mod subscribe;
 mod traffic;
 mod watch;
 pub mod windows;
@@ -43,7 +44,7 @@ pub use fleet::{FleetReport, InstanceReport};
 pub use histogram::LatencyHistogram;
 pub use report::{
     BillerReport, BreakerReport, Check, LoadReport, PhaseReport, ReplayMode, Status, StormReport,
-    StreamReport,
+    StreamReport, SubscribedReport,
 };
 pub use run::run;
 pub use scenario::Phase;
@@ -95,6 +96,9 @@ pub struct StormOptions {
     /// The fleet's Redis (`redis://…`). Default `None`: with more than one instance, a
     /// `redis-server` from `PATH` is started for the run and stopped at its end.
     pub redis: Option<String>,
+    /// The poller subscribes to its accounts (`[subscriptions]`, a SQLite store in a temp
+    /// directory, `refresh = "6h"`) instead of polling them. Default false.
+    pub subscribe: bool,
 }
 
 impl Default for StormOptions {
@@ -125,6 +129,7 @@ impl Default for StormOptions {
             sample_every: Duration::from_millis(100),
             instances: 1,
             redis: None,
+            subscribe: false,
         }
     }
 }
@@ -233,6 +238,18 @@ impl StormOptions {
         check(
             self.poller_accounts >= 1,
             "the poller needs at least one account",
+        )?;
+        check(
+            !(self.subscribe && self.bypass),
+            "subscribing needs the gateway: --subscribe and --bypass do not go together",
+        )?;
+        check(
+            !(self.subscribe && self.in_fleet()),
+            "--subscribe runs one gateway (a fleet's subscriptions need PostgreSQL)",
+        )?;
+        check(
+            !self.subscribe || self.poller_accounts <= 100_000,
+            "the poller subscribes to at most 100000 accounts",
         )?;
         check(
             (1..=65_536).contains(&self.max_outstanding),

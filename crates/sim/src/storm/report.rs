@@ -44,7 +44,17 @@ pub struct StormReport {
     /// one gateway alone, or none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetReport>,
+    /// With `--subscribe`: what the poller did instead of polling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribed: Option<SubscribedReport>,
     pub checks: Vec<Check>,
+}
+
+/// `--subscribe`: the poller's subscriptions, and the webhooks they brought it during the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SubscribedReport {
+    pub accounts: u32,
+    pub webhooks: u64,
 }
 
 /// One phase.
@@ -234,6 +244,13 @@ impl fmt::Display for StormReport {
         )?;
         if let Some(fleet) = &self.fleet {
             fmt_fleet(f, fleet)?;
+        }
+        if let Some(subscribed) = self.subscribed {
+            writeln!(
+                f,
+                "--subscribe: the poller subscribed to its {} accounts (refresh 6h) and polled none; {} webhooks reached it",
+                subscribed.accounts, subscribed.webhooks
+            )?;
         }
         writeln!(f)?;
 

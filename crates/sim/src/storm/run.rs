@@ -12,8 +12,10 @@ use super::checks::checks;
 use super::fleet::{self, redis::FleetRedis, FleetReport};
 use super::report::{
     BillerReport, BreakerReport, LoadReport, PhaseReport, ReplayMode, StormReport, StreamReport,
+    SubscribedReport,
 };
 use super::scenario::{self, Phase, Stream};
+use super::subscribe::Subscribing;
 use super::traffic::{Recorder, Traffic};
 use super::watch;
 use super::windows::{self, ShareRule, BUCKET_MS, PER_SECOND};
@@ -33,6 +35,10 @@ const BUCKET_NANOS: u64 = BUCKET_MS * 1_000_000;
 /// What the replay measures is never an error: it is in the report's checks.
 pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result<StormReport> {
     options.validate()?;
+    let subscribing = match options.subscribe {
+        true => Some(Subscribing::start().await?),
+        false => None,
+    };
     let clock = Clock::real();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let biller_addr = listener.local_addr()?;
@@ -49,7 +55,14 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
     let biller_task = tokio::spawn(biller.clone().serve(listener, async move {
         let _ = biller_stopped.await;
     }));
-    let started = start_gateways(&options, biller_addr, gateways, &clock).await;
+    let started = start_gateways(
+        &options,
+        biller_addr,
+        gateways,
+        &clock,
+        subscribing.as_ref(),
+    )
+    .await;
     let (running, redis) = match started {
         Ok(started) => started,
         Err(error) => {
@@ -63,6 +76,20 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
         running.iter().map(|g| g.addr()).collect()
     };
     let admins = running.iter().map(|g| g.admin_addr()).collect();
+    // Subscribed: every account before the phases begin, as a partner would on day one.
+    let subscribed = match (&subscribing, targets.first()) {
+        (Some(subscribing), Some(gateway)) => {
+            match subscribing.subscribe(&options, *gateway).await {
+                Ok(made) => Some(made),
+                Err(error) => {
+                    stop(running).await;
+                    let _ = stop_biller.send(());
+                    return Err(error.context("storm: subscribing the poller's accounts"));
+                }
+            }
+        }
+        _ => None,
+    };
 
     // Start on a 100 ms boundary of the biller's clock, so phases and its arrival buckets align.
     let now = clock.now().as_u64();
@@ -148,6 +175,12 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
         biller_up_at: watched.up_at.clone(),
         breaker,
         fleet,
+        subscribed: subscribed.map(|accounts| SubscribedReport {
+            accounts,
+            webhooks: subscribing
+                .as_ref()
+                .map_or(0, |s| s.webhooks.load(std::sync::atomic::Ordering::Relaxed)),
+        }),
         checks: Vec::new(),
     };
     report.checks = checks(&report);
@@ -165,12 +198,16 @@ async fn start_gateways(
     biller_addr: std::net::SocketAddr,
     gateways: &dyn Launch,
     clock: &Clock,
+    subscribing: Option<&Subscribing>,
 ) -> anyhow::Result<(Vec<Box<dyn Running>>, Option<FleetRedis>)> {
     if options.bypass {
         return Ok((Vec::new(), None));
     }
     if !options.in_fleet() {
-        let config = scenario::gateway_config(options, biller_addr)?;
+        let config = match subscribing {
+            Some(subscribing) => subscribing.config(options, biller_addr)?,
+            None => scenario::gateway_config(options, biller_addr)?,
+        };
         return Ok((vec![gateways.launch(config, clock.clone()).await?], None));
     }
     let redis = FleetRedis::for_run(options.redis.as_deref()).await?;

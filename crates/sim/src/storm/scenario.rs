@@ -92,7 +92,7 @@ fn share(c: u32, divisor: u32) -> u32 {
 }
 
 /// The API key a partner sends (public: these keys exist only inside the replay).
-fn key(partner: &str) -> String {
+pub(crate) fn key(partner: &str) -> String {
     format!("storm-{partner}-demo-key")
 }
 
@@ -101,7 +101,7 @@ fn key(partner: &str) -> String {
 pub fn streams(options: &StormOptions) -> Vec<Stream> {
     let c = options.capacity_per_sec;
     let f = f64::from;
-    vec![
+    let mut streams = vec![
         Stream {
             partner: "wallet",
             key: key("wallet"),
@@ -144,7 +144,48 @@ pub fn streams(options: &StormOptions) -> Vec<Stream> {
                 pool: options.poller_accounts,
             },
         },
-    ]
+    ];
+    // Subscribed, the poller sends nothing: the gateway asks about its accounts.
+    if options.subscribe {
+        streams.retain(|s| s.partner != POLLER);
+    }
+    streams
+}
+
+/// The poller's account `i`, as it polls it and as it subscribes to it.
+pub fn poller_account(i: u32) -> String {
+    format!("ACC-{i}")
+}
+
+/// With [`StormOptions::subscribe`]: `[subscriptions]` on a SQLite store at `store`, and the
+/// poller allowed to subscribe to every one of its accounts, with webhooks to `hooks` signed
+/// with the secret in `secret_file`. Appended to [`gateway_toml`] (the poller is its last
+/// partner).
+pub fn subscribe_toml(
+    options: &StormOptions,
+    gateway: String,
+    store: &std::path::Path,
+    hooks: std::net::SocketAddr,
+    secret_file: &std::path::Path,
+) -> String {
+    let c = options.capacity_per_sec;
+    let scheduled = format!("inquiry_scheduled = \"{}/s\" }}", share(c, 10));
+    let mut text = gateway;
+    if let Some(at) = text.rfind(&scheduled) {
+        text.replace_range(
+            at..at + scheduled.len(),
+            &format!(
+                "inquiry_scheduled = \"{}/s\", subscription = \"2000/s\" }}",
+                share(c, 10)
+            ),
+        );
+    }
+    format!(
+        "{text}max_subscriptions = {}\nwebhook_prefixes = [\"http://{hooks}/\"]\nwebhook_secret_file = \"{}\"\n\n[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"6h\"\n",
+        options.poller_accounts,
+        secret_file.display(),
+        store.display()
+    )
 }
 
 /// Durations as the configuration reads them, in whole milliseconds.
