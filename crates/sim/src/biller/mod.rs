@@ -69,7 +69,9 @@ pub struct BillerOptions {
     pub down_for: Duration,
     /// The biller name in bills. Default "City Water & Power".
     pub name: String,
-    /// Push bill events (a bill paid, a new bill) to the gateway. Default none.
+    /// Push bill events (a bill paid, a new bill) to the gateway. With it (or with
+    /// `new_bill_every`), payments mark bills paid; without either, bills change only when
+    /// issued by hand. Default none.
     pub push: Option<PushOptions>,
     /// Issue a new bill this often, to the accounts it knows in turn. Default never.
     pub new_bill_every: Option<Duration>,
@@ -190,7 +192,7 @@ impl StandInBiller {
                 connections: AtomicU64::new(0),
                 tls_handshakes: AtomicU64::new(0),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
-                ledger: push::Ledger::new(options.push),
+                ledger: push::Ledger::new(options.push, options.new_bill_every.is_some()),
                 new_bill_every: options.new_bill_every,
             }),
         }

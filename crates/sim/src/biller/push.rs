@@ -55,6 +55,10 @@ pub struct BillEvent {
 /// The accounts the biller knows, their bills, and the pusher's queue.
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
+    /// Bills change on their own (pushed, or issued on a clock): payments mark them paid and
+    /// every account asked about is known. Otherwise bills stay as they are unless issued by
+    /// hand, so answers do not depend on what was paid before.
+    live: bool,
     accounts: Mutex<Known>,
     queue: Option<mpsc::Sender<BillEvent>>,
     pub pushed: Arc<AtomicU64>,
@@ -70,7 +74,8 @@ struct Known {
 
 impl Ledger {
     /// A ledger that pushes to `push` (from a task started here: call within a runtime).
-    pub(super) fn new(push: Option<PushOptions>) -> Ledger {
+    pub(super) fn new(push: Option<PushOptions>, live: bool) -> Ledger {
+        let live = live || push.is_some();
         let pushed = Arc::new(AtomicU64::new(0));
         let push_failures = Arc::new(AtomicU64::new(0));
         let queue = push.map(|options| {
@@ -84,6 +89,7 @@ impl Ledger {
             tx
         });
         Ledger {
+            live,
             accounts: Mutex::new(Known::default()),
             queue,
             pushed,
@@ -113,6 +119,9 @@ impl Ledger {
     /// A payment for `account` (and `bill_id`, when it names one): its due bill is paid, and
     /// that is pushed.
     pub(super) fn paid(&self, account: &str, bill_id: Option<&str>, biller: &str) {
+        if !self.live {
+            return;
+        }
         let current = self.bill(account, biller);
         let Bill::Due {
             bill_id: ref id,
@@ -138,9 +147,9 @@ impl Ledger {
 
     /// Issues `account` a new bill (due) and pushes it.
     pub(super) fn issue(&self, account: &str, biller: &str) -> Bill {
-        let _ = self.bill(account, biller);
         {
             let mut known = self.known();
+            known.learn(account);
             if let Some(state) = known.by_account.get_mut(account) {
                 state.issue = state.issue.saturating_add(1);
                 state.paid = false;
@@ -172,6 +181,17 @@ impl Ledger {
         };
         if queue.try_send(event).is_err() {
             self.push_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Known {
+    /// Knows `account` from now on (while there is room).
+    fn learn(&mut self, account: &str) {
+        if !self.by_account.contains_key(account) && self.by_account.len() < MAX_ACCOUNTS {
+            self.by_account
+                .insert(account.to_owned(), Account::default());
+            self.order.push_back(account.to_owned());
         }
     }
 }
