@@ -10,8 +10,7 @@ mod redis_server;
 
 use std::time::{Duration, Instant};
 
-use billgate::clock::Clock;
-use billgate::gateway::{self, Gateway};
+use billgate::gateway::Gateway;
 use bytes::Bytes;
 use common::*;
 use http::{Method, StatusCode};
@@ -50,23 +49,13 @@ fn instance_config(
     format!("{text}\n[fleet]\nredis = \"{redis}\"\ninstance = \"gw-{n}\"\ntimeout = \"250ms\"\n")
 }
 
-async fn start(text: &str) -> Gateway {
-    let options = gateway::Options {
-        clock: Clock::real(),
-        ..gateway::Options::default()
-    };
-    Gateway::start(load(text), options)
-        .await
-        .expect("start gateway")
-}
-
 /// `n` instances of one configuration on `redis`, each having seen all `n` alive.
 async fn fleet(biller: &str, capacity: &str, partners: &str, redis: &str, n: usize) -> Fleet {
     let dir = TempDir::new(&format!("fleet-{n}"));
     let mut instances = Vec::new();
     for i in 1..=n {
         let text = instance_config(biller, capacity, partners, redis, i, &dir);
-        instances.push(start(&text).await);
+        instances.push(start_real(&text).await);
     }
     let fleet = Fleet {
         instances,
@@ -461,7 +450,7 @@ async fn the_fleet_view_shows_instances_and_a_configuration_mismatch() {
         3,
         &fleet._dir,
     );
-    fleet.instances.push(start(&text).await);
+    fleet.instances.push(start_real(&text).await);
     fleet
         .until(
             |view| view["config_mismatch"] == true,

@@ -15,20 +15,21 @@ const WALLET_KEY: &str = "wallet-a-key";
 const CLOSED_KEY: &str = "closed-c-key";
 const PREFIX: &str = "https://hooks.bank-b.example/billgate/";
 
+/// bank-b's and wallet-a's signing secrets and the biller's token, in `dir`.
+fn write_secrets(dir: &TempDir) {
+    for (file, text) in [
+        ("bank-b.whsec", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"),
+        ("wallet-a.whsec", "whsec_c2VjcmV0LW9mLXdhbGxldC1h\n"),
+        ("biller.token", "biller-events-token\n"),
+    ] {
+        std::fs::write(dir.join(file), text).expect("a secret file");
+    }
+}
+
 /// A gateway whose bank-b may subscribe (2/s burst 4, at most 3 subscriptions), wallet-a may
 /// too (its own prefix), closed-c may not; the store and the secrets in `dir`.
 async fn gateway(biller: &TestBiller, dir: &TempDir, extra: &str) -> TestGateway {
-    std::fs::write(
-        dir.join("bank-b.whsec"),
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
-    )
-    .expect("secret");
-    std::fs::write(
-        dir.join("wallet-a.whsec"),
-        "whsec_c2VjcmV0LW9mLXdhbGxldC1h\n",
-    )
-    .expect("secret");
-    std::fs::write(dir.join("biller.token"), "biller-events-token\n").expect("token");
+    write_secrets(dir);
     std::fs::write(dir.join("admin.token"), "admin-token\n").expect("token");
     let partners = format!(
         "{}{}{}",
@@ -359,17 +360,7 @@ async fn webhook_gateway(
     wallet: &Receiver,
     extra: &str,
 ) -> TestGateway {
-    std::fs::write(
-        dir.join("bank-b.whsec"),
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
-    )
-    .expect("secret");
-    std::fs::write(
-        dir.join("wallet-a.whsec"),
-        "whsec_c2VjcmV0LW9mLXdhbGxldC1h\n",
-    )
-    .expect("secret");
-    std::fs::write(dir.join("biller.token"), "biller-events-token\n").expect("token");
+    write_secrets(dir);
     let partners = format!(
         "{}{}",
         partner(

@@ -12,8 +12,6 @@ mod redis_server;
 
 use std::time::Duration;
 
-use billgate::clock::Clock;
-use billgate::gateway::{self, Gateway};
 use billgate_subs::store::{Store, Subscribed};
 use common::*;
 use hooks::Receiver;
@@ -56,16 +54,6 @@ fn config_text(
     format!("{}\n{tail}", with_block(&text, &block))
 }
 
-async fn start(text: &str) -> Gateway {
-    let options = gateway::Options {
-        clock: Clock::real(),
-        ..gateway::Options::default()
-    };
-    Gateway::start(load(text), options)
-        .await
-        .expect("start gateway")
-}
-
 /// Ten thousand subscribed accounts at `refresh = "100s"`: the biller is asked 100 times a
 /// second, ± 10 %, in every whole second measured, and never in a burst (no tenth of a second
 /// above twice its share).
@@ -102,7 +90,7 @@ async fn ten_thousand_accounts_over_100s_are_a_hundred_calls_a_second() {
 
     let biller = TestBiller::roomy().await;
     let dir = TempDir::new("subs-spread");
-    let gateway = start(&config_text(
+    let gateway = start_real(&config_text(
         &biller.url(),
         &dir,
         hooks,
@@ -171,8 +159,8 @@ async fn two_instances_deliver_each_event_once() {
             ),
         )
     };
-    let one = start(&instance(1)).await;
-    let two = start(&instance(2)).await;
+    let one = start_real(&instance(1)).await;
+    let two = start_real(&instance(2)).await;
     for i in 0..10 {
         let body = serde_json::json!({ "account": format!("F{i}"), "callback": format!("http://{hooks}/bank") });
         let url = format!(

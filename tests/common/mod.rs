@@ -284,6 +284,18 @@ impl Drop for TempDir {
     }
 }
 
+/// A gateway for `text` on the real clock (a fleet's buckets run on Redis's clock, which a fake
+/// one would not follow).
+pub async fn start_real(text: &str) -> Gateway {
+    let options = gateway::Options {
+        clock: Clock::real(),
+        ..gateway::Options::default()
+    };
+    Gateway::start(load(text), options)
+        .await
+        .expect("start gateway")
+}
+
 impl TestGateway {
     /// Starts a gateway from a configuration file, so reloads re-read it.
     pub async fn start_from_file(path: &std::path::Path) -> TestGateway {

@@ -119,6 +119,16 @@ pub struct Store {
     kind: &'static str,
 }
 
+/// `SELECT` of a subscription's columns, and `$rest` after it.
+macro_rules! subscriptions_where {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, partner, account, callback, created_ms FROM subscriptions ",
+            $rest
+        )
+    };
+}
+
 const DELIVERY_COLUMNS: &str = "id, subscription_id, partner, account, callback, body, state, attempts, created_ms, next_attempt_ms, last_error";
 
 impl Store {
@@ -232,9 +242,9 @@ impl Store {
         account: &str,
         callback: &str,
     ) -> Result<Option<Subscription>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, partner, account, callback, created_ms FROM subscriptions WHERE partner = $1 AND account = $2 AND callback = $3",
-        )
+        let row = sqlx::query(subscriptions_where!(
+            "WHERE partner = $1 AND account = $2 AND callback = $3"
+        ))
         .bind(partner)
         .bind(account)
         .bind(callback)
@@ -249,13 +259,11 @@ impl Store {
         partner: &str,
         id: &str,
     ) -> Result<Option<Subscription>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, partner, account, callback, created_ms FROM subscriptions WHERE partner = $1 AND id = $2",
-        )
-        .bind(partner)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(subscriptions_where!("WHERE partner = $1 AND id = $2"))
+            .bind(partner)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(subscription).transpose()
     }
 
@@ -266,9 +274,9 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Subscription>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, partner, account, callback, created_ms FROM subscriptions WHERE partner = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
+        let rows = sqlx::query(subscriptions_where!(
+            "WHERE partner = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
         .bind(partner)
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
@@ -300,12 +308,10 @@ impl Store {
 
     /// Every subscription to `account`.
     pub async fn subscribers(&self, account: &str) -> Result<Vec<Subscription>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, partner, account, callback, created_ms FROM subscriptions WHERE account = $1 ORDER BY id",
-        )
-        .bind(account)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(subscriptions_where!("WHERE account = $1 ORDER BY id"))
+            .bind(account)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(subscription).collect()
     }
 

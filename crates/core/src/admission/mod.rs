@@ -561,14 +561,7 @@ impl Gate {
         found: Option<Option<PartnerId>>,
         by_certificate: Option<PartnerId>,
     ) -> Result<PartnerId, Denied> {
-        let deny = |reason, partner| Denied {
-            reason,
-            partner,
-            class: None,
-            route: None,
-            limit: None,
-            retry_after: None,
-        };
+        let deny = Gate::denied;
         match (found, by_certificate) {
             (None, Some(by_cert)) => Ok(by_cert),
             (Some(Some(by_key)), Some(by_cert)) if by_key == by_cert => Ok(by_key),
@@ -591,18 +584,18 @@ impl Gate {
     ) -> Result<PartnerId, Denied> {
         let by_certificate = certificate.and_then(|digest| self.certificates.get(digest).copied());
         if key.is_none() && by_certificate.is_none() {
-            return Err(self.denied(Reason::MissingKey, None));
+            return Err(Gate::denied(Reason::MissingKey, None));
         }
         let found = key.map(|key| self.keys.find(key));
         let partner = self.who(found, by_certificate)?;
         if self.partners[partner].cell.is_suspended() {
-            return Err(self.denied(Reason::Suspended, Some(partner)));
+            return Err(Gate::denied(Reason::Suspended, Some(partner)));
         }
         Ok(partner)
     }
 
     /// A refusal that names no class, route or quota.
-    fn denied(&self, reason: Reason, partner: Option<PartnerId>) -> Denied {
+    fn denied(reason: Reason, partner: Option<PartnerId>) -> Denied {
         Denied {
             reason,
             partner,
