@@ -8,7 +8,7 @@
 //! end in four comparisons of five (`benches/results/hyper-std.txt`), so it stays hand-written.
 //! hyper's timer also runs only while hyper waits for a head, so a partner that pipelines
 //! requests and stops reading the answers would keep its connection; here it is cut off too.
-//! `tests/heads_differential.rs` checks it cuts what hyper's timeout cuts.
+//! `tests/suite/heads_differential.rs` checks it cuts what hyper's timeout cuts.
 //!
 //! A request costs three atomic updates of its connection's own line: it counts itself served
 //! when its head has arrived, and when its answer is handed over (or its request is dropped,

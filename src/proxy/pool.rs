@@ -21,7 +21,7 @@
 //! 37 416; `benches/e2e/results/round7/instructions.txt`). The pool stays hand-written rather than
 //! hyper-util's pooled `Client`, which cost 43 907 instructions per forwarded request against
 //! 36 505 and 11–13% more CPU per forwarded answer (`benches/results/hyper-std.txt`).
-//! `tests/pool_differential.rs` checks it answers as that client does.
+//! `tests/suite/pool_differential.rs` checks it answers as that client does.
 
 use std::future::Future;
 use std::pin::Pin;

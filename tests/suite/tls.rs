@@ -2,7 +2,7 @@
 //! certificate, handshakes refused for want of one or for one from another CA, HTTP/2 answering
 //! as HTTP/1.1 does, rapid reset cut off, and a reload swapping the served certificate.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

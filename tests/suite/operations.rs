@@ -1,7 +1,7 @@
 //! Operating a running gateway over its admin API: the bearer token, suspend and resume
 //! (surviving reload and restart), reload with invalid files, and a draining shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

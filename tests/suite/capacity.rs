@@ -2,7 +2,7 @@
 //! included: partners flooding the gateway from its first instant get no more through to the
 //! stand-in biller, in any second, than the capacity.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

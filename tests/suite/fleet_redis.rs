@@ -2,8 +2,7 @@
 //! heartbeat and suspensions, NOSCRIPT after a flush or a restart, and a Redis that is down,
 //! slow or silent.
 
-#[path = "common/redis.rs"]
-mod redis_server;
+use crate::redis_server;
 
 use std::time::Duration;
 

@@ -4,9 +4,8 @@
 //! in Redis run on Redis's), so the bounds are worked out from the time the traffic took; no
 //! assertion is on a time.
 
-mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+use crate::common;
+use crate::redis_server;
 
 use std::time::{Duration, Instant};
 

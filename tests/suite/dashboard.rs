@@ -6,17 +6,15 @@
 //! The fleet's panels read a second gateway scraped beside the first: a fleet of one on a
 //! `redis-server` of the test's own, on the real clock. The traffic's gateway stays alone: it
 //! runs on a fake clock, which the fleet's buckets (kept on Redis's clock) would not follow, so
-//! its quotas would no longer refill when the test moves the clock. `tests/fleet.rs` checks the
+//! its quotas would no longer refill when the test moves the clock. `tests/suite/fleet.rs` checks the
 //! fleet's metrics' values across instances.
 //!
 //! Needs `prometheus` and `promtool` (Debian's `prometheus` package) and `redis-server` on the
 //! PATH; `.ci/run` installs them. Without them this test fails and says so.
 
-mod common;
-#[path = "common/hooks.rs"]
-mod hooks;
-#[path = "common/redis.rs"]
-mod redis_server;
+use crate::common;
+use crate::hooks;
+use crate::redis_server;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -46,7 +44,7 @@ const PARTNERS: &str = "wallet-a|bank-b|paynow-c";
 /// The metric family another change is adding; its panels are checked once it exists.
 const CACHE_FAMILY: &str = "billgate_cache_requests_total";
 /// Exported only by a listener with `[server.tls]`, which this test's gateway has not:
-/// `tests/tls.rs` checks its value against a TLS gateway.
+/// `tests/suite/tls.rs` checks its value against a TLS gateway.
 const TLS_ONLY_FAMILY: &str = "billgate_tls_cert_expiry_seconds";
 
 const BREAKER: &str =

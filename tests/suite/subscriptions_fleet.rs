@@ -2,13 +2,10 @@
 //! tests: the refresher's pace over ten thousand accounts, and two instances delivering each
 //! event once, one after the other when the first goes away.
 
-mod common;
-#[path = "common/hooks.rs"]
-mod hooks;
-#[path = "../crates/subs/tests/common/postgres.rs"]
-mod postgres;
-#[path = "common/redis.rs"]
-mod redis_server;
+use crate::common;
+use crate::hooks;
+use crate::postgres;
+use crate::redis_server;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Every status the gateway answers itself, with its headers and problem body, plus a 200.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

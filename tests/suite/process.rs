@@ -1,7 +1,7 @@
 //! The real binary as operators run it: SIGHUP reloads under load without a failed request,
 //! SIGTERM drains and exits 0, and the JSON access log never shows a key.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStderr, Command, Stdio};

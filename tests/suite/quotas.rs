@@ -1,7 +1,7 @@
 //! Quotas over real sockets on a fake clock: a flood is cut to quota while others pass,
 //! per-account limits, shadow mode, and the counts in `/metrics`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! (open, half-open probes, closing), shedding by class when capacity is short, and pauses the
 //! biller asks for with `Retry-After`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

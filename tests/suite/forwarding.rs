@@ -1,7 +1,7 @@
 //! What reaches the biller: no API key, only the trusted partner header, no hop-by-hop headers,
 //! `x-forwarded-for` extended; and what comes back.
 
-mod common;
+use crate::common;
 
 use common::*;
 use http::StatusCode;

@@ -1,9 +1,8 @@
 //! The subscription API over real sockets: a gateway with `[subscriptions]` on a SQLite store
 //! of the test's own, the stand-in biller, and partners subscribing, listing and deleting.
 
-mod common;
-#[path = "common/hooks.rs"]
-mod hooks;
+use crate::common;
+use crate::hooks;
 
 use bytes::Bytes;
 use common::*;

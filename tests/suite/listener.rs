@@ -2,7 +2,7 @@
 //! kernel reports it (`ss`, from iproute2), so a reconnect storm's handshakes wait for the
 //! acceptor instead of being dropped and retried a second later.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! The admin listener: health, readiness and the Prometheus exposition.
 
-mod common;
+use crate::common;
 
 use common::*;
 use http::{Method, StatusCode};

@@ -2,7 +2,7 @@
 //! admission with a `Content-Length` on a body billgate does not forward, nor be read two ways
 //! by `Host` or key headers. Over raw sockets, against a biller that records what it parsed.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

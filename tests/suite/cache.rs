@@ -2,7 +2,7 @@
 //! per-partner isolation against shared scope, 304s, coalescing, a failed leader, payment
 //! invalidation and eviction at the ceiling.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! asking for a client certificate gets one when configured, and a file that cannot be used is
 //! reported at its key.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! biller's: no in-flight slot, no breaker probe, no capacity token. Over raw sockets, beside a
 //! polite partner whose payments must all pass.
 
-mod common;
+use crate::common;
 
 use common::*;
 use http::StatusCode;

@@ -4,7 +4,7 @@
 //! headers (but `date`) and bodies (but a payment's receipt number), round after round on
 //! kept-alive connections.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

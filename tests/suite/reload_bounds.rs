@@ -2,7 +2,7 @@
 //! suspensions: a FIFO, a device or an oversized file swapped in at the configuration path is
 //! refused at once, naming the file and why, and the running configuration stays.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! stands in for: a head dribbled a line at a time and a connection left idle are both closed
 //! without an answer by each, and a whole request on a fresh connection is answered by each.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
