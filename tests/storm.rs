@@ -40,9 +40,10 @@ async fn through_the_gateway_the_biller_never_sees_more_than_its_capacity() {
     the_gateway_protected_the_biller(&report, c);
 }
 
-/// `--subscribe`: the poller subscribes to its accounts and polls none; the biller's load in
-/// the storm is the well-behaved partners' alone, as in the calm (the refresher, at 6 h for 500
-/// accounts, adds a call every 43 s), where polling brought it the poller's whole quota more.
+/// `--subscribe`: the poller subscribes to its accounts and polls none; the gateway asks the
+/// biller about each new account once, before the phases; then the biller's load in the storm
+/// is the well-behaved partners' alone, as in the calm (the refresher, at 6 h for 500 accounts,
+/// adds a call every 43 s), where polling brought it the poller's whole quota more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribed_the_storm_leaves_the_billers_load_as_in_the_calm() {
     let _alone = ONE_REPLAY_AT_A_TIME.lock().await;
@@ -54,6 +55,8 @@ async fn subscribed_the_storm_leaves_the_billers_load_as_in_the_calm() {
     let report = replay::storm(options).await.expect("the replay runs");
     let subscribed = report.subscribed.expect("a subscribed run says so");
     assert_eq!(subscribed.accounts, 500);
+    // The gateway asked the biller about each new account once, before the phases began.
+    assert_eq!(subscribed.onboarding_calls, 500, "{report}");
     assert!(
         every_stream(&report).all(|s| s.partner != "poller"),
         "the poller polled"

@@ -228,7 +228,10 @@ impl Who<'_> {
             .await;
         match stored {
             Ok(Subscribed::Created(s)) => {
-                self.subscriptions.subscribed(&s);
+                if let Err(error) = self.subscriptions.subscribed(&s).await {
+                    // The subscription stands; the refresher reaches its account in its period.
+                    tracing::warn!(%error, id = %s.id, "a new subscription's bills could not be looked up");
+                }
                 self.json(StatusCode::CREATED, &Shown::from(&s))
             }
             Ok(Subscribed::Existing(s)) => self.json(StatusCode::OK, &Shown::from(&s)),

@@ -19,7 +19,9 @@ use tokio::sync::{watch, Notify};
 use crate::config::{self, Config, SecretSource};
 use crate::proxy::Shared;
 use billgate_core::subscriptions::event_id;
-use billgate_subs::store::{BillState, Change, ChangeKind, NewDelivery, Store, Subscription};
+use billgate_subs::store::{
+    is_paid, BillState, Change, ChangeKind, NewDelivery, Store, Subscription,
+};
 use billgate_subs::webhook::{bill_event, BillEvent, Secret};
 
 pub use metrics::SubscriptionMetrics;
@@ -55,6 +57,8 @@ pub struct Subscriptions {
     biller_token: ArcSwap<Option<[u8; 32]>>,
     /// Wakes the deliverer when something was enqueued.
     pub wake: Arc<Notify>,
+    /// Wakes the refresher when a new subscription asked for an account to be refreshed.
+    pub refresh_wake: Arc<Notify>,
     /// The biller's name, for the events' `source`.
     source: String,
 }
@@ -81,6 +85,7 @@ impl Subscriptions {
             secrets: ArcSwap::from_pointee(secrets),
             biller_token: ArcSwap::from_pointee(token),
             wake: Arc::new(Notify::new()),
+            refresh_wake: Arc::new(Notify::new()),
         }))
     }
 
@@ -125,9 +130,33 @@ impl Subscriptions {
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
 
-    /// A subscription was made: the refresher gets to it within its period.
-    pub fn subscribed(&self, subscription: &Subscription) {
-        tracing::debug!(id = %subscription.id, partner = %subscription.partner, "subscribed");
+    /// A subscription was made, and is told what is due now without waiting out a refresh
+    /// period: when the store knows the account's bills, a `bill.due` for each one not paid,
+    /// as it stands (with the id a change to that version would have, so the two are one
+    /// delivery); when it knows none, the refresher is asked to get to the account ahead of
+    /// its schedule, within its share of the biller's capacity.
+    pub async fn subscribed(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<(), billgate_subs::store::StoreError> {
+        let now = self.now_ms();
+        let known = self.store.bills(&subscription.account).await?;
+        if known.is_empty() {
+            self.store
+                .request_refresh(&subscription.account, now)
+                .await?;
+            self.refresh_wake.notify_one();
+            return Ok(());
+        }
+        let deliveries: Vec<NewDelivery> = known
+            .iter()
+            .filter(|(bill, _)| !is_paid(&bill.status))
+            .map(|(bill, version)| self.delivery(subscription, "bill.due", bill, *version, now))
+            .collect();
+        if self.store.enqueue(&deliveries, now).await? > 0 {
+            self.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// A subscription was deleted.
@@ -155,27 +184,13 @@ impl Subscriptions {
             let kind = event_type(change);
             self.metrics.event(kind, source.as_str());
             for subscription in &subscribers {
-                let id = event_id(&subscription.id, &change.bill.bill_id, change.version);
-                let body = bill_event(&BillEvent {
-                    id: &id,
-                    source: &self.source,
+                deliveries.push(self.delivery(
+                    subscription,
                     kind,
-                    account,
-                    subscription_id: &subscription.id,
-                    bill_id: &change.bill.bill_id,
-                    status: &change.bill.status,
-                    amount_due: &change.bill.amount_due,
-                    due_date: &change.bill.due_date,
-                    time_ms: now,
-                });
-                deliveries.push(NewDelivery {
-                    id,
-                    subscription_id: subscription.id.clone(),
-                    partner: subscription.partner.clone(),
-                    account: account.to_owned(),
-                    callback: subscription.callback.clone(),
-                    body,
-                });
+                    &change.bill,
+                    change.version,
+                    now,
+                ));
             }
         }
         let enqueued = self.store.enqueue(&deliveries, now).await?;
@@ -183,6 +198,38 @@ impl Subscriptions {
             self.wake.notify_one();
         }
         Ok(enqueued)
+    }
+
+    /// The delivery of `bill` at `version` to `subscription`, as an event of type `kind`.
+    fn delivery(
+        &self,
+        subscription: &Subscription,
+        kind: &str,
+        bill: &BillState,
+        version: i64,
+        now_ms: i64,
+    ) -> NewDelivery {
+        let id = event_id(&subscription.id, &bill.bill_id, version);
+        let body = bill_event(&BillEvent {
+            id: &id,
+            source: &self.source,
+            kind,
+            account: &subscription.account,
+            subscription_id: &subscription.id,
+            bill_id: &bill.bill_id,
+            status: &bill.status,
+            amount_due: &bill.amount_due,
+            due_date: &bill.due_date,
+            time_ms: now_ms,
+        });
+        NewDelivery {
+            id,
+            subscription_id: subscription.id.clone(),
+            partner: subscription.partner.clone(),
+            account: subscription.account.clone(),
+            callback: subscription.callback.clone(),
+            body,
+        }
     }
 
     /// Reads the store's counts into the metrics every few seconds until `shutdown`.

@@ -4,6 +4,7 @@
 //! protection as a scheduled poll (it yields to payments and user inquiries, and waits out an
 //! open breaker, a pause or shedding).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,32 +47,70 @@ enum Refreshed {
     Deferred(Duration),
 }
 
+/// How often the refresher looks for refresh requests it was not woken for: in a fleet a
+/// partner subscribes through any instance, and one instance refreshes.
+const REQUESTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Refresh requests read at a time; a full page is followed by the next at once.
+const REQUESTS_PAGE: u32 = 50;
+
 /// Refreshes until `shutdown` turns true.
 pub async fn run(
     subscriptions: Arc<Subscriptions>,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let pool = BillerPool::for_config(&shared.snapshot().config);
-    loop {
-        let period = subscriptions.settings().refresh;
+    let now = Instant::now();
+    let mut refresher = Refresher {
+        subscriptions,
+        shared,
+        pool,
+        shutdown,
+        next_allowed: now,
+        next_look: now,
+        asked: HashMap::new(),
+    };
+    while refresher.period().await {}
+}
+
+/// The refresher's state across periods.
+struct Refresher {
+    subscriptions: Arc<Subscriptions>,
+    shared: Arc<Shared>,
+    pool: Arc<BillerPool>,
+    shutdown: watch::Receiver<bool>,
+    /// No biller call before this: the pace `capacity_share` allows.
+    next_allowed: Instant,
+    /// When to look for refresh requests next without being woken.
+    next_look: Instant,
+    /// Accounts asked about on a new subscription's request, and when: the schedule skips
+    /// them for a period, so each account is still asked about once a period.
+    asked: HashMap<String, Instant>,
+}
+
+impl Refresher {
+    /// One period: every account subscribed when it starts, asked about at its place in the
+    /// spread, new subscriptions' accounts ahead of them. False when shut down.
+    async fn period(&mut self) -> bool {
+        let period = self.subscriptions.settings().refresh;
         let started = Instant::now();
-        let count = match subscriptions.store.account_count().await {
+        self.asked
+            .retain(|_, at| started.duration_since(*at) < period);
+        let count = match self.subscriptions.store.account_count().await {
             Ok(count) => count,
             Err(error) => {
                 tracing::warn!(%error, "the refresher could not count the subscribed accounts");
                 0
             }
         };
-        let clock = shared.clock();
         let spread = Spread {
-            start: clock.now(),
+            start: self.shared.clock().now(),
             period,
             count,
         };
-        let mut next_allowed = Instant::now();
-        // Behind schedule (a stalled machine, a biller that made it wait), the refresher
-        // catches up at twice its pace at most: never a burst.
+        // Behind schedule (a stalled machine, a biller that made it wait, new subscriptions
+        // served first), the refresher catches up at twice its pace at most: never a burst.
         let catch_up = if count > 0 {
             period / u32::try_from(count).unwrap_or(u32::MAX) / 2
         } else {
@@ -80,7 +119,12 @@ pub async fn run(
         let mut after: Option<String> = None;
         let mut i = 0u64;
         'period: while i < count {
-            let page = match subscriptions.store.accounts(after.as_deref(), PAGE).await {
+            let page = match self
+                .subscriptions
+                .store
+                .accounts(after.as_deref(), PAGE)
+                .await
+            {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(%error, "the refresher could not read the subscribed accounts");
@@ -91,49 +135,25 @@ pub async fn run(
                 break;
             };
             for account in page {
-                let due = started + nanos_between(spread.start.as_u64(), spread.due(i).as_u64());
-                let at = due.max(next_allowed);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = shutdown.changed() => return,
+                if self
+                    .asked
+                    .get(&account)
+                    .is_some_and(|at| at.elapsed() < period)
+                {
+                    i += 1;
+                    continue;
                 }
-                loop {
-                    let snapshot = shared.snapshot_full();
-                    let min_gap =
-                        min_gap(&snapshot.config, subscriptions.settings().capacity_share);
-                    next_allowed = Instant::now() + min_gap.max(catch_up);
-                    match refresh(&pool, &shared, &snapshot, &account).await {
-                        Refreshed::Answered(bills, answer) => {
-                            subscriptions.metrics.refreshed("answered");
-                            // Cached first: a subscriber told of a change finds the answer
-                            // in memory if it asks.
-                            if let Some(answer) = answer {
-                                fill_cache(&subscriptions, &shared, &snapshot, &account, answer)
-                                    .await;
-                            }
-                            if let Err(error) = subscriptions
-                                .ingest(&account, &bills, Source::Refresh)
-                                .await
-                            {
-                                tracing::warn!(%error, %account, "a refreshed account's bills could not be stored");
-                            }
-                            break;
-                        }
-                        Refreshed::Failed => {
-                            subscriptions.metrics.refreshed("failed");
-                            break;
-                        }
-                        Refreshed::Deferred(wait) => {
-                            subscriptions.metrics.refreshed("deferred");
-                            // Past the period's end the account waits for the next period.
-                            if Instant::now() + wait > started + period {
-                                break 'period;
-                            }
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = shutdown.changed() => return,
-                            }
-                        }
+                let due = started + nanos_between(spread.start.as_u64(), spread.due(i).as_u64());
+                if !self.wait_until(due).await {
+                    return false;
+                }
+                while let Some(wait) = self.once(&account, catch_up).await {
+                    // Past the period's end the account waits for the next period.
+                    if Instant::now() + wait > started + period {
+                        break 'period;
+                    }
+                    if !self.wait_until(Instant::now() + wait).await {
+                        return false;
                     }
                 }
                 i += 1;
@@ -147,9 +167,105 @@ pub async fn run(
         } else {
             started + period
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(end) => {}
-            _ = shutdown.changed() => return,
+        self.wait_until(end).await
+    }
+
+    /// Waits until `at` (and the pace allows a call), refreshing requested accounts meanwhile.
+    /// False when shut down.
+    async fn wait_until(&mut self, at: Instant) -> bool {
+        let wake = Arc::clone(&self.subscriptions.refresh_wake);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => return false,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(self.next_look) => {}
+                _ = tokio::time::sleep_until(at.max(self.next_allowed)) => return true,
+            }
+            self.next_look = Instant::now() + REQUESTS_EVERY;
+            if !self.serve_requests().await {
+                return false;
+            }
+        }
+    }
+
+    /// Refreshes a page of the accounts new subscriptions asked about, oldest request first,
+    /// each at the refresher's pace. A request is done once the biller answered (or failed);
+    /// one the biller's protection defers waits with the schedule. False when shut down.
+    async fn serve_requests(&mut self) -> bool {
+        let accounts = match self
+            .subscriptions
+            .store
+            .refresh_requests(REQUESTS_PAGE)
+            .await
+        {
+            Ok(accounts) => accounts,
+            Err(error) => {
+                tracing::warn!(%error, "the refresher could not read the refresh requests");
+                return true;
+            }
+        };
+        if accounts.len() == usize::try_from(REQUESTS_PAGE).unwrap_or(usize::MAX) {
+            self.next_look = Instant::now();
+        }
+        for account in accounts {
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.next_allowed) => {}
+                _ = self.shutdown.changed() => return false,
+            }
+            if self.once(&account, Duration::ZERO).await.is_some() {
+                return true;
+            }
+            self.asked.insert(account.clone(), Instant::now());
+            if let Err(error) = self.subscriptions.store.refresh_done(&account).await {
+                tracing::warn!(%error, %account, "a refresh request could not be closed");
+            }
+        }
+        true
+    }
+
+    /// Asks the biller about `account` once; the answer fills the inquiry cache and its
+    /// changes become events. The next call waits the pace `capacity_share` allows, and at
+    /// least `floor`. `Some(wait)`: the biller's protection said wait this long.
+    async fn once(&mut self, account: &str, floor: Duration) -> Option<Duration> {
+        let snapshot = self.shared.snapshot_full();
+        let gap = min_gap(
+            &snapshot.config,
+            self.subscriptions.settings().capacity_share,
+        );
+        self.next_allowed = Instant::now() + gap.max(floor);
+        match refresh(&self.pool, &self.shared, &snapshot, account).await {
+            Refreshed::Answered(bills, answer) => {
+                self.subscriptions.metrics.refreshed("answered");
+                // Cached first: a subscriber told of a change finds the answer in memory if it
+                // asks.
+                if let Some(answer) = answer {
+                    fill_cache(
+                        &self.subscriptions,
+                        &self.shared,
+                        &snapshot,
+                        account,
+                        answer,
+                    )
+                    .await;
+                }
+                if let Err(error) = self
+                    .subscriptions
+                    .ingest(account, &bills, Source::Refresh)
+                    .await
+                {
+                    tracing::warn!(%error, %account, "a refreshed account's bills could not be stored");
+                }
+                None
+            }
+            Refreshed::Failed => {
+                self.subscriptions.metrics.refreshed("failed");
+                None
+            }
+            Refreshed::Deferred(wait) => {
+                self.subscriptions.metrics.refreshed("deferred");
+                Some(wait)
+            }
         }
     }
 }

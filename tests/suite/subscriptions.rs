@@ -421,8 +421,10 @@ fn verified(secret: &str, got: &Received) -> serde_json::Value {
     serde_json::from_slice(&got.body).expect("a JSON body")
 }
 
-const DUE: &str = r#"{"account":"100234","bill_id":"BILL-7","status":"due","amount_due":"12.30","due_date":"2026-12-15"}"#;
-const PAID: &str = r#"{"account":"100234","bill_id":"BILL-7","status":"paid","amount_due":"12.30","due_date":"2026-12-15"}"#;
+// The stand-in biller has no bill due for 100235: the refresh a new subscription asks for finds
+// nothing there, so the events below are the pushed ones alone.
+const DUE: &str = r#"{"account":"100235","bill_id":"BILL-7","status":"due","amount_due":"12.30","due_date":"2026-12-15"}"#;
+const PAID: &str = r#"{"account":"100235","bill_id":"BILL-7","status":"paid","amount_due":"12.30","due_date":"2026-12-15"}"#;
 
 #[tokio::test]
 async fn a_new_bill_reaches_every_subscriber_once_signed() {
@@ -434,7 +436,7 @@ async fn a_new_bill_reaches_every_subscriber_once_signed() {
     );
     let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
     assert_eq!(
-        subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
+        subscribe(&gw, BANK_KEY, "100235", &format!("{}bank", bank.prefix()))
             .await
             .status,
         StatusCode::CREATED
@@ -443,7 +445,7 @@ async fn a_new_bill_reaches_every_subscriber_once_signed() {
         subscribe(
             &gw,
             WALLET_KEY,
-            "100234",
+            "100235",
             &format!("{}wallet", wallet.prefix())
         )
         .await
@@ -514,7 +516,7 @@ async fn a_receiver_failing_three_times_gets_the_fourth() {
     );
     let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
     assert_eq!(
-        subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
+        subscribe(&gw, BANK_KEY, "100235", &format!("{}bank", bank.prefix()))
             .await
             .status,
         StatusCode::CREATED
@@ -581,7 +583,7 @@ async fn a_dead_receiver_does_not_delay_a_live_one() {
         subscribe(
             &gw,
             BANK_KEY,
-            "100234",
+            "100235",
             &format!("{}bank", stalled.prefix())
         )
         .await
@@ -595,17 +597,23 @@ async fn a_dead_receiver_does_not_delay_a_live_one() {
         stalled.accepted.load(std::sync::atomic::Ordering::SeqCst),
         1
     );
-    // … while the wallet subscribes and is told of the next bill at once.
+    // … while the wallet subscribes, is told at once of the bill already due, and of the
+    // next change.
     assert_eq!(
         subscribe(
             &gw,
             WALLET_KEY,
-            "100234",
+            "100235",
             &format!("{}wallet", live.prefix())
         )
         .await
         .status,
         StatusCode::CREATED
+    );
+    let event = verified("whsec_c2VjcmV0LW9mLXdhbGxldC1h", &live.next().await);
+    assert_eq!(
+        (event["type"].as_str(), event["data"]["bill_id"].as_str()),
+        (Some("bill.due"), Some("BILL-7"))
     );
     assert_eq!(push(&gw, PAID).await["enqueued"], 2);
     let event = verified("whsec_c2VjcmV0LW9mLXdhbGxldC1h", &live.next().await);
@@ -632,7 +640,7 @@ async fn a_restart_loses_no_pending_delivery() {
         subscribe(
             &gw,
             BANK_KEY,
-            "100234",
+            "100235",
             &format!("{}bank", refusing.prefix())
         )
         .await
@@ -648,7 +656,7 @@ async fn a_restart_loses_no_pending_delivery() {
     let taking = Receiver::start(0, false).await;
     assert!(dir.join("billgate.db").exists());
     let gw = webhook_gateway(&biller.url(), &dir, &taking, &wallet, "").await;
-    let moved = subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", taking.prefix())).await;
+    let moved = subscribe(&gw, BANK_KEY, "100235", &format!("{}bank", taking.prefix())).await;
     assert_eq!(moved.status, StatusCode::CREATED);
     // The old subscription's delivery still targets the refusing receiver, and is retried
     // there after the restart: it was not lost.
@@ -770,5 +778,76 @@ async fn a_refreshed_account_is_answered_from_memory() {
     assert_eq!(polled.status, StatusCode::OK, "{}", polled.text());
     assert_eq!(polled.header("x-billgate-cache"), Some("hit"));
     assert_eq!(biller.biller.stats().received, 1);
+    gw.gateway.shutdown().await;
+}
+
+/// A new subscriber hears of the bill due now without waiting out the refresh period (an
+/// hour here): an account the gateway knew nothing of is asked about ahead of the schedule,
+/// one the gateway knows is told from the store, with no call to the biller.
+#[tokio::test]
+async fn a_new_subscriber_hears_of_the_bill_due_now() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-first");
+    let (bank, wallet) = (
+        Receiver::start(0, false).await,
+        Receiver::start(0, false).await,
+    );
+    let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
+    let due = |got: &Received| {
+        let event = verified("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", got);
+        assert_eq!(event["type"], "bill.due");
+        (
+            event["data"]["account"].as_str().map(str::to_owned),
+            event["data"]["bill_id"].as_str().map(str::to_owned),
+        )
+    };
+    // The first account starts the refresher's period (of one account, an hour long) …
+    assert_eq!(
+        subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let (account, first_bill) = due(&bank.next().await);
+    assert_eq!(account.as_deref(), Some("100234"));
+    // … and one subscribed in the middle of that period is asked about at once, not in an
+    // hour.
+    assert_eq!(
+        subscribe(&gw, BANK_KEY, "100236", &format!("{}bank", bank.prefix()))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let (account, _) = due(&bank.next().await);
+    assert_eq!(account.as_deref(), Some("100236"));
+    assert_eq!(biller.biller.stats().received, 2);
+
+    // The wallet subscribes to an account the gateway knows: the bill due is told from the
+    // store, the biller is not asked again.
+    assert_eq!(
+        subscribe(
+            &gw,
+            WALLET_KEY,
+            "100234",
+            &format!("{}wallet", wallet.prefix())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    let event = verified("whsec_c2VjcmV0LW9mLXdhbGxldC1h", &wallet.next().await);
+    assert_eq!(
+        (event["type"].as_str(), event["data"]["bill_id"].as_str()),
+        (Some("bill.due"), first_bill.as_deref())
+    );
+    assert_eq!(biller.biller.stats().received, 2);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "billgate_subscription_refreshes_total{result=\"answered\"}"
+        ),
+        2.0
+    );
     gw.gateway.shutdown().await;
 }

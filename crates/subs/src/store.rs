@@ -356,6 +356,67 @@ impl Store {
             .collect()
     }
 
+    /// Every bill the store knows of `account`, with its version, by bill id.
+    pub async fn bills(&self, account: &str) -> Result<Vec<(BillState, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT bill_id, status, amount_due, due_date, version FROM bills WHERE account = $1 ORDER BY bill_id",
+        )
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    BillState {
+                        bill_id: row.try_get("bill_id")?,
+                        status: row.try_get("status")?,
+                        amount_due: row.try_get("amount_due")?,
+                        due_date: row.try_get("due_date")?,
+                    },
+                    row.try_get("version")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Asks for `account` to be refreshed ahead of the schedule; asked again before it was,
+    /// the first request stands.
+    pub async fn request_refresh(&self, account: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refresh_requests (account, requested_ms) VALUES ($1, $2) ON CONFLICT (account) DO NOTHING",
+        )
+        .bind(account)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The accounts asked to be refreshed, oldest request first, at most `limit`.
+    pub async fn refresh_requests(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account FROM refresh_requests ORDER BY requested_ms, account LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<String, _>("account")
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+
+    /// `account` was refreshed (or given up on): its request is done.
+    pub async fn refresh_done(&self, account: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM refresh_requests WHERE account = $1")
+            .bind(account)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records what the biller says `account`'s bills are, and answers what changed against
     /// what the store knew. Bills left out are left as they were.
     ///
@@ -592,7 +653,8 @@ impl Store {
     }
 }
 
-fn is_paid(status: &str) -> bool {
+/// Whether a bill's status says it is paid.
+pub fn is_paid(status: &str) -> bool {
     status.eq_ignore_ascii_case("paid")
 }
 

@@ -203,6 +203,35 @@ async fn behaves(url: &str) {
         .expect("same")
         .is_empty());
 
+    // What is known of an account, as a new subscriber is told it: every bill, its version.
+    assert_eq!(
+        store.bills("100234").await.expect("bills"),
+        vec![
+            (bill("B1", "paid", "12.50"), 3),
+            (bill("B2", "due", "3.00"), 1)
+        ]
+    );
+    assert!(store.bills("100235").await.expect("none").is_empty());
+
+    // Refresh requests: one per account (the first stands), oldest first, done when closed.
+    store.request_refresh("100299", 15_000).await.expect("ask");
+    store.request_refresh("100235", 15_500).await.expect("ask");
+    store
+        .request_refresh("100299", 16_000)
+        .await
+        .expect("again");
+    assert_eq!(
+        store.refresh_requests(10).await.expect("requests"),
+        ["100299", "100235"]
+    );
+    assert_eq!(store.refresh_requests(1).await.expect("one"), ["100299"]);
+    store.refresh_done("100299").await.expect("done");
+    store.refresh_done("100299").await.expect("done twice");
+    assert_eq!(
+        store.refresh_requests(10).await.expect("requests"),
+        ["100235"]
+    );
+
     // The outbox: dedup, per-subscription order, retries, dead letters, replay.
     let batch = [
         delivery("e1", &a.id, "100234"),
@@ -281,6 +310,10 @@ async fn behaves(url: &str) {
     let again = Store::open(url).await.expect("reopen");
     assert_eq!(again.list("bank-b", None, 10).await.expect("list").len(), 3);
     assert_eq!(again.queue_counts().await.expect("counts").pending, 2);
+    assert_eq!(
+        again.refresh_requests(10).await.expect("requests"),
+        ["100235"]
+    );
     assert!(again
         .observe("100234", &[bill("B1", "paid", "12.50")], 40_000)
         .await

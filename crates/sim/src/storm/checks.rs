@@ -436,6 +436,8 @@ mod tests {
         let mut run = good_run();
         run.subscribed = Some(crate::storm::SubscribedReport {
             accounts: 10,
+            onboarding_calls: 10,
+            onboarding_secs: 0.5,
             webhooks: 3,
         });
         let checks = checks(&run);

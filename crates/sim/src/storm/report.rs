@@ -50,10 +50,14 @@ pub struct StormReport {
     pub checks: Vec<Check>,
 }
 
-/// `--subscribe`: the poller's subscriptions, and the webhooks they brought it during the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `--subscribe`: the poller's subscriptions, the biller calls the gateway made to learn each
+/// new account's bills before the phases began, and the webhooks they brought the poller.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SubscribedReport {
     pub accounts: u32,
+    /// Biller calls from the first subscription to the end of onboarding.
+    pub onboarding_calls: u64,
+    pub onboarding_secs: f64,
     pub webhooks: u64,
 }
 
@@ -250,6 +254,13 @@ impl fmt::Display for StormReport {
                 f,
                 "--subscribe: the poller subscribed to its {} accounts (refresh 6h) and polled none; {} webhooks reached it",
                 subscribed.accounts, subscribed.webhooks
+            )?;
+            writeln!(
+                f,
+                "  before the phases: the gateway asked the biller about each new account once, {} calls in {:.1} s ({:.1}/s, its refresh share)",
+                subscribed.onboarding_calls,
+                subscribed.onboarding_secs,
+                subscribed.onboarding_calls as f64 / subscribed.onboarding_secs.max(0.001)
             )?;
         }
         writeln!(f)?;

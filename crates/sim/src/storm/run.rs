@@ -76,11 +76,17 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
         running.iter().map(|g| g.addr()).collect()
     };
     let admins = running.iter().map(|g| g.admin_addr()).collect();
-    // Subscribed: every account before the phases begin, as a partner would on day one.
+    // Subscribed: every account before the phases begin, as a partner would on day one, and
+    // the gateway's first look at each (one biller call per new account, at the refresher's
+    // share of the capacity) done before them too, so the phases measure the steady state.
     let subscribed = match (&subscribing, targets.first()) {
         (Some(subscribing), Some(gateway)) => {
+            let before = (Instant::now(), biller.stats().received);
             match subscribing.subscribe(&options, *gateway).await {
-                Ok(made) => Some(made),
+                Ok(made) => {
+                    let calls = onboarded(&biller, before.1, u64::from(made), &options).await;
+                    Some((made, calls, before.0.elapsed().as_secs_f64()))
+                }
                 Err(error) => {
                     stop(running).await;
                     let _ = stop_biller.send(());
@@ -175,16 +181,41 @@ pub async fn run(options: StormOptions, gateways: &dyn Launch) -> anyhow::Result
         biller_up_at: watched.up_at.clone(),
         breaker,
         fleet,
-        subscribed: subscribed.map(|accounts| SubscribedReport {
-            accounts,
-            webhooks: subscribing
-                .as_ref()
-                .map_or(0, |s| s.webhooks.load(std::sync::atomic::Ordering::Relaxed)),
+        subscribed: subscribed.map(|(accounts, onboarding_calls, onboarding_secs)| {
+            SubscribedReport {
+                accounts,
+                onboarding_calls,
+                onboarding_secs,
+                webhooks: subscribing
+                    .as_ref()
+                    .map_or(0, |s| s.webhooks.load(std::sync::atomic::Ordering::Relaxed)),
+            }
         }),
         checks: Vec::new(),
     };
     report.checks = checks(&report);
     Ok(report)
+}
+
+/// Waits until the biller has been asked about each of `accounts` new accounts (its count past
+/// `received`), or for three times as long as the gateway's refresh share of the capacity
+/// needs for them (and ten seconds): the calls it was asked.
+async fn onboarded(
+    biller: &StandInBiller,
+    received: u64,
+    accounts: u64,
+    options: &StormOptions,
+) -> u64 {
+    let share = (f64::from(options.capacity_per_sec) * scenario::ONBOARDING_SHARE).max(1.0);
+    let deadline = Instant::now() + Duration::from_secs_f64(accounts as f64 / share * 3.0 + 10.0);
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        ticks.tick().await;
+        let calls = biller.stats().received.saturating_sub(received);
+        if calls >= accounts || Instant::now() >= deadline {
+            return calls;
+        }
+    }
 }
 
 /// The gateways of the run: none when bypassing them, one alone, or `options.instances` in a

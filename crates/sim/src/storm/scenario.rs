@@ -157,6 +157,12 @@ pub fn poller_account(i: u32) -> String {
     format!("ACC-{i}")
 }
 
+/// The refresher's share of the biller's capacity in a subscribed run: it learns each new
+/// account's bills at this pace before the phases begin, when the biller is otherwise idle (half,
+/// not the default tenth, so that day one takes less long); in the phases, at `refresh = "6h"`,
+/// it asks about an account every couple of seconds whatever its share.
+pub const ONBOARDING_SHARE: f64 = 0.5;
+
 /// With [`StormOptions::subscribe`]: `[subscriptions]` on a SQLite store at `store`, and the
 /// poller allowed to subscribe to every one of its accounts, with webhooks to `hooks` signed
 /// with the secret in `secret_file`. Appended to [`gateway_toml`] (the poller is its last
@@ -181,7 +187,7 @@ pub fn subscribe_toml(
         );
     }
     format!(
-        "{text}max_subscriptions = {}\nwebhook_prefixes = [\"http://{hooks}/\"]\nwebhook_secret_file = \"{}\"\n\n[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"6h\"\n",
+        "{text}max_subscriptions = {}\nwebhook_prefixes = [\"http://{hooks}/\"]\nwebhook_secret_file = \"{}\"\n\n[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"6h\"\ncapacity_share = {ONBOARDING_SHARE}\n",
         options.poller_accounts,
         secret_file.display(),
         store.display()
