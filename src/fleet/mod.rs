@@ -44,6 +44,9 @@ struct Info {
     /// Tokens its leases were granted per second since its previous heartbeat.
     granted_per_second: f64,
     started_unix: u64,
+    /// Random, one per process: a name beaten by two processes shows two of these.
+    #[serde(default)]
+    run: String,
 }
 
 /// One instance as `/admin/fleet` shows it.
@@ -73,6 +76,8 @@ pub struct View {
     pub config_sha256: String,
     /// Some live instance runs another configuration.
     pub config_mismatch: bool,
+    /// Another process beats under this instance's name.
+    pub duplicate_instance: bool,
 }
 
 /// The fleet's metrics, registered on the gateway's registry when the fleet starts.
@@ -81,6 +86,7 @@ struct FleetMetrics {
     refills: IntCounterVec,
     redis_up: IntGauge,
     config_mismatch: IntGauge,
+    duplicate_instance: IntGauge,
     fallbacks: IntCounter,
 }
 
@@ -107,6 +113,11 @@ impl FleetMetrics {
             "billgate_fleet_config_mismatch",
             "1 when some live instance runs a configuration other than this one's.",
         )?;
+        let duplicate_instance = IntGauge::new(
+            "billgate_fleet_duplicate_instance",
+            "1 while another process beats under this instance's name (each needs its own); \
+             it is counted as one instance more meanwhile.",
+        )?;
         let fallbacks = IntCounter::new(
             "billgate_fleet_fallbacks_total",
             "Times this instance lost Redis and fell back to its share of every quota.",
@@ -115,6 +126,7 @@ impl FleetMetrics {
         registry.register(Box::new(refills.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(config_mismatch.clone()))?;
+        registry.register(Box::new(duplicate_instance.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
         for result in ["granted", "empty", "error"] {
             refills.with_label_values(&[result]);
@@ -125,6 +137,7 @@ impl FleetMetrics {
             refills,
             redis_up,
             config_mismatch,
+            duplicate_instance,
             fallbacks,
         })
     }
@@ -142,6 +155,12 @@ struct Agreed {
 /// This instance in the fleet.
 pub struct Fleet {
     instance: String,
+    /// This process's [`Info::run`], and its name as a role's holder: two processes that
+    /// share an instance name never both lead.
+    run: String,
+    holder: String,
+    /// Heartbeats that found another process's info under this name, and when the last did.
+    twin: Mutex<(u32, Option<std::time::Instant>)>,
     link: RedisLink,
     state: Arc<FleetState>,
     metrics: FleetMetrics,
@@ -171,6 +190,9 @@ impl Fleet {
         config_sha256: &str,
     ) -> anyhow::Result<Fleet> {
         let instance = settings.instance.clone().unwrap_or_else(default_instance);
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("[fleet]: no randomness: {e}"))?;
+        let run = format!("{:016x}", u64::from_le_bytes(random));
         let link = RedisLink::open(&settings.redis, "fleet", settings.timeout)
             .map_err(|e| anyhow::anyhow!("[fleet] redis: {e}"))?;
         let metrics = FleetMetrics::register(registry)?;
@@ -181,8 +203,12 @@ impl Fleet {
             instances: Vec::new(),
             config_sha256: config_sha256.to_string(),
             config_mismatch: false,
+            duplicate_instance: false,
         };
         Ok(Fleet {
+            holder: format!("{instance}/{run}"),
+            run,
+            twin: Mutex::new((0, None)),
             instance,
             link,
             state: Arc::new(FleetState::new()),
@@ -397,7 +423,7 @@ impl Fleet {
         let mut held_until: Option<std::time::Instant> = None;
         loop {
             let asked = std::time::Instant::now();
-            match self.link.lead(role, &self.instance, LEAD_FOR).await {
+            match self.link.lead(role, &self.holder, LEAD_FOR).await {
                 Ok(true) => held_until = Some(asked + LEAD_FOR),
                 Ok(false) => held_until = None,
                 Err(error) => {
@@ -467,6 +493,7 @@ impl Fleet {
             config_sha256: config_sha256.clone(),
             granted_per_second: self.granted_rate(),
             started_unix: self.started_unix,
+            run: self.run.clone(),
         };
         let info = serde_json::to_string(&info).unwrap_or_default();
         let heard = match self
@@ -482,13 +509,16 @@ impl Fleet {
             Err(error) => return lost(&error),
         };
         self.answered();
+        let duplicate = self.twinned(&heard);
         let alive = u32::try_from(heard.instances.len()).unwrap_or(u32::MAX);
-        // This instance is alive whatever the reply says (a beat written just now).
+        // This instance is alive whatever the reply says (a beat written just now), and a
+        // process sharing its name is one more: the shares stay within the quotas.
         let alive = if heard.instances.iter().any(|m| m.id == self.instance) {
             alive
         } else {
             alive.saturating_add(1)
-        };
+        }
+        .saturating_add(u32::from(duplicate));
         if alive != self.state.instances() {
             // The breakers and the shedder judge on this instance's share of the calls.
             snapshot.gate.protection().share_among(alive);
@@ -497,7 +527,17 @@ impl Fleet {
         self.metrics.instances.set(i64::from(alive));
         self.take_suspensions(control, &snapshot.config, local, &pushes, &removals, &heard)
             .await;
-        let view = self.view_of(&heard, &config_sha256);
+        let view = self.view_of(&heard, &config_sha256, duplicate);
+        if view.duplicate_instance != self.view.load().duplicate_instance {
+            if view.duplicate_instance {
+                tracing::error!(instance = %self.instance, "another process beats under this instance's name: give each [fleet] instance a name of its own; it is counted as one instance more meanwhile");
+            } else {
+                tracing::info!(instance = %self.instance, "no other process beats under this instance's name any more");
+            }
+        }
+        self.metrics
+            .duplicate_instance
+            .set(i64::from(view.duplicate_instance));
         if view.config_mismatch != self.view.load().config_mismatch {
             let others: Vec<&str> = view
                 .instances
@@ -596,7 +636,31 @@ impl Fleet {
         rate
     }
 
-    fn view_of(&self, heard: &Heard, config_sha256: &str) -> View {
+    /// Whether another process beats under this instance's name: its info (another run) was
+    /// under the name, beaten within [`ALIVE_WITHIN`], at two heartbeats, the last of them
+    /// within [`ALIVE_WITHIN`]. Once is not enough: it is what a restart under the same name
+    /// finds of the process before it.
+    fn twinned(&self, heard: &Heard) -> bool {
+        let alive_ms = u64::try_from(ALIVE_WITHIN.as_millis()).unwrap_or(u64::MAX);
+        let seen = heard.before.as_ref().is_some_and(|(info, since_ms)| {
+            *since_ms < alive_ms
+                && serde_json::from_str::<Info>(info)
+                    .is_ok_and(|other| !other.run.is_empty() && other.run != self.run)
+        });
+        let now = std::time::Instant::now();
+        let mut twin = self.twin.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen {
+            *twin = (twin.0.saturating_add(1), Some(now));
+        } else if twin
+            .1
+            .is_none_or(|last| now.duration_since(last) >= ALIVE_WITHIN)
+        {
+            *twin = (0, None);
+        }
+        twin.0 >= 2
+    }
+
+    fn view_of(&self, heard: &Heard, config_sha256: &str, duplicate: bool) -> View {
         let members: Vec<(String, u64, Info)> = heard
             .instances
             .iter()
@@ -636,6 +700,7 @@ impl Fleet {
             instances,
             config_sha256: config_sha256.to_string(),
             config_mismatch,
+            duplicate_instance: duplicate,
         }
     }
 }

@@ -117,6 +117,9 @@ pub struct Fleet {
     pub instances: Vec<Member>,
     /// Every fleet-wide suspension: (partner id, JSON as given to `set_suspension`), sorted.
     pub suspensions: Vec<(String, String)>,
+    /// What this instance's name held before this beat: the info, and milliseconds since that
+    /// beat. `None`: the name was not there.
+    pub before: Option<(String, u64)>,
 }
 
 /// One live instance.
@@ -411,11 +414,28 @@ fn grant(reply: Value) -> Result<Grant, LinkError> {
     Ok(Grant { granted, left })
 }
 
-/// `{now_ms, {id, since_ms, info, …}, {partner, json, …}}` from the heartbeat script.
+/// `{now_ms, {id, since_ms, info, …}, {partner, json, …}, {before_info, before_since_ms}}` from
+/// the heartbeat script.
 fn fleet(reply: Value) -> Result<Fleet, LinkError> {
     let items = array(reply, "heartbeat")?;
-    let [now, members, suspensions] = <[Value; 3]>::try_from(items)
-        .map_err(|items| LinkError::Reply(format!("heartbeat: {} items, not 3", items.len())))?;
+    let [now, members, suspensions, before] = <[Value; 4]>::try_from(items)
+        .map_err(|items| LinkError::Reply(format!("heartbeat: {} items, not 4", items.len())))?;
+    let before = match <[Value; 2]>::try_from(array(before, "heartbeat before")?) {
+        Ok([info, since]) => match (text(&info), integer(&since)) {
+            (Some(info), Some(since)) => u64::try_from(since).ok().map(|since| (info, since)),
+            _ => {
+                return Err(LinkError::Reply(format!(
+                    "heartbeat: before {info:?} {since:?}"
+                )))
+            }
+        },
+        Err(items) => {
+            return Err(LinkError::Reply(format!(
+                "heartbeat: before has {} items, not 2",
+                items.len()
+            )))
+        }
+    };
     let now_ms = integer(&now)
         .and_then(|n| u64::try_from(n).ok())
         .ok_or_else(|| LinkError::Reply(format!("heartbeat: now {now:?}")))?;
@@ -467,6 +487,7 @@ fn fleet(reply: Value) -> Result<Fleet, LinkError> {
         now_ms,
         instances,
         suspensions,
+        before,
     })
 }
 
@@ -538,6 +559,7 @@ mod tests {
                 s("{\"x\":1}"),
             ]),
             Value::Array(vec![s("p"), s("{\"until\":1}")]),
+            Value::Array(vec![s("{\"run\":\"r1\"}"), Value::Int(240)]),
         ]);
         let fleet = fleet(reply).ok();
         assert_eq!(
@@ -557,8 +579,17 @@ mod tests {
                     },
                 ],
                 suspensions: vec![("p".into(), "{\"until\":1}".into())],
+                before: Some(("{\"run\":\"r1\"}".into(), 240)),
             })
         );
+        // A name not there before: no `before`.
+        let first = Value::Array(vec![
+            Value::Int(1),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+            Value::Array(vec![s(""), Value::Int(-1)]),
+        ]);
+        assert_eq!(super::fleet(first).ok().and_then(|f| f.before), None);
         let short = Value::Array(vec![Value::Int(1), Value::Array(vec![s("a")]), Value::Nil]);
         assert!(matches!(super::fleet(short), Err(LinkError::Reply(_))));
     }

@@ -503,3 +503,50 @@ async fn a_per_account_quota_is_the_fleets() {
         gw.shutdown().await;
     }
 }
+
+/// Two processes given one instance name: both say so (`/admin/fleet`, the metric) and count
+/// the name as two instances, so their shares stay within the quotas; when one stops, the
+/// other is one instance again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_under_one_name_are_told() {
+    let biller = TestBiller::roomy().await;
+    let redis = RedisServer::start();
+    let partners = partner("wallet-a", "key-a", r#"payment = "200/s""#, "");
+    let dir = TempDir::new("fleet-twins");
+    let first = instance_config(&biller.url(), "10000/s", &partners, &redis.url(), 1, &dir);
+    let second = instance_config(&biller.url(), "10000/s", &partners, &redis.url(), 2, &dir)
+        .replace("instance = \"gw-2\"", "instance = \"gw-1\"");
+    let mut fleet = Fleet {
+        instances: vec![start_real(&first).await, start_real(&second).await],
+        _dir: dir,
+    };
+    fleet
+        .until(
+            |view| view["duplicate_instance"] == true,
+            "both see their name shared",
+        )
+        .await;
+    for i in 0..2 {
+        let metrics = fleet.metrics(i).await;
+        assert_eq!(sample(&metrics, "billgate_fleet_duplicate_instance"), 1.0);
+        assert_eq!(sample(&metrics, "billgate_fleet_instances"), 2.0);
+        let view = fleet.view(i).await;
+        assert_eq!(view["instance"], "gw-1");
+        assert_eq!(view["instances"].as_array().map(Vec::len), Some(1));
+    }
+    if let Some(gone) = fleet.instances.pop() {
+        gone.shutdown().await;
+    }
+    fleet
+        .until(
+            |view| view["duplicate_instance"] == false,
+            "the name is its own again",
+        )
+        .await;
+    let metrics = fleet.metrics(0).await;
+    assert_eq!(sample(&metrics, "billgate_fleet_duplicate_instance"), 0.0);
+    assert_eq!(sample(&metrics, "billgate_fleet_instances"), 1.0);
+    for gw in fleet.instances {
+        gw.shutdown().await;
+    }
+}
