@@ -85,7 +85,10 @@ pub async fn serve(
         );
     };
     let now = snapshot.gate.clock().now();
-    let limit = match snapshot.subscriptions.check(partner, now) {
+    let limit = match snapshot
+        .subscriptions
+        .check(partner, now, snapshot.gate.fleet())
+    {
         Ok(limit) => limit,
         Err(denied) => {
             subscriptions.metrics.api(id, "partner_quota");

@@ -50,10 +50,22 @@ fn instance_config(
 
 /// `n` instances of one configuration on `redis`, each having seen all `n` alive.
 async fn fleet(biller: &str, capacity: &str, partners: &str, redis: &str, n: usize) -> Fleet {
+    fleet_with(biller, capacity, partners, redis, n, "").await
+}
+
+/// [`fleet`], with `tail` after each instance's configuration.
+async fn fleet_with(
+    biller: &str,
+    capacity: &str,
+    partners: &str,
+    redis: &str,
+    n: usize,
+    tail: &str,
+) -> Fleet {
     let dir = TempDir::new(&format!("fleet-{n}"));
     let mut instances = Vec::new();
     for i in 1..=n {
-        let text = instance_config(biller, capacity, partners, redis, i, &dir);
+        let text = instance_config(biller, capacity, partners, redis, i, &dir) + tail;
         instances.push(start_real(&text).await);
     }
     let fleet = Fleet {
@@ -546,6 +558,75 @@ async fn two_processes_under_one_name_are_told() {
     let metrics = fleet.metrics(0).await;
     assert_eq!(sample(&metrics, "billgate_fleet_duplicate_instance"), 0.0);
     assert_eq!(sample(&metrics, "billgate_fleet_instances"), 1.0);
+    for gw in fleet.instances {
+        gw.shutdown().await;
+    }
+}
+
+/// The subscription quota is the fleet's too: a partner subscribing through two instances in
+/// turn is admitted what one instance would admit, within the stated bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_quota_is_the_fleets() {
+    let biller = TestBiller::roomy().await;
+    let redis = RedisServer::start();
+    let dir = TempDir::new("fleet-subs");
+    std::fs::write(
+        dir.join("wallet-a.whsec"),
+        "whsec_c2VjcmV0LW9mLXdhbGxldC1h\n",
+    )
+    .expect("secret");
+    let partners = partner(
+        "wallet-a",
+        "key-a",
+        r#"subscription = "20/s burst 20""#,
+        &format!(
+            "webhook_prefixes = [\"https://hooks.wallet-a.example/\"]\nwebhook_secret_file = \"{}\"",
+            dir.join("wallet-a.whsec").display()
+        ),
+    );
+    let subscriptions = format!(
+        "\n[subscriptions]\nstore = \"sqlite://{}\"\n",
+        dir.join("subscriptions.db").display()
+    );
+    let fleet = fleet_with(
+        &biller.url(),
+        "10000/s",
+        &partners,
+        &redis.url(),
+        2,
+        &subscriptions,
+    )
+    .await;
+    let (mut ok, mut refused, mut other) = (0usize, 0usize, Vec::new());
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let body =
+            format!("{{\"account\":\"A{i}\",\"callback\":\"https://hooks.wallet-a.example/x\"}}");
+        let reply = send(
+            Method::POST,
+            &fleet.url(i % 2, "/v1/subscriptions"),
+            &[("x-api-key", "key-a"), ("content-type", "application/json")],
+            body,
+        )
+        .await;
+        match reply.status {
+            StatusCode::CREATED => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            status => other.push((status.as_u16(), reply.text())),
+        }
+        i += 1;
+    }
+    let elapsed = started.elapsed();
+    assert!(other.is_empty(), "{other:?}");
+    let most = bound(20.0, 20.0, elapsed, 2);
+    let least = 0.75 * (20.0 + 20.0 * elapsed.as_secs_f64());
+    eprintln!("subscriptions through 2 instances: {ok} created, {refused} refused in {elapsed:?}; bound {most:.1}");
+    assert!(
+        (ok as f64) <= most && (ok as f64) >= least,
+        "{ok} created in {elapsed:?}: not within {least:.1}..={most:.1}"
+    );
+    assert!(refused > 0, "nothing refused: the client sent too few");
     for gw in fleet.instances {
         gw.shutdown().await;
     }

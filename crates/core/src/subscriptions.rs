@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::admission::{Denied, Limit, Policy, Quota, Reason, Remaining};
 use crate::config::{Config, PartnerWebhooks, Rate};
+use crate::fleet::Ledger;
 use crate::ids::PartnerId;
 use governor::nanos::Nanos;
 
@@ -71,8 +72,14 @@ impl SubscriptionGate {
 
     /// Spends one request of `partner`'s subscription quota at `now`: its state for the
     /// `RateLimit` fields, or why not (403 when the partner may not subscribe, 429 over its
-    /// quota).
-    pub fn check(&self, partner: PartnerId, now: Nanos) -> Result<Limit, Denied> {
+    /// quota). In a fleet the fleet's lease is spent first, as for the classes' quotas: a
+    /// request it refuses spends nothing here, and one refused here gives its token back.
+    pub fn check(
+        &self,
+        partner: PartnerId,
+        now: Nanos,
+        fleet: Option<&Ledger>,
+    ) -> Result<Limit, Denied> {
         let denied = |reason, limit: Option<Limit>| Denied {
             reason,
             partner: Some(partner),
@@ -90,9 +97,24 @@ impl SubscriptionGate {
             rate,
             remaining,
         };
+        let leased = match fleet.and_then(|f| Some((f, f.subscription(partner)?))) {
+            Some((fleet, lease)) => match lease.take(fleet.state(), now.as_u64(), 1) {
+                Ok(taken) => Some((lease, taken)),
+                Err(wait) => {
+                    let remaining = Remaining::refused(rate, wait);
+                    return Err(denied(Reason::PartnerQuota, Some(limit(remaining))));
+                }
+            },
+            None => None,
+        };
         match entry.quota.check(&entry.own, now) {
             Ok(remaining) => Ok(limit(remaining)),
-            Err(remaining) => Err(denied(Reason::PartnerQuota, Some(limit(remaining)))),
+            Err(remaining) => {
+                if let Some((lease, taken)) = leased {
+                    lease.refund(taken, 1);
+                }
+                Err(denied(Reason::PartnerQuota, Some(limit(remaining))))
+            }
         }
     }
 }
@@ -304,17 +326,17 @@ mod tests {
         let gate = SubscriptionGate::build(&config, None);
         let now = Nanos::from(1_000_000_000u64);
         let bank = PartnerId::new(0);
-        assert!(gate.check(bank, now).is_ok());
-        let limit = gate.check(bank, now).unwrap();
+        assert!(gate.check(bank, now, None).is_ok());
+        let limit = gate.check(bank, now, None).unwrap();
         assert_eq!(
             (limit.policy, limit.remaining.remaining),
             (Policy::Subscription, 0)
         );
         let again = SubscriptionGate::build(&config, Some(&gate));
-        let refused = again.check(bank, now).unwrap_err();
+        let refused = again.check(bank, now, None).unwrap_err();
         assert_eq!(refused.reason, Reason::PartnerQuota);
         assert_eq!(refused.retry_after, Some(Duration::from_millis(500)));
-        let closed = again.check(PartnerId::new(1), now).unwrap_err();
+        let closed = again.check(PartnerId::new(1), now, None).unwrap_err();
         assert_eq!((closed.reason, closed.limit), (Reason::ClassClosed, None));
     }
 

@@ -1,7 +1,7 @@
 //! Quotas and the biller's capacity shared by a fleet of gateway instances (`[fleet]`).
 //!
-//! The fleet keeps one token bucket per partner × class quota and per level of the biller's
-//! capacity in Redis. Each instance holds a [`Lease`] on each: a few tokens taken ahead of need
+//! The fleet keeps one token bucket per partner × class quota, per partner's subscription quota
+//! and per level of the biller's capacity in Redis. Each instance holds a [`Lease`] on each: a few tokens taken ahead of need
 //! by a refiller beside the request path, spent here by an atomic subtraction. No decision
 //! waits on Redis. Without a lease (Redis down, or a quota idle here) an instance spends its
 //! share, the quota divided by the instances it last saw alive, and owes it to the bucket.
@@ -77,6 +77,8 @@ const LEVEL_KEYS: [&str; 3] = ["biller:total", "biller:inquiries", "biller:sched
 pub struct Ledger {
     state: Arc<FleetState>,
     partners: Vec<[Option<Arc<Lease>>; 3]>,
+    /// Each partner's subscription quota (`quota.subscription`), by partner index.
+    subscriptions: Vec<Option<Arc<Lease>>>,
     biller: [Option<Arc<Lease>>; 3],
 }
 
@@ -103,6 +105,14 @@ impl Ledger {
                 })
             })
             .collect();
+        let subscriptions = config
+            .partners
+            .iter()
+            .map(|p| {
+                let rate = p.webhooks.as_ref()?.quota;
+                Some(lease(format!("q:{}:subscription", p.id), rate))
+            })
+            .collect();
         let rates = biller_levels(&config.biller);
         let mut level = 0;
         let biller = rates.map(|rate| {
@@ -113,6 +123,7 @@ impl Ledger {
         Ledger {
             state,
             partners,
+            subscriptions,
             biller,
         }
     }
@@ -125,6 +136,12 @@ impl Ledger {
     #[inline]
     pub fn partner(&self, partner: PartnerId, class: Class) -> Option<&Lease> {
         self.partners.get(partner.index())?[class.index()].as_deref()
+    }
+
+    /// The lease on `partner`'s subscription quota.
+    #[inline]
+    pub fn subscription(&self, partner: PartnerId) -> Option<&Lease> {
+        self.subscriptions.get(partner.index())?.as_deref()
     }
 
     /// The leases on the biller's capacity a request of `class` spends: payments the whole,
@@ -143,6 +160,7 @@ impl Ledger {
         self.partners
             .iter()
             .flat_map(|classes| classes.iter().flatten())
+            .chain(self.subscriptions.iter().flatten())
             .chain(self.biller.iter().flatten())
     }
 }
