@@ -453,7 +453,8 @@ impl Fleet {
         let shared = &*control.shared;
         let snapshot = shared.snapshot_full();
         let config_sha256 = snapshot.config.fleet_sha256.clone();
-        let local: HashMap<String, Suspension> = shared.suspensions().list().into_iter().collect();
+        let mut local: HashMap<String, Suspension> =
+            shared.suspensions().list().into_iter().collect();
         let (pushes, removals) = {
             let agreed = self.agreed.lock().unwrap_or_else(PoisonError::into_inner);
             let pushes: Vec<(String, Suspension)> = local
@@ -461,11 +462,11 @@ impl Fleet {
                 .filter(|(id, s)| agreed.local.get(*id) != Some(*s))
                 .map(|(id, s)| (id.clone(), s.clone()))
                 .collect();
-            let removals: Vec<String> = agreed
+            let removals: Vec<(String, Suspension)> = agreed
                 .local
-                .keys()
-                .filter(|id| !local.contains_key(*id))
-                .cloned()
+                .iter()
+                .filter(|(id, _)| !local.contains_key(*id))
+                .map(|(id, s)| (id.clone(), s.clone()))
                 .collect();
             (pushes, removals)
         };
@@ -478,17 +479,33 @@ impl Fleet {
                 self.show_up(false);
             }
         };
+        let mut stale = Vec::new();
         for (id, suspension) in &pushes {
             let json = serde_json::to_string(suspension).unwrap_or_default();
-            if let Err(error) = self.link.set_suspension(id, Some(&json)).await {
+            match self.link.set_suspension(id, &json, false).await {
+                Ok(true) => {}
+                Ok(false) => stale.push(id.clone()),
+                Err(error) => return lost(&error),
+            }
+        }
+        for (id, suspension) in &removals {
+            let json = serde_json::to_string(suspension).unwrap_or_default();
+            if let Err(error) = self.link.set_suspension(id, &json, true).await {
                 return lost(&error);
             }
         }
-        for id in &removals {
-            if let Err(error) = self.link.set_suspension(id, None).await {
-                return lost(&error);
-            }
+        // Kept in the state file while this instance was away, and lifted by the fleet
+        // meanwhile: lifted here too, not brought back.
+        for id in &stale {
+            tracing::info!(instance = %self.instance, partner = %id, "a suspension the fleet lifted while this instance was away is lifted here too");
+            control.from_fleet(id, None).await;
+            local.remove(id);
         }
+        let pushes: Vec<(String, Suspension)> = pushes
+            .into_iter()
+            .filter(|(id, _)| !stale.contains(id))
+            .collect();
+        let removals: Vec<String> = removals.into_iter().map(|(id, _)| id).collect();
         let info = Info {
             config_sha256: config_sha256.clone(),
             granted_per_second: self.granted_rate(),

@@ -4,7 +4,8 @@
 //!
 //! Keys, all under `billgate:{prefix}:`: `b:{key}` one bucket (a hash `tokens`, `at`, expiring
 //! once it would be full again anyway), `beats` (a sorted set: instance → ms of its last beat),
-//! `info` (a hash: instance → its JSON), `suspensions` (a hash: partner → JSON). Time is always
+//! `info` (a hash: instance → its JSON), `suspensions` (a hash: partner → JSON), `lifted` (a
+//! hash: partner → the JSON of its suspension last lifted). Time is always
 //! Redis's (`TIME` inside the scripts): one clock for the whole fleet.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,6 +29,10 @@ static REFILL: Lua = Lua {
 static HEARTBEAT: Lua = Lua {
     code: include_str!("scripts/heartbeat.lua"),
     script: LazyLock::new(|| Script::new(include_str!("scripts/heartbeat.lua"))),
+};
+static SUSPEND: Lua = Lua {
+    code: include_str!("scripts/suspend.lua"),
+    script: LazyLock::new(|| Script::new(include_str!("scripts/suspend.lua"))),
 };
 static LEAD: Lua = Lua {
     code: include_str!("scripts/lead.lua"),
@@ -255,24 +260,32 @@ impl RedisLink {
         .await
     }
 
-    /// Records a suspension (Some(json)) or its end (None) for `partner` fleet-wide.
+    /// Sets (`lift` false) or lifts `partner`'s fleet-wide suspension, `json` as its instance
+    /// knows it. False: the suspension to set is the one last lifted, and was not set (an
+    /// instance that was away brought back one lifted meanwhile).
     pub async fn set_suspension(
         &self,
         partner: &str,
-        suspension: Option<&str>,
-    ) -> Result<(), LinkError> {
-        let key = self.key("suspensions");
-        let cmd = match suspension {
-            Some(json) => redis::cmd("HSET")
-                .arg(&key)
-                .arg(partner)
-                .arg(json)
-                .to_owned(),
-            None => redis::cmd("HDEL").arg(&key).arg(partner).to_owned(),
+        json: &str,
+        lift: bool,
+    ) -> Result<bool, LinkError> {
+        let mode = if lift { "lift" } else { "set" };
+        let invocation = Invocation {
+            lua: &SUSPEND,
+            keys: vec![self.key("suspensions"), self.key("lifted")],
+            args: vec![partner.to_owned(), mode.to_owned(), json.to_owned()],
         };
         self.call(async |conn: &mut ConnectionManager| {
-            send(conn, &cmd).await?;
-            Ok(())
+            let reply = match send(conn, &invocation.eval_sha()).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    send(conn, &invocation.eval()).await?
+                }
+                reply => reply?,
+            };
+            match reply {
+                Value::Int(done) => Ok(done == 1),
+                other => Err(LinkError::Reply(format!("suspend: {other:?}"))),
+            }
         })
         .await
     }

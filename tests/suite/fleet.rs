@@ -631,3 +631,99 @@ async fn a_subscription_quota_is_the_fleets() {
         gw.shutdown().await;
     }
 }
+
+/// An instance that was away while a suspension was lifted, and kept the suspension in its
+/// state file, does not bring it back when it returns: it lifts it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_lifted_while_an_instance_was_away_stays_lifted() {
+    let biller = TestBiller::roomy().await;
+    let redis = RedisServer::start();
+    let partners = partner("wallet-a", "key-a", r#"payment = "200/s""#, "");
+    let mut fleet = fleet(&biller.url(), "10000/s", &partners, &redis.url(), 2).await;
+    let admin =
+        |fleet: &Fleet, what: &str| fleet.admin(0, &format!("/admin/partners/wallet-a/{what}"));
+    let suspended = send(
+        Method::POST,
+        &admin(&fleet, "suspend"),
+        &[("authorization", &bearer())],
+        Bytes::from_static(br#"{"reason":"polling storm"}"#),
+    )
+    .await;
+    assert_eq!(suspended.status, StatusCode::OK, "{}", suspended.text());
+    // The second instance takes it, and keeps it in its state file.
+    let state_file = fleet._dir.join("state-2.json");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&state_file)
+        .unwrap_or_default()
+        .contains("polling storm")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance never took it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(away) = fleet.instances.pop() {
+        away.shutdown().await;
+    }
+    let resumed = send(
+        Method::POST,
+        &admin(&fleet, "resume"),
+        &[("authorization", &bearer())],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(resumed.status, StatusCode::OK, "{}", resumed.text());
+    // The first instance's next heartbeat lifts it in Redis.
+    let client = redis::Client::open(redis.url()).expect("a Redis client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a Redis connection");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lifted: bool = redis::cmd("HEXISTS")
+            .arg("billgate:fleet:lifted")
+            .arg("wallet-a")
+            .query_async(&mut conn)
+            .await
+            .expect("HEXISTS");
+        if lifted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never lifted in Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Back, on the same state file: its first heartbeat (before it serves) finds the
+    // suspension lifted, and lifts it here too.
+    let text = instance_config(
+        &biller.url(),
+        "10000/s",
+        &partners,
+        &redis.url(),
+        2,
+        &fleet._dir,
+    );
+    fleet.instances.push(start_real(&text).await);
+    fleet
+        .until(
+            |view| view["instances"].as_array().map_or(0, Vec::len) == 2,
+            "both instances see each other",
+        )
+        .await;
+    for i in 0..2 {
+        let reply = pay(&fleet.url(i, "/v1/payments"), &[("x-api-key", "key-a")]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "instance {i}: {}",
+            reply.text()
+        );
+    }
+    let state = std::fs::read_to_string(&state_file).unwrap_or_default();
+    assert!(!state.contains("polling storm"), "{state}");
+    for gw in fleet.instances {
+        gw.shutdown().await;
+    }
+}

@@ -296,12 +296,14 @@ async fn suspensions_are_seen_in_every_heartbeat_until_cleared() {
         alive_within: Duration::from_secs(5),
     };
     let json = r#"{"until_ms":1,"reason":"abuse"}"#;
-    link.set_suspension("wallet-a", Some(json))
+    assert!(link
+        .set_suspension("wallet-a", json, false)
         .await
-        .expect("set");
-    link.set_suspension("bank-b", Some("{}"))
+        .expect("set"));
+    assert!(link
+        .set_suspension("bank-b", "{}", false)
         .await
-        .expect("set");
+        .expect("set"));
     let fleet = other.heartbeat(&beat).await.expect("beat");
     assert_eq!(
         fleet.suspensions,
@@ -310,12 +312,37 @@ async fn suspensions_are_seen_in_every_heartbeat_until_cleared() {
             ("wallet-a".to_string(), json.to_string())
         ]
     );
-    link.set_suspension("bank-b", None).await.expect("clear");
-    link.set_suspension("never-set", None).await.expect("clear");
+    assert!(link
+        .set_suspension("bank-b", "{}", true)
+        .await
+        .expect("lift"));
+    assert!(link
+        .set_suspension("never-set", "{}", true)
+        .await
+        .expect("lift"));
     let fleet = other.heartbeat(&beat).await.expect("beat");
     assert_eq!(
         fleet.suspensions,
         vec![("wallet-a".to_string(), json.to_string())]
+    );
+    // The suspension lifted, set again (an instance that was away kept it): refused. Another
+    // suspension of the same partner is set.
+    assert!(!link
+        .set_suspension("bank-b", "{}", false)
+        .await
+        .expect("stale"));
+    let again = r#"{"reason":"again"}"#;
+    assert!(link
+        .set_suspension("bank-b", again, false)
+        .await
+        .expect("new"));
+    let fleet = other.heartbeat(&beat).await.expect("beat");
+    assert_eq!(
+        fleet.suspensions,
+        vec![
+            ("bank-b".to_string(), again.to_string()),
+            ("wallet-a".to_string(), json.to_string())
+        ]
     );
 }
 
@@ -341,7 +368,7 @@ async fn a_redis_that_is_down_fails_calls_until_it_is_up() {
     for _ in 0..5 {
         assert!(link.refill(&[still("k", 3, 1)]).await.is_err());
         assert!(link.heartbeat(&beat).await.is_err());
-        assert!(link.set_suspension("p", None).await.is_err());
+        assert!(link.set_suspension("p", "{}", true).await.is_err());
     }
     server.restart();
     let grants = until_ok(async || link.refill(&[still("k", 3, 1)]).await).await;
