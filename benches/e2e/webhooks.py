@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Webhooks end to end against a running gateway with [subscriptions]: subscribes ACCOUNTS
-accounts (one subscription each, callbacks to a receiver this script runs), pushes one bill
+accounts (one subscription each, callbacks to a receiver this script runs), waits until the
+gateway has asked the biller about each new account (its first refreshes, read from the admin
+listener's /metrics; the bills they find are told too, and not counted here), pushes one bill
 event per account to the admin listener's POST /v1/bill-events in batches, and times each
 webhook from its batch's push to its arrival. Prints JSON: deliveries per second (first push to
 last arrival), latency p50/p99/max, duplicates, missing.
@@ -45,13 +47,16 @@ async def main():
                         length = int(line.split(b":")[1])
                 body = await reader.readexactly(length)
                 now = time.monotonic()
-                account = json.loads(body)["data"]["account"]
+                data = json.loads(body)["data"]
+                account = data["account"]
+                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+                if data["bill_id"] != f"B-{a.run}":
+                    continue
                 if account in arrived:
                     dupes += 1
                 else:
                     arrived[account] = now
-                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
-                await writer.drain()
                 if len(arrived) >= a.accounts:
                     done.set()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -67,6 +72,18 @@ async def main():
                                                {"account": account, "callback": f"http://{a.receiver}/hooks/x"},
                                                {"x-api-key": a.key})
         assert status in (200, 201), status
+    # The first refreshes: one biller call per new account, at the refresher's pace.
+    def refreshed():
+        with urllib.request.urlopen(f"http://{a.admin}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("billgate_subscription_refreshes_total{") and "deferred" not in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+    deadline = time.monotonic() + 600
+    while await loop.run_in_executor(None, refreshed) < a.accounts and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
     pushed = {}
     first = time.monotonic()
     for i in range(0, len(accounts), a.batch):

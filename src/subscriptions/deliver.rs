@@ -7,6 +7,8 @@
 //! one for the whole gateway, so a partner's slow or dead endpoint holds only its own
 //! deliveries; the loop that takes from the outbox never waits for one. A subscription's
 //! events go one at a time, in order (the outbox hands out only the oldest pending of each).
+//! Deliveries answered 2xx are recorded together, as many as came in while the last batch
+//! was being written, in one transaction: one commit per batch, not per webhook.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,10 +22,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::Subscriptions;
-use billgate_subs::store::Delivery;
+use billgate_subs::store::{Delivery, Store, StoreError};
 use billgate_subs::webhook::next_attempt;
 
 /// Deliveries in flight at once, all callbacks together.
@@ -42,6 +44,9 @@ const MAX_BACKOFF_MS: i64 = 3_600_000;
 /// The most of a receiver's answer read (and dropped).
 const MAX_ANSWER: usize = 4096;
 
+/// The most deliveries recorded delivered in one transaction.
+const SETTLE_AT_ONCE: usize = 256;
+
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// What the deliverer shares with its delivery tasks.
@@ -53,6 +58,15 @@ struct Deliverer {
     /// One limit per callback host (`host:port`).
     hosts: DashMap<String, Arc<Semaphore>>,
     all: Arc<Semaphore>,
+    /// To the task that records deliveries answered 2xx.
+    delivered: mpsc::Sender<Delivered>,
+}
+
+/// A delivery answered 2xx, to be recorded; `recorded` says whether it was.
+struct Delivered {
+    id: String,
+    at_ms: i64,
+    recorded: oneshot::Sender<Result<(), String>>,
 }
 
 /// The deliveries in flight, and those settled since the outbox was last read: a read that
@@ -79,12 +93,15 @@ pub async fn run(subscriptions: Arc<Subscriptions>, mut stop: watch::Receiver<bo
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(8)
         .build(connector);
+    let (delivered, answered) = mpsc::channel(MAX_IN_FLIGHT);
+    tokio::spawn(record_delivered(subscriptions.store.clone(), answered));
     let deliverer = Arc::new(Deliverer {
         subscriptions,
         client,
         state: Mutex::new(InFlight::default()),
         hosts: DashMap::new(),
         all: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        delivered,
     });
     loop {
         let subscriptions = &deliverer.subscriptions;
@@ -201,7 +218,19 @@ impl Deliverer {
                 subscriptions
                     .metrics
                     .delivered((now - delivery.created_ms) as f64 / 1000.0);
-                store.delivered(&delivery.id, now).await
+                let (recorded, outcome) = oneshot::channel();
+                let sent = self
+                    .delivered
+                    .send(Delivered {
+                        id: delivery.id.clone(),
+                        at_ms: now,
+                        recorded,
+                    })
+                    .await;
+                match (sent, outcome.await) {
+                    (Ok(()), Ok(result)) => result,
+                    _ => Err("the deliverer is stopping".to_owned()),
+                }
             }
             Err(error) => {
                 let attempts = delivery.attempts.saturating_add(1);
@@ -227,12 +256,18 @@ impl Deliverer {
                     Some(at) => {
                         subscriptions.metrics.retried();
                         tracing::debug!(delivery = %delivery.id, attempts, %error, "webhook delivery failed; tried again later");
-                        store.retry(&delivery.id, attempts, at, &error).await
+                        store
+                            .retry(&delivery.id, attempts, at, &error)
+                            .await
+                            .map_err(|e| e.to_string())
                     }
                     None => {
                         subscriptions.metrics.dead();
                         tracing::warn!(delivery = %delivery.id, partner = %delivery.partner, callback = %delivery.callback, attempts, %error, "webhook delivery given up: a dead letter (GET /admin/deliveries)");
-                        store.dead(&delivery.id, attempts, &error, now).await
+                        store
+                            .dead(&delivery.id, attempts, &error, now)
+                            .await
+                            .map_err(|e| e.to_string())
                     }
                 }
             }
@@ -240,6 +275,20 @@ impl Deliverer {
         if let Err(error) = recorded {
             // Not recorded: the delivery stays due and is tried again (at least once).
             tracing::warn!(delivery = %delivery.id, %error, "a delivery's outcome could not be recorded");
+        }
+    }
+}
+
+/// Records deliveries answered 2xx, each batch (what arrived while the last was written, up
+/// to [`SETTLE_AT_ONCE`]) in one transaction, until every sender is gone.
+async fn record_delivered(store: Store, mut answered: mpsc::Receiver<Delivered>) {
+    let mut batch = Vec::with_capacity(SETTLE_AT_ONCE);
+    while answered.recv_many(&mut batch, SETTLE_AT_ONCE).await > 0 {
+        let done: Vec<(String, i64)> = batch.iter().map(|d| (d.id.clone(), d.at_ms)).collect();
+        let result: Result<(), StoreError> = store.delivered_all(&done).await;
+        let result = result.map_err(|e| e.to_string());
+        for delivered in batch.drain(..) {
+            let _ = delivered.recorded.send(result.clone());
         }
     }
 }

@@ -551,11 +551,20 @@ impl Store {
 
     /// The delivery was answered 2xx.
     pub async fn delivered(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deliveries SET state = 'delivered', finished_ms = $1, last_error = NULL WHERE id = $2 AND state = 'pending'")
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        self.delivered_all(&[(id.to_owned(), now_ms)]).await
+    }
+
+    /// Each `(id, at_ms)` delivered, in one transaction: a batch of answers costs one commit.
+    pub async fn delivered_all(&self, done: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at_ms) in done {
+            sqlx::query("UPDATE deliveries SET state = 'delivered', finished_ms = $1, last_error = NULL WHERE id = $2 AND state = 'pending'")
+                .bind(*at_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

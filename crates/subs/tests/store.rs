@@ -304,6 +304,28 @@ async fn behaves(url: &str) {
         .find(|d| d.id == "e1")
         .expect("e1 back");
     assert_eq!(e1.attempts, 0);
+    // Answers recorded in one batch: each pending one delivered; one settled already (dead
+    // here) left as it was.
+    store
+        .enqueue(&[delivery("g1", &b.id, "100235")], 31_000)
+        .await
+        .expect("enqueue");
+    store.dead("e2", 9, "HTTP 500", 31_500).await.expect("dead");
+    store
+        .delivered_all(&[
+            ("e1".to_owned(), 32_000),
+            ("g1".to_owned(), 32_000),
+            ("e2".to_owned(), 32_000),
+        ])
+        .await
+        .expect("delivered in a batch");
+    let counts = store.queue_counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.delivered, counts.dead), (0, 3, 1));
+    store.replay("e2", 33_000).await.expect("replay");
+    store
+        .enqueue(&[delivery("g2", &b.id, "100235")], 33_000)
+        .await
+        .expect("enqueue");
     drop(store);
 
     // Reopened, as after a restart: everything is there.
