@@ -226,12 +226,7 @@ impl RedisLink {
             ],
         };
         self.call(async |conn: &mut ConnectionManager| {
-            let reply = match send(conn, &invocation.eval_sha()).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    send(conn, &invocation.eval()).await?
-                }
-                reply => reply?,
-            };
+            let reply = run(conn, &invocation).await?;
             fleet(reply)
         })
         .await
@@ -246,12 +241,7 @@ impl RedisLink {
             args: vec![instance.to_owned(), ttl_ms.to_string()],
         };
         self.call(async |conn: &mut ConnectionManager| {
-            let reply = match send(conn, &invocation.eval_sha()).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    send(conn, &invocation.eval()).await?
-                }
-                reply => reply?,
-            };
+            let reply = run(conn, &invocation).await?;
             match reply {
                 Value::Int(held) => Ok(held == 1),
                 other => Err(LinkError::Reply(format!("lead: {other:?}"))),
@@ -276,12 +266,7 @@ impl RedisLink {
             args: vec![partner.to_owned(), mode.to_owned(), json.to_owned()],
         };
         self.call(async |conn: &mut ConnectionManager| {
-            let reply = match send(conn, &invocation.eval_sha()).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    send(conn, &invocation.eval()).await?
-                }
-                reply => reply?,
-            };
+            let reply = run(conn, &invocation).await?;
             match reply {
                 Value::Int(done) => Ok(done == 1),
                 other => Err(LinkError::Reply(format!("suspend: {other:?}"))),
@@ -363,6 +348,17 @@ impl RedisLink {
 }
 
 /// One command's reply, an error reply as an `Err`.
+/// Runs a script by its digest, and by its text when Redis does not have it (a restarted or
+/// flushed Redis).
+async fn run(conn: &mut ConnectionManager, invocation: &Invocation) -> RedisResult<Value> {
+    match send(conn, &invocation.eval_sha()).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            send(conn, &invocation.eval()).await
+        }
+        reply => reply,
+    }
+}
+
 async fn send(conn: &mut ConnectionManager, cmd: &redis::Cmd) -> RedisResult<Value> {
     match conn.send_packed_command(cmd).await? {
         Value::ServerError(e) => Err(e.into()),

@@ -328,12 +328,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                row.try_get::<String, _>("account")
-                    .map_err(StoreError::from)
-            })
-            .collect()
+        account_column(&rows)
     }
 
     /// How many distinct accounts are subscribed to.
@@ -400,12 +395,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                row.try_get::<String, _>("account")
-                    .map_err(StoreError::from)
-            })
-            .collect()
+        account_column(&rows)
     }
 
     /// `account` was refreshed (or given up on): its request is done.
@@ -674,6 +664,16 @@ fn truncated(error: &str) -> &str {
         end -= 1;
     }
     &error[..end]
+}
+
+/// The `account` column of each row.
+fn account_column(rows: &[AnyRow]) -> Result<Vec<String>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            row.try_get::<String, _>("account")
+                .map_err(StoreError::from)
+        })
+        .collect()
 }
 
 /// A COUNT(…) column: a BIGINT on both databases.
