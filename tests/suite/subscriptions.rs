@@ -68,6 +68,12 @@ async fn gateway(biller: &TestBiller, dir: &TempDir, extra: &str) -> TestGateway
     TestGateway::start(load(&with_block(&text, &block))).await
 }
 
+/// Subscribes, and asserts a new subscription was made (201).
+async fn subscribed(gw: &TestGateway, key: &str, account: &str, callback: &str) {
+    let reply = subscribe(gw, key, account, callback).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+}
+
 async fn subscribe(gw: &TestGateway, key: &str, account: &str, callback: &str) -> Reply {
     let body = serde_json::json!({ "account": account, "callback": callback }).to_string();
     send(
@@ -435,34 +441,21 @@ async fn a_new_bill_reaches_every_subscriber_once_signed() {
         Receiver::start(0, false).await,
     );
     let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
-    assert_eq!(
-        subscribe(&gw, BANK_KEY, "100235", &format!("{}bank", bank.prefix()))
-            .await
-            .status,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        subscribe(
-            &gw,
-            WALLET_KEY,
-            "100235",
-            &format!("{}wallet", wallet.prefix())
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        subscribe(
-            &gw,
-            WALLET_KEY,
-            "999999",
-            &format!("{}wallet", wallet.prefix())
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
+    subscribed(&gw, BANK_KEY, "100235", &format!("{}bank", bank.prefix())).await;
+    subscribed(
+        &gw,
+        WALLET_KEY,
+        "100235",
+        &format!("{}wallet", wallet.prefix()),
+    )
+    .await;
+    subscribed(
+        &gw,
+        WALLET_KEY,
+        "999999",
+        &format!("{}wallet", wallet.prefix()),
+    )
+    .await;
 
     assert_eq!(push(&gw, DUE).await["enqueued"], 2);
     let to_bank = bank.next().await;
@@ -515,12 +508,7 @@ async fn a_receiver_failing_three_times_gets_the_fourth() {
         Receiver::start(0, false).await,
     );
     let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
-    assert_eq!(
-        subscribe(&gw, BANK_KEY, "100235", &format!("{}bank", bank.prefix()))
-            .await
-            .status,
-        StatusCode::CREATED
-    );
+    subscribed(&gw, BANK_KEY, "100235", &format!("{}bank", bank.prefix())).await;
     assert_eq!(push(&gw, DUE).await["enqueued"], 1);
     let tries: Vec<Received> = vec![
         bank.next().await,
@@ -579,17 +567,13 @@ async fn a_dead_receiver_does_not_delay_a_live_one() {
         "attempt_timeout = \"60s\"",
     )
     .await;
-    assert_eq!(
-        subscribe(
-            &gw,
-            BANK_KEY,
-            "100235",
-            &format!("{}bank", stalled.prefix())
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
+    subscribed(
+        &gw,
+        BANK_KEY,
+        "100235",
+        &format!("{}bank", stalled.prefix()),
+    )
+    .await;
     assert_eq!(push(&gw, DUE).await["enqueued"], 1);
     // The stalled receiver has the bank's delivery in hand, unanswered …
     let _ = stalled.next().await;
@@ -599,17 +583,13 @@ async fn a_dead_receiver_does_not_delay_a_live_one() {
     );
     // … while the wallet subscribes, is told at once of the bill already due, and of the
     // next change.
-    assert_eq!(
-        subscribe(
-            &gw,
-            WALLET_KEY,
-            "100235",
-            &format!("{}wallet", live.prefix())
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
+    subscribed(
+        &gw,
+        WALLET_KEY,
+        "100235",
+        &format!("{}wallet", live.prefix()),
+    )
+    .await;
     let event = verified("whsec_c2VjcmV0LW9mLXdhbGxldC1h", &live.next().await);
     assert_eq!(
         (event["type"].as_str(), event["data"]["bill_id"].as_str()),
@@ -636,17 +616,13 @@ async fn a_restart_loses_no_pending_delivery() {
         Receiver::start(0, false).await,
     );
     let gw = webhook_gateway(&biller.url(), &dir, &refusing, &wallet, "").await;
-    assert_eq!(
-        subscribe(
-            &gw,
-            BANK_KEY,
-            "100235",
-            &format!("{}bank", refusing.prefix())
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
+    subscribed(
+        &gw,
+        BANK_KEY,
+        "100235",
+        &format!("{}bank", refusing.prefix()),
+    )
+    .await;
     assert_eq!(push(&gw, DUE).await["enqueued"], 1);
     let first = refusing.next().await;
     gw.gateway.shutdown().await;
@@ -694,12 +670,7 @@ async fn the_stand_in_billers_bills_reach_subscribers() {
         billgate::clock::Clock::real(),
     );
     tokio::spawn(biller.clone().serve(listener, std::future::pending()));
-    assert_eq!(
-        subscribe(&gw, BANK_KEY, "ACC-7", &format!("{}bank", bank.prefix()))
-            .await
-            .status,
-        StatusCode::CREATED
-    );
+    subscribed(&gw, BANK_KEY, "ACC-7", &format!("{}bank", bank.prefix())).await;
 
     let issued = send(
         Method::POST,
@@ -758,12 +729,7 @@ async fn a_refreshed_account_is_answered_from_memory() {
         Receiver::start(0, false).await,
     );
     let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
-    assert_eq!(
-        subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
-            .await
-            .status,
-        StatusCode::CREATED
-    );
+    subscribed(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix())).await;
     // The refresher finds the subscription within a second and asks the biller; the change it
     // sees (a bill seen for the first time) is delivered once the answer is cached.
     assert_eq!(
@@ -802,39 +768,25 @@ async fn a_new_subscriber_hears_of_the_bill_due_now() {
         )
     };
     // The first account starts the refresher's period (of one account, an hour long) …
-    assert_eq!(
-        subscribe(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix()))
-            .await
-            .status,
-        StatusCode::CREATED
-    );
+    subscribed(&gw, BANK_KEY, "100234", &format!("{}bank", bank.prefix())).await;
     let (account, first_bill) = due(&bank.next().await);
     assert_eq!(account.as_deref(), Some("100234"));
     // … and one subscribed in the middle of that period is asked about at once, not in an
     // hour.
-    assert_eq!(
-        subscribe(&gw, BANK_KEY, "100236", &format!("{}bank", bank.prefix()))
-            .await
-            .status,
-        StatusCode::CREATED
-    );
+    subscribed(&gw, BANK_KEY, "100236", &format!("{}bank", bank.prefix())).await;
     let (account, _) = due(&bank.next().await);
     assert_eq!(account.as_deref(), Some("100236"));
     assert_eq!(biller.biller.stats().received, 2);
 
     // The wallet subscribes to an account the gateway knows: the bill due is told from the
     // store, the biller is not asked again.
-    assert_eq!(
-        subscribe(
-            &gw,
-            WALLET_KEY,
-            "100234",
-            &format!("{}wallet", wallet.prefix())
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
+    subscribed(
+        &gw,
+        WALLET_KEY,
+        "100234",
+        &format!("{}wallet", wallet.prefix()),
+    )
+    .await;
     let event = verified("whsec_c2VjcmV0LW9mLXdhbGxldC1h", &wallet.next().await);
     assert_eq!(
         (event["type"].as_str(), event["data"]["bill_id"].as_str()),
