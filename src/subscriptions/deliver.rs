@@ -8,7 +8,8 @@
 //! deliveries; the loop that takes from the outbox never waits for one. A subscription's
 //! events go one at a time, in order (the outbox hands out only the oldest pending of each).
 //! Deliveries answered 2xx are recorded together, as many as came in while the last batch
-//! was being written, in one transaction: one commit per batch, not per webhook.
+//! was being written, in one transaction: one commit per batch, not per webhook. Finished
+//! deliveries leave the outbox after `keep_delivered` (delivered) or `keep_dead` (dead).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -46,6 +47,11 @@ const MAX_ANSWER: usize = 4096;
 
 /// The most deliveries recorded delivered in one transaction.
 const SETTLE_AT_ONCE: usize = 256;
+
+/// How often finished deliveries past `keep_delivered` / `keep_dead` are removed (more often
+/// when either is shorter), and how many at a time.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_AT_ONCE: u32 = 1000;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -103,8 +109,18 @@ pub async fn run(subscriptions: Arc<Subscriptions>, mut stop: watch::Receiver<bo
         all: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         delivered,
     });
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         let subscriptions = &deliverer.subscriptions;
+        if tokio::time::Instant::now() >= next_prune {
+            prune(subscriptions).await;
+            let settings = subscriptions.settings();
+            next_prune = tokio::time::Instant::now()
+                + PRUNE_EVERY
+                    .min(settings.keep_delivered)
+                    .min(settings.keep_dead)
+                    .max(LOOK_EVERY);
+        }
         lock(&deliverer.state).settled.clear();
         match subscriptions.store.due(subscriptions.now_ms(), BATCH).await {
             Ok(due) => {
@@ -275,6 +291,37 @@ impl Deliverer {
         if let Err(error) = recorded {
             // Not recorded: the delivery stays due and is tried again (at least once).
             tracing::warn!(delivery = %delivery.id, %error, "a delivery's outcome could not be recorded");
+        }
+    }
+}
+
+/// Removes finished deliveries past their keeping: delivered ones after `keep_delivered`, dead
+/// letters after `keep_dead`, a thousand at a time until none is left.
+async fn prune(subscriptions: &Subscriptions) {
+    let settings = subscriptions.settings();
+    let now = subscriptions.now_ms();
+    for (state, keep) in [
+        ("delivered", settings.keep_delivered),
+        ("dead", settings.keep_dead),
+    ] {
+        let before = now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        loop {
+            match subscriptions
+                .store
+                .prune(state, before, PRUNE_AT_ONCE)
+                .await
+            {
+                Ok(n) => {
+                    subscriptions.metrics.pruned(state, n);
+                    if n < u64::from(PRUNE_AT_ONCE) {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, state, "finished deliveries could not be removed");
+                    break;
+                }
+            }
         }
     }
 }

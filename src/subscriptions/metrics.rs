@@ -12,6 +12,7 @@ pub struct SubscriptionMetrics {
     latency: Histogram,
     queue: IntGaugeVec,
     oldest: IntGauge,
+    pruned: IntCounterVec,
 }
 
 impl SubscriptionMetrics {
@@ -73,6 +74,14 @@ impl SubscriptionMetrics {
             ),
             &["state"],
         )?;
+        let pruned = IntCounterVec::new(
+            Opts::new(
+                "billgate_webhook_pruned_total",
+                "Finished deliveries removed from the store, by state: delivered (after \
+                 keep_delivered), dead (after keep_dead).",
+            ),
+            &["state"],
+        )?;
         let oldest = IntGauge::new(
             "billgate_webhook_oldest_pending_seconds",
             "Age of the oldest pending delivery (0 when none).",
@@ -85,6 +94,10 @@ impl SubscriptionMetrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(queue.clone()))?;
         registry.register(Box::new(oldest.clone()))?;
+        registry.register(Box::new(pruned.clone()))?;
+        for state in ["delivered", "dead"] {
+            pruned.with_label_values(&[state]);
+        }
         Ok(SubscriptionMetrics {
             subscriptions,
             api,
@@ -94,6 +107,7 @@ impl SubscriptionMetrics {
             latency,
             queue,
             oldest,
+            pruned,
         })
     }
 
@@ -120,6 +134,10 @@ impl SubscriptionMetrics {
 
     pub fn dead(&self) {
         self.deliveries.with_label_values(&["dead"]).inc();
+    }
+
+    pub fn pruned(&self, state: &str, n: u64) {
+        self.pruned.with_label_values(&[state]).inc_by(n);
     }
 
     /// The store's counts, as last read.

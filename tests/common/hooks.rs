@@ -10,6 +10,8 @@ pub struct Receiver {
     pub addr: std::net::SocketAddr,
     got: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Received>>,
     pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests still to be answered 500: set it to change how the receiver answers.
+    pub failures: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -18,6 +20,8 @@ pub struct Received {
     pub timestamp: i64,
     pub signature: String,
     pub body: Bytes,
+    /// What the receiver answered (0: nothing, a stalled receiver).
+    pub status: u16,
 }
 
 impl Receiver {
@@ -30,6 +34,7 @@ impl Receiver {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let failures = Arc::new(AtomicUsize::new(fail_first));
+        let failing = Arc::clone(&failures);
         let accepted = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&accepted);
         tokio::spawn(async move {
@@ -39,7 +44,7 @@ impl Receiver {
                 };
                 counted.fetch_add(1, Ordering::SeqCst);
                 let tx = tx.clone();
-                let failures = Arc::clone(&failures);
+                let failures = Arc::clone(&failing);
                 tokio::spawn(async move {
                     if stall {
                         // Says it has the connection, then holds it: reads nothing, answers
@@ -49,6 +54,7 @@ impl Receiver {
                             timestamp: 0,
                             signature: String::new(),
                             body: Bytes::new(),
+                            status: 0,
                         });
                         let _held = &stream;
                         std::future::pending::<()>().await;
@@ -78,18 +84,19 @@ impl Receiver {
                                     .await
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
-                                let _ = tx.send(Received {
-                                    id,
-                                    timestamp: timestamp.parse().unwrap_or(0),
-                                    signature,
-                                    body,
-                                });
                                 let fail = failures
                                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                                         n.checked_sub(1)
                                     })
                                     .is_ok();
                                 let status = if fail { 500 } else { 204 };
+                                let _ = tx.send(Received {
+                                    id,
+                                    timestamp: timestamp.parse().unwrap_or(0),
+                                    signature,
+                                    body,
+                                    status,
+                                });
                                 Ok::<_, std::convert::Infallible>(
                                     http::Response::builder()
                                         .status(status)
@@ -109,6 +116,7 @@ impl Receiver {
             addr,
             got: tokio::sync::Mutex::new(rx),
             accepted,
+            failures,
         }
     }
 

@@ -389,11 +389,21 @@ async fn webhook_gateway(
             )
         ),
     );
-    let text = config_toml(biller_url, "2s", "10000/s", &partners).replacen(
-        "class = \"inquiry\"\n",
-        "class = \"inquiry\"\ncache_for = \"60s\"\n",
-        1,
-    );
+    std::fs::write(dir.join("admin.token"), "admin-token\n").expect("token");
+    let text = config_toml(biller_url, "2s", "10000/s", &partners)
+        .replacen(
+            "class = \"inquiry\"\n",
+            "class = \"inquiry\"\ncache_for = \"60s\"\n",
+            1,
+        )
+        .replacen(
+            "max_body_bytes = 4096",
+            &format!(
+                "max_body_bytes = 4096\nadmin_token_file = \"{}\"",
+                dir.join("admin.token").display()
+            ),
+            1,
+        );
     let block = format!(
         "[subscriptions]\nstore = \"sqlite://{}\"\nrefresh = \"1h\"\nbiller_token_file = \"{}\"\nfirst_retry = \"50ms\"\n{extra}",
         dir.join("billgate.db").display(),
@@ -800,6 +810,144 @@ async fn a_new_subscriber_hears_of_the_bill_due_now() {
             "billgate_subscription_refreshes_total{result=\"answered\"}"
         ),
         2.0
+    );
+    gw.gateway.shutdown().await;
+}
+
+/// The outbox as `/admin/deliveries` shows it.
+async fn deliveries(gw: &TestGateway) -> serde_json::Value {
+    let reply = get(
+        &gw.admin_url("/admin/deliveries"),
+        &[("authorization", "Bearer admin-token")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()
+}
+
+/// A delivery past its horizon is a dead letter the operators see at `/admin/deliveries` and
+/// can replay; finished deliveries leave the store after `keep_delivered` and `keep_dead`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_replayed_and_in_time_removed() {
+    use std::sync::atomic::Ordering;
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-dead");
+    let (bank, wallet) = (
+        Receiver::start(0, false).await,
+        Receiver::start(usize::MAX, false).await,
+    );
+    let gw = webhook_gateway(
+        &biller.url(),
+        &dir,
+        &bank,
+        &wallet,
+        "delivery_horizon = \"200ms\"\nkeep_delivered = \"1s\"\nkeep_dead = \"3s\"",
+    )
+    .await;
+    subscribed(&gw, BANK_KEY, "100235", &format!("{}bank", bank.prefix())).await;
+    subscribed(
+        &gw,
+        WALLET_KEY,
+        "100235",
+        &format!("{}wallet", wallet.prefix()),
+    )
+    .await;
+    assert_eq!(push(&gw, DUE).await["enqueued"], 2);
+    assert_eq!(bank.next().await.status, 204);
+
+    // The wallet's receiver fails every try: past the horizon, a dead letter.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listed = loop {
+        let listed = deliveries(&gw).await;
+        if listed["dead"] == 1 {
+            break listed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter: {listed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let letter = &listed["dead_letters"][0];
+    assert_eq!(
+        (
+            letter["partner"].as_str(),
+            letter["state"].as_str(),
+            letter["last_error"].as_str()
+        ),
+        (Some("wallet-a"), Some("dead"), Some("HTTP 500"))
+    );
+    assert!(letter["attempts"].as_u64() >= Some(1), "{letter}");
+    let id = letter["id"].as_str().unwrap_or_default().to_owned();
+
+    // Replayed once the receiver works again: delivered, under the dead letter's id. A dead
+    // letter is replayed once.
+    wallet.failures.store(0, Ordering::SeqCst);
+    let replay = |token: &'static str| {
+        let url = gw.admin_url(&format!("/admin/deliveries/{id}/replay"));
+        async move {
+            send(
+                Method::POST,
+                &url,
+                &[("authorization", token)],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        replay("Bearer wrong").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let replayed = replay("Bearer admin-token").await;
+    assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.text());
+    assert_eq!(replayed.json()["replayed"].as_str(), Some(id.as_str()));
+    let delivered = loop {
+        let got = wallet.next().await;
+        if got.status == 204 {
+            break got;
+        }
+    };
+    assert_eq!(delivered.id, id);
+    assert_eq!(
+        replay("Bearer admin-token").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The next event dies for the wallet too. Delivered ones leave after a second, the dead
+    // letter after three.
+    wallet.failures.store(usize::MAX, Ordering::SeqCst);
+    assert_eq!(push(&gw, PAID).await["enqueued"], 2);
+    assert_eq!(bank.next().await.status, 204);
+    let pruned = |metrics: &str, state: &str| {
+        sample(
+            metrics,
+            &format!("billgate_webhook_pruned_total{{state=\"{state}\"}}"),
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let metrics = gw.metrics().await;
+        if pruned(&metrics, "delivered") == 3.0 && pruned(&metrics, "dead") == 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pruned {} delivered, {} dead",
+            pruned(&metrics, "delivered"),
+            pruned(&metrics, "dead")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let listed = deliveries(&gw).await;
+    assert_eq!(
+        (&listed["pending"], &listed["delivered"], &listed["dead"]),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        ),
+        "{listed}"
     );
     gw.gateway.shutdown().await;
 }

@@ -623,6 +623,20 @@ impl Store {
         Ok(replayed.rows_affected() == 1)
     }
 
+    /// Deletes up to `limit` deliveries in `state` (`delivered` or `dead`) finished before
+    /// `before_ms`: how many. Pending deliveries are never deleted.
+    pub async fn prune(&self, state: &str, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state = $1 AND state <> 'pending' AND finished_ms < $2 ORDER BY finished_ms LIMIT $3)",
+        )
+        .bind(state)
+        .bind(before_ms)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
     /// The outbox by state.
     pub async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")

@@ -341,6 +341,37 @@ async fn behaves(url: &str) {
         .await
         .expect("same")
         .is_empty());
+
+    // Finished deliveries leave the outbox by state and age, oldest first, a batch at a time;
+    // pending ones never do.
+    assert_eq!(
+        again.prune("pending", i64::MAX, 100).await.expect("prune"),
+        0
+    );
+    assert_eq!(
+        again.prune("delivered", 26_000, 100).await.expect("prune"),
+        1
+    );
+    assert_eq!(
+        again.prune("delivered", i64::MAX, 1).await.expect("prune"),
+        1
+    );
+    assert_eq!(
+        again
+            .prune("delivered", i64::MAX, 100)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        again
+            .prune("delivered", i64::MAX, 100)
+            .await
+            .expect("prune"),
+        0
+    );
+    let counts = again.queue_counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.delivered, counts.dead), (2, 0, 0));
 }
 
 /// Ten subscribes racing for the last five places: exactly five get one.

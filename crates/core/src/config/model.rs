@@ -221,6 +221,12 @@ pub struct Subscriptions {
     pub per_host: u32,
     /// How long one delivery attempt may take. Default 10s.
     pub attempt_timeout: Duration,
+    /// How long a delivered webhook stays in the outbox after its answer. Default
+    /// 168h.
+    pub keep_delivered: Duration,
+    /// How long a dead letter stays listed (and replayable) after it was given up.
+    /// Default 720h.
+    pub keep_dead: Duration,
 }
 
 /// Where a partner's webhook signing secret is read from: never the configuration itself.

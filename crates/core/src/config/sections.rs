@@ -501,6 +501,8 @@ pub(crate) const SUBSCRIPTIONS_KEYS: &[&str] = &[
     "first_retry",
     "per_host",
     "attempt_timeout",
+    "keep_delivered",
+    "keep_dead",
 ];
 
 /// The most deliveries in flight to one callback host `per_host` may allow.
@@ -583,6 +585,20 @@ pub(crate) fn subscriptions(
         Duration::from_secs(10),
         positive_duration,
     );
+    let keep_delivered = t.parse_or(
+        errors,
+        "keep_delivered",
+        DURATION,
+        Duration::from_secs(7 * 24 * 3600),
+        positive_duration,
+    );
+    let keep_dead = t.parse_or(
+        errors,
+        "keep_dead",
+        DURATION,
+        Duration::from_secs(30 * 24 * 3600),
+        positive_duration,
+    );
     Some(Some(Subscriptions {
         store: store?,
         refresh: refresh?,
@@ -592,6 +608,8 @@ pub(crate) fn subscriptions(
         first_retry: first_retry?,
         per_host: per_host?,
         attempt_timeout: attempt_timeout?,
+        keep_delivered: keep_delivered?,
+        keep_dead: keep_dead?,
     }))
 }
 

@@ -308,14 +308,16 @@ pub(super) fn server(old: &Config, new: &Config) -> Vec<SettingChange> {
     let summary = |c: &Config| {
         c.subscriptions.as_ref().map_or("off".to_owned(), |s| {
             format!(
-                "store {}, refresh {}, capacity_share {}, delivery_horizon {}, first_retry {}, per_host {}, attempt_timeout {}",
+                "store {}, refresh {}, capacity_share {}, delivery_horizon {}, first_retry {}, per_host {}, attempt_timeout {}, keep_delivered {}, keep_dead {}",
                 s.store,
                 format_duration(s.refresh),
                 s.capacity_share,
                 format_duration(s.delivery_horizon),
                 format_duration(s.first_retry),
                 s.per_host,
-                format_duration(s.attempt_timeout)
+                format_duration(s.attempt_timeout),
+                format_duration(s.keep_delivered),
+                format_duration(s.keep_dead)
             )
         })
     };
