@@ -37,7 +37,8 @@ impl SubscriptionMetrics {
                 "billgate_subscription_refreshes_total",
                 "Subscribed accounts asked about at the biller, by result: answered, failed \
                  (no answer or 5xx), deferred (the biller's protection or the refresher's share \
-                 said wait).",
+                 said wait), recent (a new subscription's account asked about on request within \
+                 the period: not asked again).",
             ),
             &["result"],
         )?;

@@ -208,7 +208,21 @@ impl Refresher {
         if accounts.len() == usize::try_from(REQUESTS_PAGE).unwrap_or(usize::MAX) {
             self.next_look = Instant::now();
         }
+        let period = self.subscriptions.settings().refresh;
         for account in accounts {
+            // Asked about on request within the period (a partner that subscribes, deletes and
+            // subscribes again): what it said then stands, as for the schedule.
+            if self
+                .asked
+                .get(&account)
+                .is_some_and(|at| at.elapsed() < period)
+            {
+                self.subscriptions.metrics.refreshed("recent");
+                if let Err(error) = self.subscriptions.store.refresh_done(&account).await {
+                    tracing::warn!(%error, %account, "a refresh request could not be closed");
+                }
+                continue;
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(self.next_allowed) => {}
                 _ = self.shutdown.changed() => return false,

@@ -951,3 +951,61 @@ async fn dead_letters_are_listed_replayed_and_in_time_removed() {
     );
     gw.gateway.shutdown().await;
 }
+
+/// A partner that subscribes, deletes and subscribes again does not make the gateway ask the
+/// biller again within the period: what the biller said stands.
+#[tokio::test]
+async fn subscribing_again_does_not_ask_the_biller_again() {
+    let biller = TestBiller::roomy().await;
+    let dir = TempDir::new("subs-again");
+    let (bank, wallet) = (
+        Receiver::start(0, false).await,
+        Receiver::start(0, false).await,
+    );
+    let gw = webhook_gateway(&biller.url(), &dir, &bank, &wallet, "").await;
+    let refreshes = |metrics: &str, result: &str| {
+        sample(
+            metrics,
+            &format!("billgate_subscription_refreshes_total{{result=\"{result}\"}}"),
+        )
+    };
+    let until = |result: &'static str| {
+        let gw = &gw;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let metrics = gw.metrics().await;
+                if refreshes(&metrics, result) >= 1.0 {
+                    return metrics;
+                }
+                assert!(std::time::Instant::now() < deadline, "no {result} refresh");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let callback = format!("{}bank", bank.prefix());
+    // 100235 has no bill due at the stand-in: the store learns nothing it could tell.
+    let made = subscribe(&gw, BANK_KEY, "100235", &callback).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text());
+    until("answered").await;
+    let id = made.json()["id"].as_str().unwrap_or_default().to_owned();
+    let deleted = send(
+        Method::DELETE,
+        &gw.url(&format!("/v1/subscriptions/{id}")),
+        &[("x-api-key", BANK_KEY)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    subscribed(&gw, BANK_KEY, "100235", &callback).await;
+    let metrics = until("recent").await;
+    assert_eq!(
+        (
+            refreshes(&metrics, "answered"),
+            refreshes(&metrics, "recent")
+        ),
+        (1.0, 1.0)
+    );
+    assert_eq!(biller.biller.stats().received, 1);
+    gw.gateway.shutdown().await;
+}
