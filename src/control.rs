@@ -73,6 +73,10 @@ pub enum ControlError {
 struct StateFile {
     #[serde(default)]
     suspended: std::collections::BTreeMap<String, Suspension>,
+    /// With `[fleet]`: the instances last seen alive, which an instance started while Redis is
+    /// out of reach divides its quotas by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet_instances: Option<u32>,
 }
 
 /// The handle operators act through.
@@ -92,6 +96,8 @@ pub struct Control {
     reading: Arc<AtomicBool>,
     /// The partners' request counters sampled for `GET /admin/partners/{id}`.
     pub recent: Recent,
+    /// The fleet's size as the state file had it at start (0: not there).
+    fleet_on_file: std::sync::atomic::AtomicU32,
 }
 
 impl Control {
@@ -105,6 +111,7 @@ impl Control {
             reloads: tokio::sync::Mutex::new(()),
             suspensions: tokio::sync::Mutex::new(()),
             reading: Arc::new(AtomicBool::new(false)),
+            fleet_on_file: std::sync::atomic::AtomicU32::new(0),
         };
         control.read_token()?;
         control.read_state()?;
@@ -167,6 +174,10 @@ impl Control {
         };
         let state: StateFile = serde_json::from_str(&text)
             .map_err(|e| format!("state file {} is not valid: {e}", path.display()))?;
+        self.fleet_on_file.store(
+            state.fleet_instances.unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for (id, suspension) in state.suspended {
             let reason = printable(&suspension.reason);
             tracing::warn!(partner = %id, %reason, "partner suspended (from the state file)");
@@ -181,11 +192,31 @@ impl Control {
         };
         let state = StateFile {
             suspended: self.shared.suspensions().list().into_iter().collect(),
+            fleet_instances: self.shared.fleet().map(|f| f.state().instances()),
         };
         write_atomically(&path, &state).map_err(|error| ControlError::State {
             path: path.display().to_string(),
             error,
         })
+    }
+
+    /// The fleet's size as the state file had it when this instance started.
+    pub fn fleet_instances_on_file(&self) -> Option<u32> {
+        match self
+            .fleet_on_file
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// The fleet's size changed: recorded in the state file, beside the suspensions.
+    pub async fn fleet_size_changed(&self) {
+        let _serial = self.suspensions.lock().await;
+        if let Err(error) = self.write_state() {
+            tracing::error!("{error}");
+        }
     }
 
     /// Re-reads the configuration file; applies it if valid in full and within the guardrails

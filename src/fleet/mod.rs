@@ -254,6 +254,18 @@ impl Fleet {
     /// the instances alive rather than each taking the whole quota (a start is not a request:
     /// it may wait, at most `[fleet] timeout`, for Redis).
     pub async fn join(&self, control: &Control) {
+        // Until Redis answers, the fleet is as large as it was last seen (the state file's):
+        // an instance started while Redis is out of reach spends its share, not whole quotas.
+        if let Some(n) = control.fleet_instances_on_file().filter(|n| *n > 1) {
+            self.state.set_instances(n);
+            self.metrics.instances.set(i64::from(n));
+            control
+                .shared
+                .snapshot_full()
+                .gate
+                .protection()
+                .share_among(n);
+        }
         self.beat(control).await;
     }
 
@@ -536,11 +548,15 @@ impl Fleet {
             alive.saturating_add(1)
         }
         .saturating_add(u32::from(duplicate));
-        if alive != self.state.instances() {
+        let resized = alive != self.state.instances();
+        if resized {
             // The breakers and the shedder judge on this instance's share of the calls.
             snapshot.gate.protection().share_among(alive);
         }
         self.state.set_instances(alive);
+        if resized {
+            control.fleet_size_changed().await;
+        }
         self.metrics.instances.set(i64::from(alive));
         self.take_suspensions(control, &snapshot.config, local, &pushes, &removals, &heard)
             .await;

@@ -727,3 +727,69 @@ async fn a_suspension_lifted_while_an_instance_was_away_stays_lifted() {
         gw.shutdown().await;
     }
 }
+
+/// An instance started while Redis is out of reach divides its quotas by the fleet it last saw
+/// (kept in its state file), not by one: it spends its share, never the whole quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_without_redis_spends_its_share_of_the_fleet_it_last_saw() {
+    let biller = TestBiller::roomy().await;
+    let mut redis = RedisServer::start();
+    let partners = partner("wallet-a", "key-a", r#"payment = "20/min burst 20""#, "");
+    let fleet = fleet(&biller.url(), "10000/s", &partners, &redis.url(), 2).await;
+    let state_file = fleet._dir.join("state-1.json");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let on_file = || {
+        let text = std::fs::read_to_string(&state_file).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()["fleet_instances"]
+            .as_u64()
+    };
+    while on_file() != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the fleet's size never reached the state file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Fleet {
+        instances,
+        _dir: dir,
+    } = fleet;
+    for gw in instances {
+        gw.shutdown().await;
+    }
+
+    redis.kill();
+    let text = instance_config(&biller.url(), "10000/s", &partners, &redis.url(), 1, &dir);
+    let alone = Fleet {
+        instances: vec![start_real(&text).await],
+        _dir: dir,
+    };
+    let view = alone.view(0).await;
+    assert_eq!(
+        (view["redis_up"].as_bool(), view["mode"].as_str()),
+        (Some(false), Some("shares"))
+    );
+    assert_eq!(
+        sample(&alone.metrics(0).await, "billgate_fleet_instances"),
+        2.0
+    );
+    // 20 a minute, burst 20, over two: a burst of 10 here.
+    let mut admitted = 0;
+    for _ in 0..20 {
+        let reply = pay(&alone.url(0, "/v1/payments"), &[("x-api-key", "key-a")]).await;
+        if reply.status.is_success() {
+            admitted += 1;
+        } else {
+            assert_eq!(
+                reply.status,
+                StatusCode::TOO_MANY_REQUESTS,
+                "{}",
+                reply.text()
+            );
+        }
+    }
+    assert_eq!(admitted, 10);
+    for gw in alone.instances {
+        gw.shutdown().await;
+    }
+}
