@@ -211,6 +211,14 @@ impl Control {
         }
     }
 
+    /// Builds the running snapshot again for what changed outside the file (the fleet's size:
+    /// each instance's share of `max_in_flight`), one at a time with reloads, so it never puts
+    /// back a configuration a reload replaced meanwhile.
+    pub async fn rebuild(&self) {
+        let _one_at_a_time = self.reloads.lock().await;
+        self.shared.rebuild();
+    }
+
     /// The fleet's size changed: recorded in the state file, beside the suspensions.
     pub async fn fleet_size_changed(&self) {
         let _serial = self.suspensions.lock().await;

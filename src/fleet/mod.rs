@@ -556,6 +556,8 @@ impl Fleet {
         self.state.set_instances(alive);
         if resized {
             control.fleet_size_changed().await;
+            // The in-flight limit's share is built with the snapshot.
+            control.rebuild().await;
         }
         self.metrics.instances.set(i64::from(alive));
         self.take_suspensions(control, &snapshot.config, local, &pushes, &removals, &heard)

@@ -793,3 +793,52 @@ async fn an_instance_started_without_redis_spends_its_share_of_the_fleet_it_last
         gw.shutdown().await;
     }
 }
+
+/// Polls the first `n` instances' `billgate_upstream_concurrency_limit` until all are `want`
+/// (bounded: 10 s).
+async fn concurrency_limits(fleet: &Fleet, n: usize, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut got = Vec::new();
+        for i in 0..n {
+            got.push(sample(
+                &fleet.metrics(i).await,
+                "billgate_upstream_concurrency_limit",
+            ));
+        }
+        if got.iter().all(|l| *l == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "limits {got:?}, not {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each instance's share of `max_in_flight` follows the fleet's size: 24 over two instances is
+/// 12 each, over three 8 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_share_follows_the_fleets_size() {
+    let biller = TestBiller::roomy().await;
+    let redis = RedisServer::start();
+    let partners = partner("wallet-a", "key-a", r#"payment = "200/s""#, "");
+    let dir = TempDir::new("fleet-in-flight");
+    let texts: Vec<String> = (1..=3)
+        .map(|n| {
+            instance_config(&biller.url(), "10000/s", &partners, &redis.url(), n, &dir).replacen(
+                "capacity = \"10000/s\"",
+                "capacity = \"10000/s\"\nmax_in_flight = 24",
+                1,
+            )
+        })
+        .collect();
+    let mut fleet = Fleet {
+        instances: vec![start_real(&texts[0]).await, start_real(&texts[1]).await],
+        _dir: dir,
+    };
+    concurrency_limits(&fleet, 2, 12.0).await;
+    fleet.instances.push(start_real(&texts[2]).await);
+    concurrency_limits(&fleet, 3, 8.0).await;
+    for gw in fleet.instances {
+        gw.shutdown().await;
+    }
+}
