@@ -517,7 +517,7 @@ impl Fleet {
             .into_iter()
             .filter(|(id, _)| !stale.contains(id))
             .collect();
-        let removals: Vec<String> = removals.into_iter().map(|(id, _)| id).collect();
+
         let info = Info {
             config_sha256: config_sha256.clone(),
             granted_per_second: self.granted_rate(),
@@ -604,7 +604,7 @@ impl Fleet {
         config: &config::Config,
         mut local: HashMap<String, Suspension>,
         pushed: &[(String, Suspension)],
-        removed: &[String],
+        removed: &[(String, Suspension)],
         heard: &Heard,
     ) {
         let fleet: HashMap<&str, &str> = heard
@@ -616,7 +616,7 @@ impl Fleet {
         let taken: Vec<(String, Suspension)> = fleet
             .iter()
             .filter(|(id, _)| {
-                !local.contains_key(**id) && !removed.iter().any(|r| r == *id) && known(id)
+                !local.contains_key(**id) && !removed.iter().any(|(r, _)| r == *id) && known(id)
             })
             .map(|(id, json)| {
                 let suspension = serde_json::from_str::<Suspension>(json).unwrap_or(Suspension {

@@ -218,9 +218,7 @@ impl Refresher {
                 .is_some_and(|at| at.elapsed() < period)
             {
                 self.subscriptions.metrics.refreshed("recent");
-                if let Err(error) = self.subscriptions.store.refresh_done(&account).await {
-                    tracing::warn!(%error, %account, "a refresh request could not be closed");
-                }
+                self.close_request(&account).await;
                 continue;
             }
             tokio::select! {
@@ -231,11 +229,16 @@ impl Refresher {
                 return true;
             }
             self.asked.insert(account.clone(), Instant::now());
-            if let Err(error) = self.subscriptions.store.refresh_done(&account).await {
-                tracing::warn!(%error, %account, "a refresh request could not be closed");
-            }
+            self.close_request(&account).await;
         }
         true
+    }
+
+    /// The request for `account` is done (a failure to record it costs one call more, later).
+    async fn close_request(&self, account: &str) {
+        if let Err(error) = self.subscriptions.store.refresh_done(account).await {
+            tracing::warn!(%error, %account, "a refresh request could not be closed");
+        }
     }
 
     /// Asks the biller about `account` once; the answer fills the inquiry cache and its
